@@ -1,0 +1,674 @@
+"""`cancelflow run` (what `make run` starts): one supervisor for the whole local stack.
+
+It resolves the database and broker (configured, or the embedded PostgreSQL and Redis under data_dir),
+migrates, loads the demo data and API tokens idempotently, then starts the API, a worker, beat, Flower
+and the two sandbox services as child processes, each in its own process group with its log under
+``<data_dir>/logs``. If a child dies it reports it and stops everything; Ctrl-C or SIGTERM stops the
+children (SIGTERM, then SIGKILL after 15 s) and then the embedded servers. Running it again reuses the
+credentials and the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from cancelflow.config import get_settings
+from cancelflow.config.embedded import EmbeddedServices, EmbeddedServicesError, resolve_urls
+
+if TYPE_CHECKING:
+    from cancelflow.config.settings import Settings
+
+CREDENTIALS_FILE: Final = "credentials.json"
+SANDBOX_CONFIG_FILE: Final = "sandbox-fulfillment.json"
+API_VERSION: Final = "2021-07"
+STOP_TIMEOUT: Final = 15.0
+HEALTH_TIMEOUT: Final = 60.0
+DEMO_ORDERS: Final = 50
+
+
+@dataclass(frozen=True)
+class SandboxService:
+    policy: str
+    delay_seconds: float = 0.0
+
+
+# The demo fulfillment services, one per way a warehouse answers a cancellation request.
+SANDBOX_SERVICES: Final[Mapping[str, SandboxService]] = {
+    "sandbox-accept": SandboxService("accept"),
+    "sandbox-slow": SandboxService("accept_after", 5.0),
+    "sandbox-reject": SandboxService("reject"),
+}
+
+
+class _StopSignalError(BaseException):
+    """Raised from the SIGINT/SIGTERM handler to unwind whatever `run()` is doing (like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------------------------------
+# Credentials
+# --------------------------------------------------------------------------------------------------
+
+
+def _new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_or_create_credentials(path: Path) -> dict[str, Any]:
+    """Read ``credentials.json`` (mode 0600), filling in and saving whatever is missing.
+
+    The first run creates every key; later runs reuse them, so the tokens a user copied keep working and
+    nothing is created twice. A file from an older version gains only the keys it lacks.
+    """
+    creds: dict[str, Any] = {}
+    if path.exists():
+        creds = json.loads(path.read_text())
+        if not isinstance(creds, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+    changed = not path.exists()
+    for key in ("staff_token", "storefront_token", "flower_password"):
+        if not isinstance(creds.get(key), str) or not creds[key]:
+            creds[key] = _new_secret()
+            changed = True
+    services = creds.setdefault("services", {})
+    for handle in SANDBOX_SERVICES:
+        entry = services.setdefault(handle, {})
+        for key in ("token", "secret"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                entry[key] = _new_secret()
+                changed = True
+    if changed:
+        _write_private_json(path, creds)
+    elif path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return creds
+
+
+def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write atomically, readable by the owner only from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def flower_password(settings: Settings, creds: Mapping[str, Any]) -> str:
+    if settings.flower_password is not None:
+        return settings.flower_password.get_secret_value()
+    return str(creds["flower_password"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Demo data, tokens and the sandbox configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def _connect_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (a wildcard bind is reachable on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def api_url(settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    host = _connect_host(settings.api_host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api_port}"
+
+
+def callback_url(settings: Settings, handle: str) -> str:
+    return f"http://127.0.0.1:{settings.sandbox_fulfillment_port}/{handle}"
+
+
+def load_demo_and_tokens(
+    database_url: str, creds: Mapping[str, Any], settings: Settings, *, with_demo: bool = True
+) -> dict[str, Any]:
+    """Upsert the demo data set and the tokens in ``creds``; safe to repeat (both are idempotent)."""
+    from cancelflow.db import transaction
+    from cancelflow.services.tokens import ensure_token
+
+    counts: dict[str, Any] = {}
+    with transaction(database_url) as session:
+        if with_demo:
+            from cancelflow.services import demo, importer
+
+            services = {
+                handle: {
+                    "secret": creds["services"][handle]["secret"],
+                    "callback_url": callback_url(settings, handle),
+                }
+                for handle in SANDBOX_SERVICES
+            }
+            payload = demo.build_demo_payload(services=services, orders=DEMO_ORDERS)
+            counts = importer.import_payload(session, payload)
+            session.flush()
+        ensure_token(session, name="cancelflow-run staff", kind="staff", key=creds["staff_token"])
+        ensure_token(
+            session, name="cancelflow-run storefront", kind="storefront", key=creds["storefront_token"]
+        )
+        if with_demo:
+            # A fulfillment service's token needs its service, which only the demo data set creates.
+            for handle in SANDBOX_SERVICES:
+                ensure_token(
+                    session,
+                    name=f"cancelflow-run {handle}",
+                    kind="fulfillment_service",
+                    key=creds["services"][handle]["token"],
+                    fulfillment_service_handle=handle,
+                )
+    return counts
+
+
+def write_sandbox_config(path: Path, creds: Mapping[str, Any], settings: Settings) -> Path:
+    """The sandbox fulfillment service's configuration: where the shop is and how each service answers."""
+    config = {
+        "api_base_url": f"http://{_connect_host(settings.api_host)}:{settings.api_port}",
+        "api_version": API_VERSION,
+        "services": {
+            handle: {
+                "token": creds["services"][handle]["token"],
+                "secret": creds["services"][handle]["secret"],
+                "policy": spec.policy,
+                "delay_seconds": spec.delay_seconds,
+            }
+            for handle, spec in SANDBOX_SERVICES.items()
+        },
+    }
+    _write_private_json(path, config)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Child processes
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    argv: Sequence[str]
+
+
+def child_specs(
+    settings: Settings,
+    *,
+    data_dir: Path,
+    sandbox_config: Path,
+    flower_user: str,
+    flower_password: str,
+    python: str = sys.executable,
+) -> list[ChildSpec]:
+    """The processes `make run` supervises, in start order."""
+    celery = [python, "-m", "celery", "-A", "cancelflow.worker.app"]
+    return [
+        ChildSpec(
+            "api",
+            [
+                python, "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
+                "--host", settings.api_host, "--port", str(settings.api_port),
+            ],
+        ),
+        ChildSpec(
+            "worker",
+            [
+                *celery, "worker", "--loglevel", "INFO", "--concurrency", "2",
+                "-Q", "default,route,money,bulk", "-n", "worker1@%h",
+            ],
+        ),
+        ChildSpec(
+            "beat",
+            [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
+        ),
+        ChildSpec(
+            "flower",
+            [
+                *celery, "flower", f"--port={settings.flower_port}",
+                f"--basic_auth={flower_user}:{flower_password}", f"--max_tasks={settings.flower_max_tasks}",
+            ],
+        ),
+        ChildSpec(
+            "sandbox-fulfillment",
+            [
+                python, "-m", "cancelflow.sandbox.fulfillment", "--host", "127.0.0.1",
+                "--port", str(settings.sandbox_fulfillment_port), "--config", str(sandbox_config),
+            ],
+        ),
+        ChildSpec(
+            "sandbox-gateway",
+            [
+                python, "-m", "cancelflow.sandbox.gateway", "--host", "127.0.0.1",
+                "--port", str(settings.sandbox_gateway_port),
+                "--state-file", str(data_dir / "gateway-state.jsonl"),
+            ],
+        ),
+    ]  # fmt: skip
+
+
+def child_env(
+    database_url: str, broker_url: str, *, data_dir: Path, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            "CANCELFLOW_DATABASE_URL": database_url,
+            "CANCELFLOW_BROKER_URL": broker_url,
+            # The children use the servers this process resolved; they never start their own.
+            "CANCELFLOW_EMBEDDED": "0",
+            "CANCELFLOW_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Supervisor:
+    """Start child processes in their own process groups and stop every one of them, whatever happens."""
+
+    specs: Sequence[ChildSpec]
+    env: Mapping[str, str]
+    log_dir: Path
+    stop_timeout: float = STOP_TIMEOUT
+    children: list[Child] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            log = self.log_dir / f"{spec.name}.log"
+            with log.open("ab") as fh:
+                fh.write(f"\n=== {datetime.now(UTC).isoformat()} starting {spec.name} ===\n".encode())
+                fh.flush()
+                proc = subprocess.Popen(
+                    list(spec.argv),
+                    env=dict(self.env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    # Own process group: Ctrl-C reaches only the supervisor, which then stops the
+                    # children in order; killpg also reaches a child's own children (Celery's pool).
+                    start_new_session=True,
+                )
+            self.children.append(Child(spec, proc, log))
+
+    def dead(self) -> list[Child]:
+        return [child for child in self.children if child.proc.poll() is not None]
+
+    def stop(self) -> None:
+        """SIGTERM every process group, wait up to ``stop_timeout``, SIGKILL what remains."""
+        for child in self.children:
+            _signal_group(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+        # Leaders that ignored SIGTERM, and anything a leader left behind in its group.
+        while time.monotonic() < deadline and any(_group_alive(c.proc.pid) for c in self.children):
+            time.sleep(0.1)
+        for child in self.children:
+            if child.proc.poll() is None or _group_alive(child.proc.pid):
+                _signal_group(child.proc.pid, signal.SIGKILL)
+        for child in self.children:
+            child.proc.wait()
+        self.children.clear()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Waiting, signals, the summary
+# --------------------------------------------------------------------------------------------------
+
+
+def wait_for_health(url: str, *, supervisor: Supervisor, timeout: float = HEALTH_TIMEOUT) -> bool:
+    """Poll ``GET url`` until it answers 200; False on timeout. Raises if a child dies meanwhile."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if dead := supervisor.dead():
+            raise _ChildDiedError(dead)
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.25)
+    return False
+
+
+class _ChildDiedError(Exception):
+    def __init__(self, children: list[Child]) -> None:
+        super().__init__(", ".join(c.spec.name for c in children))
+        self.children = children
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[Callable[[], None]]:
+    """SIGINT/SIGTERM raise `_StopSignalError`; the yielded callable makes further signals harmless."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def raise_stop(signum: int, frame: FrameType | None) -> None:
+        raise _StopSignalError(signum)
+
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        pass  # already stopping; a second Ctrl-C must not cut the shutdown short
+
+    def shield() -> None:
+        for sig in previous:
+            signal.signal(sig, ignore)
+
+    for sig in previous:
+        signal.signal(sig, raise_stop)
+    try:
+        yield shield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _example_ids(database_url: str) -> tuple[int | None, int | None]:
+    """An order item still cancellable and a `cancel` reason, so the printed curl works as is."""
+    try:
+        from sqlalchemy import select
+
+        from cancelflow.db import transaction
+        from cancelflow.models import CancellationReason, OrderItem
+
+        with transaction(database_url) as session:
+            item = session.scalar(
+                select(OrderItem.id)
+                .where(OrderItem.requested_quantity < OrderItem.quantity)
+                .order_by(OrderItem.id)
+                .limit(1)
+            )
+            reason = session.scalar(
+                select(CancellationReason.id)
+                .where(CancellationReason.cancellation_type == "cancel", CancellationReason.is_active)
+                .order_by(CancellationReason.id)
+                .limit(1)
+            )
+        return item, reason
+    except Exception:  # noqa: BLE001 -- only decorates the summary; placeholders are printed instead
+        return None, None
+
+
+def print_summary(
+    console: Console,
+    settings: Settings,
+    creds: Mapping[str, Any],
+    *,
+    log_dir: Path,
+    example: tuple[int | None, int | None] = (None, None),
+) -> None:
+    base = api_url(settings)
+    staff = creds["staff_token"]
+    handle = next(iter(SANDBOX_SERVICES))
+    flower_host = _connect_host(settings.api_host)
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("API", base)
+    table.add_row("API docs", f"{base}/api/docs/")
+    table.add_row(
+        "Flower",
+        f"http://{flower_host}:{settings.flower_port}/  (user {settings.flower_user}, "
+        f"password {flower_password(settings, creds)})",
+    )
+    table.add_row("Staff token", staff)
+    table.add_row("Storefront token", creds["storefront_token"])
+    table.add_row(f"Fulfillment token ({handle})", creds["services"][handle]["token"])
+    table.add_row("Logs", str(log_dir))
+    console.print(Panel(table, title="cancelflow is running", border_style="green"))
+
+    item, reason = example
+    item_s = str(item) if item is not None else "<order_item_id>"
+    reason_s = str(reason) if reason is not None else "<reason_id>"
+    body = json.dumps(
+        {"order_item": item or 0, "reason": reason or 0, "cancellation_type": "cancel", "quantity": 1}
+    )
+    if item is None or reason is None:
+        body = body.replace('"order_item": 0', f'"order_item": {item_s}').replace(
+            '"reason": 0', f'"reason": {reason_s}'
+        )
+    celery_kwargs = (
+        f"client_request_id='try-1', order_item={item_s}, quantity=1, reason={reason_s}, "
+        "cancellation_type='cancel', channel=None"
+    )
+    console.print("[bold]Try it[/bold]")
+    console.print(
+        f"  curl -H 'Authorization: Token {staff}' {base}/api/v1/cancellation_requests/",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"  curl -X POST -H 'Authorization: Token {staff}' -H 'Content-Type: application/json' "
+        f"-d '{body}' {base}/api/v1/cancellation_requests/",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        "  As a storefront, through the broker (any Celery client can publish it):", highlight=False
+    )
+    console.print(
+        '    python -c "from cancelflow.worker.app import app; '
+        f"app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}))\"",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print("  or: cancelflow submit --help", highlight=False)
+    console.print("[dim]Ctrl-C stops everything.[/dim]")
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+
+
+SpecsFactory = Callable[..., list[ChildSpec]]
+
+
+def run(
+    *,
+    with_demo: bool = True,
+    console: Console | None = None,
+    specs_factory: SpecsFactory | None = None,
+) -> int:
+    """Start the whole local stack and supervise it until Ctrl-C, SIGTERM or a child's death.
+
+    Returns the exit code: 0 after a requested stop, 1 when something failed or died.
+    ``specs_factory`` (same signature as `child_specs`) replaces the process table, for tests.
+    """
+    console = console or Console()
+    settings = get_settings()
+    data_dir = settings.data_dir.expanduser().resolve()
+    started = _Started()
+    rc = 0
+    with _signals_raise() as shield:
+        try:
+            rc = _run(
+                console,
+                settings,
+                data_dir,
+                with_demo=with_demo,
+                started=started,
+                specs_factory=specs_factory or child_specs,
+            )
+        except _StopSignalError as stop:
+            console.print(f"\n[yellow]{stop} received, stopping…[/yellow]")
+            rc = 0
+        finally:
+            shield()
+            started.stop(console)
+    return rc
+
+
+@dataclass
+class _Started:
+    """What `_run` has started so far, for `run` to stop whatever happens."""
+
+    supervisor: Supervisor | None = None
+    services: EmbeddedServices | None = None
+
+    def stop(self, console: Console) -> None:
+        try:
+            if self.supervisor is not None and self.supervisor.children:
+                console.print("stopping the children…")
+                self.supervisor.stop()
+        finally:
+            if self.services is not None:
+                console.print("stopping the embedded PostgreSQL and Redis…")
+                self.services.stop()
+
+
+def _run(
+    console: Console,
+    settings: Settings,
+    data_dir: Path,
+    *,
+    with_demo: bool,
+    started: _Started,
+    specs_factory: SpecsFactory,
+) -> int:
+    from cancelflow.db import get_engine, migrate
+
+    log_dir = data_dir / "logs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        database_url, broker_url, services = resolve_urls(settings)
+    except EmbeddedServicesError as exc:
+        console.print(f"[red]cannot start the embedded servers:[/red] {exc}")
+        return 1
+    started.services = services
+    if services is None:
+        console.print(
+            "Using the configured PostgreSQL and broker (CANCELFLOW_DATABASE_URL / CANCELFLOW_BROKER_URL)."
+        )
+    else:
+        console.print(f"Using the embedded servers under {data_dir}:", highlight=False)
+    console.print(f"  database: {database_url}\n  broker:   {broker_url}", highlight=False)
+
+    console.print("Migrating…")
+    migrate(database_url)
+
+    creds = load_or_create_credentials(data_dir / CREDENTIALS_FILE)
+    counts = load_demo_and_tokens(database_url, creds, settings, with_demo=with_demo)
+    if with_demo:
+        console.print(f"Demo data loaded: {counts}", highlight=False)
+    sandbox_config = write_sandbox_config(data_dir / SANDBOX_CONFIG_FILE, creds, settings)
+
+    supervisor = Supervisor(
+        specs_factory(
+            settings,
+            data_dir=data_dir,
+            sandbox_config=sandbox_config,
+            flower_user=settings.flower_user,
+            flower_password=flower_password(settings, creds),
+        ),
+        env=child_env(database_url, broker_url, data_dir=data_dir),
+        log_dir=log_dir,
+    )
+    started.supervisor = supervisor
+    supervisor.start()
+    console.print(f"Started {', '.join(c.spec.name for c in supervisor.children)}; waiting for the API…")
+
+    health = f"http://{_connect_host(settings.api_host)}:{settings.api_port}/healthz"
+    try:
+        healthy = wait_for_health(health, supervisor=supervisor)
+    except _ChildDiedError as died:
+        _report_dead(console, died.children)
+        return 1
+    if not healthy:
+        console.print(f"[red]the API did not answer {health} within {HEALTH_TIMEOUT:.0f}s[/red]")
+        api = next(c for c in supervisor.children if c.spec.name == "api")
+        console.print(tail(api.log), markup=False, highlight=False)
+        return 1
+
+    example = _example_ids(database_url)
+    get_engine(database_url).dispose()  # the supervisor itself needs no connections from here on
+    print_summary(console, settings, creds, log_dir=log_dir, example=example)
+    return supervise(console, supervisor, services)
+
+
+def supervise(console: Console, supervisor: Supervisor, services: EmbeddedServices | None) -> int:
+    """Block until a child or an embedded server dies (returns 1); signals unwind it from outside."""
+    while True:
+        if dead := supervisor.dead():
+            _report_dead(console, dead)
+            return 1
+        if services is not None and (problems := services.problems()):
+            for problem in problems:
+                console.print(f"[red]{problem}[/red]", highlight=False)
+            return 1
+        time.sleep(0.5)
+
+
+def _report_dead(console: Console, dead: list[Child]) -> None:
+    for child in dead:
+        console.print(
+            f"[red]{child.spec.name} exited with code {child.proc.returncode}[/red]; "
+            f"last lines of {child.log}:"
+        )
+        console.print(tail(child.log), markup=False, highlight=False)
+    console.print("[red]stopping everything[/red]")

@@ -1,0 +1,86 @@
+"""All configuration, read from the environment (prefix CANCELFLOW_) through one cached object."""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CANCELFLOW_", env_file=".env", extra="ignore")
+
+    # Where the data lives. Unset database/broker URLs mean the embedded default under data_dir.
+    database_url: str | None = None
+    broker_url: str | None = None
+    embedded: bool = False
+    data_dir: Path = Path(".cancelflow")
+
+    # HTTP
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str | None = None
+
+    # Flower
+    flower_port: int = 5555
+    flower_user: str = "admin"
+    flower_password: SecretStr | None = None
+    flower_max_tasks: int = 10_000
+
+    # Workflow
+    approval_rule: Literal["auto", "manual"] = "auto"
+    sweep_interval: timedelta = timedelta(seconds=10)
+    # A pending step whose message has not been consumed after this long is assumed lost and re-sent.
+    redelivery_grace: timedelta = timedelta(seconds=120)
+    step_max_attempts: int = 8
+    retry_backoff_base: timedelta = timedelta(seconds=2)
+    retry_backoff_max: timedelta = timedelta(minutes=10)
+    # Longest countdown ever handed to the broker; longer waits are database timers swept by beat.
+    max_countdown: timedelta = timedelta(seconds=60)
+    visibility_timeout: timedelta = timedelta(hours=1)
+    reply_deadline: timedelta = timedelta(days=2)
+    http_timeout: timedelta = timedelta(seconds=10)
+
+    # Connectors: "module:Class" import paths, so a real gateway plugs in by configuration.
+    payment_connector: str = "cancelflow.integrations.payments:HttpPaymentGateway"
+    bank_connector: str = "cancelflow.integrations.bank:HttpBankTransfer"
+    notifier_connector: str = "cancelflow.integrations.fulfillment:HttpNotifier"
+    payment_gateway_url: str = "http://127.0.0.1:8102"
+    payment_gateway_key: SecretStr = SecretStr("sandbox")
+
+    # Sandbox services started by `make run`
+    sandbox_fulfillment_port: int = 8101
+    sandbox_gateway_port: int = 8102
+
+    # Shop identity echoed in fulfillment-order payloads
+    shop_id: int = 1
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def wants_embedded(self) -> bool:
+        return self.embedded or self.database_url is None or self.broker_url is None
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise RuntimeError(
+                "CANCELFLOW_DATABASE_URL is not set; start through `cancelflow run` for the embedded default"
+            )
+        return self.database_url
+
+    def require_broker_url(self) -> str:
+        if self.broker_url is None:
+            raise RuntimeError(
+                "CANCELFLOW_BROKER_URL is not set; start through `cancelflow run` for the embedded default"
+            )
+        return self.broker_url
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,57 @@
+"""The error hierarchy every layer shares. The API maps it once, per router, to its error body."""
+
+from __future__ import annotations
+
+
+class CancelflowError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class NotFound(CancelflowError):
+    code = "not_found"
+
+
+class Invalid(CancelflowError):
+    """Bad input: HTTP 400 with field errors."""
+
+    code = "invalid"
+
+    def __init__(
+        self, message: str, *, field_errors: dict[str, list[str]] | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.field_errors = field_errors or {}
+
+
+class Conflict(CancelflowError):
+    """An invalid transition, or an idempotency key still in flight: HTTP 409 (or the router's own code)."""
+
+    code = "conflict"
+
+
+class Forbidden(CancelflowError):
+    code = "permission_denied"
+
+
+class TransientError(CancelflowError):
+    """Worth retrying with backoff: a timeout, a connection error, a 5xx, a lock held elsewhere."""
+
+    code = "transient"
+
+
+class PermanentError(CancelflowError):
+    """Retrying cannot help: the step goes dead and the plan fails, with this reason."""
+
+    code = "permanent"
+
+
+class AlreadyHandled(CancelflowError):
+    """Someone else did (or is doing) this work; the caller returns quietly."""
+
+    code = "already_handled"

@@ -1,0 +1,1 @@
+"""Domain operations: plain functions over a Session. They flush, never commit."""

@@ -1,0 +1,137 @@
+"""Fulfillment-order operations with Shopify's semantics: split, cancel directly, request cancellation."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cancelflow.errors import Invalid, NotFound
+from cancelflow.models import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
+from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
+from cancelflow.services import transitions
+from cancelflow.services.clock import now
+
+OPEN_STATUSES = frozenset({FOStatus.open, FOStatus.in_progress, FOStatus.scheduled, FOStatus.on_hold,
+                           FOStatus.incomplete})
+# The service has taken the work on: only it can stop it, so it must be asked.
+REMOTE_REQUEST_STATUSES = frozenset({FORequestStatus.accepted, FORequestStatus.cancellation_rejected})
+
+
+def get(session: Session, fo_id: int, *, lock: bool = False) -> FulfillmentOrder | None:
+    stmt = select(FulfillmentOrder).where(FulfillmentOrder.id == fo_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt).one_or_none()
+
+
+def get_for_service(session: Session, fo_id: int, service_id: int | None, *, lock: bool = False) -> FulfillmentOrder:
+    """The fulfillment order, if the caller may see it (a service sees only its own)."""
+    fo = get(session, fo_id, lock=lock)
+    if fo is None or (service_id is not None and fo.fulfillment_service_id != service_id):
+        raise NotFound("Not Found")
+    return fo
+
+
+def line_items(session: Session, fo_id: int) -> list[FulfillmentOrderLineItem]:
+    return list(
+        session.scalars(
+            select(FulfillmentOrderLineItem)
+            .where(FulfillmentOrderLineItem.fulfillment_order_id == fo_id)
+            .order_by(FulfillmentOrderLineItem.id)
+        )
+    )
+
+
+def needs_service_consent(fo: FulfillmentOrder) -> bool:
+    return (
+        fo.fulfillment_service_id is not None
+        and fo.request_status in REMOTE_REQUEST_STATUSES
+        and fo.status == FOStatus.in_progress
+    )
+
+
+def split(session: Session, fo: FulfillmentOrder, line: FulfillmentOrderLineItem, quantity: int) -> FulfillmentOrder:
+    """Move `quantity` of `line` into a new fulfillment order, so the part to cancel is a whole one."""
+    if quantity <= 0 or quantity > line.quantity:
+        raise Invalid(f"cannot split {quantity} of a line of {line.quantity}")
+    lines = line_items(session, fo.id)
+    if len(lines) == 1 and line.quantity == quantity:
+        return fo
+    part = FulfillmentOrder(
+        order_id=fo.order_id,
+        fulfillment_service_id=fo.fulfillment_service_id,
+        assigned_location_id=fo.assigned_location_id,
+        request_status=fo.request_status,
+        status=fo.status,
+        destination=dict(fo.destination),
+        origin=dict(fo.origin),
+        split_from_id=fo.id,
+        version=1,
+    )
+    session.add(part)
+    session.flush()
+    line.quantity -= quantity
+    line.fulfillable_quantity = max(0, min(line.fulfillable_quantity - quantity, line.quantity))
+    session.add(
+        FulfillmentOrderLineItem(
+            fulfillment_order_id=part.id,
+            order_item_id=line.order_item_id,
+            quantity=quantity,
+            fulfillable_quantity=quantity,
+        )
+    )
+    session.flush()
+    transitions.record_event(
+        session, "fulfillment_order", fo.id, "fulfillment_order.split",
+        data={"new_fulfillment_order_id": part.id, "order_item_id": line.order_item_id, "quantity": quantity},
+    )
+    return part
+
+
+def cancel_directly(session: Session, fo: FulfillmentOrder, *, reason: str) -> bool:
+    """Shopify's direct cancel, for work the service has not accepted (it is not told)."""
+    request_status = None
+    if fo.request_status not in (FORequestStatus.unsubmitted, FORequestStatus.closed):
+        request_status = FORequestStatus.closed
+    return transitions.move_fulfillment_order(
+        session, fo, request_status=request_status, status=FOStatus.cancelled, data={"reason": reason}
+    )
+
+
+def request_cancellation(session: Session, fo: FulfillmentOrder, *, message: str | None) -> MerchantRequest:
+    """Mark the fulfillment order `cancellation_requested` and record the outgoing request."""
+    if fo.fulfillment_service_id is None:
+        raise Invalid("Fulfillment order is not assigned to a fulfillment service.", code="not_assigned")
+    if not needs_service_consent(fo):
+        raise Invalid(
+            f"Fulfillment order is not in a state to request cancellation "
+            f"(request_status {fo.request_status.value}, status {fo.status.value}).",
+            code="invalid_state",
+        )
+    transitions.move_fulfillment_order(
+        session, fo, request_status=FORequestStatus.cancellation_requested, data={"message": message}
+    )
+    request = MerchantRequest(
+        fulfillment_order_id=fo.id,
+        kind=MerchantRequestKind.cancellation_request,
+        message=message,
+        request_options={},
+        sent_at=now(),
+        reminders_sent=0,
+        escalated=False,
+    )
+    session.add(request)
+    session.flush()
+    return request
+
+
+def open_cancellation_request(session: Session, fo_id: int) -> MerchantRequest | None:
+    return session.scalars(
+        select(MerchantRequest)
+        .where(
+            MerchantRequest.fulfillment_order_id == fo_id,
+            MerchantRequest.kind == MerchantRequestKind.cancellation_request,
+        )
+        .order_by(MerchantRequest.id.desc())
+        .limit(1)
+    ).one_or_none()

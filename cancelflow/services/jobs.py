@@ -1,0 +1,69 @@
+"""Ask for follow-up work that is sent to the broker only once the transaction has committed.
+
+Services never import Celery: they name a task and the ids it needs. The process (worker, API, CLI)
+installs the sender once at start-up. A rollback drops everything that was asked for; a send that fails
+after commit is logged and left to the sweeper, which finds the due step row in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+log = logging.getLogger(__name__)
+
+_PENDING_KEY = "cancelflow.pending_sends"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    task: str
+    args: tuple[int, ...]
+    countdown: float | None = None
+
+
+Sender = Callable[[Send], None]
+_sender: Sender | None = None
+
+
+def set_sender(sender: Sender | None) -> None:
+    global _sender
+    _sender = sender
+
+
+def enqueue_after_commit(session: Session, task: str, *ids: int, countdown: float | None = None) -> None:
+    """Send `task(*ids)` after this session's transaction commits; never if it rolls back."""
+    pending: list[Send] = session.info.setdefault(_PENDING_KEY, [])
+    send = Send(task, tuple(ids), countdown)
+    if send not in pending:
+        pending.append(send)
+
+
+def pending_sends(session: Session) -> list[Send]:
+    return list(session.info.get(_PENDING_KEY, []))
+
+
+@event.listens_for(Session, "after_commit")
+def _send_after_commit(session: Session) -> None:
+    sends: list[Send] = session.info.pop(_PENDING_KEY, [])
+    if not sends:
+        return
+    if _sender is None:
+        log.warning("no job sender installed; %d sends left to the sweeper", len(sends))
+        return
+    for send in sends:
+        try:
+            _sender(send)
+        except Exception:  # the broker is down: the step row is due, the sweeper re-sends it
+            log.exception("send of %s%s failed after commit; the sweeper will retry", send.task, send.args)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_unsent(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without commit (rollback or close): its sends must never happen.
+    if transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)

@@ -1,0 +1,177 @@
+"""Workflow steps: create, claim, finish, fail, and sweep the due ones back onto the broker.
+
+A step row is claimed with `SELECT … FOR UPDATE SKIP LOCKED` for the length of the transaction that
+does its work. A second worker holding the same message finds it locked and leaves; a worker killed
+mid-step drops its connection, PostgreSQL releases the lock and rolls the work back, and the row is due
+again. No lease clock is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import timedelta
+from typing import Final
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from cancelflow.config import get_settings
+from cancelflow.errors import AlreadyHandled
+from cancelflow.models import CancellationPlan, WorkflowStep
+from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
+from cancelflow.services import transitions
+from cancelflow.services.clock import now
+from cancelflow.services.jobs import enqueue_after_commit
+
+log = logging.getLogger(__name__)
+
+# The wire contract between a step kind and the Celery task that runs it.
+TASK_FOR_KIND: Final[dict[StepKind, str]] = {
+    StepKind.validate: "cancellations.validate",
+    StepKind.route: "cancellations.route",
+    StepKind.notify: "fulfillment.notify",
+    StepKind.refund: "payments.refund",
+    StepKind.bank_transfer: "payments.bank_transfer",
+    StepKind.loyalty_credit: "loyalty.credit",
+    StepKind.close: "cancellations.close",
+}
+
+SWEEP_LOCK_KEY: Final = 0x63616E63  # pg advisory lock id held by the one running sweep
+
+
+def create(
+    session: Session,
+    *,
+    request_id: int | None,
+    kind: StepKind,
+    idempotency_key: str,
+    plan_id: int | None = None,
+    fulfillment_order_id: int | None = None,
+) -> WorkflowStep:
+    """Insert the step (once per key) and ask for its task after commit."""
+    settings = get_settings()
+    stamp = now()
+    session.execute(
+        insert(WorkflowStep)
+        .values(
+            request_id=request_id,
+            plan_id=plan_id,
+            kind=kind,
+            status=StepStatus.pending,
+            attempt=0,
+            max_attempts=settings.step_max_attempts,
+            next_attempt_at=stamp + settings.redelivery_grace,
+            idempotency_key=idempotency_key,
+            fulfillment_order_id=fulfillment_order_id,
+            result={},
+            version=1,
+            created_date=stamp,
+            modified_date=stamp,
+        )
+        .on_conflict_do_nothing(index_elements=[WorkflowStep.idempotency_key])
+    )
+    step = session.scalars(select(WorkflowStep).where(WorkflowStep.idempotency_key == idempotency_key)).one()
+    if step.status == StepStatus.pending:
+        enqueue_after_commit(session, TASK_FOR_KIND[kind], step.id)
+    return step
+
+
+def claim(session: Session, step_id: int) -> WorkflowStep:
+    """Lock the step for this transaction, or raise AlreadyHandled if it is taken, finished or gone."""
+    step = session.scalars(
+        select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update(skip_locked=True)
+    ).one_or_none()
+    if step is None:
+        raise AlreadyHandled(f"step {step_id} is running elsewhere or does not exist")
+    if step.status != StepStatus.pending:
+        raise AlreadyHandled(f"step {step_id} is {step.status.value}")
+    return step
+
+
+def finish(session: Session, step: WorkflowStep, result: dict[str, object] | None = None) -> None:
+    transitions.move(session, step, StepStatus.done, finished_at=now(), result=result or {})
+
+
+def backoff(attempt: int) -> timedelta:
+    """Exponential backoff with equal jitter, capped by settings."""
+    settings = get_settings()
+    base = settings.retry_backoff_base.total_seconds()
+    cap = settings.retry_backoff_max.total_seconds()
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return timedelta(seconds=delay / 2 + random.uniform(0, delay / 2))
+
+
+def record_failure(session: Session, step_id: int, error: str, *, permanent: bool) -> StepStatus:
+    """Count a failed attempt; past the budget (or when permanent) the step goes dead and its plan fails."""
+    step = session.scalars(select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update()).one_or_none()
+    if step is None or step.status != StepStatus.pending:
+        return step.status if step is not None else StepStatus.cancelled
+    attempt = step.attempt + 1
+    if permanent or attempt >= step.max_attempts:
+        transitions.move(
+            session, step, StepStatus.dead, attempt=attempt, last_error=error[:4000], data={"error": error[:500]}
+        )
+        if step.plan_id is not None:
+            fail_plan(session, step.plan_id, f"step {step.id} ({step.kind.value}) dead: {error}"[:2000])
+        return StepStatus.dead
+    delay = backoff(attempt)
+    session.execute(
+        update(WorkflowStep)
+        .where(WorkflowStep.id == step.id)
+        .values(attempt=attempt, last_error=error[:4000], next_attempt_at=now() + delay, modified_date=now())
+    )
+    transitions.record_event(
+        session, "step", step.id, "step.retry", data={"attempt": attempt, "error": error[:500],
+                                                         "delay_seconds": round(delay.total_seconds(), 3)}
+    )
+    if delay <= get_settings().max_countdown:
+        enqueue_after_commit(session, TASK_FOR_KIND[step.kind], step.id, countdown=delay.total_seconds())
+    return StepStatus.pending
+
+
+def fail_plan(session: Session, plan_id: int, reason: str) -> None:
+    plan = session.scalars(
+        select(CancellationPlan).where(CancellationPlan.id == plan_id).with_for_update()
+    ).one_or_none()
+    if plan is None or plan.status in (PlanStatus.failed, PlanStatus.completed, PlanStatus.rejected):
+        return
+    transitions.move(
+        session,
+        plan,
+        PlanStatus.failed,
+        failed_from=plan.status.value,
+        failure_reason=reason,
+        data={"reason": reason[:500]},
+    )
+
+
+def sweep_due(session: Session, *, limit: int = 500) -> int:
+    """Re-send every pending step whose time has come (a lost message, a retry, a waking timer).
+
+    Runs under a transaction-scoped advisory lock: a second beat, or an overlapping sweep, does nothing.
+    """
+    if not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SWEEP_LOCK_KEY}).scalar():
+        log.info("another sweep holds the lock; skipping")
+        return 0
+    stamp = now()
+    due = session.execute(
+        select(WorkflowStep.id, WorkflowStep.kind)
+        .where(WorkflowStep.status == StepStatus.pending, WorkflowStep.next_attempt_at <= stamp)
+        .order_by(WorkflowStep.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not due:
+        return 0
+    grace = get_settings().redelivery_grace
+    session.execute(
+        update(WorkflowStep)
+        .where(WorkflowStep.id.in_([row.id for row in due]))
+        .values(next_attempt_at=stamp + grace)
+    )
+    for row in due:
+        enqueue_after_commit(session, TASK_FOR_KIND[row.kind], row.id)
+    log.info("sweep re-sent %d due steps", len(due))
+    return len(due)

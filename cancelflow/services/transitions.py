@@ -1,0 +1,157 @@
+"""The one mutator of every status: check the machine, compare-and-set, append an event.
+
+`UPDATE … SET status=:to, version=version+1 WHERE id=:id AND status=:from` in the caller's transaction,
+plus an `events` row. A rowcount of 0 means another transaction moved the row first: we return False and
+the caller stops (it is someone else's work now).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from cancelflow.models import CancellationPlan, CancellationRequest, Event, FulfillmentOrder, WorkflowStep
+from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, RequestStatus, StepStatus
+from cancelflow.models.transitions import (
+    FO_REQUEST_TRANSITIONS,
+    FO_STATUS_TRANSITIONS,
+    PLAN_TRANSITIONS,
+    REQUEST_TRANSITIONS,
+    STEP_TRANSITIONS,
+    InvalidTransition,
+)
+from cancelflow.services.clock import now
+
+log = logging.getLogger(__name__)
+
+Stateful = CancellationRequest | CancellationPlan | WorkflowStep
+
+_MACHINES: dict[type[Any], tuple[str, Mapping[Any, frozenset[Any]]]] = {
+    CancellationRequest: ("request", REQUEST_TRANSITIONS),
+    CancellationPlan: ("plan", PLAN_TRANSITIONS),
+    WorkflowStep: ("step", STEP_TRANSITIONS),
+}
+
+
+def record_event(
+    session: Session,
+    entity: str,
+    entity_id: int,
+    kind: str,
+    *,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    data: Mapping[str, object] | None = None,
+) -> None:
+    session.add(
+        Event(
+            entity=entity,
+            entity_id=entity_id,
+            kind=kind,
+            from_status=from_status,
+            to_status=to_status,
+            data=dict(data or {}),
+        )
+    )
+
+
+def move(
+    session: Session,
+    obj: Stateful,
+    to: StrEnum,
+    *,
+    data: Mapping[str, object] | None = None,
+    **values: object,
+) -> bool:
+    """Move `obj` to status `to` (setting `values` with it) if nobody moved it first."""
+    machine, table = _MACHINES[type(obj)]
+    current = obj.status
+    if to not in table[current]:
+        raise InvalidTransition(machine, current, to)
+    model = type(obj)
+    stamp = now()
+    result = session.execute(
+        update(model)
+        .where(model.id == obj.id, model.status == current)
+        .values(status=to, version=model.version + 1, modified_date=stamp, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        log.info("%s %s moved by someone else; leaving %s -> %s", machine, obj.id, current, to)
+        return False
+    set_committed_value(obj, "status", to)
+    set_committed_value(obj, "version", obj.version + 1)
+    set_committed_value(obj, "modified_date", stamp)
+    for name, value in values.items():
+        set_committed_value(obj, name, value)
+    record_event(
+        session, machine, obj.id, f"{machine}.{to.value}", from_status=current.value, to_status=to.value, data=data
+    )
+    return True
+
+
+def move_fulfillment_order(
+    session: Session,
+    fo: FulfillmentOrder,
+    *,
+    request_status: FORequestStatus | None = None,
+    status: FOStatus | None = None,
+    data: Mapping[str, object] | None = None,
+) -> bool:
+    """Move a fulfillment order's `request_status` and/or `status` together, compare-and-set on both."""
+    new_request = request_status or fo.request_status
+    new_status = status or fo.status
+    if new_request != fo.request_status and new_request not in FO_REQUEST_TRANSITIONS[fo.request_status]:
+        raise InvalidTransition("fulfillment_order.request_status", fo.request_status, new_request)
+    if new_status != fo.status and new_status not in FO_STATUS_TRANSITIONS[fo.status]:
+        raise InvalidTransition("fulfillment_order.status", fo.status, new_status)
+    stamp = now()
+    result = session.execute(
+        update(FulfillmentOrder)
+        .where(
+            FulfillmentOrder.id == fo.id,
+            FulfillmentOrder.request_status == fo.request_status,
+            FulfillmentOrder.status == fo.status,
+        )
+        .values(
+            request_status=new_request,
+            status=new_status,
+            version=FulfillmentOrder.version + 1,
+            modified_date=stamp,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        log.info("fulfillment order %s moved by someone else", fo.id)
+        return False
+    record_event(
+        session,
+        "fulfillment_order",
+        fo.id,
+        f"fulfillment_order.{new_request.value}",
+        from_status=f"{fo.request_status.value}/{fo.status.value}",
+        to_status=f"{new_request.value}/{new_status.value}",
+        data=data,
+    )
+    set_committed_value(fo, "request_status", new_request)
+    set_committed_value(fo, "status", new_status)
+    set_committed_value(fo, "version", fo.version + 1)
+    set_committed_value(fo, "modified_date", stamp)
+    return True
+
+
+__all__ = [
+    "InvalidTransition",
+    "PlanStatus",
+    "RequestStatus",
+    "StepStatus",
+    "move",
+    "move_fulfillment_order",
+    "record_event",
+]

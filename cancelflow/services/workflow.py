@@ -1,0 +1,421 @@
+"""How a cancellation moves: approve, route, notify, reply, settle, close.
+
+Each step function runs inside the transaction that claimed its step row, makes its change, finishes the
+step and asks for the next one after commit. Every status change goes through `transitions.move`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from cancelflow.config import get_settings
+from cancelflow.errors import AlreadyHandled, Conflict, NotFound, PermanentError
+from cancelflow.integrations import connector
+from cancelflow.models import (
+    CancellationPlan,
+    CancellationRequest,
+    Customer,
+    FulfillmentOrder,
+    FulfillmentOrderLineItem,
+    FulfillmentService,
+    LoyaltyLedgerEntry,
+    MoneyTransaction,
+    Order,
+    OrderItem,
+    Payment,
+    WorkflowStep,
+)
+from cancelflow.models.enums import (
+    CancellationType,
+    FORequestStatus,
+    FOStatus,
+    PlanStatus,
+    RefundTarget,
+    RejectionCode,
+    RequestStatus,
+    StepKind,
+    StepStatus,
+)
+from cancelflow.services import fulfillment_orders as fos
+from cancelflow.services import steps, transitions
+from cancelflow.services.clock import now
+from cancelflow.services.money import STEP_FOR_TARGET, money_key, plan_amount, refund_target
+
+log = logging.getLogger(__name__)
+
+MONEY_KINDS = frozenset(STEP_FOR_TARGET.values())
+
+
+def lock_order(session: Session, order_id: int) -> Order:
+    """One order at a time: requests and plans of an order change under this row lock."""
+    return session.scalars(select(Order).where(Order.id == order_id).with_for_update()).one()
+
+
+def get_request(session: Session, request_id: int) -> CancellationRequest:
+    request = session.get(CancellationRequest, request_id)
+    if request is None:
+        raise NotFound(f"cancellation request {request_id} not found")
+    return request
+
+
+def plan_of(session: Session, request_id: int) -> CancellationPlan | None:
+    return session.scalars(
+        select(CancellationPlan).where(CancellationPlan.request_id == request_id)
+    ).one_or_none()
+
+
+# --- validate and approve -------------------------------------------------------------------------
+
+
+def validate_step(session: Session, step: WorkflowStep) -> None:
+    """Re-check the request under the order lock, then apply the approval rule from settings."""
+    assert step.request_id is not None
+    request = get_request(session, step.request_id)
+    lock_order(session, request.order_id)
+    session.refresh(request)
+    if request.status == RequestStatus.waiting and get_settings().approval_rule == "auto":
+        approve(session, request, actor="auto-approval rule")
+    steps.finish(session, step, {"approval_rule": get_settings().approval_rule})
+
+
+def approve(session: Session, request: CancellationRequest, *, actor: str) -> CancellationPlan:
+    """Approve a waiting request: make its plan and start routing."""
+    lock_order(session, request.order_id)
+    session.refresh(request)
+    if request.status != RequestStatus.waiting:
+        raise Conflict(f"request {request.id} is {request.status.value}, only a waiting request can be approved")
+    if not transitions.move(session, request, RequestStatus.approved, data={"actor": actor}):
+        raise AlreadyHandled(f"request {request.id} moved while approving")
+    item = session.get_one(OrderItem, request.order_item_id)
+    order = session.get_one(Order, request.order_id)
+    payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one_or_none()
+    target = (
+        refund_target(loyalty=request.fully_refund_as_loyalty_money, payment_method=payment.method)
+        if payment is not None
+        else RefundTarget.loyalty_money
+    )
+    plan = CancellationPlan(
+        request_id=request.id,
+        status=PlanStatus.waiting,
+        plan_type=request.cancellation_type,
+        amount=plan_amount(item.unit_price, request.quantity),
+        currency=order.currency,
+        refund_target=target,
+        version=1,
+    )
+    session.add(plan)
+    session.flush()
+    transitions.record_event(
+        session, "plan", plan.id, "plan.created", to_status=plan.status.value,
+        data={"request_id": request.id, "amount": str(plan.amount), "currency": plan.currency,
+              "refund_target": target.value},
+    )
+    steps.create(
+        session, request_id=request.id, plan_id=plan.id, kind=StepKind.route, idempotency_key=f"{plan.id}:route:1"
+    )
+    return plan
+
+
+def reject_request(
+    session: Session, request: CancellationRequest, *, code: RejectionCode, message: str | None
+) -> bool:
+    """End a request as rejected and give its quantity back to the order item."""
+    if not transitions.move(
+        session, request, RequestStatus.rejected, rejection_code=code.value, rejection_message=message,
+        data={"code": code.value, "message": message},
+    ):
+        return False
+    session.execute(
+        update(OrderItem)
+        .where(OrderItem.id == request.order_item_id)
+        .values(requested_quantity=OrderItem.requested_quantity - request.quantity)
+    )
+    return True
+
+
+# --- route ------------------------------------------------------------------------------------------
+
+
+def route_step(session: Session, step: WorkflowStep) -> None:
+    """Cancel what the services have not accepted; ask them about the rest."""
+    plan = session.get_one(CancellationPlan, step.plan_id)
+    request = session.get_one(CancellationRequest, plan.request_id)
+    lock_order(session, request.order_id)
+    session.refresh(plan)
+    if plan.status != PlanStatus.waiting:
+        steps.finish(session, step, {"skipped": plan.status.value})
+        return
+    asked: list[int] = []
+    cancelled: list[int] = []
+    if request.cancellation_type == CancellationType.cancel:
+        asked, cancelled = _allocate(session, plan, request)
+    if asked:
+        services = session.scalars(
+            select(FulfillmentService).join(
+                FulfillmentOrder, FulfillmentOrder.fulfillment_service_id == FulfillmentService.id
+            ).where(FulfillmentOrder.id.in_(asked))
+        ).all()
+        deadline = now() + timedelta(seconds=min(s.reply_deadline_seconds for s in services))
+        transitions.move(session, plan, PlanStatus.confirmation_waiting, deadline_at=deadline,
+                         data={"fulfillment_orders": asked})
+    else:
+        confirm(session, plan, note="nothing held by a fulfillment service")
+    steps.finish(session, step, {"asked": asked, "cancelled_locally": cancelled})
+
+
+def _allocate(session: Session, plan: CancellationPlan, request: CancellationRequest) -> tuple[list[int], list[int]]:
+    rows = session.execute(
+        select(FulfillmentOrderLineItem, FulfillmentOrder)
+        .join(FulfillmentOrder, FulfillmentOrder.id == FulfillmentOrderLineItem.fulfillment_order_id)
+        .where(
+            FulfillmentOrderLineItem.order_item_id == request.order_item_id,
+            FulfillmentOrderLineItem.quantity > 0,
+            FulfillmentOrder.status.in_(fos.OPEN_STATUSES),
+            FulfillmentOrder.cancellation_plan_id.is_(None),
+        )
+        .order_by(FulfillmentOrder.id)
+        .with_for_update(of=FulfillmentOrder)
+    ).all()
+    remaining = request.quantity
+    asked: list[int] = []
+    cancelled: list[int] = []
+    for line, fo in rows:
+        if remaining <= 0:
+            break
+        quantity = min(remaining, line.quantity)
+        part = fos.split(session, fo, line, quantity)
+        part.cancellation_plan_id = plan.id
+        if fos.needs_service_consent(part):
+            fos.request_cancellation(session, part, message=request.description or "Cancellation requested")
+            steps.create(
+                session, request_id=request.id, plan_id=plan.id, kind=StepKind.notify,
+                fulfillment_order_id=part.id, idempotency_key=f"{plan.id}:notify:{part.id}:1",
+            )
+            asked.append(part.id)
+        else:
+            fos.cancel_directly(session, part, reason=f"cancellation plan {plan.id}")
+            cancelled.append(part.id)
+        remaining -= quantity
+    session.flush()
+    return asked, cancelled
+
+
+def notify_step(session: Session, step: WorkflowStep) -> None:
+    """Tell the service it has a cancellation request to pull (unless it already answered)."""
+    assert step.fulfillment_order_id is not None
+    fo = session.get_one(FulfillmentOrder, step.fulfillment_order_id)
+    if fo.request_status != FORequestStatus.cancellation_requested or fo.fulfillment_service_id is None:
+        steps.finish(session, step, {"skipped": fo.request_status.value})
+        return
+    service = session.get_one(FulfillmentService, fo.fulfillment_service_id)
+    connector(get_settings().notifier_connector).notify(
+        callback_url=service.callback_url, secret=service.secret, kind="CANCELLATION_REQUEST"
+    )
+    steps.finish(session, step, {"notified": service.handle})
+
+
+# --- replies ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    fulfillment_order: FulfillmentOrder
+    applied: bool
+    error: str | None = None
+
+
+def answer_cancellation(
+    session: Session,
+    fo_id: int,
+    *,
+    decision: Literal["accept", "reject"],
+    message: str | None,
+    service_id: int | None,
+) -> ReplyOutcome:
+    """Apply a service's accept/reject once; record every other reply (duplicates, late, wrong state).
+
+    Returns an outcome with `error` set instead of raising, so the caller commits the recorded event.
+    """
+    fo = fos.get_for_service(session, fo_id, service_id)
+    lock_order(session, fo.order_id)
+    fo = fos.get_for_service(session, fo_id, service_id, lock=True)
+    session.refresh(fo)
+    accepted = decision == "accept"
+    done_state = FORequestStatus.cancellation_accepted if accepted else FORequestStatus.cancellation_rejected
+    if fo.request_status != FORequestStatus.cancellation_requested:
+        if fo.request_status == done_state:
+            transitions.record_event(session, "fulfillment_order", fo.id, "reply.duplicate",
+                                     data={"decision": decision, "message": message})
+            return ReplyOutcome(fo, applied=False)
+        transitions.record_event(session, "fulfillment_order", fo.id, "reply.ignored",
+                                 data={"decision": decision, "message": message, "flagged": True,
+                                       "request_status": fo.request_status.value})
+        return ReplyOutcome(
+            fo, applied=False,
+            error="Fulfillment order does not have a pending cancellation request.",
+        )
+    merchant_request = fos.open_cancellation_request(session, fo.id)
+    if merchant_request is not None:
+        merchant_request.response = "accepted" if accepted else "rejected"
+        merchant_request.response_message = message
+        merchant_request.responded_at = now()
+    transitions.move_fulfillment_order(
+        session, fo, request_status=done_state,
+        status=FOStatus.cancelled if accepted else FOStatus.in_progress,
+        data={"message": message},
+    )
+    if fo.cancellation_plan_id is not None:
+        plan = session.get_one(CancellationPlan, fo.cancellation_plan_id)
+        session.refresh(plan)
+        if plan.status != PlanStatus.confirmation_waiting:
+            # The plan moved on (escalated, failed, staff decision): keep the answer, flag it for staff.
+            transitions.record_event(session, "plan", plan.id, "reply.flagged",
+                                     data={"decision": decision, "fulfillment_order_id": fo.id,
+                                           "plan_status": plan.status.value, "flagged": True})
+        elif accepted:
+            _confirm_if_all_accepted(session, plan)
+        else:
+            request = session.get_one(CancellationRequest, plan.request_id)
+            transitions.move(session, plan, PlanStatus.rejected,
+                             data={"fulfillment_order_id": fo.id, "message": message})
+            reject_request(session, request, code=RejectionCode.fulfillment_rejected,
+                           message=message or "rejected by the fulfillment service")
+    return ReplyOutcome(fo, applied=True)
+
+
+def _confirm_if_all_accepted(session: Session, plan: CancellationPlan) -> None:
+    still_waiting = session.scalar(
+        select(func.count()).select_from(FulfillmentOrder).where(
+            FulfillmentOrder.cancellation_plan_id == plan.id,
+            FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
+        )
+    )
+    if still_waiting == 0:
+        confirm(session, plan, note="accepted by the fulfillment service")
+
+
+# --- money and close --------------------------------------------------------------------------------
+
+
+def confirm(session: Session, plan: CancellationPlan, *, note: str) -> None:
+    """The goods are stopped: move the plan on to money, one step per refund target."""
+    transitions.move(session, plan, PlanStatus.confirmed, data={"note": note})
+    transitions.move(session, plan, PlanStatus.waiting_for_payment)
+    if plan.amount > 0:
+        steps.create(
+            session, request_id=plan.request_id, plan_id=plan.id, kind=STEP_FOR_TARGET[plan.refund_target],
+            idempotency_key=money_key(plan.id, plan.refund_target),
+        )
+    else:
+        _close_when_paid(session, plan)
+
+
+def money_step(session: Session, step: WorkflowStep) -> None:
+    """Move the money once: the step's idempotency key goes to the connector and into a unique row."""
+    plan = session.get_one(CancellationPlan, step.plan_id)
+    if plan.status != PlanStatus.waiting_for_payment:
+        steps.finish(session, step, {"skipped": plan.status.value})
+        return
+    existing = session.scalars(
+        select(MoneyTransaction).where(MoneyTransaction.idempotency_key == step.idempotency_key)
+    ).one_or_none()
+    if existing is not None:
+        steps.finish(session, step, {"external_id": existing.external_id, "already_recorded": True})
+        _close_when_paid(session, plan)
+        return
+    request = session.get_one(CancellationRequest, plan.request_id)
+    order = session.get_one(Order, request.order_id)
+    settings = get_settings()
+    target = plan.refund_target
+    replayed = False
+    if target == RefundTarget.original_payment:
+        payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one()
+        if not payment.reference:
+            raise PermanentError(f"payment of order {order.number} has no reference to refund against")
+        movement = connector(settings.payment_connector).refund(
+            payment_reference=payment.reference, amount=plan.amount, currency=plan.currency,
+            idempotency_key=step.idempotency_key,
+        )
+        external_id, replayed = movement.external_id, movement.replayed
+    elif target == RefundTarget.bank_transfer:
+        if not request.iban or not request.holder_name:
+            raise PermanentError("bank transfer needs an IBAN and a holder name")
+        movement = connector(settings.bank_connector).transfer(
+            iban=request.iban, holder_name=request.holder_name, amount=plan.amount, currency=plan.currency,
+            idempotency_key=step.idempotency_key,
+        )
+        external_id, replayed = movement.external_id, movement.replayed
+    else:
+        external_id = _credit_loyalty(session, plan, order, step.idempotency_key)
+    session.execute(
+        insert(MoneyTransaction)
+        .values(plan_id=plan.id, step_id=step.id, target=target, amount=plan.amount, currency=plan.currency,
+                idempotency_key=step.idempotency_key, external_id=external_id)
+        .on_conflict_do_nothing(index_elements=[MoneyTransaction.idempotency_key])
+    )
+    transitions.record_event(session, "plan", plan.id, "money.moved",
+                             data={"target": target.value, "amount": str(plan.amount), "currency": plan.currency,
+                                   "external_id": external_id, "replayed": replayed})
+    steps.finish(session, step, {"external_id": external_id, "replayed": replayed})
+    _close_when_paid(session, plan)
+
+
+def _credit_loyalty(session: Session, plan: CancellationPlan, order: Order, key: str) -> str:
+    customer = session.get_one(Customer, order.customer_id)
+    session.execute(
+        insert(LoyaltyLedgerEntry)
+        .values(customer_id=customer.id, plan_id=plan.id, amount=plan.amount, currency=plan.currency,
+                idempotency_key=key, description=f"refund of cancellation plan {plan.id}")
+        .on_conflict_do_nothing(index_elements=[LoyaltyLedgerEntry.idempotency_key])
+    )
+    entry_id = session.scalars(
+        select(LoyaltyLedgerEntry.id).where(LoyaltyLedgerEntry.idempotency_key == key)
+    ).one()
+    return f"loyalty:{entry_id}"
+
+
+def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
+    # Serialise the "was that the last money step?" question per plan.
+    session.execute(select(CancellationPlan.id).where(CancellationPlan.id == plan.id).with_for_update())
+    unpaid = session.scalar(
+        select(func.count()).select_from(WorkflowStep).where(
+            WorkflowStep.plan_id == plan.id,
+            WorkflowStep.kind.in_(MONEY_KINDS),
+            WorkflowStep.status != StepStatus.done,
+        )
+    )
+    if unpaid == 0:
+        steps.create(session, request_id=plan.request_id, plan_id=plan.id, kind=StepKind.close,
+                     idempotency_key=f"{plan.id}:close:1")
+
+
+def close_step(session: Session, step: WorkflowStep) -> None:
+    """Complete the plan and its request."""
+    plan = session.get_one(CancellationPlan, step.plan_id)
+    request = session.get_one(CancellationRequest, plan.request_id)
+    lock_order(session, request.order_id)
+    session.refresh(plan)
+    session.refresh(request)
+    if plan.status == PlanStatus.waiting_for_payment:
+        transitions.move(session, plan, PlanStatus.completed)
+        if request.status == RequestStatus.approved:
+            transitions.move(session, request, RequestStatus.completed)
+    steps.finish(session, step, {"plan_status": plan.status.value})
+
+
+STEP_HANDLERS = {
+    StepKind.validate: validate_step,
+    StepKind.route: route_step,
+    StepKind.notify: notify_step,
+    StepKind.refund: money_step,
+    StepKind.bank_transfer: money_step,
+    StepKind.loyalty_credit: money_step,
+    StepKind.close: close_step,
+}

@@ -1,0 +1,58 @@
+"""The request's own steps: intake, validation and approval, routing, closing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from cancelflow.errors import Invalid
+from cancelflow.services import intake, workflow
+from cancelflow.worker.app import celery_app
+from cancelflow.worker.base import DbTask
+
+log = structlog.get_logger(__name__)
+
+
+@celery_app.task(name="cancellations.submit", base=DbTask, bind=True, max_retries=8)
+def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
+    """Store a storefront's cancellation message as a request (kwargs only; see intake.SubmitMessage)."""
+    client_request_id = kwargs.get("client_request_id")
+    ref = client_request_id if isinstance(client_request_id, str) else repr(client_request_id)[:100]
+    if args:
+        log.warning("cancellation message rejected", client_request_id=ref, reason="positional arguments")
+        return "invalid"
+    try:
+        with self.session() as session:
+            result = intake.submit(session, kwargs)
+            status = result.request.status.value
+            request_id = result.request.id
+    except Invalid as exc:
+        log.warning("cancellation message rejected", client_request_id=ref, code=exc.code,
+                    errors=exc.field_errors or exc.message)
+        return "invalid"
+    except (OperationalError, IntegrityError) as exc:
+        # The database is away, or a twin message with the same client_request_id won a race.
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+    log.info("cancellation request stored", client_request_id=ref, request_id=request_id, status=status,
+             created=result.created)
+    return status
+
+
+@celery_app.task(name="cancellations.validate", base=DbTask, bind=True)
+def validate(self: DbTask, step_id: int) -> str:
+    """Re-check the request and apply the approval rule."""
+    return self.run_step(step_id, workflow.validate_step)
+
+
+@celery_app.task(name="cancellations.route", base=DbTask, bind=True)
+def route(self: DbTask, step_id: int) -> str:
+    """Cancel locally what no service holds; ask the services about the rest."""
+    return self.run_step(step_id, workflow.route_step)
+
+
+@celery_app.task(name="cancellations.close", base=DbTask, bind=True)
+def close(self: DbTask, step_id: int) -> str:
+    """Complete the plan and the request once the money has moved."""
+    return self.run_step(step_id, workflow.close_step)

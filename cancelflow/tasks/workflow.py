@@ -1,0 +1,14 @@
+"""Beat-driven housekeeping."""
+
+from __future__ import annotations
+
+from cancelflow.services import steps
+from cancelflow.worker.app import celery_app
+from cancelflow.worker.base import DbTask
+
+
+@celery_app.task(name="workflow.sweep_due", base=DbTask, bind=True)
+def sweep_due(self: DbTask) -> int:
+    """Re-send due steps: lost messages, retries whose countdown was too long for the broker, timers."""
+    with self.session() as session:
+        return steps.sweep_due(session)

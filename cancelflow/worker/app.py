@@ -1,0 +1,56 @@
+"""The Celery app. `celery -A cancelflow.worker.app worker|beat|flower` starts from here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from cancelflow.config import get_settings
+from cancelflow.services import jobs
+
+log = logging.getLogger(__name__)
+
+TASK_MODULES = [
+    "cancelflow.tasks.cancellations",
+    "cancelflow.tasks.fulfillment",
+    "cancelflow.tasks.payments",
+    "cancelflow.tasks.workflow",
+]
+
+celery_app = Celery("cancelflow", include=TASK_MODULES)
+
+
+@celery_app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    from cancelflow.worker.config import celery_config
+
+    sender.conf.update(celery_config(get_settings()))
+
+
+def send(send: jobs.Send) -> None:
+    celery_app.send_task(send.task, args=list(send.args), countdown=send.countdown)
+
+
+def install_sender() -> None:
+    """Route every after-commit send of this process to the broker."""
+    jobs.set_sender(send)
+
+
+install_sender()
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    from cancelflow.config.logging import configure_logging
+
+    configure_logging(get_settings())
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked child must never share the parent's pooled database connections.
+    from cancelflow.db import get_engine
+
+    get_engine.cache_clear()

@@ -1,0 +1,69 @@
+"""DbTask: the base every task uses. It owns sessions, logging context and error classification."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+import structlog
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from cancelflow.db import transaction
+from cancelflow.errors import AlreadyHandled, CancelflowError, PermanentError, TransientError
+from cancelflow.models import WorkflowStep
+from cancelflow.models.transitions import InvalidTransition
+from cancelflow.services import steps
+
+log = structlog.get_logger(__name__)
+
+StepHandler = Callable[[Session, WorkflowStep], None]
+
+
+class DbTask(Task):  # type: ignore[misc]
+    abstract = True
+    acks_late = True
+    ignore_result = True
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with transaction() as session:
+            yield session
+
+    def run_step(self, step_id: int, handler: StepHandler) -> str:
+        """Claim the step row, run one service call on it, classify what went wrong."""
+        structlog.contextvars.bind_contextvars(step_id=step_id, task=self.name, task_id=self.request.id)
+        try:
+            with self.session() as session:
+                step = steps.claim(session, step_id)
+                structlog.contextvars.bind_contextvars(
+                    plan_id=step.plan_id, request_id=step.request_id, attempt=step.attempt + 1
+                )
+                handler(session, step)
+            log.info("step done")
+            return "done"
+        except AlreadyHandled as exc:
+            log.info("step already handled", reason=exc.message)
+            return "already_handled"
+        except (TransientError, SoftTimeLimitExceeded) as exc:
+            return self._failed(step_id, exc, permanent=False)
+        except DBAPIError as exc:
+            # Connection loss, deadlock, serialisation failure: the transaction was rolled back whole.
+            return self._failed(step_id, exc, permanent=False)
+        except (PermanentError, InvalidTransition, CancelflowError) as exc:
+            return self._failed(step_id, exc, permanent=True)
+        except Exception as exc:  # an unforeseen bug: retried within the budget, then dead for an operator
+            log.exception("step raised an unexpected error")
+            return self._failed(step_id, exc, permanent=False)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def _failed(self, step_id: int, exc: BaseException, *, permanent: bool) -> str:
+        error = f"{type(exc).__name__}: {exc}"
+        with self.session() as session:
+            status = steps.record_failure(session, step_id, error, permanent=permanent)
+        level = logging.ERROR if status.value == "dead" else logging.WARNING
+        log.log(level, "step failed", error=error, permanent=permanent, step_status=status.value)
+        return status.value

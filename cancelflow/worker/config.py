@@ -1,0 +1,68 @@
+"""The Celery configuration, derived from settings in this one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from cancelflow.config.settings import Settings
+
+QUEUES = ("default", "route", "money", "bulk")
+
+ROUTES = {
+    "cancellations.route": {"queue": "route"},
+    "fulfillment.*": {"queue": "route"},
+    "payments.*": {"queue": "money"},
+    "loyalty.*": {"queue": "money"},
+    "tags.*": {"queue": "bulk"},
+    "exports.*": {"queue": "bulk"},
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    broker = settings.require_broker_url()
+    amqp = broker.startswith(("amqp://", "amqps://", "pyamqp://"))
+    queue_arguments = {"x-queue-type": "quorum"} if amqp else None
+    transport_options: dict[str, Any] = {}
+    if amqp:
+        transport_options["confirm_publish"] = True
+    else:
+        transport_options["visibility_timeout"] = int(settings.visibility_timeout.total_seconds())
+    return {
+        "broker_url": broker,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport_options,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once: a task is acknowledged after it ran, and redelivered if its process died.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": 120,
+        "task_time_limit": 180,
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "task_default_queue": "default",
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=queue_arguments)
+            for name in QUEUES
+        ],
+        "task_routes": ROUTES,
+        "task_create_missing_queues": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "workflow.sweep_due": {
+                "task": "workflow.sweep_due",
+                "schedule": settings.sweep_interval.total_seconds(),
+                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
+            },
+        },
+    }

@@ -1,0 +1,112 @@
+"""Test infrastructure: a real PostgreSQL database per session (schema by Alembic), a private Redis db.
+
+The machine's PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are used when reachable, else the
+embedded ones are started under a temporary directory, exactly as `make run` would.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LOCAL_ADMIN_DB = os.environ.get("CANCELFLOW_TEST_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCAL_REDIS = os.environ.get("CANCELFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
+RUN_ID = uuid.uuid4().hex[:8]
+TEST_DB = f"cf_test_{RUN_ID}"
+OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
+
+
+def _reachable() -> bool:
+    import psycopg2
+    import redis
+
+    try:
+        psycopg2.connect(LOCAL_ADMIN_DB, connect_timeout=2).close()
+        redis.Redis.from_url(LOCAL_REDIS, socket_connect_timeout=2).ping()
+    except Exception:  # any failure means "not usable here": fall back to the embedded servers
+        return False
+    return True
+
+
+def _bootstrap() -> tuple[str, str, object | None]:
+    """Decide the servers before any settings are read, and point CANCELFLOW_* at them."""
+    if os.environ.get("CANCELFLOW_EMBEDDED") != "1" and _reachable():
+        admin = LOCAL_ADMIN_DB
+        db_index = 1 + int(RUN_ID, 16) % 15
+        broker = f"{LOCAL_REDIS}/{db_index}"
+        embedded = None
+    else:
+        import tempfile
+
+        from cancelflow.config.embedded import EmbeddedServices
+
+        embedded = EmbeddedServices(Path(tempfile.mkdtemp(prefix="cf-embedded-")))
+        admin_url, broker = embedded.start()
+        admin = admin_url
+    base, _, query = admin.partition("?")
+    database_url = base.rsplit("/", 1)[0] + f"/{TEST_DB}" + (f"?{query}" if query else "")
+    os.environ["CANCELFLOW_DATABASE_URL"] = database_url
+    os.environ["CANCELFLOW_BROKER_URL"] = broker
+    os.environ["CANCELFLOW_EMBEDDED"] = "0"
+    os.environ.setdefault("CANCELFLOW_LOG_JSON", "false")
+    return admin, broker, embedded
+
+
+ADMIN_URL, BROKER_URL, _EMBEDDED = _bootstrap()
+DATABASE_URL = os.environ["CANCELFLOW_DATABASE_URL"]
+
+
+def _admin_execute(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(ADMIN_URL)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database() -> Iterator[str]:
+    """A fresh database for this run, migrated by Alembic, dropped at the end."""
+    from cancelflow.db import get_engine, migrate
+
+    _admin_execute(f'DROP DATABASE IF EXISTS "{TEST_DB}"')
+    _admin_execute(f'CREATE DATABASE "{TEST_DB}"')
+    migrate(DATABASE_URL)
+    yield DATABASE_URL
+    get_engine.cache_clear()
+    _admin_execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+    if _EMBEDDED is not None:
+        _EMBEDDED.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def session(database: str) -> Iterator[object]:
+    """A session inside an outer transaction that is rolled back: nothing a unit test writes stays."""
+    from sqlalchemy.orm import Session
+
+    from cancelflow.db import get_engine
+
+    connection = get_engine().connect()
+    outer = connection.begin()
+    db = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield db
+    finally:
+        db.close()
+        outer.rollback()
+        connection.close()
+
+
+@pytest.fixture
+def output_dir(request: pytest.FixtureRequest) -> Path:
+    path = OUTPUT_DIR / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
