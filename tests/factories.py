@@ -59,29 +59,55 @@ def order_payload(
 ) -> dict[str, Any]:
     order_id = next_id()
     item_rows = [
-        {"id": next_id(), "sku": f"SKU-{order_id}-{n}", "product_name": f"Product {n}", "quantity": quantity,
-         "unit_price": unit_price, "variant_id": 49148385, "inventory_item_id": 49148385}
+        {
+            "id": next_id(),
+            "sku": f"SKU-{order_id}-{n}",
+            "product_name": f"Product {n}",
+            "quantity": quantity,
+            "unit_price": unit_price,
+            "variant_id": 49148385,
+            "inventory_item_id": 49148385,
+        }
         for n in range(items)
     ]
     fos = []
     if with_fulfillment_order:
-        fos.append({
-            "id": next_id(),
-            "fulfillment_service": service_handle,
-            "request_status": request_status if service_handle else "unsubmitted",
-            "status": fo_status if service_handle else "open",
-            "destination": {"id": order_id, "address1": "Chestnut Street 92", "address2": "", "city": "Louisville",
-                            "company": None, "country": "United States", "email": "bob.norman@hostmail.com",
-                            "first_name": "Bob", "last_name": "Norman", "phone": "555-625-1199",
-                            "province": "Kentucky", "zip": "40202"},
-            "line_items": [{"id": next_id(), "order_item": i["id"], "quantity": quantity} for i in item_rows],
-        })
+        fos.append(
+            {
+                "id": next_id(),
+                "fulfillment_service": service_handle,
+                "request_status": request_status if service_handle else "unsubmitted",
+                "status": fo_status if service_handle else "open",
+                "destination": {
+                    "id": order_id,
+                    "address1": "Chestnut Street 92",
+                    "address2": "",
+                    "city": "Louisville",
+                    "company": None,
+                    "country": "United States",
+                    "email": "bob.norman@hostmail.com",
+                    "first_name": "Bob",
+                    "last_name": "Norman",
+                    "phone": "555-625-1199",
+                    "province": "Kentucky",
+                    "zip": "40202",
+                },
+                "line_items": [
+                    {"id": next_id(), "order_item": i["id"], "quantity": quantity} for i in item_rows
+                ],
+            }
+        )
     return {
         "id": order_id,
         "number": f"T{order_id}",
         "channel": channel,
-        "customer": {"id": order_id, "first_name": "Bob", "last_name": "Norman",
-                     "email": email or f"bob{order_id}@example.com", "channel": channel},
+        "customer": {
+            "id": order_id,
+            "first_name": "Bob",
+            "last_name": "Norman",
+            "email": email or f"bob{order_id}@example.com",
+            "channel": channel,
+        },
         "currency": currency,
         "shipping_option_slug": "standard",
         "tracking_number": f"TRK{order_id}",

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,8 +28,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
 
 from cancelflow.config import get_settings
 from cancelflow.config.embedded import EmbeddedServices, EmbeddedServicesError, resolve_urls
@@ -461,63 +460,60 @@ def print_summary(
     *,
     log_dir: Path,
     example: tuple[int | None, int | None] = (None, None),
+    embedded_urls: tuple[str, str] | None = None,
 ) -> None:
+    """The URLs, credentials and commands to try; ``embedded_urls`` adds the `export` other shells need."""
     base = api_url(settings)
     staff = creds["staff_token"]
     handle = next(iter(SANDBOX_SERVICES))
     flower_host = _connect_host(settings.api_host)
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("API", base)
-    table.add_row("API docs", f"{base}/api/docs/")
-    table.add_row(
-        "Flower",
-        f"http://{flower_host}:{settings.flower_port}/  (user {settings.flower_user}, "
-        f"password {flower_password(settings, creds)})",
-    )
-    table.add_row("Staff token", staff)
-    table.add_row("Storefront token", creds["storefront_token"])
-    table.add_row(f"Fulfillment token ({handle})", creds["services"][handle]["token"])
-    table.add_row("Logs", str(log_dir))
-    console.print(Panel(table, title="cancelflow is running", border_style="green"))
+    rows = [
+        ("API", base),
+        ("API docs", f"{base}/api/docs/"),
+        ("Flower", f"http://{flower_host}:{settings.flower_port}/"),
+        ("Flower login", f"{settings.flower_user} / {flower_password(settings, creds)}"),
+        ("Staff token", staff),
+        ("Storefront token", creds["storefront_token"]),
+        (f"Fulfillment token ({handle})", creds["services"][handle]["token"]),
+        ("Logs", str(log_dir)),
+    ]
+    width = max(len(label) for label, _ in rows)
+    console.rule("[bold green]cancelflow is running[/bold green]")
+    for label, value in rows:
+        # soft_wrap: tokens are never cut or folded, so they can be copied from any terminal width.
+        console.print(f"  [bold]{label:<{width}}[/bold]  {value}", soft_wrap=True, highlight=False)
 
     item, reason = example
     item_s = str(item) if item is not None else "<order_item_id>"
     reason_s = str(reason) if reason is not None else "<reason_id>"
-    body = json.dumps(
-        {"order_item": item or 0, "reason": reason or 0, "cancellation_type": "cancel", "quantity": 1}
-    )
-    if item is None or reason is None:
-        body = body.replace('"order_item": 0', f'"order_item": {item_s}').replace(
-            '"reason": 0', f'"reason": {reason_s}'
-        )
+    body = f'{{"order_item": {item_s}, "reason": {reason_s}, "cancellation_type": "cancel", "quantity": 1}}'
     celery_kwargs = (
         f"client_request_id='try-1', order_item={item_s}, quantity=1, reason={reason_s}, "
-        "cancellation_type='cancel', channel=None"
+        "cancellation_type='cancel'"
     )
+
+    def show(line: str) -> None:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+
     console.print("[bold]Try it[/bold]")
-    console.print(
-        f"  curl -H 'Authorization: Token {staff}' {base}/api/v1/cancellation_requests/",
-        soft_wrap=True,
-        highlight=False,
-    )
-    console.print(
+    show(f"  curl -H 'Authorization: Token {staff}' {base}/api/v1/cancellation_requests/")
+    show(
         f"  curl -X POST -H 'Authorization: Token {staff}' -H 'Content-Type: application/json' "
-        f"-d '{body}' {base}/api/v1/cancellation_requests/",
-        soft_wrap=True,
-        highlight=False,
+        f"-d '{body}' {base}/api/v1/cancellation_requests/"
     )
-    console.print(
-        "  As a storefront, through the broker (any Celery client can publish it):", highlight=False
+    show("  As a storefront, through the broker (the `cancellations.submit` message):")
+    if embedded_urls is not None:
+        database_url, broker_url = embedded_urls
+        show("    # in another terminal, point cancelflow at the embedded servers first:")
+        show(
+            f"    export CANCELFLOW_DATABASE_URL={shlex.quote(database_url)} "
+            f"CANCELFLOW_BROKER_URL={shlex.quote(broker_url)}"
+        )
+    show(f"    cancelflow submit --order-item {item_s} --reason {reason_s} --quantity 1")
+    show(
+        '    python -c "from cancelflow.worker.app import celery_app; '
+        f"celery_app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}))\""
     )
-    console.print(
-        '    python -c "from cancelflow.worker.app import app; '
-        f"app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}))\"",
-        soft_wrap=True,
-        highlight=False,
-    )
-    console.print("  or: cancelflow submit --help", highlight=False)
     console.print("[dim]Ctrl-C stops everything.[/dim]")
 
 
@@ -607,7 +603,9 @@ def _run(
         )
     else:
         console.print(f"Using the embedded servers under {data_dir}:", highlight=False)
-    console.print(f"  database: {database_url}\n  broker:   {broker_url}", highlight=False)
+    console.print(
+        f"  database: {_safe_url(database_url)}\n  broker:   {_safe_url(broker_url)}", highlight=False
+    )
 
     console.print("Migrating…")
     migrate(database_url)
@@ -647,8 +645,27 @@ def _run(
 
     example = _example_ids(database_url)
     get_engine(database_url).dispose()  # the supervisor itself needs no connections from here on
-    print_summary(console, settings, creds, log_dir=log_dir, example=example)
+    print_summary(
+        console,
+        settings,
+        creds,
+        log_dir=log_dir,
+        example=example,
+        embedded_urls=(database_url, broker_url) if services is not None else None,
+    )
     return supervise(console, supervisor, services)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for printing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:**@{hostinfo}"))
 
 
 def supervise(console: Console, supervisor: Supervisor, services: EmbeddedServices | None) -> int:

@@ -184,7 +184,7 @@ class EmbeddedServices:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver then uses /tmp/runtime-<uid>.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            from pgserver.postgres_server import get_server
+            import pgserver  # noqa: F401 -- imported here, under the filter, for its import-time warning
 
         pgdata = self.postgres_dir
         pgdata.mkdir(parents=True, exist_ok=True)
@@ -195,8 +195,7 @@ class EmbeddedServices:
         if handles.exists():
             handles.write_text("[]")
         try:
-            # Adopts a postmaster left running by a killed run; otherwise runs initdb once, then pg_ctl.
-            server = get_server(pgdata, cleanup_mode="stop")
+            server = _get_pg_server(pgdata)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
             raise EmbeddedServicesError(
                 f"could not start the embedded PostgreSQL in {pgdata} ({exc}); see {self.postgres_log}"
@@ -236,7 +235,7 @@ class EmbeddedServices:
         self.redis_dir.mkdir(parents=True, exist_ok=True)
         pidfile = self.redis_dir / "redis.pid"
         sock = self._redis_socket_path()
-        _stop_leftover_redis(pidfile)
+        _stop_leftover_redis(pidfile, sock, self.redis_dir)
         conf = configuration.config(
             daemonize="no",
             port="0",
@@ -296,6 +295,22 @@ class EmbeddedServices:
             proc.wait()
 
 
+def _get_pg_server(pgdata: Path) -> Any:
+    """pgserver's handle: adopts a postmaster left running by a killed run, else initdb (once) + pg_ctl."""
+    from pgserver.postgres_server import PostgresServer, get_server
+
+    try:
+        return get_server(pgdata, cleanup_mode="stop")
+    except subprocess.TimeoutExpired:
+        # pg_ctl -w (10 s, fixed by pgserver) has been seen to miss a server that was up. pgserver cached
+        # the failed handle; drop it, and look again: a running server is adopted, a dead one restarted.
+        logger.warning("pg_ctl timed out starting the embedded PostgreSQL; checking again")
+        failed = PostgresServer._instances.pop(pgdata, None)
+        if failed is not None:
+            atexit.unregister(failed._cleanup)
+        return get_server(pgdata, cleanup_mode="stop")
+
+
 def _ensure_database(admin_url: str, name: str) -> None:
     import psycopg2
     from psycopg2 import sql
@@ -312,7 +327,7 @@ def _ensure_database(admin_url: str, name: str) -> None:
         conn.close()
 
 
-def _stop_leftover_redis(pidfile: Path) -> None:
+def _stop_leftover_redis(pidfile: Path, sock: Path, redis_dir: Path) -> None:
     """Stop a redis-server a killed run left behind on this directory, so two never share the files."""
     import psutil
 
@@ -322,16 +337,20 @@ def _stop_leftover_redis(pidfile: Path) -> None:
         return
     try:
         proc = psutil.Process(pid)
-        if not proc.name().startswith("redis-server"):
-            return  # the pid was reused by something else
+        # Only ours: the pid may have been reused, even by another Redis (the machine's own).
+        ours = proc.name().startswith("redis-server") and (
+            str(sock) in " ".join(proc.cmdline()) or Path(proc.cwd()) == redis_dir
+        )
+        if not ours:
+            return
         logger.warning("stopping a leftover embedded Redis (pid %s) from an earlier run", pid)
-        proc.send_signal(signal.SIGTERM)  # Redis saves and exits on SIGTERM
+        proc.send_signal(signal.SIGTERM)  # Redis flushes the append-only file and exits on SIGTERM
         try:
             proc.wait(_REDIS_STOP_TIMEOUT)
         except psutil.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return
 
 

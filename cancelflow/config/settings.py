@@ -5,10 +5,23 @@ from __future__ import annotations
 import functools
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import SecretStr
+from pydantic import BeforeValidator, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _seconds(value: Any) -> Any:
+    """Durations in the environment may be plain seconds ("2.5") or ISO 8601 ("PT2.5S")."""
+    if isinstance(value, str):
+        try:
+            return timedelta(seconds=float(value))
+        except ValueError:
+            return value
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 class Settings(BaseSettings):
@@ -33,17 +46,17 @@ class Settings(BaseSettings):
 
     # Workflow
     approval_rule: Literal["auto", "manual"] = "auto"
-    sweep_interval: timedelta = timedelta(seconds=10)
+    sweep_interval: Duration = timedelta(seconds=10)
     # A pending step whose message has not been consumed after this long is assumed lost and re-sent.
-    redelivery_grace: timedelta = timedelta(seconds=120)
+    redelivery_grace: Duration = timedelta(seconds=120)
     step_max_attempts: int = 8
-    retry_backoff_base: timedelta = timedelta(seconds=2)
-    retry_backoff_max: timedelta = timedelta(minutes=10)
+    retry_backoff_base: Duration = timedelta(seconds=2)
+    retry_backoff_max: Duration = timedelta(minutes=10)
     # Longest countdown ever handed to the broker; longer waits are database timers swept by beat.
-    max_countdown: timedelta = timedelta(seconds=60)
-    visibility_timeout: timedelta = timedelta(hours=1)
-    reply_deadline: timedelta = timedelta(days=2)
-    http_timeout: timedelta = timedelta(seconds=10)
+    max_countdown: Duration = timedelta(seconds=60)
+    visibility_timeout: Duration = timedelta(hours=1)
+    reply_deadline: Duration = timedelta(days=2)
+    http_timeout: Duration = timedelta(seconds=10)
 
     # Connectors: "module:Class" import paths, so a real gateway plugs in by configuration.
     payment_connector: str = "cancelflow.integrations.payments:HttpPaymentGateway"

@@ -42,4 +42,6 @@ class HttpBankTransfer:
             headers={"Idempotency-Key": idempotency_key},
         )
         data = response.json()
-        return Movement(external_id=str(data["id"]), replayed=response.headers.get("Idempotent-Replayed") == "true")
+        return Movement(
+            external_id=str(data["id"]), replayed=response.headers.get("Idempotent-Replayed") == "true"
+        )

@@ -36,7 +36,9 @@ class HttpPaymentGateway:
             headers={"Authorization": f"Bearer {settings.payment_gateway_key.get_secret_value()}"},
         )
 
-    def refund(self, *, payment_reference: str, amount: Decimal, currency: str, idempotency_key: str) -> Movement:
+    def refund(
+        self, *, payment_reference: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> Movement:
         body = {"payment_reference": payment_reference, "amount": str(amount), "currency": currency}
         response = post_json(
             self._client,
@@ -46,4 +48,6 @@ class HttpPaymentGateway:
             headers={"Idempotency-Key": idempotency_key},
         )
         data = response.json()
-        return Movement(external_id=str(data["id"]), replayed=response.headers.get("Idempotent-Replayed") == "true")
+        return Movement(
+            external_id=str(data["id"]), replayed=response.headers.get("Idempotent-Replayed") == "true"
+        )

@@ -49,7 +49,9 @@ class CancellationRequest(TimestampMixin, Base):
     channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id"), index=True)
     reason_id: Mapped[int] = mapped_column(ForeignKey("cancellation_reasons.id"), index=True)
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
-    cancellation_type: Mapped[CancellationType] = mapped_column(enum_column(CancellationType, "cancellation_type"))
+    cancellation_type: Mapped[CancellationType] = mapped_column(
+        enum_column(CancellationType, "cancellation_type")
+    )
     status: Mapped[RequestStatus] = mapped_column(
         enum_column(RequestStatus, "request_status"), default=RequestStatus.waiting
     )
@@ -74,7 +76,9 @@ class CancellationPlan(TimestampMixin, Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("cancellation_requests.id"), unique=True)
-    status: Mapped[PlanStatus] = mapped_column(enum_column(PlanStatus, "plan_status"), default=PlanStatus.waiting)
+    status: Mapped[PlanStatus] = mapped_column(
+        enum_column(PlanStatus, "plan_status"), default=PlanStatus.waiting
+    )
     plan_type: Mapped[CancellationType] = mapped_column(enum_column(CancellationType, "cancellation_type"))
     amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     currency: Mapped[str] = mapped_column(String(3))
@@ -108,14 +112,18 @@ class WorkflowStep(TimestampMixin, Base):
     )
     plan_id: Mapped[int | None] = mapped_column(ForeignKey("cancellation_plans.id"), nullable=True)
     kind: Mapped[StepKind] = mapped_column(enum_column(StepKind, "step_kind"))
-    status: Mapped[StepStatus] = mapped_column(enum_column(StepStatus, "step_status"), default=StepStatus.pending)
+    status: Mapped[StepStatus] = mapped_column(
+        enum_column(StepStatus, "step_status"), default=StepStatus.pending
+    )
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=8)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     # What the step acts on besides the plan (e.g. the fulfillment order a notification is about).
-    fulfillment_order_id: Mapped[int | None] = mapped_column(ForeignKey("fulfillment_orders.id"), nullable=True)
+    fulfillment_order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("fulfillment_orders.id"), nullable=True
+    )
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict[str, object]] = mapped_column(JSONB, default=dict)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

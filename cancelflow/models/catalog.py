@@ -14,8 +14,15 @@ from cancelflow.models.enums import CancellationType, PaymentMethod
 
 def enum_column(enum: type, name: str) -> Enum:
     """A VARCHAR-backed enum stored by value, so adding a member needs no type migration."""
-    return Enum(enum, name=name, native_enum=False, length=40, values_callable=lambda e: [m.value for m in e],
-                validate_strings=True, create_constraint=False)
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        length=40,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+        create_constraint=False,
+    )
 
 
 class Channel(TimestampMixin, Base):
@@ -88,7 +95,9 @@ class OrderItem(TimestampMixin, Base):
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity_positive"),
         # The sum of active cancellation requests never exceeds what was ordered.
-        CheckConstraint("requested_quantity >= 0 AND requested_quantity <= quantity", name="requested_le_ordered"),
+        CheckConstraint(
+            "requested_quantity >= 0 AND requested_quantity <= quantity", name="requested_le_ordered"
+        ),
         CheckConstraint("unit_price >= 0", name="unit_price_non_negative"),
     )
 

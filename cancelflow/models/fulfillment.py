@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -44,7 +54,9 @@ class FulfillmentOrderLineItem(Base):
     __tablename__ = "fulfillment_order_line_items"
     __table_args__ = (
         CheckConstraint("quantity >= 0", name="quantity_non_negative"),
-        CheckConstraint("fulfillable_quantity >= 0 AND fulfillable_quantity <= quantity", name="fulfillable_le"),
+        CheckConstraint(
+            "fulfillable_quantity >= 0 AND fulfillable_quantity <= quantity", name="fulfillable_le"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -61,7 +73,9 @@ class MerchantRequest(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     fulfillment_order_id: Mapped[int] = mapped_column(ForeignKey("fulfillment_orders.id"), index=True)
-    kind: Mapped[MerchantRequestKind] = mapped_column(enum_column(MerchantRequestKind, "merchant_request_kind"))
+    kind: Mapped[MerchantRequestKind] = mapped_column(
+        enum_column(MerchantRequestKind, "merchant_request_kind")
+    )
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_options: Mapped[dict[str, object]] = mapped_column(JSONB, default=dict)
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

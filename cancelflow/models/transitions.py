@@ -16,14 +16,21 @@ REQUEST_TRANSITIONS: Final[Mapping[RequestStatus, frozenset[RequestStatus]]] = {
 }
 
 _RESUMABLE = frozenset(
-    {PlanStatus.waiting, PlanStatus.confirmation_waiting, PlanStatus.confirmed, PlanStatus.waiting_for_payment}
+    {
+        PlanStatus.waiting,
+        PlanStatus.confirmation_waiting,
+        PlanStatus.confirmed,
+        PlanStatus.waiting_for_payment,
+    }
 )
 
 PLAN_TRANSITIONS: Final[Mapping[PlanStatus, frozenset[PlanStatus]]] = {
     PlanStatus.waiting: frozenset(
         {PlanStatus.confirmation_waiting, PlanStatus.confirmed, PlanStatus.rejected, PlanStatus.failed}
     ),
-    PlanStatus.confirmation_waiting: frozenset({PlanStatus.confirmed, PlanStatus.rejected, PlanStatus.failed}),
+    PlanStatus.confirmation_waiting: frozenset(
+        {PlanStatus.confirmed, PlanStatus.rejected, PlanStatus.failed}
+    ),
     PlanStatus.confirmed: frozenset({PlanStatus.waiting_for_payment, PlanStatus.failed}),
     PlanStatus.waiting_for_payment: frozenset({PlanStatus.completed, PlanStatus.failed}),
     # An operator's replay resumes a failed plan where it stopped.
@@ -78,6 +85,8 @@ class InvalidTransition(Exception):
         self.target = target
 
 
-def check(machine: str, table: Mapping[StrEnum, frozenset[StrEnum]], current: StrEnum, target: StrEnum) -> None:
+def check(
+    machine: str, table: Mapping[StrEnum, frozenset[StrEnum]], current: StrEnum, target: StrEnum
+) -> None:
     if target not in table[current]:
         raise InvalidTransition(machine, current, target)

@@ -8,9 +8,14 @@ from typing import Any
 
 FIRST_NAMES = ["Ayşe", "Mehmet", "Elif", "Can", "Zeynep", "Deniz", "Bob", "Alice", "Jonas", "Marta"]
 LAST_NAMES = ["Yılmaz", "Kaya", "Demir", "Şahin", "Norman", "Schmidt", "García", "Rossi"]
-PRODUCTS = [("SKU-TEE", "Cotton T-shirt"), ("SKU-JEAN", "Slim jeans"), ("SKU-SNK", "Running sneakers"),
-            ("SKU-BAG", "Leather bag"), ("SKU-CAP", "Baseball cap"), ("SKU-SCF", "Wool scarf")]
-DEMO_IBANS = ["TR330006100519786457841326", "DE89370400440532013000", "GB29NWBK60161331926819"]
+PRODUCTS = [
+    ("SKU-TEE", "Cotton T-shirt"),
+    ("SKU-JEAN", "Slim jeans"),
+    ("SKU-SNK", "Running sneakers"),
+    ("SKU-BAG", "Leather bag"),
+    ("SKU-CAP", "Baseball cap"),
+    ("SKU-SCF", "Wool scarf"),
+]
 
 
 def build_demo_payload(
@@ -41,46 +46,71 @@ def build_demo_payload(
         ],
         "orders": [],
     }
-    next_id = first_id
     for n in range(orders):
         order_id = first_id + n
         channel = 1 + n % 2
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-        customer = {"id": order_id, "first_name": first, "last_name": last,
-                    "email": f"customer{order_id}@example.com", "channel": channel}
+        customer = {
+            "id": order_id,
+            "first_name": first,
+            "last_name": last,
+            "email": f"customer{order_id}@example.com",
+            "channel": channel,
+        }
         method = rng.choices(["card", "cash_on_delivery", "bank_transfer"], weights=[6, 2, 2])[0]
-        items = []
+        items: list[dict[str, Any]] = []
         for sku, name in rng.sample(PRODUCTS, k=rng.randint(1, 3)):
-            next_id += 1
-            items.append({"id": order_id * 10 + len(items) + 1, "sku": sku, "product_name": name,
-                          "quantity": rng.randint(1, 3),
-                          "unit_price": str(Decimal(rng.randint(999, 19999)) / 100)})
-        total = sum(Decimal(i["unit_price"]) * i["quantity"] for i in items)
+            items.append(
+                {
+                    "id": order_id * 10 + len(items) + 1,
+                    "sku": sku,
+                    "product_name": name,
+                    "quantity": rng.randint(1, 3),
+                    "unit_price": str(Decimal(rng.randint(999, 19999)) / 100),
+                }
+            )
+        total = sum((Decimal(i["unit_price"]) * int(i["quantity"]) for i in items), Decimal(0))
         fulfillment_orders = []
         handle = handles[n % len(handles)] if handles else None
         accepted = handle is not None and n % 5 != 0  # every fifth order not yet accepted: cancelled directly
-        fulfillment_orders.append({
-            "id": order_id * 10,
-            "fulfillment_service": handle,
-            "request_status": "accepted" if accepted else "submitted" if handle else "unsubmitted",
-            "status": "in_progress" if accepted else "open",
-            "destination": {"id": order_id, "address1": f"{rng.randint(1, 200)} Chestnut Street",
-                            "address2": "", "city": "Louisville", "company": None, "country": "United States",
-                            "email": customer["email"], "first_name": first, "last_name": last,
-                            "phone": "555-625-1199", "province": "Kentucky", "zip": "40202"},
-            "line_items": [{"id": item["id"] * 10, "order_item": item["id"], "quantity": item["quantity"]}
-                           for item in items],
-        })
-        payload["orders"].append({
-            "id": order_id,
-            "number": f"CF{order_id:08d}",
-            "channel": channel,
-            "customer": customer,
-            "currency": rng.choice(["try", "eur", "usd"]),
-            "shipping_option_slug": rng.choice(["standard", "express"]),
-            "tracking_number": f"TRK{order_id:010d}",
-            "payment": {"method": method, "amount": str(total), "reference": f"pay_{order_id}"},
-            "items": items,
-            "fulfillment_orders": fulfillment_orders,
-        })
+        fulfillment_orders.append(
+            {
+                "id": order_id * 10,
+                "fulfillment_service": handle,
+                "request_status": "accepted" if accepted else "submitted" if handle else "unsubmitted",
+                "status": "in_progress" if accepted else "open",
+                "destination": {
+                    "id": order_id,
+                    "address1": f"{rng.randint(1, 200)} Chestnut Street",
+                    "address2": "",
+                    "city": "Louisville",
+                    "company": None,
+                    "country": "United States",
+                    "email": customer["email"],
+                    "first_name": first,
+                    "last_name": last,
+                    "phone": "555-625-1199",
+                    "province": "Kentucky",
+                    "zip": "40202",
+                },
+                "line_items": [
+                    {"id": item["id"] * 10, "order_item": item["id"], "quantity": item["quantity"]}
+                    for item in items
+                ],
+            }
+        )
+        payload["orders"].append(
+            {
+                "id": order_id,
+                "number": f"CF{order_id:08d}",
+                "channel": channel,
+                "customer": customer,
+                "currency": rng.choice(["try", "eur", "usd"]),
+                "shipping_option_slug": rng.choice(["standard", "express"]),
+                "tracking_number": f"TRK{order_id:010d}",
+                "payment": {"method": method, "amount": str(total), "reference": f"pay_{order_id}"},
+                "items": items,
+                "fulfillment_orders": fulfillment_orders,
+            }
+        )
     return payload

@@ -11,8 +11,9 @@ from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKi
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 
-OPEN_STATUSES = frozenset({FOStatus.open, FOStatus.in_progress, FOStatus.scheduled, FOStatus.on_hold,
-                           FOStatus.incomplete})
+OPEN_STATUSES = frozenset(
+    {FOStatus.open, FOStatus.in_progress, FOStatus.scheduled, FOStatus.on_hold, FOStatus.incomplete}
+)
 # The service has taken the work on: only it can stop it, so it must be asked.
 REMOTE_REQUEST_STATUSES = frozenset({FORequestStatus.accepted, FORequestStatus.cancellation_rejected})
 
@@ -24,7 +25,9 @@ def get(session: Session, fo_id: int, *, lock: bool = False) -> FulfillmentOrder
     return session.scalars(stmt).one_or_none()
 
 
-def get_for_service(session: Session, fo_id: int, service_id: int | None, *, lock: bool = False) -> FulfillmentOrder:
+def get_for_service(
+    session: Session, fo_id: int, service_id: int | None, *, lock: bool = False
+) -> FulfillmentOrder:
     """The fulfillment order, if the caller may see it (a service sees only its own)."""
     fo = get(session, fo_id, lock=lock)
     if fo is None or (service_id is not None and fo.fulfillment_service_id != service_id):
@@ -50,7 +53,9 @@ def needs_service_consent(fo: FulfillmentOrder) -> bool:
     )
 
 
-def split(session: Session, fo: FulfillmentOrder, line: FulfillmentOrderLineItem, quantity: int) -> FulfillmentOrder:
+def split(
+    session: Session, fo: FulfillmentOrder, line: FulfillmentOrderLineItem, quantity: int
+) -> FulfillmentOrder:
     """Move `quantity` of `line` into a new fulfillment order, so the part to cancel is a whole one."""
     if quantity <= 0 or quantity > line.quantity:
         raise Invalid(f"cannot split {quantity} of a line of {line.quantity}")
@@ -82,7 +87,10 @@ def split(session: Session, fo: FulfillmentOrder, line: FulfillmentOrderLineItem
     )
     session.flush()
     transitions.record_event(
-        session, "fulfillment_order", fo.id, "fulfillment_order.split",
+        session,
+        "fulfillment_order",
+        fo.id,
+        "fulfillment_order.split",
         data={"new_fulfillment_order_id": part.id, "order_item_id": line.order_item_id, "quantity": quantity},
     )
     return part

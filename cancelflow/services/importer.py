@@ -136,7 +136,9 @@ class OrderIn(_In):
         for fo in self.fulfillment_orders:
             for line in fo.line_items:
                 if line.order_item not in ordered:
-                    raise ValueError(f"fulfillment order {fo.id} names order item {line.order_item} not in order")
+                    raise ValueError(
+                        f"fulfillment order {fo.id} names order item {line.order_item} not in order"
+                    )
                 assigned[line.order_item] = assigned.get(line.order_item, 0) + line.quantity
         for item_id, quantity in assigned.items():
             if quantity > ordered[item_id]:
@@ -158,7 +160,9 @@ def parse(payload: Mapping[str, Any]) -> ImportPayload:
     except ValidationError as exc:
         errors: dict[str, list[str]] = {}
         for err in exc.errors():
-            errors.setdefault(".".join(str(p) for p in err["loc"]) or "non_field_errors", []).append(err["msg"])
+            errors.setdefault(".".join(str(p) for p in err["loc"]) or "non_field_errors", []).append(
+                err["msg"]
+            )
         raise Invalid("invalid import payload", field_errors=errors, code="invalid_import") from exc
 
 
@@ -170,12 +174,13 @@ def _upsert(session: Session, model: type[Base], rows: Sequence[dict[str, Any]],
         columns = [c for c in rows[0] if c != "id"]
         changed = [getattr(model, c).is_distinct_from(stmt.excluded[c]) for c in columns]
         stmt = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={c: stmt.excluded[c] for c in columns},
+            index_elements=["id"],
+            set_={c: stmt.excluded[c] for c in columns},
             where=or_(*changed),
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=["id"])
-    result = session.execute(stmt.returning(model.__table__.c.id))  # type: ignore[attr-defined]
+    result = session.execute(stmt.returning(model.__table__.c.id))
     return len(result.all())
 
 
@@ -188,11 +193,17 @@ def import_payload(session: Session, payload: Mapping[str, Any]) -> dict[str, in
         session, CancellationReason, [r.model_dump() for r in data.cancellation_reasons], update=True
     )
     counts["fulfillment_services"] = _upsert(
-        session, FulfillmentService,
+        session,
+        FulfillmentService,
         [
             {
-                "id": s.id, "handle": s.handle, "name": s.name, "callback_url": str(s.callback_url).rstrip("/"),
-                "secret": s.secret, "location_id": s.location_id, "location_name": s.location_name,
+                "id": s.id,
+                "handle": s.handle,
+                "name": s.name,
+                "callback_url": str(s.callback_url).rstrip("/"),
+                "secret": s.secret,
+                "location_id": s.location_id,
+                "location_name": s.location_name,
                 "country_code": s.country_code,
                 "reply_deadline_seconds": s.reply_policy.deadline_seconds,
                 "reminder_interval_seconds": s.reply_policy.reminder_interval_seconds,
@@ -208,9 +219,18 @@ def import_payload(session: Session, payload: Mapping[str, Any]) -> dict[str, in
         if isinstance(order.customer, CustomerIn):
             customers[order.customer.id] = order.customer
     counts["customers"] = _upsert(
-        session, Customer,
-        [{"id": c.id, "first_name": c.first_name, "last_name": c.last_name, "email": str(c.email),
-          "channel_id": c.channel} for c in customers.values()],
+        session,
+        Customer,
+        [
+            {
+                "id": c.id,
+                "first_name": c.first_name,
+                "last_name": c.last_name,
+                "email": str(c.email),
+                "channel_id": c.channel,
+            }
+            for c in customers.values()
+        ],
         update=True,
     )
     _check_references(session, data)
@@ -218,43 +238,66 @@ def import_payload(session: Session, payload: Mapping[str, Any]) -> dict[str, in
     orders, items, payments, fo_rows, fo_lines = [], [], [], [], []
     for order in data.orders:
         customer_id = order.customer.id if isinstance(order.customer, CustomerIn) else order.customer
-        orders.append({
-            "id": order.id, "number": order.number, "channel_id": order.channel, "customer_id": customer_id,
-            "currency": order.currency.lower(), "shipping_option_slug": order.shipping_option_slug,
-            "tracking_number": order.tracking_number, "shipping_address": order.shipping_address,
-        })
+        orders.append(
+            {
+                "id": order.id,
+                "number": order.number,
+                "channel_id": order.channel,
+                "customer_id": customer_id,
+                "currency": order.currency.lower(),
+                "shipping_option_slug": order.shipping_option_slug,
+                "tracking_number": order.tracking_number,
+                "shipping_address": order.shipping_address,
+            }
+        )
         for item in order.items:
             items.append({**item.model_dump(), "order_id": order.id, "requested_quantity": 0})
         if order.payment is not None:
             payments.append({**order.payment.model_dump(), "order_id": order.id})
         for fo in order.fulfillment_orders:
             service = services[fo.fulfillment_service] if fo.fulfillment_service else None
-            fo_rows.append({
-                "id": fo.id, "order_id": order.id, "fulfillment_service_id": service.id if service else None,
-                "assigned_location_id": fo.assigned_location_id or (service.location_id if service else None),
-                "request_status": fo.request_status, "status": fo.status,
-                "destination": fo.destination or {"id": order.id, **order.shipping_address},
-                "origin": fo.origin if fo.origin is not None else _origin(service),
-                "version": 1,
-            })
+            fo_rows.append(
+                {
+                    "id": fo.id,
+                    "order_id": order.id,
+                    "fulfillment_service_id": service.id if service else None,
+                    "assigned_location_id": fo.assigned_location_id
+                    or (service.location_id if service else None),
+                    "request_status": fo.request_status,
+                    "status": fo.status,
+                    "destination": fo.destination or {"id": order.id, **order.shipping_address},
+                    "origin": fo.origin if fo.origin is not None else _origin(service),
+                    "version": 1,
+                }
+            )
             for line in fo.line_items:
-                fo_lines.append({
-                    "id": line.id, "fulfillment_order_id": fo.id, "order_item_id": line.order_item,
-                    "quantity": line.quantity,
-                    "fulfillable_quantity": line.quantity if line.fulfillable_quantity is None
-                    else line.fulfillable_quantity,
-                })
+                fo_lines.append(
+                    {
+                        "id": line.id,
+                        "fulfillment_order_id": fo.id,
+                        "order_item_id": line.order_item,
+                        "quantity": line.quantity,
+                        "fulfillable_quantity": line.quantity
+                        if line.fulfillable_quantity is None
+                        else line.fulfillable_quantity,
+                    }
+                )
     counts["orders"] = _upsert(session, Order, orders, update=False)
     counts["order_items"] = _upsert(session, OrderItem, items, update=False)
     if payments:
         result = session.execute(
-            insert(Payment).values(payments).on_conflict_do_nothing(index_elements=["order_id"]).returning(Payment.id)
+            insert(Payment)
+            .values(payments)
+            .on_conflict_do_nothing(index_elements=["order_id"])
+            .returning(Payment.id)
         )
         counts["payments"] = len(result.all())
     else:
         counts["payments"] = 0
     counts["fulfillment_orders"] = _upsert(session, FulfillmentOrder, fo_rows, update=False)
-    counts["fulfillment_order_line_items"] = _upsert(session, FulfillmentOrderLineItem, fo_lines, update=False)
+    counts["fulfillment_order_line_items"] = _upsert(
+        session, FulfillmentOrderLineItem, fo_lines, update=False
+    )
     _advance_sequences(session)
     session.flush()
     return counts
@@ -262,11 +305,15 @@ def import_payload(session: Session, payload: Mapping[str, Any]) -> dict[str, in
 
 def _origin(service: FulfillmentService | None) -> dict[str, Any]:
     return {
-        "address1": None, "address2": None, "city": None,
+        "address1": None,
+        "address2": None,
+        "city": None,
         "country_code": service.country_code if service else None,
         "location_id": service.location_id if service else None,
         "name": service.location_name if service else None,
-        "phone": None, "province": None, "zip": None,
+        "phone": None,
+        "province": None,
+        "zip": None,
     }
 
 
@@ -290,10 +337,20 @@ def _check_references(session: Session, data: ImportPayload) -> None:
 
 def _advance_sequences(session: Session) -> None:
     """Imported rows carry their own ids; keep generated ids (splits, new rows) clear of them."""
-    for table in ("fulfillment_orders", "fulfillment_order_line_items", "orders", "order_items", "customers",
-                  "channels", "cancellation_reasons", "fulfillment_services"):
-        session.execute(text(
-            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608 - fixed table names
-            f"GREATEST((SELECT COALESCE(MAX(id), 0) FROM {table}), "
-            f"(SELECT last_value FROM {table}_id_seq)), true)"
-        ))
+    for table in (
+        "fulfillment_orders",
+        "fulfillment_order_line_items",
+        "orders",
+        "order_items",
+        "customers",
+        "channels",
+        "cancellation_reasons",
+        "fulfillment_services",
+    ):
+        session.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608 - fixed table names
+                f"GREATEST((SELECT COALESCE(MAX(id), 0) FROM {table}), "
+                f"(SELECT last_value FROM {table}_id_seq)), true)"
+            )
+        )

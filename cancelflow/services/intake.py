@@ -89,17 +89,26 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
 
     item = session.get(OrderItem, message.order_item)
     if item is None:
-        raise Invalid("unknown order item", field_errors={"order_item": ["non-existent object"]},
-                      code="unknown_order_item")
+        raise Invalid(
+            "unknown order item",
+            field_errors={"order_item": ["non-existent object"]},
+            code="unknown_order_item",
+        )
     reason = session.get(CancellationReason, message.reason)
     if reason is None or not reason.is_active:
-        raise Invalid("unknown cancellation reason", field_errors={"reason": ["non-existent object"]},
-                      code="unknown_reason")
+        raise Invalid(
+            "unknown cancellation reason",
+            field_errors={"reason": ["non-existent object"]},
+            code="unknown_reason",
+        )
     # One order at a time: every change to an order's requests and plans holds this row lock.
     order = session.scalars(select(Order).where(Order.id == item.order_id).with_for_update()).one()
     if message.channel is not None and message.channel != order.channel_id:
-        raise Invalid("order item belongs to another channel", field_errors={"channel": ["does not match order"]},
-                      code="channel_mismatch")
+        raise Invalid(
+            "order item belongs to another channel",
+            field_errors={"channel": ["does not match order"]},
+            code="channel_mismatch",
+        )
     existing = _by_client_id(session, message.client_request_id)  # raced in while we waited for the lock
     if existing is not None:
         return IntakeResult(existing, created=False)

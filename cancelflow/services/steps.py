@@ -105,13 +105,20 @@ def backoff(attempt: int) -> timedelta:
 
 def record_failure(session: Session, step_id: int, error: str, *, permanent: bool) -> StepStatus:
     """Count a failed attempt; past the budget (or when permanent) the step goes dead and its plan fails."""
-    step = session.scalars(select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update()).one_or_none()
+    step = session.scalars(
+        select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update()
+    ).one_or_none()
     if step is None or step.status != StepStatus.pending:
         return step.status if step is not None else StepStatus.cancelled
     attempt = step.attempt + 1
     if permanent or attempt >= step.max_attempts:
         transitions.move(
-            session, step, StepStatus.dead, attempt=attempt, last_error=error[:4000], data={"error": error[:500]}
+            session,
+            step,
+            StepStatus.dead,
+            attempt=attempt,
+            last_error=error[:4000],
+            data={"error": error[:500]},
         )
         if step.plan_id is not None:
             fail_plan(session, step.plan_id, f"step {step.id} ({step.kind.value}) dead: {error}"[:2000])
@@ -123,8 +130,11 @@ def record_failure(session: Session, step_id: int, error: str, *, permanent: boo
         .values(attempt=attempt, last_error=error[:4000], next_attempt_at=now() + delay, modified_date=now())
     )
     transitions.record_event(
-        session, "step", step.id, "step.retry", data={"attempt": attempt, "error": error[:500],
-                                                         "delay_seconds": round(delay.total_seconds(), 3)}
+        session,
+        "step",
+        step.id,
+        "step.retry",
+        data={"attempt": attempt, "error": error[:500], "delay_seconds": round(delay.total_seconds(), 3)},
     )
     if delay <= get_settings().max_countdown:
         enqueue_after_commit(session, TASK_FOR_KIND[step.kind], step.id, countdown=delay.total_seconds())

@@ -26,7 +26,9 @@ def new_key() -> str:
 def _service_id(session: Session, handle: str | None) -> int | None:
     if handle is None:
         return None
-    service_id = session.scalars(select(FulfillmentService.id).where(FulfillmentService.handle == handle)).first()
+    service_id = session.scalars(
+        select(FulfillmentService.id).where(FulfillmentService.handle == handle)
+    ).first()
     if service_id is None:
         raise Invalid(f"unknown fulfillment service {handle!r}", code="unknown_fulfillment_service")
     return service_id
@@ -76,8 +78,13 @@ def create_token(
         raise Invalid(f"a token named {name!r} exists", code="duplicate_token")
     key = new_key()
     token = ensure_token(
-        session, name=name, kind=kind, key=key, fulfillment_service_handle=fulfillment_service_handle,
-        channel_id=channel_id, permissions=permissions,
+        session,
+        name=name,
+        kind=kind,
+        key=key,
+        fulfillment_service_handle=fulfillment_service_handle,
+        channel_id=channel_id,
+        permissions=permissions,
     )
     return token, key
 

@@ -91,7 +91,13 @@ def move(
     for name, value in values.items():
         set_committed_value(obj, name, value)
     record_event(
-        session, machine, obj.id, f"{machine}.{to.value}", from_status=current.value, to_status=to.value, data=data
+        session,
+        machine,
+        obj.id,
+        f"{machine}.{to.value}",
+        from_status=current.value,
+        to_status=to.value,
+        data=data,
     )
     return True
 

@@ -90,7 +90,9 @@ def approve(session: Session, request: CancellationRequest, *, actor: str) -> Ca
     lock_order(session, request.order_id)
     session.refresh(request)
     if request.status != RequestStatus.waiting:
-        raise Conflict(f"request {request.id} is {request.status.value}, only a waiting request can be approved")
+        raise Conflict(
+            f"request {request.id} is {request.status.value}, only a waiting request can be approved"
+        )
     if not transitions.move(session, request, RequestStatus.approved, data={"actor": actor}):
         raise AlreadyHandled(f"request {request.id} moved while approving")
     item = session.get_one(OrderItem, request.order_item_id)
@@ -113,12 +115,24 @@ def approve(session: Session, request: CancellationRequest, *, actor: str) -> Ca
     session.add(plan)
     session.flush()
     transitions.record_event(
-        session, "plan", plan.id, "plan.created", to_status=plan.status.value,
-        data={"request_id": request.id, "amount": str(plan.amount), "currency": plan.currency,
-              "refund_target": target.value},
+        session,
+        "plan",
+        plan.id,
+        "plan.created",
+        to_status=plan.status.value,
+        data={
+            "request_id": request.id,
+            "amount": str(plan.amount),
+            "currency": plan.currency,
+            "refund_target": target.value,
+        },
     )
     steps.create(
-        session, request_id=request.id, plan_id=plan.id, kind=StepKind.route, idempotency_key=f"{plan.id}:route:1"
+        session,
+        request_id=request.id,
+        plan_id=plan.id,
+        kind=StepKind.route,
+        idempotency_key=f"{plan.id}:route:1",
     )
     return plan
 
@@ -128,7 +142,11 @@ def reject_request(
 ) -> bool:
     """End a request as rejected and give its quantity back to the order item."""
     if not transitions.move(
-        session, request, RequestStatus.rejected, rejection_code=code.value, rejection_message=message,
+        session,
+        request,
+        RequestStatus.rejected,
+        rejection_code=code.value,
+        rejection_message=message,
         data={"code": code.value, "message": message},
     ):
         return False
@@ -158,19 +176,26 @@ def route_step(session: Session, step: WorkflowStep) -> None:
         asked, cancelled = _allocate(session, plan, request)
     if asked:
         services = session.scalars(
-            select(FulfillmentService).join(
-                FulfillmentOrder, FulfillmentOrder.fulfillment_service_id == FulfillmentService.id
-            ).where(FulfillmentOrder.id.in_(asked))
+            select(FulfillmentService)
+            .join(FulfillmentOrder, FulfillmentOrder.fulfillment_service_id == FulfillmentService.id)
+            .where(FulfillmentOrder.id.in_(asked))
         ).all()
         deadline = now() + timedelta(seconds=min(s.reply_deadline_seconds for s in services))
-        transitions.move(session, plan, PlanStatus.confirmation_waiting, deadline_at=deadline,
-                         data={"fulfillment_orders": asked})
+        transitions.move(
+            session,
+            plan,
+            PlanStatus.confirmation_waiting,
+            deadline_at=deadline,
+            data={"fulfillment_orders": asked},
+        )
     else:
         confirm(session, plan, note="nothing held by a fulfillment service")
     steps.finish(session, step, {"asked": asked, "cancelled_locally": cancelled})
 
 
-def _allocate(session: Session, plan: CancellationPlan, request: CancellationRequest) -> tuple[list[int], list[int]]:
+def _allocate(
+    session: Session, plan: CancellationPlan, request: CancellationRequest
+) -> tuple[list[int], list[int]]:
     rows = session.execute(
         select(FulfillmentOrderLineItem, FulfillmentOrder)
         .join(FulfillmentOrder, FulfillmentOrder.id == FulfillmentOrderLineItem.fulfillment_order_id)
@@ -195,8 +220,12 @@ def _allocate(session: Session, plan: CancellationPlan, request: CancellationReq
         if fos.needs_service_consent(part):
             fos.request_cancellation(session, part, message=request.description or "Cancellation requested")
             steps.create(
-                session, request_id=request.id, plan_id=plan.id, kind=StepKind.notify,
-                fulfillment_order_id=part.id, idempotency_key=f"{plan.id}:notify:{part.id}:1",
+                session,
+                request_id=request.id,
+                plan_id=plan.id,
+                kind=StepKind.notify,
+                fulfillment_order_id=part.id,
+                idempotency_key=f"{plan.id}:notify:{part.id}:1",
             )
             asked.append(part.id)
         else:
@@ -251,14 +280,29 @@ def answer_cancellation(
     done_state = FORequestStatus.cancellation_accepted if accepted else FORequestStatus.cancellation_rejected
     if fo.request_status != FORequestStatus.cancellation_requested:
         if fo.request_status == done_state:
-            transitions.record_event(session, "fulfillment_order", fo.id, "reply.duplicate",
-                                     data={"decision": decision, "message": message})
+            transitions.record_event(
+                session,
+                "fulfillment_order",
+                fo.id,
+                "reply.duplicate",
+                data={"decision": decision, "message": message},
+            )
             return ReplyOutcome(fo, applied=False)
-        transitions.record_event(session, "fulfillment_order", fo.id, "reply.ignored",
-                                 data={"decision": decision, "message": message, "flagged": True,
-                                       "request_status": fo.request_status.value})
+        transitions.record_event(
+            session,
+            "fulfillment_order",
+            fo.id,
+            "reply.ignored",
+            data={
+                "decision": decision,
+                "message": message,
+                "flagged": True,
+                "request_status": fo.request_status.value,
+            },
+        )
         return ReplyOutcome(
-            fo, applied=False,
+            fo,
+            applied=False,
             error="Fulfillment order does not have a pending cancellation request.",
         )
     merchant_request = fos.open_cancellation_request(session, fo.id)
@@ -267,7 +311,9 @@ def answer_cancellation(
         merchant_request.response_message = message
         merchant_request.responded_at = now()
     transitions.move_fulfillment_order(
-        session, fo, request_status=done_state,
+        session,
+        fo,
+        request_status=done_state,
         status=FOStatus.cancelled if accepted else FOStatus.in_progress,
         data={"message": message},
     )
@@ -276,23 +322,39 @@ def answer_cancellation(
         session.refresh(plan)
         if plan.status != PlanStatus.confirmation_waiting:
             # The plan moved on (escalated, failed, staff decision): keep the answer, flag it for staff.
-            transitions.record_event(session, "plan", plan.id, "reply.flagged",
-                                     data={"decision": decision, "fulfillment_order_id": fo.id,
-                                           "plan_status": plan.status.value, "flagged": True})
+            transitions.record_event(
+                session,
+                "plan",
+                plan.id,
+                "reply.flagged",
+                data={
+                    "decision": decision,
+                    "fulfillment_order_id": fo.id,
+                    "plan_status": plan.status.value,
+                    "flagged": True,
+                },
+            )
         elif accepted:
             _confirm_if_all_accepted(session, plan)
         else:
             request = session.get_one(CancellationRequest, plan.request_id)
-            transitions.move(session, plan, PlanStatus.rejected,
-                             data={"fulfillment_order_id": fo.id, "message": message})
-            reject_request(session, request, code=RejectionCode.fulfillment_rejected,
-                           message=message or "rejected by the fulfillment service")
+            transitions.move(
+                session, plan, PlanStatus.rejected, data={"fulfillment_order_id": fo.id, "message": message}
+            )
+            reject_request(
+                session,
+                request,
+                code=RejectionCode.fulfillment_rejected,
+                message=message or "rejected by the fulfillment service",
+            )
     return ReplyOutcome(fo, applied=True)
 
 
 def _confirm_if_all_accepted(session: Session, plan: CancellationPlan) -> None:
     still_waiting = session.scalar(
-        select(func.count()).select_from(FulfillmentOrder).where(
+        select(func.count())
+        .select_from(FulfillmentOrder)
+        .where(
             FulfillmentOrder.cancellation_plan_id == plan.id,
             FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
         )
@@ -310,7 +372,10 @@ def confirm(session: Session, plan: CancellationPlan, *, note: str) -> None:
     transitions.move(session, plan, PlanStatus.waiting_for_payment)
     if plan.amount > 0:
         steps.create(
-            session, request_id=plan.request_id, plan_id=plan.id, kind=STEP_FOR_TARGET[plan.refund_target],
+            session,
+            request_id=plan.request_id,
+            plan_id=plan.id,
+            kind=STEP_FOR_TARGET[plan.refund_target],
             idempotency_key=money_key(plan.id, plan.refund_target),
         )
     else:
@@ -340,7 +405,9 @@ def money_step(session: Session, step: WorkflowStep) -> None:
         if not payment.reference:
             raise PermanentError(f"payment of order {order.number} has no reference to refund against")
         movement = connector(settings.payment_connector).refund(
-            payment_reference=payment.reference, amount=plan.amount, currency=plan.currency,
+            payment_reference=payment.reference,
+            amount=plan.amount,
+            currency=plan.currency,
             idempotency_key=step.idempotency_key,
         )
         external_id, replayed = movement.external_id, movement.replayed
@@ -348,7 +415,10 @@ def money_step(session: Session, step: WorkflowStep) -> None:
         if not request.iban or not request.holder_name:
             raise PermanentError("bank transfer needs an IBAN and a holder name")
         movement = connector(settings.bank_connector).transfer(
-            iban=request.iban, holder_name=request.holder_name, amount=plan.amount, currency=plan.currency,
+            iban=request.iban,
+            holder_name=request.holder_name,
+            amount=plan.amount,
+            currency=plan.currency,
             idempotency_key=step.idempotency_key,
         )
         external_id, replayed = movement.external_id, movement.replayed
@@ -356,13 +426,30 @@ def money_step(session: Session, step: WorkflowStep) -> None:
         external_id = _credit_loyalty(session, plan, order, step.idempotency_key)
     session.execute(
         insert(MoneyTransaction)
-        .values(plan_id=plan.id, step_id=step.id, target=target, amount=plan.amount, currency=plan.currency,
-                idempotency_key=step.idempotency_key, external_id=external_id)
+        .values(
+            plan_id=plan.id,
+            step_id=step.id,
+            target=target,
+            amount=plan.amount,
+            currency=plan.currency,
+            idempotency_key=step.idempotency_key,
+            external_id=external_id,
+        )
         .on_conflict_do_nothing(index_elements=[MoneyTransaction.idempotency_key])
     )
-    transitions.record_event(session, "plan", plan.id, "money.moved",
-                             data={"target": target.value, "amount": str(plan.amount), "currency": plan.currency,
-                                   "external_id": external_id, "replayed": replayed})
+    transitions.record_event(
+        session,
+        "plan",
+        plan.id,
+        "money.moved",
+        data={
+            "target": target.value,
+            "amount": str(plan.amount),
+            "currency": plan.currency,
+            "external_id": external_id,
+            "replayed": replayed,
+        },
+    )
     steps.finish(session, step, {"external_id": external_id, "replayed": replayed})
     _close_when_paid(session, plan)
 
@@ -371,8 +458,14 @@ def _credit_loyalty(session: Session, plan: CancellationPlan, order: Order, key:
     customer = session.get_one(Customer, order.customer_id)
     session.execute(
         insert(LoyaltyLedgerEntry)
-        .values(customer_id=customer.id, plan_id=plan.id, amount=plan.amount, currency=plan.currency,
-                idempotency_key=key, description=f"refund of cancellation plan {plan.id}")
+        .values(
+            customer_id=customer.id,
+            plan_id=plan.id,
+            amount=plan.amount,
+            currency=plan.currency,
+            idempotency_key=key,
+            description=f"refund of cancellation plan {plan.id}",
+        )
         .on_conflict_do_nothing(index_elements=[LoyaltyLedgerEntry.idempotency_key])
     )
     entry_id = session.scalars(
@@ -385,15 +478,22 @@ def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
     # Serialise the "was that the last money step?" question per plan.
     session.execute(select(CancellationPlan.id).where(CancellationPlan.id == plan.id).with_for_update())
     unpaid = session.scalar(
-        select(func.count()).select_from(WorkflowStep).where(
+        select(func.count())
+        .select_from(WorkflowStep)
+        .where(
             WorkflowStep.plan_id == plan.id,
             WorkflowStep.kind.in_(MONEY_KINDS),
             WorkflowStep.status != StepStatus.done,
         )
     )
     if unpaid == 0:
-        steps.create(session, request_id=plan.request_id, plan_id=plan.id, kind=StepKind.close,
-                     idempotency_key=f"{plan.id}:close:1")
+        steps.create(
+            session,
+            request_id=plan.request_id,
+            plan_id=plan.id,
+            kind=StepKind.close,
+            idempotency_key=f"{plan.id}:close:1",
+        )
 
 
 def close_step(session: Session, step: WorkflowStep) -> None:

@@ -29,14 +29,23 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
             status = result.request.status.value
             request_id = result.request.id
     except Invalid as exc:
-        log.warning("cancellation message rejected", client_request_id=ref, code=exc.code,
-                    errors=exc.field_errors or exc.message)
+        log.warning(
+            "cancellation message rejected",
+            client_request_id=ref,
+            code=exc.code,
+            errors=exc.field_errors or exc.message,
+        )
         return "invalid"
     except (OperationalError, IntegrityError) as exc:
         # The database is away, or a twin message with the same client_request_id won a race.
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
-    log.info("cancellation request stored", client_request_id=ref, request_id=request_id, status=status,
-             created=result.created)
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+    log.info(
+        "cancellation request stored",
+        client_request_id=ref,
+        request_id=request_id,
+        status=status,
+        created=result.created,
+    )
     return status
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
 import structlog
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -22,7 +23,7 @@ log = structlog.get_logger(__name__)
 StepHandler = Callable[[Session, WorkflowStep], None]
 
 
-class DbTask(Task):  # type: ignore[misc]
+class DbTask(Task):  # type: ignore[type-arg]
     abstract = True
     acks_late = True
     ignore_result = True

@@ -1,0 +1,40 @@
+# cancelflow: `make run` starts everything, `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install run test lint typecheck pytest bench demo clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "cancelflow needs Python 3.11, found " + sys.version' 
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: install  ## start API, worker, beat, Flower and the sandboxes (embedded PostgreSQL/Redis unless configured)
+	$(VENV)/bin/cancelflow run
+
+test: install lint typecheck pytest  ## the whole suite: lint, types, tests
+
+lint: install
+	$(VENV)/bin/ruff check cancelflow tests bench migrations
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install
+	$(PY) -m pytest
+
+bench: install  ## benchmarks: print figures and ratios (not part of the tests)
+	$(PY) bench/workflow.py
+
+demo: install
+	$(VENV)/bin/cancelflow demo
+
+clean:
+	rm -rf $(VENV) .cancelflow test-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""Benchmark environment: a throw-away database and a private Redis db, like the test suite's."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ADMIN_DB = os.environ.get("CANCELFLOW_BENCH_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("CANCELFLOW_BENCH_REDIS", "redis://127.0.0.1:6379")
+
+
+def _admin(url: str, sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def bench_environment(workdir: Path) -> Iterator[str]:
+    """Point CANCELFLOW_* at a fresh, migrated database; embedded servers when no local ones answer."""
+    from cancelflow.config.embedded import EmbeddedServices, local_services_reachable
+
+    name = f"cf_bench_{uuid.uuid4().hex[:8]}"
+    embedded = None
+    if local_services_reachable(ADMIN_DB, f"{REDIS}/15"):
+        admin, broker = ADMIN_DB, f"{REDIS}/15"
+    else:
+        embedded = EmbeddedServices(workdir / "embedded")
+        admin, broker = embedded.start()
+    base, _, query = admin.partition("?")
+    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    os.environ.update(
+        {
+            "CANCELFLOW_DATABASE_URL": url,
+            "CANCELFLOW_BROKER_URL": broker,
+            "CANCELFLOW_EMBEDDED": "0",
+            "CANCELFLOW_LOG_LEVEL": "WARNING",
+        }
+    )
+    _admin(admin, f'CREATE DATABASE "{name}"')
+    try:
+        import redis
+
+        if broker.startswith("redis://"):
+            redis.Redis.from_url(broker).flushdb()
+        from cancelflow.db import migrate
+
+        migrate(url)
+        yield url
+    finally:
+        from cancelflow.db import get_engine
+
+        get_engine.cache_clear()
+        _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if embedded is not None:
+            embedded.stop()

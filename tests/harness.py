@@ -1,0 +1,285 @@
+"""Real processes for workflow tests: Celery worker(s) and beat, the API, the sandbox services.
+
+Nothing here is eager or in-process: every hop crosses the broker, as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+
+T = TypeVar("T")
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.2, what: str = ""
+) -> T:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r} (last: {last!r})")
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def children(self) -> list[psutil.Process]:
+        if not self.alive():
+            return []
+        assert self.popen is not None
+        try:
+            return psutil.Process(self.popen.pid).children(recursive=False)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+            except ProcessLookupError:
+                pass  # already gone
+        self.popen = None
+
+
+@dataclass
+class Stack:
+    """API + worker + beat + sandbox fulfillment service + sandbox gateway, on free ports."""
+
+    workdir: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    concurrency: int = 2
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.api_port = free_port()
+        self.gateway_port = free_port()
+        self.fulfillment_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.fulfillment_url = f"http://127.0.0.1:{self.fulfillment_port}"
+        self.sandbox_config = self.workdir / "sandbox-fulfillment.json"
+        self.services: dict[str, dict[str, Any]] = {}
+        self._write_sandbox_config()
+        self.env = {
+            **os.environ,
+            "CANCELFLOW_PAYMENT_GATEWAY_URL": self.gateway_url,
+            "CANCELFLOW_SWEEP_INTERVAL": "1",
+            "CANCELFLOW_REDELIVERY_GRACE": "4",
+            "CANCELFLOW_RETRY_BACKOFF_BASE": "0.2",
+            "CANCELFLOW_RETRY_BACKOFF_MAX": "2",
+            "CANCELFLOW_HTTP_TIMEOUT": "5",
+            "CANCELFLOW_LOG_JSON": "true",
+            "CANCELFLOW_API_PORT": str(self.api_port),
+            **self.env_overrides,
+        }
+
+    # --- sandbox services ----------------------------------------------------------------------
+
+    def add_service(
+        self,
+        handle: str,
+        *,
+        token: str,
+        secret: str,
+        policy: str = "accept",
+        delay_seconds: float = 0,
+        fail_first: int = 0,
+        message: str | None = None,
+    ) -> str:
+        """Register a sandbox policy for a service; returns its callback URL."""
+        self.services[handle] = {
+            "token": token,
+            "secret": secret,
+            "policy": policy,
+            "delay_seconds": delay_seconds,
+            "fail_first": fail_first,
+        }
+        if message:
+            self.services[handle]["message"] = message
+        self._write_sandbox_config()
+        return f"{self.fulfillment_url}/{handle}"
+
+    def _write_sandbox_config(self) -> None:
+        tmp = self.sandbox_config.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "api_base_url": getattr(self, "api_url", ""),
+                    "api_version": "2021-07",
+                    "services": self.services,
+                }
+            )
+        )
+        tmp.replace(self.sandbox_config)
+
+    def gateway(self, path: str, **kwargs: Any) -> Any:
+        method = "POST" if "json" in kwargs else "GET"
+        response = httpx.request(method, f"{self.gateway_url}{path}", timeout=10, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def _proc(self, name: str, argv: list[str]) -> Proc:
+        proc = Proc(name, argv, self.workdir / "logs" / f"{name}.log", self.env)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> Stack:
+        self._proc(
+            "gateway",
+            [
+                PYTHON,
+                "-m",
+                "cancelflow.sandbox.gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.gateway_port),
+                "--state-file",
+                str(self.workdir / "gateway.jsonl"),
+            ],
+        ).start()
+        self._proc(
+            "fulfillment",
+            [
+                PYTHON,
+                "-m",
+                "cancelflow.sandbox.fulfillment",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.fulfillment_port),
+                "--config",
+                str(self.sandbox_config),
+            ],
+        ).start()
+        self._proc(
+            "api",
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "cancelflow.api.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--log-level",
+                "warning",
+            ],
+        ).start()
+        self.start_worker()
+        self._proc(
+            "beat",
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "cancelflow.worker.app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "-s",
+                str(self.workdir / "celerybeat-schedule"),
+            ],
+        ).start()
+        for url in (
+            f"{self.gateway_url}/healthz",
+            f"{self.fulfillment_url}/healthz",
+            f"{self.api_url}/healthz",
+        ):
+            wait_for(lambda u=url: _ok(u), timeout=60, what=url)  # type: ignore[misc]
+        return self
+
+    def start_worker(self, name: str = "worker", concurrency: int | None = None) -> Proc:
+        before = len(self.procs[name].log_text()) if name in self.procs else 0
+        proc = self._proc(
+            name,
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "cancelflow.worker.app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency or self.concurrency),
+                "-Q",
+                "default,route,money,bulk",
+                "-n",
+                f"{name}-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+        proc.start()
+        wait_for(lambda: "ready." in proc.log_text()[before:], timeout=60, what=f"{name} ready")
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name}\n{p.log_text()[-4000:]}" for p in self.procs.values())
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

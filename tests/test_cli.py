@@ -1,0 +1,91 @@
+"""The operator CLI, in-process against the real database."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cancelflow.cli.main import app
+from tests.factories import load, order_payload
+
+runner = CliRunner()
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "import.json"
+
+
+def _counts(output: str) -> dict[str, int]:
+    counts = {}
+    for line in output.splitlines():
+        parts = [p.strip() for p in line.strip("│┃ ").split("│")]
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_import_example_file_twice_changes_nothing_the_second_time() -> None:
+    first = runner.invoke(app, ["import", str(EXAMPLE)])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["import", str(EXAMPLE)])
+    assert second.exit_code == 0, second.output
+    assert _counts(second.output)
+    assert set(_counts(second.output).values()) == {0}
+
+
+def test_import_reports_field_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"orders": [{"id": 1}]}))
+    result = runner.invoke(app, ["import", str(bad)])
+    assert result.exit_code == 1
+    assert "orders.0.number" in result.output
+
+
+def test_import_rejects_non_json(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = runner.invoke(app, ["import", str(bad)])
+    assert result.exit_code == 1
+    assert "not valid JSON" in result.output
+
+
+def test_demo_is_deterministic() -> None:
+    first = runner.invoke(app, ["demo", "--orders", "5"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["demo", "--orders", "5"])
+    assert set(_counts(again.output).values()) == {0}
+
+
+def test_approve_a_waiting_request_and_refuse_twice() -> None:
+    from cancelflow.db import transaction
+    from cancelflow.models import CancellationPlan
+    from cancelflow.services import intake
+
+    order = order_payload()
+    load({"orders": [order]})
+    with transaction() as session:
+        request_id = intake.submit(session, {"client_request_id": secrets.token_hex(6),
+                                             "order_item": order["items"][0]["id"], "reason": 1}).request.id
+    result = runner.invoke(app, ["approve", str(request_id), "--actor", "alice"])
+    assert result.exit_code == 0, result.output
+    with transaction() as session:
+        assert session.query(CancellationPlan).filter_by(request_id=request_id).count() == 1
+    again = runner.invoke(app, ["approve", str(request_id)])
+    assert again.exit_code == 1
+    assert "only a waiting request" in again.output
+    shown = runner.invoke(app, ["show", str(request_id)])
+    assert shown.exit_code == 0
+    assert "approved" in shown.output
+
+
+def test_tokens_create_list_revoke() -> None:
+    name = f"ops-{secrets.token_hex(4)}"
+    created = runner.invoke(app, ["tokens", "create", name, "--kind", "staff"])
+    assert created.exit_code == 0, created.output
+    key = created.output.strip().splitlines()[-1]
+    assert len(key) == 40
+    listed = runner.invoke(app, ["tokens", "list"])
+    assert name in listed.output
+    assert key not in listed.output
+    assert runner.invoke(app, ["tokens", "revoke", name]).exit_code == 0
+    assert runner.invoke(app, ["tokens", "revoke", name]).exit_code == 1

@@ -1,0 +1,167 @@
+"""Intake and approval services against the real database (in-process; no broker involved)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from cancelflow.errors import Conflict, Invalid
+from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
+from cancelflow.services import intake, workflow
+from cancelflow.services.jobs import pending_sends
+from tests.factories import VALID_IBAN, load, order_payload, reference_payload
+
+
+def _order(session: Session, **kwargs: Any) -> dict[str, Any]:
+    from cancelflow.services.importer import import_payload
+
+    order = order_payload(**kwargs)
+    import_payload(session, {**reference_payload(), "orders": [order]})
+    return order
+
+
+def _msg(order: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    return {
+        "client_request_id": secrets.token_hex(8),
+        "order_item": order["items"][0]["id"],
+        "reason": 1,
+        **kwargs,
+    }
+
+
+class TestSubmit:
+    def test_valid_message_creates_waiting_request_and_asks_for_validation(self, session: Session) -> None:
+        order = _order(session, quantity=3)
+        result = intake.submit(session, _msg(order, quantity=2))
+        assert result.created
+        assert result.request.status.value == "waiting"
+        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 2
+        [step] = session.query(WorkflowStep).filter_by(request_id=result.request.id).all()
+        assert step.kind.value == "validate"
+        assert [s.task for s in pending_sends(session)] == ["cancellations.validate"]
+
+    def test_second_message_with_same_id_returns_the_first(self, session: Session) -> None:
+        order = _order(session)
+        message = _msg(order, quantity=1)
+        first = intake.submit(session, message)
+        second = intake.submit(session, message)
+        assert not second.created
+        assert second.request.id == first.request.id
+        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 1
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"quantity": 0},
+            {"quantity": "1"},
+            {"order_item": "x"},
+            {"reason": None},
+            {"extra": 1},
+            {"cancellation_type": "explode"},
+            {"client_request_id": ""},
+        ],
+    )
+    def test_malformed_raises_invalid_and_stores_nothing(self, session: Session, bad: dict[str, Any]) -> None:
+        order = _order(session)
+        before = session.query(CancellationRequest).count()
+        with pytest.raises(Invalid) as info:
+            intake.submit(session, _msg(order, **bad))
+        assert info.value.field_errors
+        assert session.query(CancellationRequest).count() == before
+
+    def test_bad_iban_is_stored_rejected_without_the_iban(self, session: Session) -> None:
+        order = _order(session, method="cash_on_delivery")
+        result = intake.submit(session, _msg(order, iban="DE89370400440532013001", holder_name="Bob"))
+        assert result.request.status.value == "rejected"
+        assert result.request.rejection_code == "invalid_iban"
+        assert result.request.iban is None
+        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 0
+        assert pending_sends(session) == []
+
+    def test_iban_is_normalised(self, session: Session) -> None:
+        order = _order(session, method="bank_transfer")
+        spaced = " ".join(VALID_IBAN[i : i + 4] for i in range(0, len(VALID_IBAN), 4)).lower()
+        result = intake.submit(session, _msg(order, iban=spaced, holder_name="Bob"))
+        assert result.request.iban == VALID_IBAN
+
+
+class TestApproval:
+    def test_approve_makes_plan_with_amount_and_target(self, session: Session) -> None:
+        order = _order(session, quantity=3, unit_price="19.99")
+        request = intake.submit(session, _msg(order, quantity=3)).request
+        plan = workflow.approve(session, request, actor="staff:alice")
+        assert request.status.value == "approved"
+        assert (str(plan.amount), plan.currency, plan.refund_target.value) == (
+            "59.97",
+            "try",
+            "original_payment",
+        )
+        assert session.query(WorkflowStep).filter_by(plan_id=plan.id, kind="route").count() == 1
+
+    def test_approving_twice_is_a_conflict(self, session: Session) -> None:
+        order = _order(session)
+        request = intake.submit(session, _msg(order)).request
+        workflow.approve(session, request, actor="a")
+        with pytest.raises(Conflict):
+            workflow.approve(session, request, actor="b")
+        assert session.query(CancellationPlan).filter_by(request_id=request.id).count() == 1
+
+    def test_manual_rule_leaves_request_waiting(
+        self, session: Session, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from cancelflow.config import get_settings
+        from cancelflow.services import steps
+
+        monkeypatch.setenv("CANCELFLOW_APPROVAL_RULE", "manual")
+        get_settings.cache_clear()
+        try:
+            order = _order(session)
+            request = intake.submit(session, _msg(order)).request
+            step = steps.claim(session, session.query(WorkflowStep).filter_by(request_id=request.id).one().id)
+            workflow.validate_step(session, step)
+            assert request.status.value == "waiting"
+            assert session.query(CancellationPlan).filter_by(request_id=request.id).count() == 0
+        finally:
+            get_settings.cache_clear()
+
+
+def test_concurrent_requests_never_exceed_ordered_quantity(database: str) -> None:
+    """Rule 7: twelve racing submissions for one unit each, on an item of five: five win."""
+    from cancelflow.db import transaction
+
+    order = order_payload(quantity=5)
+    load({"orders": [order]})
+    item_id = order["items"][0]["id"]
+    barrier = threading.Barrier(12)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        with transaction() as session:
+            result = intake.submit(
+                session,
+                {
+                    "client_request_id": secrets.token_hex(8),
+                    "order_item": item_id,
+                    "reason": 1,
+                    "quantity": 1,
+                },
+            )
+            outcomes.append(result.request.status.value)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["rejected"] * 7 + ["waiting"] * 5
+    with transaction() as session:
+        assert session.get_one(OrderItem, item_id).requested_quantity == 5
+        assert {
+            r.rejection_code
+            for r in session.query(CancellationRequest).filter_by(order_item_id=item_id, status="rejected")
+        } == {"quantity_exceeded"}
