@@ -112,11 +112,6 @@ class Stack:
         self.env = {
             **os.environ,
             "CANCELFLOW_PAYMENT_GATEWAY_URL": self.gateway_url,
-            "CANCELFLOW_SWEEP_INTERVAL": "1",
-            "CANCELFLOW_REDELIVERY_GRACE": "4",
-            "CANCELFLOW_RETRY_BACKOFF_BASE": "0.2",
-            "CANCELFLOW_RETRY_BACKOFF_MAX": "2",
-            "CANCELFLOW_HTTP_TIMEOUT": "5",
             "CANCELFLOW_LOG_JSON": "true",
             "CANCELFLOW_API_PORT": str(self.api_port),
             **self.env_overrides,

@@ -20,13 +20,8 @@ TASK_MODULES = [
 ]
 
 celery_app = Celery("cancelflow", include=TASK_MODULES)
-
-
-@celery_app.on_configure.connect
-def _configure(sender: Celery, **_: Any) -> None:
-    from cancelflow.worker.config import celery_config
-
-    sender.conf.update(celery_config(get_settings()))
+# A module path, so settings are read when Celery first needs its configuration, not at import.
+celery_app.config_from_object("cancelflow.worker.celeryconfig")
 
 
 def send(send: jobs.Send) -> None:

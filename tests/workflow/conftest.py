@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,14 +18,16 @@ from tests.harness import Stack, wait_for
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[Stack]:
-    workdir: Path = tmp_path_factory.mktemp("stack")
+def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
+    """The processes' logs stay under test-output/ for whoever debugs a failure."""
+    from tests.conftest import OUTPUT_DIR
+
+    workdir: Path = OUTPUT_DIR / f"stack-{request.module.__name__.rsplit('.', 1)[-1]}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     running = Stack(workdir).start()
     try:
         yield running
-    except BaseException:
-        print(running.logs())
-        raise
     finally:
         running.stop()
 

@@ -1,0 +1,84 @@
+"""The FastAPI application: `uvicorn --factory cancelflow.api.app:create_app`.
+
+Routers carry their own prefix, tags and auth dependency; errors are mapped once, by path, in
+`api.errors`, so a new router (e.g. the Akinon `cancellation_requests` one under `/api/v1/`) plugs in
+with one line in `routers()` below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from cancelflow import __version__
+from cancelflow.api import errors, fulfillment, health, orders
+from cancelflow.config import get_settings
+from cancelflow.config.logging import configure_logging
+
+DESCRIPTION = f"""
+Order-cancellation workflow service.
+
+* **Akinon / Omnitron style** under `/api/v1/` with `Authorization: Token <key>`; errors are DRF bodies
+  (`{{"detail", "code"}}`, `{{"<field>": ["msg"], "code"}}`).
+* **Shopify Admin REST** fulfillment-order cancellation requests under `/admin/api/{{version}}/` for
+  versions {", ".join(f"`{v}`" for v in fulfillment.VERSIONS)}, with `X-Shopify-Access-Token: <key>`;
+  every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`.
+  {fulfillment.OUTGOING_REQUESTS_NOTE}
+
+Malformed JSON is a 400 in both dialects.
+"""
+
+
+def routers() -> list[APIRouter]:
+    return [
+        health.router,
+        orders.router,
+        fulfillment.router,
+    ]
+
+
+def _document_errors_as_served(app: FastAPI) -> None:
+    """FastAPI documents a 422 `HTTPValidationError` on every route with parameters; the Akinon routes
+    answer validation errors with a 400 instead (documented per router), so that 422 is dropped."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith(errors.SHOPIFY_PREFIX):
+                    continue
+                for operation in operations.values():
+                    response = operation.get("responses", {}).get("422", {})
+                    ref = (
+                        response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+                    )
+                    if ref == "#/components/schemas/HTTPValidationError":
+                        del operation["responses"]["422"]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app() -> FastAPI:
+    from cancelflow.worker.app import install_sender
+
+    settings = get_settings()
+    configure_logging(settings)
+    install_sender()  # after-commit sends of this process go to Celery
+    app = FastAPI(
+        title="cancelflow",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/api/schema/",
+        docs_url="/api/docs/",
+        redoc_url=None,
+    )
+    errors.install(app)
+    app.add_middleware(fulfillment.ShopifyVersionHeaderMiddleware)
+    for router in routers():
+        app.include_router(router)
+    _document_errors_as_served(app)
+    return app

@@ -1,0 +1,239 @@
+"""One mapping from the shared error hierarchy to HTTP, in the dialect of the path that failed.
+
+Under `/admin/api/` the bodies are Shopify's (`{"errors": "..."}` or `{"errors": {"field": ["msg"]}}`);
+everywhere else they are Akinon's (DRF: `{"detail", "code"}`, `{"<field>": ["msg"], "code"}`,
+`{"non_field_errors": [...], "code"}`). Routers raise `cancelflow.errors`; they never build error bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from sqlalchemy.exc import DataError, IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cancelflow.errors import (
+    AlreadyHandled,
+    CancelflowError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TransientError,
+)
+from cancelflow.models.transitions import InvalidTransition
+
+log = logging.getLogger(__name__)
+
+SHOPIFY_PREFIX = "/admin/api/"
+SHOPIFY_UNAUTHORIZED = "[API] Invalid API key or access token (unrecognized login or wrong password)"
+SHOPIFY_BASE_FIELD = "base"  # Rails' key for errors that belong to no field
+AKINON_NON_FIELD = "non_field_errors"
+_PARAM_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+class Unauthenticated(Exception):
+    """No usable credentials: 401 in the dialect of the path."""
+
+    def __init__(self, detail: str, *, code: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+
+
+# --- documented bodies (OpenAPI) ------------------------------------------------------------------------
+
+
+class ShopifyError(BaseModel):
+    """Shopify Admin REST error body."""
+
+    errors: str | dict[str, list[str]] = Field(
+        description='A message (`"Not Found"`) or messages per field (`{"assignment_status": ["..."]}`).'
+    )
+
+
+class AkinonDetail(BaseModel):
+    """Akinon (DRF) error body for 401, 403, 404, 409."""
+
+    detail: str
+    code: str | None = None
+
+
+class AkinonValidationError(RootModel[dict[str, list[str] | str]]):
+    """Akinon (DRF) 400 body: `{"<field>": ["msg", ...], "code": "..."}` or
+    `{"non_field_errors": ["msg"], "code": "..."}`, or `{"detail": "...", "code": "parse_error"}`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"orders.0.items": ["This field is required."], "code": "invalid"}}
+    )
+
+
+SHOPIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ShopifyError, "description": "Malformed JSON body."},
+    401: {"model": ShopifyError, "description": "Missing or unknown `X-Shopify-Access-Token`."},
+    403: {"model": ShopifyError, "description": "The token's kind may not call this endpoint."},
+    404: {"model": ShopifyError, "description": "Unknown API version or fulfillment order (or not yours)."},
+    422: {"model": ShopifyError, "description": "Invalid parameters or a state that does not allow it."},
+}
+
+AKINON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": AkinonValidationError, "description": "Invalid data (field errors) or malformed JSON."},
+    401: {"model": AkinonDetail, "description": "Missing or unknown `Authorization: Token <key>`."},
+    403: {"model": AkinonDetail, "description": "The token may not perform this action."},
+    404: {"model": AkinonDetail, "description": "Not found."},
+}
+
+
+# --- building responses -----------------------------------------------------------------------------------
+
+
+def is_shopify(request: Request) -> bool:
+    return request.url.path.startswith(SHOPIFY_PREFIX)
+
+
+def shopify(
+    status: int, errors: str | dict[str, list[str]], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"errors": errors}, status_code=status, headers=headers)
+
+
+def akinon(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _not_found(request: Request) -> JSONResponse:
+    return shopify(404, "Not Found") if is_shopify(request) else akinon(404, {"detail": "Not found."})
+
+
+def cancelflow_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CancelflowError)
+    as_shopify = is_shopify(request)
+    if isinstance(exc, NotFound):
+        return _not_found(request)
+    if isinstance(exc, Invalid):
+        if as_shopify:
+            return shopify(422, dict(exc.field_errors) if exc.field_errors else exc.message)
+        if exc.field_errors:
+            return akinon(400, {**exc.field_errors, "code": exc.code})
+        return akinon(400, {AKINON_NON_FIELD: [exc.message], "code": exc.code})
+    if isinstance(exc, Forbidden):
+        if as_shopify:
+            return shopify(403, exc.message)
+        return akinon(403, {"detail": exc.message, "code": "permission_denied"})
+    if isinstance(exc, Conflict | AlreadyHandled):
+        return (
+            shopify(422, exc.message)
+            if as_shopify
+            else akinon(409, {"detail": exc.message, "code": exc.code})
+        )
+    if isinstance(exc, TransientError):
+        headers = {"Retry-After": "1"}
+        if as_shopify:
+            return shopify(503, exc.message, headers)
+        return akinon(503, {"detail": exc.message, "code": exc.code}, headers)
+    # PermanentError and anything else the domain refuses: the request cannot succeed as sent.
+    return shopify(422, exc.message) if as_shopify else akinon(400, {"detail": exc.message, "code": exc.code})
+
+
+def invalid_transition(request: Request, exc: Exception) -> JSONResponse:
+    return cancelflow_error(request, Conflict(str(exc), code="invalid_transition"))
+
+
+def unauthenticated(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unauthenticated)
+    if is_shopify(request):
+        return shopify(401, SHOPIFY_UNAUTHORIZED)
+    return akinon(401, {"detail": exc.detail, "code": exc.code}, {"WWW-Authenticate": "Token"})
+
+
+def _field_name(loc: tuple[Any, ...], non_field: str) -> str:
+    parts = loc[1:] if loc and loc[0] in _PARAM_SOURCES else loc
+    return ".".join(str(part) for part in parts) or non_field
+
+
+def _message(error: dict[str, Any], *, as_shopify: bool) -> str:
+    if error.get("type") == "missing":
+        return "can't be blank" if as_shopify else "This field is required."
+    return str(error.get("msg", "invalid"))
+
+
+def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's parameter validation: a bad path is a 404, bad JSON a 400, the rest field errors."""
+    assert isinstance(exc, RequestValidationError)
+    errors: list[dict[str, Any]] = list(exc.errors())
+    as_shopify = is_shopify(request)
+    if any(tuple(e.get("loc", ()))[:1] == ("path",) for e in errors):
+        # `/fulfillment_orders/abc.json` names no resource, as a router without typed ids would answer.
+        return _not_found(request)
+    parse_error = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if parse_error is not None:
+        reason = (parse_error.get("ctx") or {}).get("error", "invalid JSON")
+        message = f"JSON parse error - {reason}"
+        if as_shopify:
+            return shopify(400, message)
+        return akinon(400, {"detail": message, "code": "parse_error"})
+    non_field = SHOPIFY_BASE_FIELD if as_shopify else AKINON_NON_FIELD
+    fields: dict[str, list[str]] = {}
+    for error in errors:
+        fields.setdefault(_field_name(tuple(error.get("loc", ())), non_field), []).append(
+            _message(error, as_shopify=as_shopify)
+        )
+    if as_shopify:
+        return shopify(422, fields)
+    return akinon(400, {**fields, "code": "invalid"})
+
+
+def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors: unknown route (404), wrong method (405)."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 404:
+        return _not_found(request)
+    if is_shopify(request):
+        return shopify(exc.status_code, str(exc.detail), headers)
+    if exc.status_code == 405:
+        return akinon(
+            405, {"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"}, headers
+        )
+    return akinon(exc.status_code, {"detail": str(exc.detail), "code": "error"}, headers)
+
+
+def database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A constraint or a value the database refused: bad input the validators let through, never a 500."""
+    assert isinstance(exc, IntegrityError | DataError)
+    diag = getattr(exc.orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    if isinstance(exc, IntegrityError):
+        message = f"The data conflicts with existing data (constraint {constraint or 'unknown'})."
+        code = "integrity_error"
+    else:
+        message = "A value is out of range or malformed for the database."
+        code = "invalid_data"
+    log.info("database refused the request data: %s", exc.orig)
+    if is_shopify(request):
+        return shopify(422, {SHOPIFY_BASE_FIELD: [message]})
+    return akinon(400, {AKINON_NON_FIELD: [message], "code": code})
+
+
+def server_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette logs and re-raises after this; the body just keeps the dialect of the path.
+    if is_shopify(request):
+        return shopify(500, "Internal Server Error")
+    return akinon(500, {"detail": "A server error occurred.", "code": "error"})
+
+
+def install(app: FastAPI) -> None:
+    """Register every mapping on the app, once; new routers inherit it by their path."""
+    app.add_exception_handler(CancelflowError, cancelflow_error)
+    app.add_exception_handler(InvalidTransition, invalid_transition)
+    app.add_exception_handler(Unauthenticated, unauthenticated)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(IntegrityError, database_error)
+    app.add_exception_handler(DataError, database_error)
+    app.add_exception_handler(Exception, server_error)

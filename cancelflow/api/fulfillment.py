@@ -1,0 +1,502 @@
+"""Shopify's fulfillment-order CancellationRequest API (seed 004), for every version the seed lists.
+
+The merchant (a staff token) sends a cancellation request; the fulfillment service (its own token) pulls
+its assigned fulfillment orders and accepts or rejects. The payload keeps the seed's fields in the
+seed's order, plus `merchant_requests`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cancelflow.api.auth import ShopifyReader, ShopifyService, ShopifyStaff
+from cancelflow.api.errors import SHOPIFY_RESPONSES
+from cancelflow.config import get_settings
+from cancelflow.db import transaction
+from cancelflow.errors import NotFound
+from cancelflow.models import (
+    FulfillmentOrder,
+    FulfillmentOrderLineItem,
+    FulfillmentService,
+    MerchantRequest,
+    OrderItem,
+)
+from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind, StepKind
+from cancelflow.services import fulfillment_orders as fos
+from cancelflow.services import steps, workflow
+
+VERSIONS: Final = ("2020-01", "2020-04", "2020-07", "2020-10", "2021-01", "2021-04", "2021-07", "unstable")
+VERSION_HEADER: Final = "X-Shopify-API-Version"
+_VERSION_IN_PATH = re.compile(r"^/admin/api/([^/]+)/")
+MAX_ID: Final = 2**63 - 1
+
+OUTGOING_REQUESTS_NOTE = (
+    "Always `[]`, as in every example of the seed (its 2020-era name for the request records); "
+    "the requests themselves are listed in `merchant_requests`, the name later versions use."
+)
+
+
+# --- version -------------------------------------------------------------------------------------------
+
+
+def api_version(
+    version: Annotated[
+        str, Path(description="Admin API version.", json_schema_extra={"enum": list(VERSIONS)})
+    ],
+) -> str:
+    """Checked before the token, so an unknown version is a 404 whoever asks."""
+    if version not in VERSIONS:
+        raise NotFound("Not Found")
+    return version
+
+
+class ShopifyVersionHeaderMiddleware:
+    """Every response under `/admin/api/<known version>/` says which version served it, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _VERSION_IN_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None or match.group(1) not in VERSIONS:
+            await self.app(scope, receive, send)
+            return
+        version = match.group(1)
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[VERSION_HEADER] = version
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
+# --- payloads ---------------------------------------------------------------------------------------------
+
+FulfillmentOrderAction = Literal[
+    "cancel_fulfillment_order",
+    "create_fulfillment",
+    "mark_as_open",
+    "release_hold",
+    "request_cancellation",
+    "request_fulfillment",
+]
+
+
+class Destination(BaseModel):
+    id: int | None
+    address1: str | None
+    address2: str | None
+    city: str | None
+    company: str | None
+    country: str | None
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    province: str | None
+    zip: str | None
+
+
+class Origin(BaseModel):
+    address1: str | None
+    address2: str | None
+    city: str | None
+    country_code: str | None
+    location_id: int | None
+    name: str | None
+    phone: str | None
+    province: str | None
+    zip: str | None
+
+
+class LineItem(BaseModel):
+    id: int
+    shop_id: int
+    fulfillment_order_id: int
+    quantity: int
+    line_item_id: int = Field(description="The order item (line item of the order).")
+    inventory_item_id: int | None
+    fulfillable_quantity: int
+    variant_id: int | None
+
+
+class MerchantRequestOut(BaseModel):
+    message: str | None
+    request_options: dict[str, Any]
+    kind: MerchantRequestKind
+    sent_at: datetime
+
+
+class FulfillmentOrderOut(BaseModel):
+    id: int
+    shop_id: int
+    order_id: int
+    assigned_location_id: int | None
+    request_status: FORequestStatus
+    status: FOStatus
+    supported_actions: list[FulfillmentOrderAction] = Field(
+        description="Computed from `status` and `request_status`; empty once cancelled or closed."
+    )
+    destination: Destination
+    origin: Origin
+    line_items: list[LineItem]
+    outgoing_requests: list[MerchantRequestOut] = Field(description=OUTGOING_REQUESTS_NOTE)
+    fulfillment_service_handle: str | None
+    merchant_requests: list[MerchantRequestOut] = Field(
+        description="Requests sent to the fulfillment service about this fulfillment order, oldest first."
+    )
+
+
+class FulfillmentOrderEnvelope(BaseModel):
+    fulfillment_order: FulfillmentOrderOut
+
+
+class FulfillmentOrderList(BaseModel):
+    fulfillment_orders: list[FulfillmentOrderOut]
+
+
+def _no_nul(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the driver.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+class CancellationRequestIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    message: Annotated[str | None, Field(max_length=5000), AfterValidator(_no_nul)] = Field(
+        default=None, description="The reason for the request, or for accepting / rejecting it."
+    )
+
+
+class CancellationRequestBody(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "example": {"cancellation_request": {"message": "The customer changed his mind."}}
+        },
+    )
+
+    cancellation_request: CancellationRequestIn | None = None
+
+
+def _message(body: CancellationRequestBody | None) -> str | None:
+    return body.cancellation_request.message if body is not None and body.cancellation_request else None
+
+
+# --- presenting -------------------------------------------------------------------------------------------
+
+
+def supported_actions(fo: FulfillmentOrder) -> list[FulfillmentOrderAction]:
+    """What can be done next, from the state alone (Shopify's `supported_actions`)."""
+    assigned = fo.fulfillment_service_id is not None
+    if fo.status in (FOStatus.cancelled, FOStatus.closed):
+        return []
+    if fo.status == FOStatus.in_progress:
+        if fo.request_status == FORequestStatus.cancellation_requested:
+            return ["cancel_fulfillment_order", "create_fulfillment"]
+        if fo.request_status == FORequestStatus.accepted and assigned:
+            return ["request_cancellation", "create_fulfillment"]
+        if not assigned:
+            return ["create_fulfillment", "cancel_fulfillment_order"]
+        return ["create_fulfillment"]  # cancellation_rejected: the service keeps fulfilling
+    if fo.status == FOStatus.open:
+        if not assigned:
+            return ["create_fulfillment", "cancel_fulfillment_order"]
+        if fo.request_status in (FORequestStatus.unsubmitted, FORequestStatus.rejected):
+            return ["request_fulfillment", "cancel_fulfillment_order"]
+        return ["cancel_fulfillment_order"]  # submitted: not accepted yet, cancelled directly
+    if fo.status == FOStatus.on_hold:
+        return ["release_hold", "cancel_fulfillment_order"]
+    if fo.status == FOStatus.scheduled:
+        return ["mark_as_open", "cancel_fulfillment_order"]
+    return ["cancel_fulfillment_order"]  # incomplete
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else value if isinstance(value, str) else str(value)
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if -MAX_ID - 1 <= value <= MAX_ID else None
+    if isinstance(value, str) and value.isdigit() and int(value) <= MAX_ID:
+        return int(value)
+    return None
+
+
+def _destination(data: dict[str, object]) -> Destination:
+    return Destination(
+        id=_int(data.get("id")),
+        **{name: _text(data.get(name)) for name in Destination.model_fields if name != "id"},
+    )
+
+
+def _origin(data: dict[str, object]) -> Origin:
+    return Origin(
+        location_id=_int(data.get("location_id")),
+        **{name: _text(data.get(name)) for name in Origin.model_fields if name != "location_id"},
+    )
+
+
+def present(session: Session, orders: Sequence[FulfillmentOrder]) -> list[FulfillmentOrderOut]:
+    """The REST payloads of `orders`, in their order, with three queries whatever their number."""
+    if not orders:
+        return []
+    shop_id = get_settings().shop_id
+    ids = [fo.id for fo in orders]
+    lines: dict[int, list[LineItem]] = defaultdict(list)
+    rows = session.execute(
+        select(FulfillmentOrderLineItem, OrderItem)
+        .join(OrderItem, OrderItem.id == FulfillmentOrderLineItem.order_item_id)
+        .where(
+            FulfillmentOrderLineItem.fulfillment_order_id.in_(ids),
+            # A split can leave a line with nothing on it; that quantity now lives on the new order.
+            FulfillmentOrderLineItem.quantity > 0,
+        )
+        .order_by(FulfillmentOrderLineItem.id)
+    )
+    for line, item in rows:
+        lines[line.fulfillment_order_id].append(
+            LineItem(
+                id=line.id,
+                shop_id=shop_id,
+                fulfillment_order_id=line.fulfillment_order_id,
+                quantity=line.quantity,
+                line_item_id=line.order_item_id,
+                inventory_item_id=item.inventory_item_id,
+                fulfillable_quantity=line.fulfillable_quantity,
+                variant_id=item.variant_id,
+            )
+        )
+    service_ids = {fo.fulfillment_service_id for fo in orders if fo.fulfillment_service_id is not None}
+    handles: dict[int, str] = {}
+    if service_ids:
+        handles = dict(
+            session.execute(
+                select(FulfillmentService.id, FulfillmentService.handle).where(
+                    FulfillmentService.id.in_(service_ids)
+                )
+            ).all()
+        )
+    requests: dict[int, list[MerchantRequestOut]] = defaultdict(list)
+    for request in session.scalars(
+        select(MerchantRequest)
+        .where(MerchantRequest.fulfillment_order_id.in_(ids))
+        .order_by(MerchantRequest.id)
+    ):
+        requests[request.fulfillment_order_id].append(
+            MerchantRequestOut(
+                message=request.message,
+                request_options=dict(request.request_options or {}),
+                kind=request.kind,
+                sent_at=request.sent_at,
+            )
+        )
+    return [
+        FulfillmentOrderOut(
+            id=fo.id,
+            shop_id=shop_id,
+            order_id=fo.order_id,
+            assigned_location_id=fo.assigned_location_id,
+            request_status=fo.request_status,
+            status=fo.status,
+            supported_actions=supported_actions(fo),
+            destination=_destination(fo.destination or {}),
+            origin=_origin(fo.origin or {}),
+            line_items=lines[fo.id],
+            outgoing_requests=[],
+            fulfillment_service_handle=handles.get(fo.fulfillment_service_id)
+            if fo.fulfillment_service_id is not None
+            else None,
+            merchant_requests=requests[fo.id],
+        )
+        for fo in orders
+    ]
+
+
+def _envelope(session: Session, fo: FulfillmentOrder) -> FulfillmentOrderEnvelope:
+    return FulfillmentOrderEnvelope(fulfillment_order=present(session, [fo])[0])
+
+
+# --- routes -----------------------------------------------------------------------------------------------
+
+router = APIRouter(
+    prefix="/admin/api/{version}",
+    tags=["fulfillment orders (Shopify Admin REST)"],
+    dependencies=[Depends(api_version)],
+    responses=SHOPIFY_RESPONSES,
+)
+
+FulfillmentOrderId = Annotated[int, Path(gt=0, le=MAX_ID, description="The fulfillment order's id.")]
+
+
+@router.post(
+    "/fulfillment_orders/{fulfillment_order_id}/cancellation_request.json",
+    response_model=FulfillmentOrderEnvelope,
+    summary="Send a cancellation request",
+    description=(
+        "Sends a cancellation request to the fulfillment service of a fulfillment order (staff token). "
+        "The fulfillment order must be `in_progress` with `request_status` `accepted` (or "
+        "`cancellation_rejected`, to ask again); it becomes `cancellation_requested` and the service is "
+        "notified after commit. Any other state is a 422."
+    ),
+)
+def send_cancellation_request(
+    fulfillment_order_id: FulfillmentOrderId,
+    principal: ShopifyStaff,
+    body: CancellationRequestBody | None = None,
+) -> FulfillmentOrderEnvelope:
+    with transaction() as session:
+        fo = fos.get(session, fulfillment_order_id)
+        if fo is None:
+            raise NotFound("Not Found")
+        # The workflow's lock order: the order row, then the fulfillment order.
+        workflow.lock_order(session, fo.order_id)
+        session.refresh(fo, with_for_update=True)
+        merchant_request = fos.request_cancellation(session, fo, message=_message(body))
+        steps.create(
+            session,
+            request_id=None,
+            kind=StepKind.notify,
+            fulfillment_order_id=fo.id,
+            idempotency_key=f"fo:{fo.id}:notify:{merchant_request.id}",
+        )
+        return _envelope(session, fo)
+
+
+def _answer(
+    fulfillment_order_id: int,
+    principal: ShopifyService,
+    body: CancellationRequestBody | None,
+    decision: Literal["accept", "reject"],
+) -> FulfillmentOrderEnvelope | JSONResponse:
+    with transaction() as session:
+        outcome = workflow.answer_cancellation(
+            session,
+            fulfillment_order_id,
+            decision=decision,
+            message=_message(body),
+            service_id=principal.fulfillment_service_id,
+        )
+        if outcome.error is None:
+            return _envelope(session, outcome.fulfillment_order)
+    # Committed all the same: the refused reply is recorded (and flagged) in the event log.
+    return JSONResponse({"errors": outcome.error}, status_code=422)
+
+
+_ANSWER_DESCRIPTION = (
+    "Answers the pending cancellation request of one of the caller's fulfillment orders (the assigned "
+    "fulfillment service's token; staff get 403, another service 404). Replaying the same answer returns "
+    "200 and changes nothing; answering an order with no pending request is a 422 (the attempt is "
+    "recorded)."
+)
+
+
+@router.post(
+    "/fulfillment_orders/{fulfillment_order_id}/cancellation_request/accept.json",
+    response_model=FulfillmentOrderEnvelope,
+    summary="Accept a cancellation request",
+    description=_ANSWER_DESCRIPTION + " Accepting cancels the fulfillment order.",
+)
+def accept_cancellation_request(
+    fulfillment_order_id: FulfillmentOrderId,
+    principal: ShopifyService,
+    body: CancellationRequestBody | None = None,
+) -> FulfillmentOrderEnvelope | JSONResponse:
+    return _answer(fulfillment_order_id, principal, body, "accept")
+
+
+@router.post(
+    "/fulfillment_orders/{fulfillment_order_id}/cancellation_request/reject.json",
+    response_model=FulfillmentOrderEnvelope,
+    summary="Reject a cancellation request",
+    description=_ANSWER_DESCRIPTION + " Rejecting leaves it `in_progress`.",
+)
+def reject_cancellation_request(
+    fulfillment_order_id: FulfillmentOrderId,
+    principal: ShopifyService,
+    body: CancellationRequestBody | None = None,
+) -> FulfillmentOrderEnvelope | JSONResponse:
+    return _answer(fulfillment_order_id, principal, body, "reject")
+
+
+@router.get(
+    "/fulfillment_orders/{fulfillment_order_id}.json",
+    response_model=FulfillmentOrderEnvelope,
+    summary="Retrieve a fulfillment order",
+    description="Staff see every fulfillment order; a fulfillment service only its own (others are 404).",
+)
+def get_fulfillment_order(
+    fulfillment_order_id: FulfillmentOrderId, principal: ShopifyReader
+) -> FulfillmentOrderEnvelope:
+    with transaction() as session:
+        fo = fos.get_for_service(session, fulfillment_order_id, principal.visible_service_id)
+        return _envelope(session, fo)
+
+
+class AssignmentStatus(StrEnum):
+    cancellation_requested = "cancellation_requested"
+    fulfillment_requested = "fulfillment_requested"
+    fulfillment_accepted = "fulfillment_accepted"
+
+
+REQUEST_STATUS_FOR: Final = {
+    AssignmentStatus.cancellation_requested: FORequestStatus.cancellation_requested,
+    AssignmentStatus.fulfillment_requested: FORequestStatus.submitted,
+    AssignmentStatus.fulfillment_accepted: FORequestStatus.accepted,
+}
+
+
+@router.get(
+    "/assigned_fulfillment_orders.json",
+    response_model=FulfillmentOrderList,
+    summary="List assigned fulfillment orders",
+    description=(
+        "Fulfillment orders assigned to a fulfillment service: the caller's own for a service token, every "
+        "service's for staff. `assignment_status` filters by request status (`cancellation_requested`, "
+        "`fulfillment_requested` = submitted, `fulfillment_accepted` = accepted); without it, every "
+        "assigned fulfillment order that is not closed or cancelled. Ordered by id; page with `since_id`."
+    ),
+)
+def assigned_fulfillment_orders(
+    principal: ShopifyReader,
+    assignment_status: Annotated[AssignmentStatus | None, Query()] = None,
+    location_ids: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_ID)]] | None,
+        Query(alias="location_ids[]", description="Only these assigned locations."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=250)] = 50,
+    since_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only ids greater than this.")] = None,
+) -> FulfillmentOrderList:
+    stmt = select(FulfillmentOrder).where(FulfillmentOrder.fulfillment_service_id.is_not(None))
+    if principal.visible_service_id is not None:
+        stmt = stmt.where(FulfillmentOrder.fulfillment_service_id == principal.visible_service_id)
+    if assignment_status is not None:
+        stmt = stmt.where(FulfillmentOrder.request_status == REQUEST_STATUS_FOR[assignment_status])
+    else:
+        stmt = stmt.where(FulfillmentOrder.status.not_in((FOStatus.closed, FOStatus.cancelled)))
+    if location_ids:
+        stmt = stmt.where(FulfillmentOrder.assigned_location_id.in_(location_ids))
+    if since_id is not None:
+        stmt = stmt.where(FulfillmentOrder.id > since_id)
+    with transaction() as session:
+        orders = list(session.scalars(stmt.order_by(FulfillmentOrder.id).limit(limit)))
+        return FulfillmentOrderList(fulfillment_orders=present(session, orders))

@@ -1,0 +1,160 @@
+"""Order import and lookup (`/api/v1/orders/`): how a deployment brings its own orders and services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.db import transaction
+from cancelflow.errors import Invalid, NotFound
+from cancelflow.models import FulfillmentOrder, Order, OrderItem, Payment
+from cancelflow.models.enums import PaymentMethod
+from cancelflow.services import importer
+from cancelflow.services.importer import ImportPayload
+
+router = APIRouter(prefix="/api/v1/orders", tags=["orders"], responses=AKINON_RESPONSES)
+
+
+class ImportResult(BaseModel):
+    imported: dict[str, int] = Field(
+        description="Rows written per kind; all zero when the same data was imported before.",
+        json_schema_extra={
+            "example": {"channels": 0, "orders": 1, "order_items": 2, "fulfillment_orders": 1}
+        },
+    )
+
+
+def _nul_paths(value: Any, path: str = "") -> Iterator[str]:
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                yield name
+            yield from _nul_paths(item, name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_paths(item, f"{path}.{index}" if path else str(index))
+
+
+@router.post(
+    "/",
+    response_model=ImportResult,
+    status_code=201,
+    summary="Import orders and reference data",
+    description=(
+        "Loads channels, cancellation reasons, fulfillment services, customers, and orders with their "
+        "items, payment and fulfillment orders (the same payload as `cancelflow import FILE`). Reference "
+        "data is upserted by id; orders and what hangs off them are inserted once and then belong to the "
+        "workflow. Answers **201** when anything was written and **200** with all counts zero when the "
+        "payload was imported before and nothing changed. Staff token."
+    ),
+    responses={200: {"model": ImportResult, "description": "Nothing new: every count is zero."}},
+)
+def import_orders(payload: ImportPayload, principal: AkinonStaff, response: Response) -> ImportResult:
+    data = payload.model_dump(mode="json")
+    bad = {path: ["must not contain NUL characters"] for path in _nul_paths(data)}
+    if bad:
+        raise Invalid("invalid import payload", field_errors=bad, code="invalid")
+    with transaction() as session:
+        counts = importer.import_payload(session, data)
+    if not any(counts.values()):
+        response.status_code = 200
+    return ImportResult(imported=counts)
+
+
+class OrderItemOut(BaseModel):
+    id: int
+    sku: str
+    product_name: str
+    quantity: int
+    unit_price: Decimal = Field(description="Paid unit price after discounts, in the order's currency.")
+    requested_quantity: int = Field(description="Quantity held by active cancellation requests.")
+    variant_id: int | None
+    inventory_item_id: int | None
+
+
+class PaymentOut(BaseModel):
+    id: int
+    method: PaymentMethod
+    amount: Decimal
+    reference: str | None
+
+
+class OrderOut(BaseModel):
+    id: int
+    number: str
+    channel: int
+    customer: int
+    currency: str
+    shipping_option_slug: str | None
+    tracking_number: str | None
+    shipping_address: dict[str, Any]
+    items: list[OrderItemOut]
+    payment: PaymentOut | None
+    fulfillment_orders: list[int] = Field(description="Ids of the order's fulfillment orders, in id order.")
+    created_date: datetime
+    modified_date: datetime
+
+
+@router.get(
+    "/{order_id}/",
+    response_model=OrderOut,
+    summary="Retrieve an order",
+    description="The order with its items, payment and fulfillment-order ids. Staff token.",
+)
+def get_order(order_id: Annotated[int, Path(gt=0, le=2**63 - 1)], principal: AkinonStaff) -> OrderOut:
+    with transaction() as session:
+        order = session.get(Order, order_id)
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        items = session.scalars(
+            select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id)
+        )
+        payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one_or_none()
+        fo_ids = session.scalars(
+            select(FulfillmentOrder.id)
+            .where(FulfillmentOrder.order_id == order.id)
+            .order_by(FulfillmentOrder.id)
+        ).all()
+        return OrderOut(
+            id=order.id,
+            number=order.number,
+            channel=order.channel_id,
+            customer=order.customer_id,
+            currency=order.currency,
+            shipping_option_slug=order.shipping_option_slug,
+            tracking_number=order.tracking_number,
+            shipping_address=dict(order.shipping_address or {}),
+            items=[
+                OrderItemOut(
+                    id=item.id,
+                    sku=item.sku,
+                    product_name=item.product_name,
+                    quantity=item.quantity,
+                    unit_price=item.unit_price,
+                    requested_quantity=item.requested_quantity,
+                    variant_id=item.variant_id,
+                    inventory_item_id=item.inventory_item_id,
+                )
+                for item in items
+            ],
+            payment=PaymentOut(
+                id=payment.id, method=payment.method, amount=payment.amount, reference=payment.reference
+            )
+            if payment is not None
+            else None,
+            fulfillment_orders=list(fo_ids),
+            created_date=order.created_date,
+            modified_date=order.modified_date,
+        )
