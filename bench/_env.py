@@ -43,7 +43,6 @@ def bench_environment(workdir: Path) -> Iterator[str]:
             "CANCELFLOW_DATABASE_URL": url,
             "CANCELFLOW_BROKER_URL": broker,
             "CANCELFLOW_EMBEDDED": "0",
-            "CANCELFLOW_LOG_LEVEL": "WARNING",
         }
     )
     _admin(admin, f'CREATE DATABASE "{name}"')

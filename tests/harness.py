@@ -170,6 +170,13 @@ class Stack:
         return proc
 
     def start(self) -> Stack:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # never leave half a stack running
+            raise
+
+    def _start(self) -> Stack:
         self._proc(
             "gateway",
             [

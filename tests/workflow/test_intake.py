@@ -103,3 +103,19 @@ def test_worker_survives_garbage_and_keeps_working(stack: Stack) -> None:
     order = make_order(None)
     wait_status(submit(order_item=order["items"][0]["id"]), "completed")
     assert stack.procs["worker"].alive()
+
+
+def test_cli_submit_publishes_the_storefront_message(stack: Stack) -> None:
+    from typer.testing import CliRunner
+
+    from cancelflow.cli.main import app
+
+    service = make_service(stack, policy="accept")
+    order = make_order(service, quantity=2)
+    cid = f"cli-{secrets.token_hex(6)}"
+    result = CliRunner().invoke(app, ["submit", "--order-item", str(order["items"][0]["id"]), "--reason", "1",
+                                      "--quantity", "1", "--client-request-id", cid, "--wait", "30"])
+    assert result.exit_code == 0, result.output
+    assert f"client_request_id={cid}" in result.output
+    request = wait_status(cid, "completed")
+    assert request.quantity == 1

@@ -1,0 +1,208 @@
+"""DESIGN.md section 3, rule by rule, where a rule is a mechanism rather than a workflow outcome."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from cancelflow.errors import PermanentError, TransientError
+from cancelflow.models import CancellationPlan, Event, WorkflowStep
+from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
+from cancelflow.services import intake, jobs, steps, workflow
+from tests.factories import load, order_payload
+
+
+class TestRule2EnqueueAfterCommit:
+    def _capture(self) -> list[jobs.Send]:
+        sent: list[jobs.Send] = []
+        jobs.set_sender(sent.append)
+        return sent
+
+    def teardown_method(self) -> None:
+        from cancelflow.worker.app import install_sender
+
+        install_sender()
+
+    def test_sends_only_after_commit(self, database: str) -> None:
+        from cancelflow.db import new_session
+
+        sent = self._capture()
+        session = new_session()
+        try:
+            jobs.enqueue_after_commit(session, "cancellations.route", 7)
+            jobs.enqueue_after_commit(session, "cancellations.route", 7)  # asked twice, sent once
+            session.execute(text("SELECT 1"))
+            assert sent == []
+            session.commit()
+        finally:
+            session.close()
+        assert sent == [jobs.Send("cancellations.route", (7,))]
+
+    def test_rollback_drops_the_sends(self, database: str) -> None:
+        from cancelflow.db import new_session
+
+        sent = self._capture()
+        session = new_session()
+        try:
+            jobs.enqueue_after_commit(session, "payments.refund", 1)
+            session.execute(text("SELECT 1"))
+            session.rollback()
+            session.commit()  # a later, empty commit must not resurrect them
+        finally:
+            session.close()
+        assert sent == []
+
+    def test_failed_send_after_commit_is_left_to_the_sweeper(self, database: str) -> None:
+        from cancelflow.db import new_session
+
+        def broken(_: jobs.Send) -> None:
+            raise ConnectionError("broker down")
+
+        jobs.set_sender(broken)
+        session = new_session()
+        try:
+            jobs.enqueue_after_commit(session, "payments.refund", 1)
+            session.commit()  # must not raise: the commit already happened
+        finally:
+            session.close()
+
+
+class TestRule4CeleryConfiguration:
+    def test_at_least_once_settings(self) -> None:
+        from cancelflow.config import Settings
+        from cancelflow.worker.config import celery_config
+
+        conf = celery_config(Settings(broker_url="redis://127.0.0.1:6379/0", database_url="postgresql://x/y"))
+        assert conf["task_acks_late"] is True
+        assert conf["task_reject_on_worker_lost"] is True
+        assert conf["worker_prefetch_multiplier"] == 1
+        assert conf["task_serializer"] == "json"
+        assert conf["accept_content"] == ["json"]
+        assert conf["broker_transport_options"]["visibility_timeout"] == 3600
+        assert Settings().max_countdown < Settings().visibility_timeout
+
+    def test_rabbitmq_gets_quorum_queues_and_confirms(self) -> None:
+        from cancelflow.config import Settings
+        from cancelflow.worker.config import celery_config
+
+        conf = celery_config(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//", database_url="x"))
+        assert conf["broker_transport_options"] == {"confirm_publish": True}
+        assert {q.queue_arguments["x-queue-type"] for q in conf["task_queues"]} == {"quorum"}
+
+    def test_task_arguments_are_ids_only(self) -> None:
+        from cancelflow.worker.app import celery_app
+
+        celery_app.loader.import_default_modules()
+        import inspect
+
+        for name, task in celery_app.tasks.items():
+            if name.startswith("celery.") or name == "cancellations.submit":
+                continue
+            params = [p for p in inspect.signature(task.run).parameters.values() if p.name != "self"]
+            assert all(p.annotation in ("int", "str | None", int) for p in params), (name, params)
+
+
+class TestRule5ErrorClassification:
+    def _plan_with_route_step(self, session: Session) -> tuple[CancellationPlan, WorkflowStep]:
+        from cancelflow.services.importer import import_payload
+        from tests.factories import reference_payload
+
+        order = order_payload()
+        import_payload(session, {**reference_payload(), "orders": [order]})
+        request = intake.submit(session, {"client_request_id": secrets.token_hex(6),
+                                          "order_item": order["items"][0]["id"], "reason": 1}).request
+        plan = workflow.approve(session, request, actor="t")
+        step = session.query(WorkflowStep).filter_by(plan_id=plan.id, kind=StepKind.route).one()
+        return plan, step
+
+    def test_transient_failure_backs_off_and_stays_pending(self, session: Session) -> None:
+        _, step = self._plan_with_route_step(session)
+        assert steps.record_failure(session, step.id, "TransientError: 503", permanent=False) == StepStatus.pending
+        session.refresh(step)
+        assert step.attempt == 1
+        assert step.last_error == "TransientError: 503"
+        assert session.query(Event).filter_by(entity="step", entity_id=step.id, kind="step.retry").count() == 1
+
+    def test_budget_exhausted_goes_dead_and_fails_the_plan(self, session: Session) -> None:
+        plan, step = self._plan_with_route_step(session)
+        for _ in range(step.max_attempts - 1):
+            steps.record_failure(session, step.id, "TransientError: timeout", permanent=False)
+        assert steps.record_failure(session, step.id, "TransientError: timeout", permanent=False) == StepStatus.dead
+        session.refresh(plan)
+        assert plan.status == PlanStatus.failed
+        assert plan.failed_from == "waiting"
+        assert "dead" in (plan.failure_reason or "")
+
+    def test_permanent_failure_is_dead_at_once(self, session: Session) -> None:
+        plan, step = self._plan_with_route_step(session)
+        assert steps.record_failure(session, step.id, "PermanentError: 404", permanent=True) == StepStatus.dead
+        session.refresh(step)
+        assert step.attempt == 1
+
+    def test_backoff_grows_and_is_capped(self) -> None:
+        delays = [steps.backoff(n) for n in range(1, 30)]
+        assert all(d <= timedelta(seconds=2) for d in delays)  # tests cap it at 2 s
+        assert steps.backoff(1) <= timedelta(seconds=0.2)
+
+    @pytest.mark.parametrize(("status", "error"), [(500, TransientError), (503, TransientError),
+                                                   (429, TransientError), (408, TransientError),
+                                                   (400, PermanentError), (404, PermanentError),
+                                                   (401, PermanentError)])
+    def test_notifier_classifies_http_answers(self, status: int, error: type[Exception]) -> None:
+        from cancelflow.integrations.fulfillment import SIGNATURE_HEADER, HttpNotifier, sign
+
+        seen: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(status)
+
+        notifier = HttpNotifier(httpx.Client(transport=httpx.MockTransport(handler)))
+        with pytest.raises(error):
+            notifier.notify(callback_url="http://svc.example/cb/", secret="s3cret", kind="CANCELLATION_REQUEST")
+        [request] = seen
+        assert str(request.url) == "http://svc.example/cb/fulfillment_order_notification"
+        assert request.content == b'{"kind":"CANCELLATION_REQUEST"}'
+        assert request.headers[SIGNATURE_HEADER] == sign("s3cret", request.content)
+
+    def test_notifier_connection_error_is_transient(self) -> None:
+        from cancelflow.integrations.fulfillment import HttpNotifier
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError("refused", request=request)
+
+        with pytest.raises(TransientError):
+            HttpNotifier(httpx.Client(transport=httpx.MockTransport(handler))).notify(
+                callback_url="http://svc.example", secret="s", kind="CANCELLATION_REQUEST")
+
+
+class TestRule6OneSweepAtATime:
+    def test_a_second_sweep_does_nothing_while_the_first_holds_the_lock(self, database: str) -> None:
+        from cancelflow.db import get_engine, transaction
+
+        order = order_payload()
+        load({"orders": [order]})
+        with transaction() as session:  # a pending step that is due
+            intake.submit(session, {"client_request_id": secrets.token_hex(6),
+                                    "order_item": order["items"][0]["id"], "reason": 1})
+        with get_engine().connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": steps.SWEEP_LOCK_KEY})
+            try:
+                with transaction() as session:
+                    session.execute(text("UPDATE workflow_steps SET next_attempt_at = now() - interval '1 day' "
+                                         "WHERE status = 'pending'"))
+                with transaction() as session:
+                    assert steps.sweep_due(session) == 0
+            finally:
+                holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": steps.SWEEP_LOCK_KEY})
+                holder.commit()
+        with transaction() as session:
+            session.execute(text("UPDATE workflow_steps SET next_attempt_at = now() - interval '1 day' "
+                                 "WHERE status = 'pending'"))
+        with transaction() as session:
+            assert steps.sweep_due(session) >= 1  # the lock is free again: the due step is re-sent
