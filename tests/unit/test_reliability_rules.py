@@ -114,25 +114,35 @@ class TestRule5ErrorClassification:
 
         order = order_payload()
         import_payload(session, {**reference_payload(), "orders": [order]})
-        request = intake.submit(session, {"client_request_id": secrets.token_hex(6),
-                                          "order_item": order["items"][0]["id"], "reason": 1}).request
+        request = intake.submit(
+            session,
+            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
+        ).request
         plan = workflow.approve(session, request, actor="t")
         step = session.query(WorkflowStep).filter_by(plan_id=plan.id, kind=StepKind.route).one()
         return plan, step
 
     def test_transient_failure_backs_off_and_stays_pending(self, session: Session) -> None:
         _, step = self._plan_with_route_step(session)
-        assert steps.record_failure(session, step.id, "TransientError: 503", permanent=False) == StepStatus.pending
+        assert (
+            steps.record_failure(session, step.id, "TransientError: 503", permanent=False)
+            == StepStatus.pending
+        )
         session.refresh(step)
         assert step.attempt == 1
         assert step.last_error == "TransientError: 503"
-        assert session.query(Event).filter_by(entity="step", entity_id=step.id, kind="step.retry").count() == 1
+        assert (
+            session.query(Event).filter_by(entity="step", entity_id=step.id, kind="step.retry").count() == 1
+        )
 
     def test_budget_exhausted_goes_dead_and_fails_the_plan(self, session: Session) -> None:
         plan, step = self._plan_with_route_step(session)
         for _ in range(step.max_attempts - 1):
             steps.record_failure(session, step.id, "TransientError: timeout", permanent=False)
-        assert steps.record_failure(session, step.id, "TransientError: timeout", permanent=False) == StepStatus.dead
+        assert (
+            steps.record_failure(session, step.id, "TransientError: timeout", permanent=False)
+            == StepStatus.dead
+        )
         session.refresh(plan)
         assert plan.status == PlanStatus.failed
         assert plan.failed_from == "waiting"
@@ -140,7 +150,11 @@ class TestRule5ErrorClassification:
 
     def test_permanent_failure_is_dead_at_once(self, session: Session) -> None:
         plan, step = self._plan_with_route_step(session)
-        assert steps.record_failure(session, step.id, "PermanentError: 404", permanent=True) == StepStatus.dead
+        assert (
+            steps.record_failure(session, step.id, "PermanentError: 404", permanent=True) == StepStatus.dead
+        )
+        session.refresh(plan)
+        assert plan.status == PlanStatus.failed
         session.refresh(step)
         assert step.attempt == 1
 
@@ -149,10 +163,18 @@ class TestRule5ErrorClassification:
         assert all(d <= timedelta(seconds=2) for d in delays)  # tests cap it at 2 s
         assert steps.backoff(1) <= timedelta(seconds=0.2)
 
-    @pytest.mark.parametrize(("status", "error"), [(500, TransientError), (503, TransientError),
-                                                   (429, TransientError), (408, TransientError),
-                                                   (400, PermanentError), (404, PermanentError),
-                                                   (401, PermanentError)])
+    @pytest.mark.parametrize(
+        ("status", "error"),
+        [
+            (500, TransientError),
+            (503, TransientError),
+            (429, TransientError),
+            (408, TransientError),
+            (400, PermanentError),
+            (404, PermanentError),
+            (401, PermanentError),
+        ],
+    )
     def test_notifier_classifies_http_answers(self, status: int, error: type[Exception]) -> None:
         from cancelflow.integrations.fulfillment import SIGNATURE_HEADER, HttpNotifier, sign
 
@@ -164,7 +186,9 @@ class TestRule5ErrorClassification:
 
         notifier = HttpNotifier(httpx.Client(transport=httpx.MockTransport(handler)))
         with pytest.raises(error):
-            notifier.notify(callback_url="http://svc.example/cb/", secret="s3cret", kind="CANCELLATION_REQUEST")
+            notifier.notify(
+                callback_url="http://svc.example/cb/", secret="s3cret", kind="CANCELLATION_REQUEST"
+            )
         [request] = seen
         assert str(request.url) == "http://svc.example/cb/fulfillment_order_notification"
         assert request.content == b'{"kind":"CANCELLATION_REQUEST"}'
@@ -178,7 +202,8 @@ class TestRule5ErrorClassification:
 
         with pytest.raises(TransientError):
             HttpNotifier(httpx.Client(transport=httpx.MockTransport(handler))).notify(
-                callback_url="http://svc.example", secret="s", kind="CANCELLATION_REQUEST")
+                callback_url="http://svc.example", secret="s", kind="CANCELLATION_REQUEST"
+            )
 
 
 class TestRule6OneSweepAtATime:
@@ -188,21 +213,35 @@ class TestRule6OneSweepAtATime:
         order = order_payload()
         load({"orders": [order]})
         with transaction() as session:  # a pending step that is due
-            intake.submit(session, {"client_request_id": secrets.token_hex(6),
-                                    "order_item": order["items"][0]["id"], "reason": 1})
+            intake.submit(
+                session,
+                {
+                    "client_request_id": secrets.token_hex(6),
+                    "order_item": order["items"][0]["id"],
+                    "reason": 1,
+                },
+            )
         with get_engine().connect() as holder:
             holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": steps.SWEEP_LOCK_KEY})
             try:
                 with transaction() as session:
-                    session.execute(text("UPDATE workflow_steps SET next_attempt_at = now() - interval '1 day' "
-                                         "WHERE status = 'pending'"))
+                    session.execute(
+                        text(
+                            "UPDATE workflow_steps SET next_attempt_at = now() - interval '1 day' "
+                            "WHERE status = 'pending'"
+                        )
+                    )
                 with transaction() as session:
                     assert steps.sweep_due(session) == 0
             finally:
                 holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": steps.SWEEP_LOCK_KEY})
                 holder.commit()
         with transaction() as session:
-            session.execute(text("UPDATE workflow_steps SET next_attempt_at = now() - interval '1 day' "
-                                 "WHERE status = 'pending'"))
+            session.execute(
+                text(
+                    "UPDATE workflow_steps SET next_attempt_at = now() - interval '1 day' "
+                    "WHERE status = 'pending'"
+                )
+            )
         with transaction() as session:
             assert steps.sweep_due(session) >= 1  # the lock is free again: the due step is re-sent

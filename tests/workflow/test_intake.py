@@ -113,8 +113,22 @@ def test_cli_submit_publishes_the_storefront_message(stack: Stack) -> None:
     service = make_service(stack, policy="accept")
     order = make_order(service, quantity=2)
     cid = f"cli-{secrets.token_hex(6)}"
-    result = CliRunner().invoke(app, ["submit", "--order-item", str(order["items"][0]["id"]), "--reason", "1",
-                                      "--quantity", "1", "--client-request-id", cid, "--wait", "30"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            "--order-item",
+            str(order["items"][0]["id"]),
+            "--reason",
+            "1",
+            "--quantity",
+            "1",
+            "--client-request-id",
+            cid,
+            "--wait",
+            "30",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"client_request_id={cid}" in result.output
     request = wait_status(cid, "completed")
