@@ -15,12 +15,24 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from cancelflow.cli import exports as cli_exports
+from cancelflow.cli import ops
+from cancelflow.cli import tags as cli_tags
+from cancelflow.cli import users as cli_users
+from cancelflow.cli.webhooks import webhooks_app
+
 app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True)
 tokens_app = typer.Typer(
     help="API tokens for staff, storefronts and fulfillment services.", no_args_is_help=True
 )
 app.add_typer(tokens_app, name="tokens")
-console = Console()
+ops.register(app)  # escalations, services set-policy, dead, replay
+app.add_typer(cli_tags.tags_app, name="tags")
+app.command("export")(cli_exports.export)
+app.add_typer(cli_users.app, name="users")
+app.add_typer(webhooks_app, name="webhooks")
+# Piped output (files, CI logs) gets wide tables rather than columns cut at 80 characters.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
