@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run test lint typecheck pytest bench demo clean
+.PHONY: install run test lint typecheck pytest pytest-rabbitmq bench demo clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "cancelflow needs Python 3.11, found " + sys.version' 
@@ -19,7 +19,7 @@ install: $(STAMP)
 run: install  ## start API, worker, beat, Flower and the sandboxes (embedded PostgreSQL/Redis unless configured)
 	$(VENV)/bin/cancelflow run
 
-test: install lint typecheck pytest  ## the whole suite: lint, types, tests
+test: install lint typecheck pytest pytest-rabbitmq  ## the whole suite: lint, types, tests (Redis, then RabbitMQ)
 
 lint: install
 	$(VENV)/bin/ruff check cancelflow tests bench migrations
@@ -30,8 +30,13 @@ typecheck: install
 pytest: install
 	$(PY) -m pytest
 
+# The end-to-end flows once more on RabbitMQ (quorum queues); they skip with a hint when 5672 is closed.
+pytest-rabbitmq: install
+	CANCELFLOW_TEST_BROKER=amqp $(PY) -m pytest tests/workflow/test_e2e.py tests/workflow/test_intake.py -p no:cacheprovider
+
 bench: install  ## benchmarks: print figures and ratios (not part of the tests)
 	$(PY) bench/workflow.py
+	$(PY) bench/api.py
 
 demo: install
 	$(VENV)/bin/cancelflow demo

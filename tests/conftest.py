@@ -32,6 +32,68 @@ def _reachable() -> bool:
     return True
 
 
+# CANCELFLOW_TEST_BROKER=amqp runs the session on the local RabbitMQ instead of Redis (`make pytest-rabbitmq`).
+TEST_BROKER = os.environ.get("CANCELFLOW_TEST_BROKER", "redis")
+LOCAL_AMQP = os.environ.get("CANCELFLOW_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+AMQP_VHOST = f"cf_test_{RUN_ID}"
+AMQP_SKIP_REASON: str | None = None  # set when the amqp run cannot happen here; every test then skips
+
+
+def _amqp_broker() -> str:
+    """A private vhost per run (rabbitmqctl), else the default vhost with cancelflow's queues purged."""
+    import shutil
+    import socket
+    import subprocess
+    from urllib.parse import urlsplit
+
+    global AMQP_SKIP_REASON
+    parts = urlsplit(LOCAL_AMQP)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2).close()
+    except OSError:
+        AMQP_SKIP_REASON = (
+            f"RabbitMQ is not listening at {parts.hostname}:{parts.port or 5672}: install it "
+            "(`apt-get install rabbitmq-server`) and start it (`rabbitmq-server -detached`)"
+        )
+        return f"{LOCAL_AMQP}//"
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    user = parts.username or "guest"
+    try:
+        for argv in (
+            ["add_vhost", AMQP_VHOST],
+            ["set_permissions", "-p", AMQP_VHOST, user, ".*", ".*", ".*"],
+        ):
+            subprocess.run([ctl, "-q", *argv], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        # No rabbitmqctl (a remote or containerised broker): share "/" and start from empty queues.
+        _purge_amqp_queues(f"{LOCAL_AMQP}//")
+        return f"{LOCAL_AMQP}//"
+    return f"{LOCAL_AMQP}/{AMQP_VHOST}"
+
+
+def _purge_amqp_queues(url: str) -> None:
+    from kombu import Connection
+
+    from cancelflow.worker.config import QUEUES
+
+    with Connection(url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for queue in QUEUES:
+            try:
+                channel.queue_purge(queue)
+            except Exception:  # a queue not declared yet holds nothing to purge (the channel is closed by it)
+                channel = conn.channel()
+
+
+def _drop_amqp_vhost() -> None:
+    import shutil
+    import subprocess
+
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    if BROKER_URL.endswith(f"/{AMQP_VHOST}"):
+        subprocess.run([ctl, "-q", "delete_vhost", AMQP_VHOST], check=False, capture_output=True, timeout=60)
+
+
 def _bootstrap() -> tuple[str, str, object | None]:
     """Decide the servers before any settings are read, and point CANCELFLOW_* at them."""
     if os.environ.get("CANCELFLOW_EMBEDDED") != "1" and _reachable():
@@ -47,6 +109,8 @@ def _bootstrap() -> tuple[str, str, object | None]:
         embedded = EmbeddedServices(Path(tempfile.mkdtemp(prefix="cf-embedded-")))
         admin_url, broker = embedded.start()
         admin = admin_url
+    if TEST_BROKER == "amqp":
+        broker = _amqp_broker()
     base, _, query = admin.partition("?")
     database_url = base.rsplit("/", 1)[0] + f"/{TEST_DB}" + (f"?{query}" if query else "")
     os.environ["CANCELFLOW_DATABASE_URL"] = database_url
@@ -89,6 +153,8 @@ def database() -> Iterator[str]:
     _admin_execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
     if _EMBEDDED is not None:
         _EMBEDDED.stop()  # type: ignore[attr-defined]
+    if TEST_BROKER == "amqp":
+        _drop_amqp_vhost()
 
 
 @pytest.fixture
@@ -114,3 +180,28 @@ def output_dir(request: pytest.FixtureRequest) -> Path:
     path = OUTPUT_DIR / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if AMQP_SKIP_REASON is not None:
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=AMQP_SKIP_REASON))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """CI (CANCELFLOW_FAIL_ON_SKIP=1) installs everything a test may need, so a skip there is a failure."""
+    if os.environ.get("CANCELFLOW_FAIL_ON_SKIP") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if not skipped:
+        return
+    lines = [f"CANCELFLOW_FAIL_ON_SKIP=1 and {len(skipped)} test(s) skipped:"]
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        lines.append(f"  {report.nodeid}: {reason}")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line("\n".join(lines), red=True, bold=True)
+    if session.exitstatus == 0:
+        session.exitstatus = 1

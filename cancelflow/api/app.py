@@ -12,7 +12,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from cancelflow import __version__
-from cancelflow.api import errors, fulfillment, health, orders
+from cancelflow.api import cancellation_requests, docs, errors, fulfillment, health, metrics, orders
+from cancelflow.api import exports as exports_api
+from cancelflow.api import jobs as jobs_api
+from cancelflow.api import tags as tags_api
+from cancelflow.api import users as users_api
+from cancelflow.api import webhooks as webhooks_api
 from cancelflow.config import get_settings
 from cancelflow.config.logging import configure_logging
 
@@ -35,6 +40,16 @@ def routers() -> list[APIRouter]:
         health.router,
         orders.router,
         fulfillment.router,
+        metrics.router,
+        # Before the cancellation-request routers: `filter_by_tags/` must not be taken for an `{id}`.
+        tags_api.router,
+        tags_api.channel_router,
+        jobs_api.router,
+        exports_api.router,
+        users_api.router,
+        webhooks_api.router,
+        cancellation_requests.router,
+        cancellation_requests.channel_router,
     ]
 
 
@@ -73,10 +88,11 @@ def create_app() -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         openapi_url="/api/schema/",
-        docs_url="/api/docs/",
+        docs_url=None,  # served by api.docs from local files: no CDN needed
         redoc_url=None,
     )
     errors.install(app)
+    docs.install(app)
     app.add_middleware(fulfillment.ShopifyVersionHeaderMiddleware)
     for router in routers():
         app.include_router(router)

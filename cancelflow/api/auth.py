@@ -29,6 +29,8 @@ class Principal:
     fulfillment_service_id: int | None
     channel_id: int | None
     permissions: tuple[str, ...]
+    # The logged-in user behind the token (POST /api/v1/auth/login/); None for CLI-made tokens.
+    user_id: int | None = None
 
     @property
     def is_staff(self) -> bool:
@@ -70,6 +72,7 @@ def lookup(key: str) -> Principal | None:
             fulfillment_service_id=token.fulfillment_service_id,
             channel_id=token.channel_id,
             permissions=tuple(token.permissions or ()),
+            user_id=token.user_id,
         )
 
 

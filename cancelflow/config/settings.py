@@ -69,8 +69,17 @@ class Settings(BaseSettings):
     sandbox_fulfillment_port: int = 8101
     sandbox_gateway_port: int = 8102
 
+    # Exports of the detailed request list: up to this many rows stream in the response; more become an
+    # export job whose file is downloaded when done.
+    export_sync_max_rows: int = 10_000
+
     # Shop identity echoed in fulfillment-order payloads
     shop_id: int = 1
+
+    # Prometheus: when set, the worker's main process serves its pool's task histograms on this port
+    # (prometheus_client multiprocess mode; PROMETHEUS_MULTIPROC_DIR if set, else a fresh temporary
+    # directory). The API serves its own gauges at /metrics.
+    worker_metrics_port: int | None = None
 
     log_level: str = "INFO"
     log_json: bool = True

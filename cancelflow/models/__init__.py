@@ -20,24 +20,47 @@ from cancelflow.models.catalog import (
     Payment,
 )
 from cancelflow.models.fulfillment import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
+from cancelflow.models.jobs import BulkJob, ExportFormat, ExportJob, JobStatus
+from cancelflow.models.tags import CancellationRequestTag, Tag
+from cancelflow.models.users import IdempotencyKey, User
+from cancelflow.models.webhooks import (
+    AttemptOutcome,
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 
 __all__ = [
     "ApiToken",
+    "AttemptOutcome",
     "Base",
+    "BulkJob",
     "CancellationPlan",
     "CancellationReason",
     "CancellationRequest",
+    "CancellationRequestTag",
     "Channel",
     "Customer",
+    "DeliveryStatus",
     "Event",
+    "ExportFormat",
+    "ExportJob",
     "FulfillmentOrder",
     "FulfillmentOrderLineItem",
     "FulfillmentService",
+    "IdempotencyKey",
+    "JobStatus",
     "LoyaltyLedgerEntry",
     "MerchantRequest",
     "MoneyTransaction",
     "Order",
     "OrderItem",
     "Payment",
+    "Tag",
+    "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookSubscription",
     "WorkflowStep",
 ]

@@ -27,3 +27,7 @@ class ApiToken(TimestampMixin, Base):
     channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id"), nullable=True)
     permissions: Mapped[list[str]] = mapped_column(JSONB, default=list)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The user who logged in for this token (POST /api/v1/auth/login/); None for tokens made by the CLI.
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True
+    )

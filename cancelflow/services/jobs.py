@@ -49,6 +49,8 @@ def pending_sends(session: Session) -> list[Send]:
 
 @event.listens_for(Session, "after_commit")
 def _send_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint was released (SQLAlchemy fires after_commit for it); the real commit comes later
     sends: list[Send] = session.info.pop(_PENDING_KEY, [])
     if not sends:
         return

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -26,6 +26,7 @@ from cancelflow.models.transitions import (
     STEP_TRANSITIONS,
     InvalidTransition,
 )
+from cancelflow.services import webhooks
 from cancelflow.services.clock import now
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ def record_event(
     to_status: str | None = None,
     data: Mapping[str, object] | None = None,
 ) -> None:
-    session.add(
-        Event(
+    # A Core insert: an event is never read back in the transaction that writes it, so no unit of work.
+    session.execute(
+        insert(Event).values(
             entity=entity,
             entity_id=entity_id,
             kind=kind,
@@ -99,6 +101,8 @@ def move(
         to_status=to.value,
         data=data,
     )
+    # The outbox row for subscribed storefronts commits (or rolls back) with the change itself.
+    webhooks.on_transition(session, machine, obj, current, to)
     return True
 
 

@@ -78,10 +78,11 @@ def validate_step(session: Session, step: WorkflowStep) -> None:
     """Re-check the request under the order lock, then apply the approval rule from settings."""
     assert step.request_id is not None
     request = get_request(session, step.request_id)
-    lock_order(session, request.order_id)
-    session.refresh(request)
     if request.status == RequestStatus.waiting and get_settings().approval_rule == "auto":
-        approve(session, request, actor="auto-approval rule")
+        try:
+            approve(session, request, actor="auto-approval rule")  # re-checks under the order lock
+        except Conflict:
+            pass  # staff approved or rejected it first: nothing left to validate
     steps.finish(session, step, {"approval_rule": get_settings().approval_rule})
 
 
@@ -279,7 +280,10 @@ def answer_cancellation(
     accepted = decision == "accept"
     done_state = FORequestStatus.cancellation_accepted if accepted else FORequestStatus.cancellation_rejected
     if fo.request_status != FORequestStatus.cancellation_requested:
-        if fo.request_status == done_state:
+        last = fos.open_cancellation_request(session, fo.id)
+        # A request closed at the reply deadline (or by staff) was never answered (no responded_at): a
+        # reply to it now is late, not a duplicate, even when it says what the deadline action did.
+        if fo.request_status == done_state and (last is None or last.responded_at is not None):
             transitions.record_event(
                 session,
                 "fulfillment_order",
@@ -298,6 +302,7 @@ def answer_cancellation(
                 "message": message,
                 "flagged": True,
                 "request_status": fo.request_status.value,
+                "after_deadline": last is not None and last.responded_at is None,
             },
         )
         return ReplyOutcome(
@@ -320,6 +325,22 @@ def answer_cancellation(
     if fo.cancellation_plan_id is not None:
         plan = session.get_one(CancellationPlan, fo.cancellation_plan_id)
         session.refresh(plan)
+        if plan.status == PlanStatus.confirmation_waiting and plan.escalated_at is not None:
+            # Escalated at the deadline but not yet decided by staff: the answer still counts (it is
+            # applied below), and staff see that it came late.
+            transitions.record_event(
+                session,
+                "plan",
+                plan.id,
+                "reply.late",
+                data={
+                    "decision": decision,
+                    "fulfillment_order_id": fo.id,
+                    "escalated_at": plan.escalated_at.isoformat(),
+                    "applied": True,
+                    "flagged": True,
+                },
+            )
         if plan.status != PlanStatus.confirmation_waiting:
             # The plan moved on (escalated, failed, staff decision): keep the answer, flag it for staff.
             transitions.record_event(

@@ -9,17 +9,24 @@ from celery import Celery, signals
 
 from cancelflow.config import get_settings
 from cancelflow.services import jobs
+from cancelflow.worker import metrics as _metrics  # noqa: F401  (connects the task-latency signals)
+from cancelflow.worker import privacy as _privacy  # noqa: F401  (masks received arguments)
 
 log = logging.getLogger(__name__)
 
 TASK_MODULES = [
     "cancelflow.tasks.cancellations",
+    "cancelflow.tasks.escalation",
+    "cancelflow.tasks.exports",
     "cancelflow.tasks.fulfillment",
     "cancelflow.tasks.payments",
+    "cancelflow.tasks.tags",
+    "cancelflow.tasks.webhooks",
     "cancelflow.tasks.workflow",
 ]
 
-celery_app = Celery("cancelflow", include=TASK_MODULES)
+# The privacy AMQP class redacts personal data from the argument reprs Flower shows (worker.privacy).
+celery_app = Celery("cancelflow", include=TASK_MODULES, amqp="cancelflow.worker.privacy:MaskingAMQP")
 # A module path, so settings are read when Celery first needs its configuration, not at import.
 celery_app.config_from_object("cancelflow.worker.celeryconfig")
 

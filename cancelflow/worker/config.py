@@ -17,6 +17,7 @@ ROUTES = {
     "loyalty.*": {"queue": "money"},
     "tags.*": {"queue": "bulk"},
     "exports.*": {"queue": "bulk"},
+    "webhooks.*": {"queue": "default"},
 }
 
 
@@ -24,6 +25,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker = settings.require_broker_url()
     amqp = broker.startswith(("amqp://", "amqps://", "pyamqp://"))
     queue_arguments = {"x-queue-type": "quorum"} if amqp else None
+    # Quorum queues keep countdowns (retry backoff) out of the worker through RabbitMQ's native delayed
+    # delivery, which routes by topic; with direct exchanges a countdown would block a pool process.
+    exchange_type = "topic" if amqp else "direct"
     transport_options: dict[str, Any] = {}
     if amqp:
         transport_options["confirm_publish"] = True
@@ -48,7 +52,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_enable_soft_shutdown_on_idle": True,
         "task_default_queue": "default",
         "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=queue_arguments)
+            Queue(name, Exchange(name, type=exchange_type), routing_key=name, queue_arguments=queue_arguments)
             for name in QUEUES
         ],
         "task_routes": ROUTES,
@@ -61,6 +65,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "workflow.sweep_due": {
                 "task": "workflow.sweep_due",
+                "schedule": settings.sweep_interval.total_seconds(),
+                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
+            },
+            # Reminders and reply deadlines are database timers; this finds the due ones.
+            "fulfillment.chase_replies": {
+                "task": "fulfillment.chase_replies",
+                "schedule": settings.sweep_interval.total_seconds(),
+                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
+            },
+            # Webhook retries too far off for a broker countdown, and lost delivery messages.
+            "webhooks.sweep": {
+                "task": "webhooks.sweep",
                 "schedule": settings.sweep_interval.total_seconds(),
                 "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
             },

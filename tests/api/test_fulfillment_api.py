@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import uuid
@@ -21,7 +22,7 @@ from cancelflow.api.errors import SHOPIFY_UNAUTHORIZED
 from cancelflow.api.fulfillment import VERSIONS
 from cancelflow.config import get_settings
 from cancelflow.db import transaction
-from cancelflow.models import Event, FulfillmentOrder, WorkflowStep
+from cancelflow.models import ApiToken, Event, FulfillmentOrder, WorkflowStep
 from cancelflow.models.enums import StepStatus
 from cancelflow.services import jobs
 from cancelflow.services.tokens import create_token
@@ -47,11 +48,15 @@ class Service:
     token: str
 
 
+_created_tokens: list[int] = []
+
+
 def make_token(kind: str, *, handle: str | None = None) -> str:
     with transaction() as session:
-        _, key = create_token(
-            session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, fulfillment_service_handle=handle
+        token, key = create_token(
+            session, name=f"api-{uuid.uuid4().hex[:8]}", kind=kind, fulfillment_service_handle=handle
         )
+    _created_tokens.append(token.id)
     return key
 
 
@@ -113,8 +118,22 @@ def message(text: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
+    # create_app configures logging onto this process's stderr (pytest's capture): put it back after.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with TestClient(create_app()) as test_client:
+            yield test_client
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        # Tokens are global state shared with later suites: leave none of ours usable.
+        with transaction() as session:
+            session.execute(
+                update(ApiToken)
+                .where(ApiToken.id.in_(_created_tokens), ApiToken.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+            )
 
 
 @pytest.fixture(scope="module", autouse=True)

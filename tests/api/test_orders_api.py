@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import copy
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, update
 
 from cancelflow.api.app import create_app
 from cancelflow.db import transaction
+from cancelflow.models import ApiToken
 from cancelflow.services.tokens import create_token
 from tests.factories import next_id, order_payload, reference_payload, service_payload
 
 ORDERS = "/api/v1/orders/"
 
 
+_created_tokens: list[int] = []
+
+
 def make_token(kind: str, *, handle: str | None = None) -> str:
     with transaction() as session:
-        _, key = create_token(
-            session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, fulfillment_service_handle=handle
+        token, key = create_token(
+            session, name=f"api-{uuid.uuid4().hex[:8]}", kind=kind, fulfillment_service_handle=handle
         )
+    _created_tokens.append(token.id)
     return key
 
 
@@ -32,8 +39,22 @@ def token(key: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
+    # create_app configures logging onto this process's stderr (pytest's capture): put it back after.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with TestClient(create_app()) as test_client:
+            yield test_client
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        # Tokens are global state shared with later suites: leave none of ours usable.
+        with transaction() as session:
+            session.execute(
+                update(ApiToken)
+                .where(ApiToken.id.in_(_created_tokens), ApiToken.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+            )
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +230,10 @@ class TestAuth:
     def test_revoked_token_is_401(self, client: TestClient) -> None:
         from cancelflow.services.tokens import revoke
 
-        name = f"staff-{uuid.uuid4().hex[:12]}"
+        name = f"api-{uuid.uuid4().hex[:8]}"
         with transaction() as session:
-            _, key = create_token(session, name=name, kind="staff")
+            created, key = create_token(session, name=name, kind="staff")
+        _created_tokens.append(created.id)
         assert client.get(f"{ORDERS}{next_id()}/", headers=token(key)).status_code == 404
         with transaction() as session:
             assert revoke(session, name)

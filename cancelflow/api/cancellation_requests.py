@@ -1,0 +1,792 @@
+"""Akinon Omnitron cancellation requests (seed 000): list, detailed list, retrieve, create, update, reject.
+
+Two routers with the same operations: `/api/v1/cancellation_requests/` and the sales-channel twin
+`/api/v1/channel/{channel_id}/cancellation_requests/`, which sees only that channel's requests (the SDK's
+`/api/v1/channel/…` spelling; see seed-spec A.1). Tags, bulk tags and exports live in `api.tags` and
+`api.exports`.
+
+Who may do what: staff tokens everything; a storefront token creates and reads the requests of its own
+channel (on the global routes it sees only them; another channel's twin route is a 403) and may not
+update or reject; fulfillment-service tokens are refused (403). IBANs are masked (country and last four
+characters) except for staff tokens with the `view_iban` permission.
+
+Status changes: there is no approve endpoint in seed 000; staff approve with `PATCH {"status":
+"approved"}` (the plan is made and routed) and reject with `POST …/{id}/reject/` or `PATCH {"status":
+"rejected"}`. A change the state machine forbids, or an edit of `order_item`, `quantity`, `iban`,
+`holder_name`, `fully_refund_as_loyalty_money` or `cancellation_type` once the request is no longer
+`waiting`, is a 400 `{"non_field_errors": [...], "code": "invalid_transition"}` and changes nothing.
+"""
+
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cancelflow.api.auth import AkinonCaller, Principal
+from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
+from cancelflow.db import transaction
+from cancelflow.errors import Conflict, Forbidden, Invalid, NotFound
+from cancelflow.models import (
+    CancellationPlan,
+    CancellationReason,
+    CancellationRequest,
+    Customer,
+    MoneyTransaction,
+    Order,
+    OrderItem,
+    WorkflowStep,
+)
+from cancelflow.models.enums import (
+    CancellationType,
+    PlanStatus,
+    RefundTarget,
+    RequestStatus,
+    StepKind,
+    StepStatus,
+)
+from cancelflow.services import iban as iban_checks
+from cancelflow.services import queries
+from cancelflow.services import requests as requests_service
+from cancelflow.services.queries import RequestFilters
+
+MAX_ID: Final = 2**63 - 1
+VIEW_IBAN: Final = "view_iban"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+RequestId = Annotated[int, Path(gt=0, le=MAX_ID, description="Unique identifier of the resource.")]
+ChannelId = Annotated[int, Path(gt=0, le=MAX_ID, description="The sales channel's id.")]
+
+
+def _no_nul(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the driver.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Description = Annotated[str | None, Field(max_length=2000), AfterValidator(_no_nul)]
+IbanIn = Annotated[str | None, Field(max_length=64), AfterValidator(_no_nul)]
+HolderIn = Annotated[str | None, Field(max_length=200), AfterValidator(_no_nul)]
+IdIn = Annotated[int, Field(gt=0, le=MAX_ID)]
+QuantityIn = Annotated[int, Field(gt=0, le=1_000_000)]
+
+
+# --- who is asking ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The caller and the channel its view is limited to (None: every channel)."""
+
+    principal: Principal
+    channel_id: int | None
+
+    @property
+    def can_view_iban(self) -> bool:
+        return self.principal.is_staff and VIEW_IBAN in self.principal.permissions
+
+    @property
+    def actor(self) -> str:
+        who = (
+            f"user:{self.principal.user_id}" if self.principal.user_id else f"token:{self.principal.token_id}"
+        )
+        return f"staff ({who})"
+
+    def require_staff(self) -> None:
+        if not self.principal.is_staff:
+            raise Forbidden("You do not have permission to perform this action.")
+
+
+def _reader_scope(principal: Principal, channel_id: int | None) -> Scope:
+    if principal.is_staff:
+        return Scope(principal, channel_id)
+    if principal.kind == "storefront" and principal.channel_id is not None:
+        if channel_id is not None and channel_id != principal.channel_id:
+            raise Forbidden("You do not have permission to perform this action.")
+        return Scope(principal, principal.channel_id)
+    raise Forbidden("You do not have permission to perform this action.")
+
+
+def global_scope(principal: AkinonCaller) -> Scope:
+    return _reader_scope(principal, None)
+
+
+def channel_scope(channel_id: ChannelId, principal: AkinonCaller) -> Scope:
+    return _reader_scope(principal, channel_id)
+
+
+# --- payloads -----------------------------------------------------------------------------------------
+
+
+class CancellationRequestOut(BaseModel):
+    """Akinon `CancellationRequest` (UUIDStarterModel + Entity), plus `order`, `channel` and the
+    machine-readable `rejection_code` / `rejection_message` of a rejected request."""
+
+    id: int = Field(description="Cancellation Request ID")
+    uuid: uuid.UUID
+    order_item: int
+    reason: int
+    description: str | None
+    cancellation_type: CancellationType
+    status: RequestStatus
+    iban: str | None = Field(description="Masked unless the token is staff with the `view_iban` permission.")
+    holder_name: str | None
+    easy_return: dict[str, Any] | None = Field(
+        description="Always null: cancelflow keeps no easy-return records."
+    )
+    quantity: int | None
+    fully_refund_as_loyalty_money: bool
+    created_date: datetime
+    modified_date: datetime
+    attributes: dict[str, Any]
+    attributes_kwargs: dict[str, Any]
+    localized_attributes: dict[str, Any]
+    localized_attributes_kwargs: dict[str, Any]
+    order: int
+    channel: int
+    rejection_code: str | None
+    rejection_message: str | None
+
+
+class CancellationRequestPage(BaseModel):
+    count: int = Field(
+        description=(
+            f"Exact up to {queries.EXACT_COUNT_LIMIT} matching requests; above that PostgreSQL's estimate."
+        )
+    )
+    next: str | None = Field(description="Absolute URL of the next page, or null.")
+    previous: str | None = Field(description="Absolute URL of the previous page, or null.")
+    results: list[CancellationRequestOut]
+
+
+class CustomerOut(BaseModel):
+    id: int
+    first_name: str
+    last_name: str
+    email: str
+    channel: int | None
+
+
+class OrderOut(BaseModel):
+    id: int
+    number: str
+    channel: int
+    currency: str
+    shipping_option_slug: str | None
+    tracking_number: str | None
+    created_date: datetime
+
+
+class OrderItemOut(BaseModel):
+    id: int
+    sku: str
+    product_name: str
+    quantity: int
+    unit_price: Decimal
+    requested_quantity: int
+
+
+class ReasonOut(BaseModel):
+    id: int
+    subject: str
+    cancellation_type: CancellationType
+
+
+class StepOut(BaseModel):
+    id: int
+    kind: StepKind
+    status: StepStatus
+    attempt: int
+    max_attempts: int
+    next_attempt_at: datetime
+    deadline_at: datetime | None
+    fulfillment_order_id: int | None
+    last_error: str | None
+    finished_at: datetime | None
+    created_date: datetime
+
+
+class MoneyTransactionOut(BaseModel):
+    id: int
+    target: RefundTarget
+    amount: Decimal
+    currency: str
+    external_id: str | None
+    created_date: datetime
+
+
+class PlanOut(BaseModel):
+    id: int
+    status: PlanStatus
+    plan_type: CancellationType
+    amount: Decimal
+    currency: str
+    refund_target: RefundTarget
+    deadline_at: datetime | None
+    escalated_at: datetime | None
+    failure_reason: str | None
+    created_date: datetime
+    modified_date: datetime
+    steps: list[StepOut]
+    money_transactions: list[MoneyTransactionOut]
+
+
+class DetailedCancellationRequestOut(BaseModel):
+    """The request with its order, item, customer, reason and plan (steps and money transactions)."""
+
+    id: int = Field(description="Cancellation Request ID")
+    uuid: uuid.UUID
+    description: str | None
+    cancellation_type: CancellationType
+    status: RequestStatus
+    iban: str | None = Field(description="Masked unless the token is staff with the `view_iban` permission.")
+    holder_name: str | None
+    quantity: int | None
+    fully_refund_as_loyalty_money: bool
+    easy_return: dict[str, Any] | None
+    created_date: datetime
+    modified_date: datetime
+    attributes: dict[str, Any]
+    rejection_code: str | None
+    rejection_message: str | None
+    channel: int
+    order: OrderOut
+    order_item: OrderItemOut
+    customer: CustomerOut
+    reason: ReasonOut
+    plan: PlanOut | None
+
+
+class DetailedCancellationRequestPage(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[DetailedCancellationRequestOut]
+
+
+class CancellationRequestCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "example": {"order_item": 1, "reason": 1, "description": "Changed my mind", "quantity": 1}
+        },
+    )
+
+    order_item: IdIn = Field(description="Related order item ID")
+    reason: IdIn = Field(description="Related cancellation reason ID")
+    description: Description = Field(default=None, description="Description of the cancellation request")
+    cancellation_type: CancellationType = Field(
+        default=CancellationType.cancel, description="Type of cancellation"
+    )
+    iban: IbanIn = Field(default=None, description="IBAN for refund")
+    holder_name: HolderIn = Field(default=None, description="Name of the account holder")
+    quantity: QuantityIn | None = Field(
+        default=None, description="Quantity of items to be cancelled (default: all that is left)."
+    )
+    fully_refund_as_loyalty_money: bool = Field(default=False)
+
+
+_NOT_NULL: Final = (
+    "status",
+    "cancellation_type",
+    "quantity",
+    "fully_refund_as_loyalty_money",
+    "reason",
+    "order_item",
+)
+
+
+class CancellationRequestUpdate(BaseModel):
+    """PUT and PATCH bodies: every field optional (as the seed documents both); only the fields sent
+    change. `status`: `approved` approves a waiting request, `rejected` rejects it."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"status": "approved"}})
+
+    status: RequestStatus | None = Field(default=None, description="Status of the cancellation request.")
+    description: Description = None
+    iban: IbanIn = None
+    holder_name: HolderIn = None
+    cancellation_type: CancellationType | None = None
+    quantity: QuantityIn | None = None
+    fully_refund_as_loyalty_money: bool | None = Field(
+        default=None, description="Flag to indicate if the refund should be processed as loyalty money"
+    )
+    reason: IdIn | None = Field(default=None, description="Related cancellation reason ID")
+    order_item: IdIn | None = Field(default=None, description="Related order item ID")
+
+    @model_validator(mode="after")
+    def _not_null(self) -> "CancellationRequestUpdate":
+        nulls = [name for name in _NOT_NULL if name in self.model_fields_set and getattr(self, name) is None]
+        if nulls:
+            raise Invalid(
+                "null not allowed", field_errors={name: ["This field may not be null."] for name in nulls}
+            )
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+# --- presenting ---------------------------------------------------------------------------------------
+
+
+def _iban(value: str | None, scope: Scope) -> str | None:
+    return value if scope.can_view_iban else iban_checks.mask(value)
+
+
+def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOut:
+    return CancellationRequestOut(
+        id=request.id,
+        uuid=request.uuid,
+        order_item=request.order_item_id,
+        reason=request.reason_id,
+        description=request.description,
+        cancellation_type=request.cancellation_type,
+        status=request.status,
+        iban=_iban(request.iban, scope),
+        holder_name=request.holder_name,
+        easy_return=None,
+        quantity=request.quantity,
+        fully_refund_as_loyalty_money=request.fully_refund_as_loyalty_money,
+        created_date=request.created_date,
+        modified_date=request.modified_date,
+        attributes=dict(request.attributes or {}),
+        attributes_kwargs={},
+        localized_attributes={},
+        localized_attributes_kwargs={},
+        order=request.order_id,
+        channel=request.channel_id,
+        rejection_code=request.rejection_code,
+        rejection_message=request.rejection_message,
+    )
+
+
+def _by_id(session: Session, model: Any, ids: set[int]) -> dict[int, Any]:
+    if not ids:
+        return {}
+    return {row.id: row for row in session.scalars(select(model).where(model.id.in_(ids)))}
+
+
+def present_detailed(
+    session: Session, requests: Sequence[CancellationRequest], scope: Scope
+) -> list[DetailedCancellationRequestOut]:
+    """Detailed payloads with a fixed number of queries, whatever the page size."""
+    orders = _by_id(session, Order, {r.order_id for r in requests})
+    items = _by_id(session, OrderItem, {r.order_item_id for r in requests})
+    reasons = _by_id(session, CancellationReason, {r.reason_id for r in requests})
+    customers = _by_id(session, Customer, {o.customer_id for o in orders.values()})
+    request_ids = [r.id for r in requests]
+    plans: dict[int, CancellationPlan] = {}
+    steps: dict[int, list[StepOut]] = defaultdict(list)
+    money: dict[int, list[MoneyTransactionOut]] = defaultdict(list)
+    if request_ids:
+        plans = {
+            p.request_id: p
+            for p in session.scalars(
+                select(CancellationPlan).where(CancellationPlan.request_id.in_(request_ids))
+            )
+        }
+        for step in session.scalars(
+            select(WorkflowStep).where(WorkflowStep.request_id.in_(request_ids)).order_by(WorkflowStep.id)
+        ):
+            if step.plan_id is not None:
+                steps[step.plan_id].append(StepOut.model_validate(step, from_attributes=True))
+        plan_ids = [p.id for p in plans.values()]
+        if plan_ids:
+            for tx in session.scalars(
+                select(MoneyTransaction)
+                .where(MoneyTransaction.plan_id.in_(plan_ids))
+                .order_by(MoneyTransaction.id)
+            ):
+                money[tx.plan_id].append(MoneyTransactionOut.model_validate(tx, from_attributes=True))
+    out: list[DetailedCancellationRequestOut] = []
+    for r in requests:
+        order = orders[r.order_id]
+        customer = customers[order.customer_id]
+        plan = plans.get(r.id)
+        out.append(
+            DetailedCancellationRequestOut(
+                id=r.id,
+                uuid=r.uuid,
+                description=r.description,
+                cancellation_type=r.cancellation_type,
+                status=r.status,
+                iban=_iban(r.iban, scope),
+                holder_name=r.holder_name,
+                quantity=r.quantity,
+                fully_refund_as_loyalty_money=r.fully_refund_as_loyalty_money,
+                easy_return=None,
+                created_date=r.created_date,
+                modified_date=r.modified_date,
+                attributes=dict(r.attributes or {}),
+                rejection_code=r.rejection_code,
+                rejection_message=r.rejection_message,
+                channel=r.channel_id,
+                order=OrderOut(
+                    id=order.id,
+                    number=order.number,
+                    channel=order.channel_id,
+                    currency=order.currency,
+                    shipping_option_slug=order.shipping_option_slug,
+                    tracking_number=order.tracking_number,
+                    created_date=order.created_date,
+                ),
+                order_item=OrderItemOut.model_validate(items[r.order_item_id], from_attributes=True),
+                customer=CustomerOut(
+                    id=customer.id,
+                    first_name=customer.first_name,
+                    last_name=customer.last_name,
+                    email=customer.email,
+                    channel=customer.channel_id,
+                ),
+                reason=ReasonOut.model_validate(reasons[r.reason_id], from_attributes=True),
+                plan=PlanOut(
+                    id=plan.id,
+                    status=plan.status,
+                    plan_type=plan.plan_type,
+                    amount=plan.amount,
+                    currency=plan.currency,
+                    refund_target=plan.refund_target,
+                    deadline_at=plan.deadline_at,
+                    escalated_at=plan.escalated_at,
+                    failure_reason=plan.failure_reason,
+                    created_date=plan.created_date,
+                    modified_date=plan.modified_date,
+                    steps=steps[plan.id],
+                    money_transactions=money[plan.id],
+                )
+                if plan is not None
+                else None,
+            )
+        )
+    return out
+
+
+# --- pages --------------------------------------------------------------------------------------------
+
+
+def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str | None]:
+    url = request.url
+    next_url = str(url.include_query_params(page=page.page + 1)) if page.has_next else None
+    previous_url: str | None = None
+    if page.has_previous:
+        previous_url = (
+            str(url.remove_query_params("page"))
+            if page.page == 2
+            else str(url.include_query_params(page=page.page - 1))
+        )
+    return next_url, previous_url
+
+
+def _list_page(request: Request, scope: Scope) -> tuple[RequestFilters, int, int]:
+    page, limit = queries.parse_page(request.query_params)
+    filters = RequestFilters.parse(request.query_params.multi_items())
+    return filters, page, limit
+
+
+def _invalid_page() -> NotFound:
+    return NotFound("Invalid page.")
+
+
+PAGE_PARAMETERS: Final[list[dict[str, Any]]] = [
+    {
+        "name": "page",
+        "in": "query",
+        "required": False,
+        "description": "Specifies the page number of the current dataset (default 1).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": queries.MAX_PAGE, "default": 1},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": (
+            f"Indicates the number of rows on the current page (default {queries.DEFAULT_LIMIT}; values "
+            f"above {queries.MAX_LIMIT} are capped to {queries.MAX_LIMIT})."
+        ),
+        "schema": {"type": "integer", "minimum": 1, "default": queries.DEFAULT_LIMIT},
+    },
+]
+EXPORT_PARAMETER: Final[dict[str, Any]] = {
+    "name": "export_format",
+    "in": "query",
+    "required": False,
+    "description": (
+        "Export the detailed list (all matching rows, not one page) as a file: `csv`, `xlsx` or `json`. "
+        "Large exports answer 202 with an export job (see `/api/v1/exports/`)."
+    ),
+    "schema": {"type": "string", "enum": ["csv", "xlsx", "json"]},
+}
+FILTERS_NOTE: Final = (
+    " Filters use django-filter names (see each parameter for accepted aliases); unknown parameters are "
+    'ignored, and a bad value is a 400 `{"<param>": ["…"], "code": "invalid"}`. Rows come newest '
+    'first (`id` descending). A page past the end is a 404.'
+)
+NOT_FOUND_PAGE: dict[int | str, dict[str, Any]] = {
+    404: {"model": AkinonDetail, "description": "Unknown request, or a page past the end."}
+}
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    key = value.strip()
+    if not _KEY_PATTERN.match(key):
+        raise Invalid(
+            "invalid Idempotency-Key",
+            field_errors={IDEMPOTENCY_HEADER: ["Must be 1 to 200 visible ASCII characters."]},
+        )
+    return key
+
+
+# No `from __future__ import annotations` in this module: the routes below are made in a function, and
+# FastAPI must see their `Annotated[Scope, Depends(...)]` parameter as an object, not as a name to resolve.
+def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
+    ScopeDep = Annotated[Scope, Depends(scope_dependency)]  # noqa: N806 - a type alias, named like one
+
+    @router.get(
+        "/",
+        response_model=CancellationRequestPage,
+        summary="List cancellation requests",
+        description="Retrieve a paginated list of all cancellation requests with filtering support."
+        + FILTERS_NOTE,
+        responses=NOT_FOUND_PAGE,
+        openapi_extra={"parameters": PAGE_PARAMETERS + queries.openapi_parameters()},
+    )
+    def list_requests(request: Request, scope: ScopeDep) -> CancellationRequestPage:
+        filters, page_number, limit = _list_page(request, scope)
+        with transaction() as session:
+            page = queries.list_requests(session, filters, page_number, limit, channel_id=scope.channel_id)
+            if page_number > 1 and not page.results:
+                raise _invalid_page()
+            results = [present(r, scope) for r in page.results]
+        next_url, previous_url = _page_links(request, page)
+        return CancellationRequestPage(
+            count=page.count, next=next_url, previous=previous_url, results=results
+        )
+
+    @router.get(
+        "/detailed/",
+        # With `export_format=json` the body is the export: an array of flat rows.
+        response_model=DetailedCancellationRequestPage | list[dict[str, Any]],
+        summary="List cancellation requests, detailed",
+        description=(
+            "Retrieve a paginated list of cancellation requests with detailed information (order, order "
+            "item, customer, reason, plan with its steps and money transactions). Use `export_format` to "
+            "get a file of every matching request instead." + FILTERS_NOTE
+        ),
+        responses={
+            **NOT_FOUND_PAGE,
+            200: {
+                "description": "A page of detailed requests, or with `export_format` the exported file.",
+                "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                        "schema": {"type": "string", "format": "binary"}
+                    },
+                },
+            },
+            202: {"description": "With `export_format`: too many rows, an export job was queued."},
+        },
+        openapi_extra={"parameters": [*PAGE_PARAMETERS, EXPORT_PARAMETER, *queries.openapi_parameters()]},
+    )
+    def list_detailed(request: Request, scope: ScopeDep) -> Response | DetailedCancellationRequestPage:
+        filters, page_number, limit = _list_page(request, scope)
+        export_format = request.query_params.get("export_format")
+        if export_format is not None:
+            try:
+                from cancelflow.api.exports import export_response
+            except ImportError:  # exports are an optional module of this API
+                raise Invalid(
+                    "exports unavailable",
+                    field_errors={"export_format": ["Exports are not available on this server."]},
+                ) from None
+            return export_response(request, filters, export_format, channel_id=scope.channel_id)
+        with transaction() as session:
+            page = queries.list_requests(session, filters, page_number, limit, channel_id=scope.channel_id)
+            if page_number > 1 and not page.results:
+                raise _invalid_page()
+            results = present_detailed(session, page.results, scope)
+        next_url, previous_url = _page_links(request, page)
+        return DetailedCancellationRequestPage(
+            count=page.count, next=next_url, previous=previous_url, results=results
+        )
+
+    @router.post(
+        "/",
+        response_model=CancellationRequestOut,
+        status_code=201,
+        summary="Create a cancellation request",
+        description=(
+            "Create a new cancellation request for an order item (staff, or a storefront token for its own "
+            "channel). It starts `waiting`; the workflow validates it and, by the approval rule, approves it "
+            "or waits for staff. A quantity above what is left to cancel, an invalid IBAN, or a refund that "
+            "needs a bank account without one is a 400 and stores nothing.\n\n"
+            f"`{IDEMPOTENCY_HEADER}` (optional, 1-200 visible ASCII characters, per token): the same key "
+            "and body answer the stored response again (one request is created); the same key with another "
+            "body is a 422; while the first request with that key is still running, a 409."
+        ),
+        responses={
+            409: {"model": AkinonDetail, "description": "A request with this Idempotency-Key is in flight."},
+            422: {"model": AkinonDetail, "description": "The Idempotency-Key was used with another body."},
+        },
+    )
+    def create_request(
+        body: CancellationRequestCreate,
+        scope: ScopeDep,
+        idempotency_key: Annotated[
+            str | None,
+            Header(alias=IDEMPOTENCY_HEADER, description="Makes a retried POST safe.", max_length=1000),
+        ] = None,
+    ) -> Response:
+        key = _idempotency_key(idempotency_key)
+        data = body.model_dump(mode="json")
+        token_id = scope.principal.token_id
+        claim: requests_service.KeyClaim | None = None
+        if key is not None:
+            scope_name = f"POST cancellation_requests channel={scope.channel_id or '*'}"
+            digest = requests_service.request_hash(scope_name, data)
+            with transaction() as session:
+                claim = requests_service.claim_key(
+                    session, token_id=token_id, key=key, scope=scope_name, digest=digest
+                )
+            if claim.state == "replay":
+                return JSONResponse(claim.body, status_code=claim.status or 201)
+            if claim.state == "mismatch":
+                return akinon(
+                    422,
+                    {
+                        "detail": f"{IDEMPOTENCY_HEADER} {key!r} was already used with another request body.",
+                        "code": "idempotency_key_reused",
+                    },
+                )
+            if claim.state == "in_flight":
+                raise Conflict(
+                    f"A request with {IDEMPOTENCY_HEADER} {key!r} is still in progress; retry later.",
+                    code="idempotency_key_in_flight",
+                )
+        client_request_id = f"http:{token_id}:{key}" if key is not None else f"http:{uuid.uuid4().hex}"
+        try:
+            with transaction() as session:
+                created, _ = requests_service.create(
+                    session, data, client_request_id=client_request_id, channel_id=scope.channel_id
+                )
+                payload = present(created, scope).model_dump(mode="json")
+                if claim is not None:
+                    requests_service.complete_key(session, claim.key_id, status=201, body=payload)
+        except BaseException:
+            if claim is not None:
+                with transaction() as session:
+                    requests_service.release_key(session, claim.key_id)
+            raise
+        return JSONResponse(payload, status_code=201)
+
+    @router.get(
+        "/{id}/",
+        response_model=CancellationRequestOut,
+        summary="Retrieve a cancellation request",
+        description="Retrieve a specific cancellation request by ID.",
+    )
+    def retrieve(id: RequestId, scope: ScopeDep) -> CancellationRequestOut:
+        with transaction() as session:
+            return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
+
+    @router.get(
+        "/{id}/detailed/",
+        response_model=DetailedCancellationRequestOut,
+        summary="Retrieve a cancellation request, detailed",
+        description="Retrieve a specific cancellation request by ID with detailed information.",
+    )
+    def retrieve_detailed(id: RequestId, scope: ScopeDep) -> DetailedCancellationRequestOut:
+        with transaction() as session:
+            found = requests_service.get_visible(session, id, channel_id=scope.channel_id)
+            return present_detailed(session, [found], scope)[0]
+
+    def _update(id: int, body: CancellationRequestUpdate, scope: Scope) -> CancellationRequestOut:
+        scope.require_staff()
+        with transaction() as session:
+            updated = requests_service.update_request(
+                session, id, body.changes(), actor=scope.actor, channel_id=scope.channel_id
+            )
+            return present(updated, scope)
+
+    update_description = (
+        "Update a cancellation request (staff). Only the fields sent change, for PUT as for PATCH (the "
+        "seed documents every field as optional). `status: approved` approves a waiting request (its "
+        "plan is made and routed); `status: rejected` rejects it as `POST …/{id}/reject/` does. Forbidden "
+        "status changes, and edits of `order_item`, `quantity`, `iban`, `holder_name`, "
+        "`fully_refund_as_loyalty_money` or `cancellation_type` once the request is not `waiting`, are a "
+        "400 with code `invalid_transition`."
+    )
+
+    @router.put(
+        "/{id}/",
+        response_model=CancellationRequestOut,
+        summary="Update a cancellation request",
+        description=update_description,
+    )
+    def put_request(
+        id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep
+    ) -> CancellationRequestOut:
+        return _update(id, body, scope)
+
+    @router.patch(
+        "/{id}/",
+        response_model=CancellationRequestOut,
+        summary="Partially update a cancellation request",
+        description=update_description,
+    )
+    def patch_request(
+        id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep
+    ) -> CancellationRequestOut:
+        return _update(id, body, scope)
+
+    @router.post(
+        "/{id}/reject/",
+        response_model=CancellationRequestOut,
+        summary="Reject a cancellation request",
+        description=(
+            "Reject a specific cancellation request (staff; no body). Its plan stops: pending steps are "
+            "cancelled and the plan ends `rejected`. If a fulfillment service was asked to cancel "
+            "(`cancellation_requested`), the request is withdrawn on our side: Shopify's API has no "
+            "withdraw call, so the fulfillment order goes back to `cancellation_rejected` / `in_progress` "
+            "(the service keeps the work), its merchant request is closed as `withdrawn`, a "
+            "`fulfillment_order.cancellation_withdrawn` event is recorded, and a later answer from the "
+            "service is refused (422) and recorded. A request that is completed or already rejected, or "
+            "whose plan is already refunding, is a 400 with code `invalid_transition`."
+        ),
+    )
+    def reject_request(id: RequestId, scope: ScopeDep) -> CancellationRequestOut:
+        scope.require_staff()
+        with transaction() as session:
+            rejected = requests_service.reject(session, id, actor=scope.actor, channel_id=scope.channel_id)
+            session.refresh(rejected)
+            return present(rejected, scope)
+
+
+router = APIRouter(
+    prefix="/api/v1/cancellation_requests",
+    tags=["cancellation requests"],
+    responses=AKINON_RESPONSES,
+)
+channel_router = APIRouter(
+    prefix="/api/v1/channel/{channel_id}/cancellation_requests",
+    tags=["sales channel cancellation requests"],
+    responses=AKINON_RESPONSES,
+)
+_build(router, global_scope)
+_build(channel_router, channel_scope)

@@ -1,0 +1,176 @@
+"""Exports of the detailed cancellation-request list, and the export jobs behind large ones.
+
+For the cancellation-request router: when `export_format` is present on the detailed list, return
+
+    export_response(request, filters, export_format, *, channel_id=None) -> Response
+
+* `request`: the FastAPI/Starlette `Request` (for the absolute job URL of a 202);
+* `filters`: the parsed `services.queries.RequestFilters` of the detailed list;
+* `export_format`: `"csv" | "xlsx" | "json"` (a `models.ExportFormat` or its value; anything else is a
+  400 `{"export_format": ["\\"x\\" is not a valid choice."], "code": "invalid"}`);
+* `channel_id`: the channel of the channel twin route, or None.
+
+Up to `settings.export_sync_max_rows` rows (CANCELFLOW_EXPORT_SYNC_MAX_ROWS, default 10000) the file is
+streamed in the response (200, `Content-Disposition: attachment`), from a server-side cursor in
+constant memory. Above it, an export job is queued and the answer is **202** `{"id", "url"}`:
+`GET /api/v1/exports/{id}/` shows its progress and `GET /api/v1/exports/{id}/download/` serves the file
+once `status` is `done`. The exported fields are listed in `services.exports`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from datetime import datetime
+from pathlib import Path as FsPath
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+
+from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.api.jobs import JobAccepted, absolute, send
+from cancelflow.config import get_settings
+from cancelflow.db import get_engine, transaction
+from cancelflow.errors import Conflict, Invalid, NotFound
+from cancelflow.models import ExportFormat, ExportJob, JobStatus
+from cancelflow.services import exports
+
+if TYPE_CHECKING:
+    from cancelflow.services.queries import RequestFilters
+
+router = APIRouter(prefix="/api/v1/exports", tags=["exports"], responses=AKINON_RESPONSES)
+
+
+def parse_format(value: str | ExportFormat) -> ExportFormat:
+    try:
+        return ExportFormat(str(value).strip().lower())
+    except ValueError:
+        raise Invalid(
+            "invalid export format",
+            field_errors={"export_format": [f'"{value}" is not a valid choice.']},
+            code="invalid",
+        ) from None
+
+
+def _attachment(name: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+
+def export_response(
+    request: Request,
+    filters: RequestFilters,
+    export_format: str | ExportFormat,
+    *,
+    channel_id: int | None = None,
+) -> Response:
+    """The detailed list as a file (streamed), or 202 and an export job when it has too many rows."""
+    fmt = parse_format(export_format)
+    with transaction() as session:
+        total = exports.count_rows(session, filters, channel_id=channel_id)
+        if total > get_settings().export_sync_max_rows:
+            job = exports.create_job(
+                session, fmt, filters=filters.as_params(), channel_id=channel_id, total=total
+            )
+            job_id = job.id
+        else:
+            job_id = None
+    if job_id is not None:
+        send("exports.run", job_id)
+        accepted = JobAccepted(id=job_id, url=absolute(request, f"/api/v1/exports/{job_id}/"))
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+    name = f"cancellation_requests.{fmt.value}"
+    engine = get_engine()
+    stmt = exports.export_select(filters, channel_id=channel_id, typed=fmt == ExportFormat.json)
+    if fmt == ExportFormat.xlsx:
+        # xlsxwriter needs a seekable file: write it (constant memory) then stream it and delete it.
+        handle, raw_path = tempfile.mkstemp(prefix="cf-export-", suffix=".xlsx")
+        os.close(handle)
+        path = FsPath(raw_path)
+        try:
+            exports.write_xlsx(exports.stream_batches(engine, stmt), path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return FileResponse(
+            path,
+            media_type=exports.MEDIA_TYPES[fmt],
+            filename=name,
+            background=BackgroundTask(path.unlink, missing_ok=True),
+        )
+    batches = exports.stream_batches(engine, stmt)
+    body = exports.csv_chunks(batches) if fmt == ExportFormat.csv else exports.json_chunks(batches)
+    return StreamingResponse(body, media_type=exports.MEDIA_TYPES[fmt], headers=_attachment(name))
+
+
+class ExportJobOut(BaseModel):
+    id: uuid.UUID
+    format: ExportFormat
+    status: JobStatus
+    total: int = Field(description="Rows the export has (when the job was created; exact once done).")
+    done: int = Field(description="Rows written so far.")
+    filters: dict[str, object] = Field(description="The list filters the export applies.")
+    download_url: str | None = Field(description="Where to get the file, once `status` is `done`.")
+    error: str | None
+    created_date: datetime
+    modified_date: datetime
+    finished_at: datetime | None
+
+
+def _job(session_job: ExportJob, request: Request) -> ExportJobOut:
+    done = session_job.status == JobStatus.done
+    filters = session_job.params.get("filters")
+    return ExportJobOut(
+        id=session_job.id,
+        format=session_job.format,
+        status=session_job.status,
+        total=session_job.total,
+        done=session_job.done,
+        filters=dict(filters) if isinstance(filters, dict) else {},
+        download_url=absolute(request, f"/api/v1/exports/{session_job.id}/download/") if done else None,
+        error=session_job.error,
+        created_date=session_job.created_date,
+        modified_date=session_job.modified_date,
+        finished_at=session_job.finished_at,
+    )
+
+
+JobId = Annotated[uuid.UUID, Path(alias="id", description="Export job id.")]
+
+
+@router.get(
+    "/{id}/",
+    response_model=ExportJobOut,
+    summary="Progress of an export job",
+    description="An export of the detailed cancellation-request list that was too large to stream "
+    "(`export_format` with more than `CANCELFLOW_EXPORT_SYNC_MAX_ROWS` rows). Staff token.",
+)
+def get_export(job_id: JobId, request: Request, principal: AkinonStaff) -> ExportJobOut:
+    with transaction() as session:
+        return _job(exports.get_job(session, job_id), request)
+
+
+@router.get(
+    "/{id}/download/",
+    response_class=FileResponse,
+    summary="Download an export file",
+    description="The file of a finished export job. **409** while the job is not `done`. Staff token.",
+    responses={
+        200: {"content": {media: {} for media in exports.MEDIA_TYPES.values()}, "description": "The file."},
+        409: {"description": "The export is not finished."},
+    },
+)
+def download_export(job_id: JobId, principal: AkinonStaff) -> FileResponse:
+    with transaction() as session:
+        job = exports.get_job(session, job_id)
+        status, file_path, fmt, name = job.status, job.file_path, job.format, exports.file_name(job)
+    if status != JobStatus.done or not file_path:
+        raise Conflict(f"export {job_id} is {status.value}, not done", code="export_not_ready")
+    path = FsPath(file_path)
+    if not path.is_file():
+        raise NotFound(f"the file of export {job_id} is gone")
+    return FileResponse(path, media_type=exports.MEDIA_TYPES[fmt], filename=name)

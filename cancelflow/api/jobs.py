@@ -1,0 +1,88 @@
+"""Progress of background jobs: `GET /api/v1/bulk_jobs/{id}/` (bulk tagging).
+
+Also the one place the API hands a job to Celery: after the job row is committed, so a worker never looks
+for a row that is not there yet. If the broker is away the job stays `pending` and
+`cancelflow tags resume JOB_ID` (or a re-sent message) runs it; every chunk is resumable.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, Field
+
+from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.db import transaction
+from cancelflow.models import BulkJob, JobStatus
+from cancelflow.services import bulk
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/bulk_jobs", tags=["jobs"], responses=AKINON_RESPONSES)
+
+
+class JobAccepted(BaseModel):
+    """202 body: the job was queued; poll `url` until `status` is `done` or `failed`."""
+
+    id: uuid.UUID
+    url: str = Field(description="Absolute URL of the job's progress resource.")
+
+
+class BulkJobOut(BaseModel):
+    id: uuid.UUID
+    kind: str = Field(description="`tags.bulk_add` or `tags.bulk_remove`.")
+    status: JobStatus
+    total: int = Field(description="Requests selected when the job was created.")
+    done: int = Field(description="Requests handled so far (committed chunks).")
+    keys: list[str]
+    error: str | None
+    created_date: datetime
+    modified_date: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: BulkJob) -> BulkJobOut:
+        keys: Any = job.params.get("keys", [])
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            total=job.total,
+            done=job.done,
+            keys=[str(k) for k in keys],
+            error=job.error,
+            created_date=job.created_date,
+            modified_date=job.modified_date,
+            finished_at=job.finished_at,
+        )
+
+
+def send(task: str, job_id: uuid.UUID) -> None:
+    """Queue `task(job_id)` now (the job row is committed). A failed send leaves the job pending."""
+    from cancelflow.worker.app import celery_app
+
+    try:
+        celery_app.send_task(task, args=[str(job_id)])
+    except Exception:  # broker down: the row says pending; an operator resumes it (module docstring)
+        log.exception("could not queue %s for job %s", task, job_id)
+
+
+def absolute(request: Request, path: str) -> str:
+    return str(request.base_url).rstrip("/") + path
+
+
+@router.get(
+    "/{id}/",
+    response_model=BulkJobOut,
+    summary="Progress of a bulk tag job",
+    description="Status and progress of a bulk add/remove-tags job started with more than "
+    f"{bulk.SYNC_MAX_IDS} ids (or by `cancelflow tags bulk-add`). Staff token.",
+)
+def get_bulk_job(id: Annotated[uuid.UUID, Path(description="Job id.")], principal: AkinonStaff) -> BulkJobOut:
+    with transaction() as session:
+        return BulkJobOut.of(bulk.get_job(session, id))

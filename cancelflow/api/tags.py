@@ -1,0 +1,318 @@
+"""Tags on cancellation requests (seed 000 operations 4-12), global and per sales channel.
+
+Route names are not documented by Akinon; cancelflow uses DRF `@action` style names under the request
+resource (`…/{id}/tags/`, `…/{id}/add_tag/`, `…/filter_by_tags/`, `…/bulk_add_tags/`, …), each under
+`/api/v1/cancellation_requests/` and its channel twin `/api/v1/channel/{channel_id}/cancellation_requests/`
+(where a request of another channel is not found, and bulk operations skip it).
+
+Tag keys are strings of 1..100 characters, stored as given (case-sensitive); adding a key twice or
+removing one the request lacks is not an error.
+
+This router must be included before the cancellation-request router: `filter_by_tags/` and
+`exclude_by_tags/` would otherwise be taken for a request `{id}`.
+"""
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from cancelflow.api.auth import AkinonStaff, Principal
+from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.api.jobs import JobAccepted, absolute, send
+from cancelflow.db import transaction
+from cancelflow.errors import Invalid, NotFound
+from cancelflow.models.tags import TAG_KEY_MAX_LENGTH
+from cancelflow.services import bulk, tags
+
+TagKey = Annotated[str, StringConstraints(min_length=1, max_length=TAG_KEY_MAX_LENGTH)]
+RequestId = Annotated[
+    int, Path(alias="id", gt=0, le=2**63 - 1, description="Unique identifier of the resource")
+]
+NO_CONTENT: dict[int | str, dict[str, Any]] = {204: {"description": "No content."}}
+
+
+class TagBody(BaseModel):
+    key: TagKey = Field(description="Tag key to add to (or remove from) the object.", examples=["tag1"])
+
+
+class TagsBody(BaseModel):
+    keys: list[TagKey] = Field(min_length=1, description="List of tag keys.", examples=[["tag1", "tag2"]])
+
+
+class BulkTagsBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"objects": [1, 2, 3], "keys": ["tag1"]}})
+
+    objects: list[Annotated[int, Field(gt=0, le=2**63 - 1)]] = Field(
+        min_length=1,
+        description="List of cancellation request ids (`ids` is accepted as an alias). Unknown ids, "
+        "and on the channel route ids of other channels, are skipped.",
+    )
+    keys: list[TagKey] = Field(min_length=1, description="List of tag keys.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "objects" not in data and "ids" in data:
+            data = {**data, "objects": data["ids"]}
+            del data["ids"]
+        return data
+
+
+async def tag_keys_param(request: Request) -> list[str]:
+    """`key` from the query string (repeatable) or, failing that, from a JSON body `{"key": …}`."""
+    keys = [k for k in request.query_params.getlist("key") if k != ""]
+    if not keys:
+        raw = await request.body()
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise Invalid("malformed JSON", field_errors={"key": [f"JSON parse error - {exc}"]}) from exc
+            value = body.get("key") if isinstance(body, dict) else None
+            if isinstance(value, str) and value:
+                keys = [value]
+            elif isinstance(value, list):
+                keys = [v for v in value if isinstance(v, str) and v]
+    if not keys:
+        raise Invalid("key is required", field_errors={"key": ["This field is required."]}, code="required")
+    too_long = [k for k in keys if len(k) > TAG_KEY_MAX_LENGTH]
+    if too_long:
+        raise Invalid(
+            "key too long",
+            field_errors={"key": [f"Ensure this field has no more than {TAG_KEY_MAX_LENGTH} characters."]},
+        )
+    return tags.unique_keys(keys)
+
+
+def _no_channel() -> int | None:
+    return None
+
+
+def _path_channel(
+    channel_id: Annotated[int, Path(gt=0, le=2**63 - 1, description="Sales channel id.")],
+) -> int | None:
+    return channel_id
+
+
+def _list_parameters() -> list[dict[str, Any]]:
+    from cancelflow.services.queries import openapi_parameters
+
+    key = {
+        "name": "key",
+        "in": "query",
+        "required": True,
+        "description": "Tag to filter cancellation requests by (required here or in the body).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": TAG_KEY_MAX_LENGTH},
+        "example": "tag1",
+    }
+    return [key, *openapi_parameters()]
+
+
+def render_page(request: Request, page: Any, principal: Principal, channel_id: int | None) -> dict[str, Any]:
+    """The list envelope `{count, next, previous, results}` of a `services.queries.Page`, rendered exactly
+    as the cancellation-request list renders it (same fields, same IBAN masking rules, same links)."""
+    from cancelflow.api import cancellation_requests as requests_api
+
+    scope = requests_api._reader_scope(principal, channel_id)
+    if page.page > 1 and not page.results:
+        raise NotFound("Invalid page.")
+    next_url, previous_url = requests_api._page_links(request, page)
+    body = requests_api.CancellationRequestPage(
+        count=page.count,
+        next=next_url,
+        previous=previous_url,
+        results=[requests_api.present(r, scope) for r in page.results],
+    )
+    return body.model_dump(mode="json")
+
+
+def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIRouter:
+    router = APIRouter(prefix=prefix, tags=[tag], responses=AKINON_RESPONSES)
+    scoped = Annotated[int | None, Depends(scope)]
+
+    @router.get(
+        "/{id}/tags/",
+        response_model=list[str],
+        summary="Tags of a cancellation request",
+        description="The request's tag keys, in key order. Staff token.",
+        responses={200: {"content": {"application/json": {"example": ["tag1"]}}}},
+    )
+    def get_tags(request_id: RequestId, principal: AkinonStaff, channel_id: scoped) -> list[str]:
+        with transaction() as session:
+            tags.get_request(session, request_id, channel_id=channel_id)
+            return tags.keys_of(session, request_id)
+
+    def _change(request_id: int, keys: list[str], channel_id: int | None, *, add: bool) -> Response:
+        with transaction() as session:
+            if add:
+                tags.add(session, request_id, keys, channel_id=channel_id)
+            else:
+                tags.remove(session, request_id, keys, channel_id=channel_id)
+        return Response(status_code=204)
+
+    @router.post(
+        "/{id}/add_tag/",
+        status_code=204,
+        response_class=Response,
+        summary="Add a tag to a cancellation request",
+        description='Body `{"key": "tag1"}`. Adding a key the request has is a no-op. **204** no content.',
+        responses=NO_CONTENT,
+    )
+    def add_tag(request_id: RequestId, body: TagBody, principal: AkinonStaff, channel_id: scoped) -> Response:
+        return _change(request_id, [body.key], channel_id, add=True)
+
+    @router.post(
+        "/{id}/add_tags/",
+        status_code=204,
+        response_class=Response,
+        summary="Add multiple tags to a cancellation request",
+        description='Body `{"keys": ["tag1", "tag2"]}`. **204** no content.',
+        responses=NO_CONTENT,
+    )
+    def add_tags(
+        request_id: RequestId, body: TagsBody, principal: AkinonStaff, channel_id: scoped
+    ) -> Response:
+        return _change(request_id, body.keys, channel_id, add=True)
+
+    @router.post(
+        "/{id}/remove_tag/",
+        status_code=204,
+        response_class=Response,
+        summary="Remove a tag from a cancellation request",
+        description='Body `{"key": "tag1"}`. Removing a key the request lacks is a no-op. **204** no content.',
+        responses=NO_CONTENT,
+    )
+    def remove_tag(
+        request_id: RequestId, body: TagBody, principal: AkinonStaff, channel_id: scoped
+    ) -> Response:
+        return _change(request_id, [body.key], channel_id, add=False)
+
+    @router.post(
+        "/{id}/remove_tags/",
+        status_code=204,
+        response_class=Response,
+        summary="Remove multiple tags from a cancellation request",
+        description='Body `{"keys": ["tag1", "tag2"]}`. **204** no content.',
+        responses=NO_CONTENT,
+    )
+    def remove_tags(
+        request_id: RequestId, body: TagsBody, principal: AkinonStaff, channel_id: scoped
+    ) -> Response:
+        return _change(request_id, body.keys, channel_id, add=False)
+
+    list_doc = (
+        "List cancellation requests {what} the tag `key` (required, in the query string, repeatable "
+        'for any of several keys, or in a JSON body `{{"key": …}}`), with every filter of the '
+        "list and the same pagination (`page`, `limit`) and envelope. A missing `key` is a 400 "
+        '`{{"key": ["This field is required."], "code": "required"}}`. Staff token.'
+    )
+
+    def _tagged(
+        request: Request, principal: Principal, keys: list[str], channel_id: int | None, *, exclude: bool
+    ) -> dict[str, Any]:
+        from cancelflow.services.queries import RequestFilters, parse_page
+
+        params = request.query_params
+        filters = RequestFilters.parse(params.multi_items())
+        page, limit = parse_page(params)
+        with transaction() as session:
+            result = tags.list_tagged(
+                session, filters, keys, exclude=exclude, page=page, limit=limit, channel_id=channel_id
+            )
+            return render_page(request, result, principal, channel_id)
+
+    @router.get(
+        "/filter_by_tags/",
+        summary="List cancellation requests with a tag",
+        description=list_doc.format(what="that carry"),
+        openapi_extra={"parameters": _list_parameters()},
+    )
+    def filter_by_tags(
+        request: Request,
+        principal: AkinonStaff,
+        channel_id: scoped,
+        keys: Annotated[list[str], Depends(tag_keys_param)],
+    ) -> dict[str, Any]:
+        return _tagged(request, principal, keys, channel_id, exclude=False)
+
+    @router.get(
+        "/exclude_by_tags/",
+        summary="List cancellation requests without a tag",
+        description=list_doc.format(what="that carry none of"),
+        openapi_extra={"parameters": _list_parameters()},
+    )
+    def exclude_by_tags(
+        request: Request,
+        principal: AkinonStaff,
+        channel_id: scoped,
+        keys: Annotated[list[str], Depends(tag_keys_param)],
+    ) -> dict[str, Any]:
+        return _tagged(request, principal, keys, channel_id, exclude=True)
+
+    def _bulk(request: Request, body: BulkTagsBody, channel_id: int | None, op: bulk.Op) -> Response:
+        ids = sorted(set(body.objects))
+        if len(ids) <= bulk.SYNC_MAX_IDS:
+            with transaction() as session:
+                bulk.apply_to_ids(session, op, ids, body.keys, channel_id=channel_id)
+            return Response(status_code=204)
+        with transaction() as session:
+            job = bulk.create_job(session, op, body.keys, ids=ids, channel_id=channel_id)
+            job_id = job.id
+        send("tags.bulk", job_id)
+        accepted = JobAccepted(id=job_id, url=absolute(request, f"/api/v1/bulk_jobs/{job_id}/"))
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+
+    bulk_doc = (
+        'Body `{{"objects": [ids], "keys": [...]}}` (`ids` is accepted for `objects`). Up to '
+        f"{bulk.SYNC_MAX_IDS} ids are {{verb}} in one statement: **204** no content. More ids become a "
+        'background job: **202** `{{"id", "url"}}`; poll `url` (`GET /api/v1/bulk_jobs/{{id}}/`) '
+        "until `status` is `done`. Unknown ids are skipped. Staff token."
+    )
+    accepted: dict[int | str, dict[str, Any]] = {
+        202: {"model": JobAccepted, "description": "More ids than the synchronous limit: a job was queued."},
+        **NO_CONTENT,
+    }
+
+    @router.post(
+        "/bulk_add_tags/",
+        status_code=204,
+        response_class=Response,
+        summary="Bulk add tags to cancellation requests",
+        description=bulk_doc.format(verb="tagged"),
+        responses=accepted,
+    )
+    def bulk_add_tags(
+        request: Request,
+        body: BulkTagsBody,
+        principal: AkinonStaff,
+        channel_id: scoped,
+    ) -> Response:
+        return _bulk(request, body, channel_id, "add")
+
+    @router.post(
+        "/bulk_remove_tags/",
+        status_code=204,
+        response_class=Response,
+        summary="Bulk remove tags from cancellation requests",
+        description=bulk_doc.format(verb="untagged"),
+        responses=accepted,
+    )
+    def bulk_remove_tags(
+        request: Request,
+        body: BulkTagsBody,
+        principal: AkinonStaff,
+        channel_id: scoped,
+    ) -> Response:
+        return _bulk(request, body, channel_id, "remove")
+
+    return router
+
+
+router = make_router("/api/v1/cancellation_requests", _no_channel, "cancellation request tags")
+channel_router = make_router(
+    "/api/v1/channel/{channel_id}/cancellation_requests", _path_channel, "channel cancellation request tags"
+)

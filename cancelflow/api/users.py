@@ -1,0 +1,104 @@
+"""Omnitron's login and current-user endpoints: `POST /api/v1/auth/login/` and `GET /api/v1/active_user/`.
+
+A login answers `{"key": "<token>"}` (DRF's `obtain_auth_token`), to be sent as `Authorization: Token
+<key>`. Every login makes a new token for the user (only hashes of keys are stored, so an earlier key
+cannot be returned again); changing the password or deactivating the user revokes them all.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from cancelflow.api.auth import AkinonCaller
+from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.db import transaction
+from cancelflow.services import users
+
+router = APIRouter(prefix="/api/v1", tags=["auth"], responses=AKINON_RESPONSES)
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore", json_schema_extra={"example": {"username": "alice", "password": "s3cret-pass"}}
+    )
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class LoginOut(BaseModel):
+    key: str = Field(description="The API key; send it as `Authorization: Token <key>`.")
+
+
+class ActiveUserOut(BaseModel):
+    pk: int | None = Field(
+        description="The user's id; null for a token made with `cancelflow tokens create`."
+    )
+    username: str = Field(description="The user's name, or the token's name when no user is behind it.")
+    first_name: str
+    last_name: str
+    email: str
+    is_staff: bool
+    is_active: bool
+    permissions: list[str]
+    token_kind: str
+    channel: int | None
+    last_login: datetime | None
+
+
+@router.post(
+    "/auth/login/",
+    response_model=LoginOut,
+    summary="Log in for an API token",
+    description=(
+        'Check `{"username", "password"}` and answer `{"key"}`. Wrong credentials, or an inactive user, '
+        'are a 400 `{"non_field_errors": ["Unable to log in with provided credentials."], "code": '
+        '"authorization"}`. No token is needed.'
+    ),
+)
+def login(body: LoginIn) -> LoginOut:
+    with transaction() as session:
+        _, key = users.login(session, body.username, body.password)
+    return LoginOut(key=key)
+
+
+@router.get(
+    "/active_user/",
+    response_model=ActiveUserOut,
+    summary="The user behind the token",
+    description="The logged-in user of the `Authorization: Token` key (any token kind).",
+)
+def active_user(principal: AkinonCaller) -> ActiveUserOut:
+    with transaction() as session:
+        token, user = users.user_of_token(session, principal.token_id)
+        if user is None:
+            return ActiveUserOut(
+                pk=None,
+                username=token.name,
+                first_name="",
+                last_name="",
+                email="",
+                is_staff=principal.is_staff,
+                is_active=token.revoked_at is None,
+                permissions=sorted(principal.permissions),
+                token_kind=principal.kind.value,
+                channel=principal.channel_id,
+                last_login=None,
+            )
+        return ActiveUserOut(
+            pk=user.id,
+            username=user.username,
+            first_name=user.first_name,
+            last_name=user.last_name,
+            email=user.email,
+            is_staff=user.is_staff,
+            is_active=user.is_active,
+            permissions=sorted(principal.permissions),
+            token_kind=principal.kind.value,
+            channel=principal.channel_id,
+            last_login=user.last_login,
+        )

@@ -1,0 +1,234 @@
+"""Webhook subscriptions and their deliveries (`/api/v1/webhooks/`), for staff tokens."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, Field
+
+from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.db import transaction
+from cancelflow.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
+from cancelflow.services import webhooks
+
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], responses=AKINON_RESPONSES)
+
+Id = Annotated[int, Path(gt=0, le=2**63 - 1)]
+
+SIGNING_NOTE = (
+    "Each delivery is a JSON `POST` with `X-Cancelflow-Event-Id` (dedupe on it: retries and manual "
+    "redeliveries repeat it), `X-Cancelflow-Event-Type`, `X-Cancelflow-Timestamp` (unix seconds) and "
+    "`X-Cancelflow-Signature: t=<timestamp>,v1=<hex>`, where `<hex>` is HMAC-SHA256 keyed with the "
+    "subscription's secret over `<timestamp>.<raw body>`. Answer 2xx to acknowledge; a 4xx other than "
+    "408/429 stops the delivery; anything else is retried with exponential backoff."
+)
+
+
+class SubscriptionIn(BaseModel):
+    url: str = Field(max_length=2000, description="Where events are POSTed (http or https).")
+    events: list[str] = Field(
+        min_length=1,
+        max_length=50,
+        description='Event types such as `request.completed`, `plan.failed`, `plan.escalated`, or `"*"`.',
+        json_schema_extra={"example": ["request.completed", "plan.failed"]},
+    )
+    channel: int | None = Field(
+        default=None, gt=0, le=2**63 - 1, description="Only requests of this channel (default: all)."
+    )
+
+
+class SubscriptionOut(BaseModel):
+    id: int
+    url: str
+    events: list[str]
+    channel: int | None
+    is_active: bool
+    created_date: datetime
+    modified_date: datetime
+
+
+class SubscriptionCreated(SubscriptionOut):
+    secret: str = Field(description="The HMAC signing key. Shown only in this response.")
+
+
+class SubscriptionList(BaseModel):
+    count: int
+    results: list[SubscriptionOut]
+
+
+class AttemptOut(BaseModel):
+    id: int
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    outcome: str
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    subscription: int
+    event_id: uuid.UUID
+    event_type: str
+    request: int
+    status: DeliveryStatus
+    attempt: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    created_date: datetime
+    modified_date: datetime
+
+
+class DeliveryDetail(DeliveryOut):
+    payload: dict[str, object]
+    attempts: list[AttemptOut]
+
+
+class DeliveryList(BaseModel):
+    count: int
+    results: list[DeliveryOut]
+
+
+def _subscription(s: WebhookSubscription) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=s.id,
+        url=s.url,
+        events=list(s.events),
+        channel=s.channel_id,
+        is_active=s.is_active,
+        created_date=s.created_date,
+        modified_date=s.modified_date,
+    )
+
+
+def _delivery(d: WebhookDelivery) -> DeliveryOut:
+    return DeliveryOut(
+        id=d.id,
+        subscription=d.subscription_id,
+        event_id=d.event_id,
+        event_type=d.event_type,
+        request=d.request_id,
+        status=d.status,
+        attempt=d.attempt,
+        next_attempt_at=d.next_attempt_at,
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
+        delivered_at=d.delivered_at,
+        created_date=d.created_date,
+        modified_date=d.modified_date,
+    )
+
+
+def _attempt(a: WebhookAttempt) -> AttemptOut:
+    return AttemptOut(
+        id=a.id,
+        attempted_at=a.attempted_at,
+        duration_ms=a.duration_ms,
+        status_code=a.status_code,
+        error=a.error,
+        outcome=a.outcome.value,
+    )
+
+
+@router.post(
+    "/",
+    response_model=SubscriptionCreated,
+    status_code=201,
+    summary="Subscribe to request and plan events",
+    description=f"Creates a subscription and returns its signing secret, once. {SIGNING_NOTE} Staff token.",
+)
+def create_subscription(body: SubscriptionIn, principal: AkinonStaff) -> SubscriptionCreated:
+    with transaction() as session:
+        subscription = webhooks.create_subscription(
+            session, url=body.url, events=body.events, channel_id=body.channel
+        )
+        session.refresh(subscription)
+        return SubscriptionCreated(**_subscription(subscription).model_dump(), secret=subscription.secret)
+
+
+@router.get(
+    "/",
+    response_model=SubscriptionList,
+    summary="List active subscriptions",
+    description="Active subscriptions in id order; secrets are never listed. Staff token.",
+)
+def list_subscriptions(principal: AkinonStaff) -> SubscriptionList:
+    with transaction() as session:
+        results = [_subscription(s) for s in webhooks.list_subscriptions(session)]
+    return SubscriptionList(count=len(results), results=results)
+
+
+@router.delete(
+    "/{subscription_id}/",
+    status_code=204,
+    response_class=Response,
+    summary="Remove a subscription",
+    description=(
+        "Deactivates the subscription; its delivery history stays, and its unfinished deliveries stop. "
+        "Staff token."
+    ),
+)
+def remove_subscription(subscription_id: Id, principal: AkinonStaff) -> Response:
+    with transaction() as session:
+        webhooks.remove_subscription(session, subscription_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/deliveries/",
+    response_model=DeliveryList,
+    summary="List deliveries",
+    description="Newest first, optionally filtered by status, subscription or request. Staff token.",
+)
+def list_deliveries(
+    principal: AkinonStaff,
+    status: Annotated[DeliveryStatus | None, Query()] = None,
+    subscription: Annotated[int | None, Query(gt=0, le=2**63 - 1)] = None,
+    request: Annotated[int | None, Query(gt=0, le=2**63 - 1)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> DeliveryList:
+    with transaction() as session:
+        results = [
+            _delivery(d)
+            for d in webhooks.list_deliveries(
+                session, status=status, subscription_id=subscription, request_id=request, limit=limit
+            )
+        ]
+    return DeliveryList(count=len(results), results=results)
+
+
+@router.get(
+    "/deliveries/{delivery_id}/",
+    response_model=DeliveryDetail,
+    summary="Retrieve a delivery with its attempts",
+    description="The stored payload and every attempt (status code, duration, error). Staff token.",
+)
+def get_delivery(delivery_id: Id, principal: AkinonStaff) -> DeliveryDetail:
+    with transaction() as session:
+        delivery = webhooks.get_delivery(session, delivery_id)
+        attempts = [_attempt(a) for a in webhooks.list_attempts(session, delivery_id)]
+        return DeliveryDetail(**_delivery(delivery).model_dump(), payload=delivery.payload, attempts=attempts)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/redeliver/",
+    response_model=DeliveryOut,
+    status_code=202,
+    summary="Redeliver by hand",
+    description=(
+        "Starts a new attempt cycle for the delivery (whatever its status) with the same event id, so a "
+        "receiver that already has it can drop it. Staff token."
+    ),
+)
+def redeliver(delivery_id: Id, principal: AkinonStaff) -> DeliveryOut:
+    with transaction() as session:
+        delivery = webhooks.redeliver(session, delivery_id)
+        session.flush()
+        session.refresh(delivery)
+        return _delivery(delivery)

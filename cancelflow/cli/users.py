@@ -1,0 +1,125 @@
+"""`cancelflow users …`: the staff users who log in to the API for a token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Users who log in to the API (POST /api/v1/auth/login/).", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+def _password(given: str | None) -> str:
+    if given is not None:
+        return given
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@app.command("create")
+def create(
+    username: str,
+    password: Annotated[
+        str | None, typer.Option(help="The password (prompted for, hidden, when left out).")
+    ] = None,
+    permission: Annotated[
+        list[str] | None, typer.Option(help="A permission to grant, e.g. view_iban (repeatable).")
+    ] = None,
+    staff: Annotated[
+        bool, typer.Option("--staff/--no-staff", help="Staff users' tokens carry permissions.")
+    ] = True,
+    email: Annotated[str, typer.Option(help="The user's email.")] = "",
+) -> None:
+    """Create a user."""
+    from cancelflow.db import transaction
+    from cancelflow.errors import CancelflowError
+    from cancelflow.services import users
+
+    secret = _password(password)
+    try:
+        with transaction() as session:
+            user = users.create_user(
+                session,
+                username=username,
+                password=secret,
+                is_staff=staff,
+                permissions=permission or [],
+                email=email,
+            )
+            user_id = user.id
+    except CancelflowError as exc:
+        messages = [m for ms in getattr(exc, "field_errors", {}).values() for m in ms]
+        _fail("; ".join(messages) or exc.message)
+    console.print(f"created user {username} (id {user_id})")
+
+
+@app.command("set-password")
+def set_password(
+    username: str,
+    password: Annotated[
+        str | None, typer.Option(help="The new password (prompted for when left out).")
+    ] = None,
+) -> None:
+    """Change a user's password; the user's existing tokens are revoked."""
+    from cancelflow.db import transaction
+    from cancelflow.errors import CancelflowError
+    from cancelflow.services import users
+
+    secret = _password(password)
+    try:
+        with transaction() as session:
+            users.set_password(session, username, secret)
+    except CancelflowError as exc:
+        messages = [m for ms in getattr(exc, "field_errors", {}).values() for m in ms]
+        _fail("; ".join(messages) or exc.message)
+    console.print(f"password of {username} changed; its tokens are revoked")
+
+
+@app.command("set-permissions")
+def set_permissions(
+    username: str,
+    permission: Annotated[
+        list[str] | None, typer.Option(help="Permission to grant (repeatable); none: revoke all.")
+    ] = None,
+) -> None:
+    """Replace a user's permissions (its tokens follow)."""
+    from cancelflow.db import transaction
+    from cancelflow.errors import CancelflowError
+    from cancelflow.services import users
+
+    try:
+        with transaction() as session:
+            users.set_permissions(session, username, permission or [])
+    except CancelflowError as exc:
+        _fail(exc.message)
+    console.print(f"permissions of {username}: {', '.join(sorted(set(permission or []))) or '(none)'}")
+
+
+@app.command("list")
+def list_users() -> None:
+    """List users (never their passwords)."""
+    from sqlalchemy import select
+
+    from cancelflow.db import transaction
+    from cancelflow.models import User
+
+    table = Table("id", "username", "staff", "active", "permissions", "last login")
+    with transaction() as session:
+        for user in session.scalars(select(User).order_by(User.id)):
+            table.add_row(
+                str(user.id),
+                user.username,
+                "yes" if user.is_staff else "no",
+                "yes" if user.is_active else "no",
+                ",".join(user.permissions),
+                str(user.last_login or ""),
+            )
+    console.print(table)

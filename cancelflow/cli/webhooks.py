@@ -1,0 +1,164 @@
+"""`cancelflow webhooks …`: subscribe storefronts, look at deliveries and their attempts, redeliver."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AbstractContextManager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+webhooks_app = typer.Typer(
+    help="Outbound webhooks to storefronts: subscriptions, deliveries, attempts.", no_args_is_help=True
+)
+# Piped output (files, CI logs) gets wide tables, as in cli.main: event ids are not cut.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _transaction() -> AbstractContextManager[Session]:
+    from cancelflow.db import transaction
+
+    return transaction()
+
+
+def _install_sender() -> None:
+    # Deliveries asked for in this process go to the broker after commit, as in the API and worker.
+    from cancelflow.worker.app import install_sender
+
+    install_sender()
+
+
+@webhooks_app.command("add")
+def add(
+    url: str,
+    events: Annotated[
+        str, typer.Option(help="Comma-separated event types, e.g. request.completed,plan.failed, or '*'.")
+    ],
+    channel: Annotated[int | None, typer.Option(help="Only requests of this channel.")] = None,
+) -> None:
+    """Subscribe URL to events; prints the subscription id and its signing secret (shown once)."""
+    from cancelflow.errors import Invalid
+    from cancelflow.services import webhooks
+
+    try:
+        with _transaction() as session:
+            subscription = webhooks.create_subscription(
+                session, url=url, events=events.split(","), channel_id=channel
+            )
+            subscription_id, secret = subscription.id, subscription.secret
+    except Invalid as exc:
+        for field, messages in exc.field_errors.items():
+            err.print(f"  {field}: {'; '.join(messages)}")
+        _fail(exc.message)
+    console.print(f"subscription {subscription_id}")
+    console.print(f"secret {secret}")
+
+
+@webhooks_app.command("list")
+def list_() -> None:
+    """Active subscriptions (secrets are not shown)."""
+    from cancelflow.services import webhooks
+
+    table = Table("id", "url", "events", "channel", "created")
+    with _transaction() as session:
+        for s in webhooks.list_subscriptions(session):
+            table.add_row(
+                str(s.id), s.url, ",".join(s.events), str(s.channel_id or "all"), str(s.created_date)[:19]
+            )
+    console.print(table)
+
+
+@webhooks_app.command("remove")
+def remove(subscription_id: int) -> None:
+    """Deactivate a subscription (its history stays; unfinished deliveries stop)."""
+    from cancelflow.errors import NotFound
+    from cancelflow.services import webhooks
+
+    try:
+        with _transaction() as session:
+            webhooks.remove_subscription(session, subscription_id)
+    except NotFound as exc:
+        _fail(exc.message)
+    console.print(f"removed subscription {subscription_id}")
+
+
+@webhooks_app.command("deliveries")
+def deliveries(
+    status: Annotated[str | None, typer.Option(help="pending, failed, delivered or dead.")] = None,
+    subscription: Annotated[int | None, typer.Option(help="Subscription id.")] = None,
+    request: Annotated[int | None, typer.Option(help="Cancellation request id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+) -> None:
+    """Deliveries, newest first."""
+    from cancelflow.models import DeliveryStatus
+    from cancelflow.services import webhooks
+
+    try:
+        wanted = DeliveryStatus(status) if status is not None else None
+    except ValueError:
+        _fail(f"unknown status {status!r}; one of {', '.join(s.value for s in DeliveryStatus)}")
+        return
+    table = Table("id", "sub", "event", "request", "status", "attempt", "code", "next attempt", "event id")
+    with _transaction() as session:
+        for d in webhooks.list_deliveries(
+            session, status=wanted, subscription_id=subscription, request_id=request, limit=limit
+        ):
+            table.add_row(
+                str(d.id),
+                str(d.subscription_id),
+                d.event_type,
+                str(d.request_id),
+                d.status.value,
+                str(d.attempt),
+                str(d.last_status_code or ""),
+                str(d.next_attempt_at)[:19],
+                str(d.event_id),
+            )
+    console.print(table)
+
+
+@webhooks_app.command("attempts")
+def attempts(delivery_id: int) -> None:
+    """Every attempt of a delivery: when, how long, the answer."""
+    from cancelflow.errors import NotFound
+    from cancelflow.services import webhooks
+
+    table = Table("id", "at", "ms", "code", "outcome", "error")
+    try:
+        with _transaction() as session:
+            for a in webhooks.list_attempts(session, delivery_id):
+                table.add_row(
+                    str(a.id),
+                    str(a.attempted_at)[:23],
+                    str(a.duration_ms),
+                    str(a.status_code or ""),
+                    a.outcome.value,
+                    (a.error or "")[:60],
+                )
+    except NotFound as exc:
+        _fail(exc.message)
+    console.print(table)
+
+
+@webhooks_app.command("redeliver")
+def redeliver(delivery_id: int) -> None:
+    """Deliver again by hand: a new attempt cycle with the same event id."""
+    from cancelflow.errors import CancelflowError
+    from cancelflow.services import webhooks
+
+    try:
+        with _transaction() as session:
+            _install_sender()
+            webhooks.redeliver(session, delivery_id)
+    except CancelflowError as exc:
+        _fail(exc.message)
+    console.print(f"delivery {delivery_id} queued for redelivery")

@@ -1,0 +1,222 @@
+"""Bulk tagging: many requests, many keys, in set-based statements.
+
+Up to `SYNC_MAX_IDS` ids are tagged in the caller's transaction. Beyond that (or for a filter-selected
+set, from the CLI) the work is a `BulkJob` row, run by the `tags.bulk` task in chunks: each chunk is one
+`INSERT … SELECT … ON CONFLICT DO NOTHING` (or `DELETE … WHERE`) over the next `chunk_size` request ids
+above `last_id`, committed together with the progress update. A crash loses at most the chunk in flight;
+the next run (the redelivered message, or `cancelflow tags resume`) continues from the committed `last_id`.
+Two runners of one job serialise on the job row's lock, so no chunk is ever done twice or skipped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from cancelflow.errors import NotFound
+from cancelflow.models import BulkJob, CancellationRequest, JobStatus
+from cancelflow.services import tags
+
+SYNC_MAX_IDS = 1000
+CHUNK_SIZE = 10_000
+Op = Literal["add", "remove"]
+KINDS: dict[Op, str] = {"add": "tags.bulk_add", "remove": "tags.bulk_remove"}
+UnitOfWork = Callable[[], AbstractContextManager[Session]]
+
+
+def apply(session: Session, op: Op, selection: Select[int], keys: Sequence[str]) -> int:
+    """Add or remove keys on every request `selection` yields, in one statement."""
+    if op == "add":
+        return tags.add_to_selection(session, selection, keys)
+    return tags.remove_from_selection(session, selection, keys)
+
+
+def apply_to_ids(
+    session: Session, op: Op, ids: Sequence[int], keys: Sequence[str], *, channel_id: int | None = None
+) -> int:
+    """The synchronous path (a few ids): unknown ids and ids of other channels are ignored."""
+    return apply(session, op, tags.requests_by_ids(ids, channel_id=channel_id), keys)
+
+
+def selection_of(params: dict[str, Any]) -> Select[int]:
+    """The request ids a job acts on, from its stored params (explicit ids, or list filters)."""
+    channel_id = params.get("channel_id")
+    if "ids" in params:
+        return tags.requests_by_ids([int(i) for i in params["ids"]], channel_id=channel_id)
+    from cancelflow.services.queries import RequestFilters, filter_requests
+
+    filters = RequestFilters.parse(params.get("filters") or {})
+    stmt = filter_requests(select(CancellationRequest.id), filters)
+    if channel_id is not None:
+        stmt = stmt.where(CancellationRequest.channel_id == channel_id)
+    return stmt
+
+
+def create_job(
+    session: Session,
+    op: Op,
+    keys: Sequence[str],
+    *,
+    ids: Sequence[int] | None = None,
+    filters: dict[str, Any] | None = None,
+    channel_id: int | None = None,
+) -> BulkJob:
+    """A pending job over explicit ids or a filter; `total` is the size of the selection now."""
+    params: dict[str, Any] = {"op": op, "keys": tags.unique_keys(keys), "channel_id": channel_id}
+    if ids is not None:
+        params["ids"] = sorted(set(ids))
+    else:
+        params["filters"] = dict(filters or {})
+    selection = selection_of(params)  # validates the filters before anything is stored
+    total = session.scalar(select(func.count()).select_from(selection.subquery())) or 0
+    if op == "add":
+        tags.ensure_tags(session, params["keys"])
+    job = BulkJob(id=uuid.uuid4(), kind=KINDS[op], status=JobStatus.pending, total=total, params=params)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> BulkJob:
+    job = session.get(BulkJob, job_id)
+    if job is None:
+        raise NotFound(f"bulk job {job_id} not found")
+    return job
+
+
+def run_chunk(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    params: dict[str, Any] | None = None,
+) -> bool:
+    """Do the next chunk of the job and record it; True while more may remain. Flushes, never commits.
+
+    `params` may be passed by a caller that runs many chunks, to read the (possibly long) id list once.
+    """
+    row = session.execute(
+        select(BulkJob.status, BulkJob.last_id).where(BulkJob.id == job_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"bulk job {job_id} not found")
+    status, last_id = row
+    if status in (JobStatus.done, JobStatus.failed):
+        return False
+    if params is None:
+        stored: dict[str, Any] = session.scalar(select(BulkJob.params).where(BulkJob.id == job_id)) or {}
+        params = stored
+    op: Op = "add" if params.get("op") == "add" else "remove"
+    keys = [str(k) for k in params.get("keys", [])]
+    if "ids" in params:
+        # Explicit ids are stored sorted: the chunk is the next slice of candidates, so each statement
+        # binds only chunk_size ids (an ANY over the whole list would be re-scanned by every chunk).
+        ids: list[int] = params["ids"]
+        start = bisect.bisect_right(ids, last_id)
+        candidates = ids[start : start + chunk_size]
+        chunk_source = tags.requests_by_ids(candidates, channel_id=params.get("channel_id"))
+        new_last = candidates[-1] if candidates else None
+        finished = start + chunk_size >= len(ids)
+    else:
+        chunk_source = selection_of(params).where(CancellationRequest.id > last_id)
+        new_last = None
+        finished = False
+    chunk = chunk_source.order_by(CancellationRequest.id).limit(chunk_size).cte("chunk")
+    # The write and the chunk's bounds come from one statement, so from one snapshot.
+    bounds = session.execute(
+        select(func.max(chunk.c.id), func.count())
+        .select_from(chunk)
+        .add_cte(_write_cte(op, select(chunk.c.id), keys))
+    ).one()
+    count = int(bounds[1])
+    if new_last is None:
+        new_last = bounds[0]
+        finished = count < chunk_size
+    values: dict[str, Any] = {"done": BulkJob.done + count, "status": JobStatus.running}
+    if new_last is not None:
+        values["last_id"] = new_last
+    if finished:
+        values.update(status=JobStatus.done, finished_at=func.now())
+    session.execute(update(BulkJob).where(BulkJob.id == job_id).values(**values))
+    return not finished
+
+
+def _write_cte(op: Op, ids: Select[int], keys: Sequence[str]) -> Any:
+    from sqlalchemy import any_, delete
+    from sqlalchemy.dialects.postgresql import insert
+
+    from cancelflow.models import CancellationRequestTag, Tag
+
+    keys_param = tags.keys_array(keys)
+    if op == "add":
+        chosen = ids.subquery("chosen")
+        rows = select(chosen.c[0], Tag.id).select_from(chosen.join(Tag, Tag.key == any_(keys_param)))
+        return (
+            insert(CancellationRequestTag)
+            .from_select(["request_id", "tag_id"], rows)
+            .on_conflict_do_nothing(index_elements=["request_id", "tag_id"])
+            .cte("written")
+        )
+    return (
+        delete(CancellationRequestTag)
+        .where(
+            CancellationRequestTag.request_id.in_(ids),
+            CancellationRequestTag.tag_id.in_(select(Tag.id).where(Tag.key == any_(keys_param))),
+        )
+        .cte("written")
+    )
+
+
+def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:
+    session.execute(
+        update(BulkJob)
+        .where(BulkJob.id == job_id, BulkJob.status != JobStatus.done)
+        .values(status=JobStatus.failed, error=error[:2000], finished_at=func.now())
+    )
+
+
+def drive(
+    job_id: uuid.UUID,
+    unit_of_work: UnitOfWork,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    stop_after: int | None = None,
+) -> int:
+    """Run chunks, each in its own committed unit of work, until the job is done; returns chunks run.
+
+    `stop_after` ends the run early, leaving the job `running` as a crash would (tests, benchmarks).
+    """
+    with unit_of_work() as session:
+        params: dict[str, Any] | None = session.scalar(select(BulkJob.params).where(BulkJob.id == job_id))
+    if params is None:
+        raise NotFound(f"bulk job {job_id} not found")
+    chunks = 0
+    while stop_after is None or chunks < stop_after:
+        with unit_of_work() as session:
+            more = run_chunk(session, job_id, chunk_size=chunk_size, params=params)
+        chunks += 1
+        if not more:
+            break
+    return chunks
+
+
+__all__ = [
+    "CHUNK_SIZE",
+    "KINDS",
+    "SYNC_MAX_IDS",
+    "Op",
+    "apply",
+    "apply_to_ids",
+    "create_job",
+    "drive",
+    "get_job",
+    "mark_failed",
+    "run_chunk",
+    "selection_of",
+]

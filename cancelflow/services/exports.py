@@ -1,0 +1,387 @@
+"""Exports of the detailed cancellation-request list: CSV, XLSX or JSON, in constant memory.
+
+One SELECT gives every export field already formatted by PostgreSQL (ISO 8601 UTC timestamps, masked
+IBAN, tags joined), so writers only copy values. Rows come from a server-side cursor in batches
+(`stream_results`), CSV and JSON are produced batch by batch, and XLSX goes through xlsxwriter's
+`constant_memory` mode into a file: memory does not grow with the row count.
+
+Small exports stream in the HTTP response; above `settings.export_sync_max_rows` rows an `ExportJob` is
+created and the `exports.run` task writes `<data_dir>/exports/<id>.<ext>`, which the API then serves.
+
+Export fields (the order of CSV / XLSX columns and of JSON object keys):
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    String,
+    Text,
+    case,
+    cast,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from cancelflow.errors import NotFound
+from cancelflow.models import (
+    CancellationPlan,
+    CancellationRequest,
+    CancellationRequestTag,
+    ExportFormat,
+    ExportJob,
+    JobStatus,
+    Order,
+    OrderItem,
+    Tag,
+)
+
+if TYPE_CHECKING:
+    from cancelflow.services.queries import RequestFilters
+
+BATCH_ROWS = 5000
+TAG_SEPARATOR = "|"
+MEDIA_TYPES: dict[ExportFormat, str] = {
+    ExportFormat.csv: "text/csv; charset=utf-8",
+    ExportFormat.xlsx: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ExportFormat.json: "application/json",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ExportField:
+    name: str
+    description: str
+
+
+FIELDS: tuple[ExportField, ...] = (
+    ExportField("id", "Cancellation request id."),
+    ExportField("uuid", "Cancellation request UUID."),
+    ExportField("created_date", "Creation time, ISO 8601 UTC."),
+    ExportField("modified_date", "Last modification time, ISO 8601 UTC."),
+    ExportField("status", "Request status."),
+    ExportField("cancellation_type", "`cancel` or `refund`."),
+    ExportField("order_number", "The order's number."),
+    ExportField("order_item", "Order item id."),
+    ExportField("sku", "The order item's SKU."),
+    ExportField("quantity", "Quantity to cancel."),
+    ExportField("reason", "Cancellation reason id."),
+    ExportField("plan_status", "Status of the cancellation plan (empty: no plan yet)."),
+    ExportField("plan_amount", "Amount the plan refunds, decimal string."),
+    ExportField("currency", "Currency of the plan (of the order when there is no plan)."),
+    ExportField("refund_target", "original_payment, bank_transfer or loyalty_money."),
+    ExportField("iban_masked", "IBAN with all but the first and last four characters masked."),
+    ExportField("holder_name", "Account holder name."),
+    ExportField("fully_refund_as_loyalty_money", "Loyalty-money refund flag (true / false)."),
+    ExportField(
+        "tags", f"Tag keys in key order: joined by `{TAG_SEPARATOR}` in CSV and XLSX, an array in JSON."
+    ),
+)
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+__doc__ = (__doc__ or "") + "".join(f"\n* `{f.name}`: {f.description}" for f in FIELDS) + "\n"
+
+
+def _iso(column: Any) -> ColumnElement[str]:
+    return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+
+
+def _masked_iban() -> ColumnElement[str | None]:
+    iban = CancellationRequest.iban
+    return case(
+        (
+            func.length(iban) > 8,
+            func.concat(func.left(iban, 4), func.repeat("*", func.length(iban) - 8), func.right(iban, 4)),
+        ),
+        else_=func.repeat("*", func.length(iban)),
+    )
+
+
+def export_select(
+    filters: RequestFilters | None = None, *, channel_id: int | None = None, typed: bool = False
+) -> Select[Any]:
+    """The export rows in id order. `typed`: ints, booleans and a tag array (JSON); else all text."""
+    tag_keys = (
+        select(Tag.key)
+        .join(CancellationRequestTag, CancellationRequestTag.tag_id == Tag.id)
+        .where(CancellationRequestTag.request_id == CancellationRequest.id)
+        .order_by(Tag.key)
+    )
+    tags_column: ColumnElement[Any]
+    if typed:
+        tags_column = func.array(tag_keys.scalar_subquery())
+    else:
+        tags_column = func.array_to_string(func.array(tag_keys.scalar_subquery()), TAG_SEPARATOR)
+    loyalty: Any = CancellationRequest.fully_refund_as_loyalty_money
+    if not typed:
+        loyalty = case((loyalty, "true"), else_="false")
+    columns: list[Any] = [
+        CancellationRequest.id,
+        cast(CancellationRequest.uuid, Text),
+        _iso(CancellationRequest.created_date),
+        _iso(CancellationRequest.modified_date),
+        cast(CancellationRequest.status, String),
+        cast(CancellationRequest.cancellation_type, String),
+        Order.number,
+        CancellationRequest.order_item_id,
+        OrderItem.sku,
+        CancellationRequest.quantity,
+        CancellationRequest.reason_id,
+        cast(CancellationPlan.status, String),
+        cast(CancellationPlan.amount, Text),
+        func.coalesce(CancellationPlan.currency, Order.currency),
+        cast(CancellationPlan.refund_target, String),
+        _masked_iban(),
+        CancellationRequest.holder_name,
+        loyalty,
+        tags_column,
+    ]
+    stmt = (
+        select(*(column.label(name) for column, name in zip(columns, FIELD_NAMES, strict=True)))
+        .select_from(CancellationRequest)
+        .join(Order, Order.id == CancellationRequest.order_id)
+        .join(OrderItem, OrderItem.id == CancellationRequest.order_item_id)
+        .outerjoin(CancellationPlan, CancellationPlan.request_id == CancellationRequest.id)
+        .order_by(CancellationRequest.id)
+    )
+    return _narrow(stmt, filters, channel_id)
+
+
+def _narrow(stmt: Select[Any], filters: RequestFilters | None, channel_id: int | None) -> Select[Any]:
+    if filters is not None:
+        from cancelflow.services.queries import filter_requests
+
+        stmt = filter_requests(stmt, filters)
+    if channel_id is not None:
+        stmt = stmt.where(CancellationRequest.channel_id == channel_id)
+    return stmt
+
+
+def count_rows(
+    session: Session, filters: RequestFilters | None = None, *, channel_id: int | None = None
+) -> int:
+    """How many rows the export would have (exact: it decides between streaming and a job)."""
+    stmt = _narrow(select(CancellationRequest.id), filters, channel_id)
+    return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+
+
+# --- rows and writers -------------------------------------------------------------------------------------
+
+
+def stream_batches(engine: Engine, stmt: Select[Any], *, batch: int = BATCH_ROWS) -> Iterator[Sequence[Any]]:
+    """Rows (plain tuples) in batches from a server-side cursor on a connection of its own.
+
+    The export SELECT yields only text, numbers, booleans and text arrays, which need no SQLAlchemy result
+    processing: after SQLAlchemy has executed it (binding the filter values), batches come straight from
+    the DBAPI cursor, which halves the cost per row.
+    """
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True, max_row_buffer=batch).execute(stmt)
+        try:
+            # SQLAlchemy reads one row ahead to set up a server-side result; take it from its buffer first.
+            first: list[Any] = [tuple(row) for row in result.fetchmany(1)]
+            cursor = result.cursor
+            rows: Sequence[Any] = first + list(cursor.fetchmany(batch - len(first))) if first else []
+            while rows:
+                yield rows
+                rows = cursor.fetchmany(batch)
+        finally:
+            result.close()
+            connection.rollback()
+
+
+class _Buffer(io.StringIO):
+    def take(self) -> bytes:
+        data = self.getvalue().encode()
+        self.seek(0)
+        self.truncate()
+        return data
+
+
+def csv_chunks(batches: Iterator[Sequence[Any]]) -> Iterator[bytes]:
+    buffer = _Buffer()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(FIELD_NAMES)
+    for rows in batches:
+        writer.writerows(rows)
+        yield buffer.take()
+    yield buffer.take()
+
+
+def json_chunks(batches: Iterator[Sequence[Any]]) -> Iterator[bytes]:
+    """A JSON array of objects, written batch by batch (rows from the `typed` select)."""
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    yield b"["
+    first = True
+    for rows in batches:
+        parts = [encoder.encode(dict(zip(FIELD_NAMES, row, strict=True))) for row in rows]
+        if not parts:
+            continue
+        yield (("" if first else ",") + ",".join(parts)).encode()
+        first = False
+    yield b"]"
+
+
+def write_xlsx(batches: Iterator[Sequence[Any]], path: Path) -> int:
+    """Write an XLSX workbook row by row (constant memory); returns the data rows written."""
+    import xlsxwriter
+
+    workbook = xlsxwriter.Workbook(str(path), {"constant_memory": True, "strings_to_numbers": False})
+    try:
+        sheet = workbook.add_worksheet("cancellation_requests")
+        bold = workbook.add_format({"bold": True})
+        sheet.write_row(0, 0, FIELD_NAMES, bold)
+        row_number = 0
+        for rows in batches:
+            for row in rows:
+                row_number += 1
+                sheet.write_row(row_number, 0, row)
+    finally:
+        workbook.close()
+    return row_number
+
+
+Progress = Callable[[int], None]
+
+
+def write_file(
+    engine: Engine,
+    export_format: ExportFormat,
+    path: Path,
+    filters: RequestFilters | None = None,
+    *,
+    channel_id: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Write the whole export to `path` (via a temporary file and a rename); returns the rows written."""
+    stmt = export_select(filters, channel_id=channel_id, typed=export_format == ExportFormat.json)
+    written = 0
+
+    def counted() -> Iterator[Sequence[Any]]:
+        nonlocal written
+        for rows in stream_batches(engine, stmt):
+            yield rows
+            written += len(rows)
+            if progress is not None:
+                progress(written)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    if export_format == ExportFormat.xlsx:
+        write_xlsx(counted(), partial)
+    else:
+        chunks = csv_chunks(counted()) if export_format == ExportFormat.csv else json_chunks(counted())
+        with partial.open("wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+    os.replace(partial, path)
+    return written
+
+
+# --- export jobs ------------------------------------------------------------------------------------------
+
+
+def exports_dir(data_dir: Path) -> Path:
+    return (data_dir / "exports").resolve()
+
+
+def create_job(
+    session: Session,
+    export_format: ExportFormat,
+    *,
+    filters: dict[str, Any],
+    channel_id: int | None = None,
+    total: int = 0,
+) -> ExportJob:
+    job = ExportJob(
+        id=uuid.uuid4(),
+        format=export_format,
+        status=JobStatus.pending,
+        total=total,
+        params={"filters": filters, "channel_id": channel_id},
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> ExportJob:
+    job = session.get(ExportJob, job_id)
+    if job is None:
+        raise NotFound(f"export {job_id} not found")
+    return job
+
+
+def claim_job(session: Session, job_id: uuid.UUID) -> ExportJob | None:
+    """Mark the job running (again, after a crash: the file is rewritten whole); None when finished."""
+    job = session.scalars(select(ExportJob).where(ExportJob.id == job_id).with_for_update()).one_or_none()
+    if job is None:
+        raise NotFound(f"export {job_id} not found")
+    if job.status in (JobStatus.done, JobStatus.failed):
+        return None
+    job.status = JobStatus.running
+    job.done = 0
+    session.flush()
+    return job
+
+
+def record_progress(session: Session, job_id: uuid.UUID, done: int) -> None:
+    session.execute(update(ExportJob).where(ExportJob.id == job_id).values(done=done))
+
+
+def finish_job(session: Session, job_id: uuid.UUID, *, path: Path, rows: int) -> None:
+    session.execute(
+        update(ExportJob)
+        .where(ExportJob.id == job_id)
+        .values(status=JobStatus.done, file_path=str(path), done=rows, total=rows, finished_at=func.now())
+    )
+
+
+def fail_job(session: Session, job_id: uuid.UUID, error: str) -> None:
+    session.execute(
+        update(ExportJob)
+        .where(ExportJob.id == job_id, ExportJob.status != JobStatus.done)
+        .values(status=JobStatus.failed, error=error[:2000], finished_at=func.now())
+    )
+
+
+def file_name(job: ExportJob) -> str:
+    return f"cancellation_requests_{job.id}.{job.format.value}"
+
+
+__all__ = [
+    "BATCH_ROWS",
+    "FIELDS",
+    "FIELD_NAMES",
+    "MEDIA_TYPES",
+    "TAG_SEPARATOR",
+    "ExportField",
+    "claim_job",
+    "count_rows",
+    "create_job",
+    "csv_chunks",
+    "export_select",
+    "exports_dir",
+    "fail_job",
+    "file_name",
+    "finish_job",
+    "get_job",
+    "json_chunks",
+    "record_progress",
+    "stream_batches",
+    "write_file",
+    "write_xlsx",
+]

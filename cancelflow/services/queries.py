@@ -1,0 +1,635 @@
+"""The cancellation-request list filters (Akinon / django-filter names) and the queries behind them.
+
+`RequestFilters.parse(params)` turns a query-string mapping (or a JSON object, e.g. the filter of a bulk
+operation) into a validated, typed filter set; `filter_requests(stmt, filters)` narrows any SELECT over
+`cancellation_requests`; `list_requests(session, filters, page=, limit=)` is one page of the list.
+
+Query shape, for a list that must stay fast on millions of rows:
+* rows come in `ORDER BY id DESC` (newest first), so a page is a backwards walk of the primary key;
+* a filter on the request's own columns is a plain predicate; a filter on the order, its customer, the
+  order item or the plan is a semi-join (`order_id IN (SELECT id FROM orders WHERE …)`), added only
+  when such a filter is present, so the common list never joins;
+* case-insensitive filters are written `lower(col) = lower(:value)`, which expression indexes on
+  `lower(col)` match;
+* `count` is exact up to `EXACT_COUNT_LIMIT` matching rows (a bounded count never reads more) and above
+  that it is the planner's estimate (`EXPLAIN`), as Django admin does for big tables.
+
+Easy returns: cancelflow keeps no easy-return records. `easy_return__tracking_number__iexact` (alias
+`tracking_number`) matches the order's tracking number; `easy_return__code__iexact` and `easy_return`
+(an easy-return id) are accepted and validated for compatibility and match no request.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import uuid as uuid_lib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Final, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select
+from sqlalchemy.orm import Session
+
+from cancelflow.errors import Invalid
+from cancelflow.models import CancellationPlan, CancellationRequest, Customer, Order, OrderItem
+from cancelflow.models.enums import CancellationType, PlanStatus, RequestStatus
+
+MAX_BIGINT: Final = 2**63 - 1
+MAX_PK_IN: Final = 10_000
+MAX_TEXT: Final = 1000
+DEFAULT_LIMIT: Final = 10
+MAX_LIMIT: Final = 1000
+MAX_PAGE: Final = 2**31 - 1
+# Counts at or below this are exact; above it `count` is PostgreSQL's estimate.
+EXACT_COUNT_LIMIT: Final = 10_000
+
+# Akinon's CurrencyEnum (price lists) plus the ISO codes real Omnitron payloads carry ("try", "eur").
+CURRENCIES: Final[tuple[str, ...]] = (
+    "try", "tr", "eur", "eu", "usd", "egp", "gbp", "mad", "pln", "sar", "ron", "uah", "czk", "huf",
+    "rub", "bgn", "iqd", "kwd", "bhd", "omr", "qar", "aed", "ngn", "inr", "lei", "kzt", "jod", "rsd",
+)  # fmt: skip
+_CURRENCY_TWINS: Final[Mapping[str, tuple[str, ...]]] = {
+    "try": ("try", "tr"),
+    "tr": ("try", "tr"),
+    "eur": ("eur", "eu"),
+    "eu": ("eur", "eu"),
+    "lei": ("lei", "ron"),
+}
+
+
+# --- value types ----------------------------------------------------------------------------------------
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here instead of failing in the driver.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """A date-time without an offset is read as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _int_list(value: Any) -> Any:
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        if any(not part for part in parts):
+            raise ValueError("Enter a comma-separated list of integers.")
+        return parts
+    return value
+
+
+def _bounded_list(value: list[int]) -> list[int]:
+    unique = sorted(set(value))
+    if len(unique) > MAX_PK_IN:
+        raise ValueError(f"At most {MAX_PK_IN} values are allowed.")
+    return unique
+
+
+def _lower_choice(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_nul)]
+BigInt = Annotated[int, Field(ge=-MAX_BIGINT - 1, le=MAX_BIGINT)]
+Id = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
+Stamp = Annotated[datetime, AfterValidator(_utc)]
+IdList = Annotated[list[BigInt], BeforeValidator(_int_list), AfterValidator(_bounded_list)]
+
+_KindT = TypeVar("_KindT")
+
+
+# --- the filter set -------------------------------------------------------------------------------------
+
+
+class RequestFilters(BaseModel):
+    """Every list filter of seed 000. Field names are the primary query-parameter names; `ALIASES`
+    maps the accepted alternative names onto them. Unset filters are None."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    created_date: Stamp | None = None
+    created_date__gt: Stamp | None = None
+    created_date__gte: Stamp | None = None
+    created_date__lt: Stamp | None = None
+    created_date__lte: Stamp | None = None
+    created_date__date: date | None = None
+    created_date__date__gt: date | None = None
+    created_date__date__gte: date | None = None
+    created_date__date__lt: date | None = None
+    created_date__date__lte: date | None = None
+    modified_date: Stamp | None = None
+    modified_date__gt: Stamp | None = None
+    modified_date__gte: Stamp | None = None
+    modified_date__lt: Stamp | None = None
+    modified_date__lte: Stamp | None = None
+    modified_date__date: date | None = None
+    modified_date__date__gt: date | None = None
+    modified_date__date__gte: date | None = None
+    modified_date__date__lt: date | None = None
+    modified_date__date__lte: date | None = None
+    uuid: uuid_lib.UUID | None = None
+    pk: BigInt | None = None
+    pk__gt: BigInt | None = None
+    pk__gte: BigInt | None = None
+    pk__lt: BigInt | None = None
+    pk__lte: BigInt | None = None
+    pk__in: IdList | None = None
+    cancellation_type: Annotated[CancellationType, BeforeValidator(_lower_choice)] | None = None
+    status: Annotated[RequestStatus, BeforeValidator(_lower_choice)] | None = None
+    order_number: Text | None = None
+    sku: Text | None = None
+    channel: BigInt | None = None
+    order__customer__first_name__iexact: Text | None = None
+    order__customer__last_name__iexact: Text | None = None
+    order__customer__email__iexact: Text | None = None
+    order: BigInt | None = None
+    cancellation_plan_status: Annotated[PlanStatus, BeforeValidator(_lower_choice)] | None = None
+    easy_return__code__iexact: Text | None = None
+    easy_return__tracking_number__iexact: Text | None = None
+    currency: Annotated[str, BeforeValidator(_lower_choice)] | None = None
+    order__shipping_option_slug__iexact: Text | None = None
+    order_item: BigInt | None = None
+    reason: BigInt | None = None
+    description: Text | None = None
+    iban: Text | None = None
+    holder_name: Text | None = None
+    easy_return: BigInt | None = None
+    quantity: BigInt | None = None
+    fully_refund_as_loyalty_money: bool | None = None
+    escalated: bool | None = None
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> RequestFilters:
+        """Validate filters from a query-param mapping (primary names or aliases; other keys ignored).
+
+        Raises `Invalid` (code `invalid`) with `{"<param as sent>": ["message"]}` for any bad value.
+        A repeated parameter keeps its last value, as Django's `QueryDict.get` does.
+        """
+        items = params.items() if isinstance(params, Mapping) else params
+        data: dict[str, Any] = {}
+        sent_as: dict[str, str] = {}
+        for name, value in items:
+            field = ALIASES.get(name, name if name in cls.model_fields else None)
+            if field is None:
+                continue
+            if isinstance(value, str) and value == "":
+                continue  # django-filter ignores an empty value: `?status=` means "any status"
+            data[field] = value
+            sent_as[field] = name
+        errors: dict[str, list[str]] = {}
+        currency = data.get("currency")
+        if currency is not None and (
+            not isinstance(currency, str) or currency.strip().lower() not in CURRENCIES
+        ):
+            errors.setdefault(sent_as["currency"], []).append(_choice_message(currency))
+            data.pop("currency")
+        try:
+            filters = cls.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else "non_field_errors"
+                errors.setdefault(sent_as.get(field, field), []).append(_message(field, error, data))
+            raise Invalid("invalid filter", field_errors=errors, code="invalid") from exc
+        if errors:
+            raise Invalid("invalid filter", field_errors=errors, code="invalid")
+        return filters
+
+    def as_params(self) -> dict[str, str]:
+        """The set filters as query parameters (primary names), e.g. to build `next` links or export jobs."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(exclude_none=True, mode="json").items():
+            if isinstance(value, list):
+                out[name] = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                out[name] = "true" if value else "false"
+            else:
+                out[name] = str(value)
+        return out
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.model_dump(exclude_none=True)
+
+
+# Accepted alternative names -> primary name.
+ALIASES: Final[Mapping[str, str]] = {
+    "id": "pk",
+    "id__gt": "pk__gt",
+    "id__gte": "pk__gte",
+    "id__lt": "pk__lt",
+    "id__lte": "pk__lte",
+    "id__in": "pk__in",
+    "order__number__iexact": "order_number",
+    "order__number": "order_number",
+    "order_item__product__sku__iexact": "sku",
+    "order_item__sku": "sku",
+    "order__channel": "channel",
+    "customer__channel": "channel",
+    "channel_id": "channel",
+    "first_name": "order__customer__first_name__iexact",
+    "customer__first_name": "order__customer__first_name__iexact",
+    "last_name": "order__customer__last_name__iexact",
+    "customer__last_name": "order__customer__last_name__iexact",
+    "email": "order__customer__email__iexact",
+    "customer__email": "order__customer__email__iexact",
+    "order_id": "order",
+    "cancellation_plan__status": "cancellation_plan_status",
+    "plan_status": "cancellation_plan_status",
+    "easy_return_code": "easy_return__code__iexact",
+    "tracking_number": "easy_return__tracking_number__iexact",
+    "order__tracking_number__iexact": "easy_return__tracking_number__iexact",
+    "order__currency": "currency",
+    "shipping_option_slug": "order__shipping_option_slug__iexact",
+    "order__shipping_option_slug": "order__shipping_option_slug__iexact",
+    "order_item_id": "order_item",
+    "reason_id": "reason",
+    "product_description": "description",
+    "holder_name__iexact": "holder_name",
+    "easy_return_id": "easy_return",
+}
+
+_CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
+    "cancellation_type": tuple(m.value for m in CancellationType),
+    "status": tuple(m.value for m in RequestStatus),
+    "cancellation_plan_status": tuple(m.value for m in PlanStatus),
+    "currency": CURRENCIES,
+}
+
+_DESCRIPTIONS: Final[Mapping[str, str]] = {
+    "uuid": "Filter by UUID.",
+    "pk": "Filters by primary key.",
+    "pk__gt": "Filter by primary key greater than a specific value.",
+    "pk__gte": "Filters by primary key greater than or equal to the given value.",
+    "pk__lt": "Filters by primary key less than the given value.",
+    "pk__lte": "Filters by primary key less than or equal to the given value.",
+    "pk__in": f"Filter by multiple primary key values (comma-separated list of integers, at most {MAX_PK_IN}).",
+    "cancellation_type": "Filter by cancellation type.",
+    "status": "Status of the cancellation request.",
+    "order_number": "Order number (case-insensitive).",
+    "sku": "Product SKU of the order item (case-insensitive).",
+    "channel": "ID of the channel the order (and its customer) belongs to.",
+    "order__customer__first_name__iexact": "Customer's first name (case-insensitive).",
+    "order__customer__last_name__iexact": "Customer's last name (case-insensitive).",
+    "order__customer__email__iexact": "Customer's email (case-insensitive).",
+    "order": "Order ID.",
+    "cancellation_plan_status": "Status of the cancellation plan (requests without a plan never match).",
+    "easy_return__code__iexact": (
+        "Easy return code (case-insensitive). cancelflow keeps no easy-return records: accepted for "
+        "compatibility, matches nothing."
+    ),
+    "easy_return__tracking_number__iexact": "Tracking number of the order's shipment (case-insensitive).",
+    "currency": "Currency of the order (Akinon's `tr`/`eu` match `try`/`eur`).",
+    "order__shipping_option_slug__iexact": "Filter by the order's shipping option slug (case-insensitive).",
+    "order_item": "Filter by order item ID.",
+    "reason": "Filter by cancellation reason ID.",
+    "description": "Filter by the request's (product) description, exact match.",
+    "iban": "Filter by IBAN (spaces ignored, case-insensitive).",
+    "holder_name": "Filter by holder name (case-insensitive).",
+    "easy_return": (
+        "Filter by easy return ID. cancelflow keeps no easy-return records: accepted for compatibility, "
+        "matches nothing."
+    ),
+    "quantity": "Filter by quantity.",
+    "fully_refund_as_loyalty_money": "Filter by the fully-refund-as-loyalty-money flag (`true`/`false`).",
+    "escalated": (
+        "`true`: the request's plan was escalated (its fulfillment service missed the reply deadline); "
+        "`false`: not escalated (including requests without a plan)."
+    ),
+}
+
+
+def _message(field: str, error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    kind = str(error.get("type", ""))
+    if field in _CHOICES:
+        return _choice_message(data.get(field))
+    if field.startswith(("created_date", "modified_date")):
+        return "Enter a valid date." if "__date" in field else "Enter a valid date/time."
+    if field == "uuid":
+        return "Enter a valid UUID."
+    if field == "pk__in":
+        if kind == "value_error":
+            return str(error.get("ctx", {}).get("error", "Enter a comma-separated list of integers."))
+        return "Enter a comma-separated list of integers."
+    if kind.startswith("bool"):
+        return "Enter a valid boolean: true or false."
+    if kind.startswith("int") or kind in ("less_than_equal", "greater_than_equal"):
+        if kind == "less_than_equal":
+            return f"Ensure this value is less than or equal to {MAX_BIGINT}."
+        if kind == "greater_than_equal":
+            return f"Ensure this value is greater than or equal to {-MAX_BIGINT - 1}."
+        return "A valid integer is required."
+    if kind == "string_too_long":
+        return f"Ensure this field has no more than {MAX_TEXT} characters."
+    return str(error.get("msg", "Invalid value."))
+
+
+def _choice_message(value: object) -> str:
+    shown = value if isinstance(value, str) else json.dumps(value, default=str)
+    return f"Select a valid choice. {shown} is not one of the available choices."
+
+
+# --- OpenAPI --------------------------------------------------------------------------------------------
+
+
+def openapi_parameters(*, include_uuid: bool = True) -> list[dict[str, Any]]:
+    """The filters as OpenAPI query parameters, with their aliases in each description."""
+    aliases: dict[str, list[str]] = {}
+    for alias, primary in ALIASES.items():
+        aliases.setdefault(primary, []).append(alias)
+    params: list[dict[str, Any]] = []
+    for name in RequestFilters.model_fields:
+        if name == "uuid" and not include_uuid:
+            continue
+        schema = _schema(name)
+        description = _DESCRIPTIONS.get(name) or _date_description(name)
+        if aliases.get(name):
+            description += " Also accepted as " + ", ".join(f"`{a}`" for a in aliases[name]) + "."
+        params.append(
+            {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+        )
+    return params
+
+
+def _date_description(name: str) -> str:
+    column, _, lookup = name.partition("__")
+    what = "creation" if column == "created_date" else "modification"
+    if not lookup:
+        return f"Exact {what} date-time (ISO 8601; no offset means UTC)."
+    if lookup.startswith("date"):
+        op = lookup.partition("__")[2] or "exact"
+        return f"{what.capitalize()} date (calendar day in UTC, `YYYY-MM-DD`), lookup `{op}`."
+    return f"{what.capitalize()} date-time (ISO 8601; no offset means UTC), lookup `{lookup}`."
+
+
+def _schema(name: str) -> dict[str, Any]:
+    if name in _CHOICES:
+        return {"type": "string", "enum": list(_CHOICES[name])}
+    if name.startswith(("created_date", "modified_date")):
+        return {"type": "string", "format": "date" if "__date" in name else "date-time"}
+    if name == "uuid":
+        return {"type": "string", "format": "uuid"}
+    if name == "pk__in":
+        return {"type": "string", "pattern": r"^-?\d{1,18}(,-?\d{1,18})*$", "example": "1,2,3"}
+    annotation = RequestFilters.model_fields[name].annotation
+    if annotation == (bool | None):
+        return {"type": "boolean"}
+    if annotation == (int | None):
+        return {"type": "integer", "format": "int64"}
+    # NUL characters are refused with a 400 too (PostgreSQL text cannot hold them).
+    return {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
+
+
+# --- the query ------------------------------------------------------------------------------------------
+
+
+def _ci(column: Any, value: str) -> ColumnElement[bool]:
+    """Case-insensitive equality that an expression index on lower(column) serves."""
+    result: ColumnElement[bool] = func.lower(column) == func.lower(literal(value))
+    return result
+
+
+_OPS: Final[Mapping[str, Any]] = {
+    "": operator.eq,
+    "__gt": operator.gt,
+    "__gte": operator.ge,
+    "__lt": operator.lt,
+    "__lte": operator.le,
+}
+
+
+def _day_bounds(day: date) -> tuple[datetime, datetime | None]:
+    """The UTC day as [start, end); end is None for date.max (nothing comes after it)."""
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, None if day == date.max else start + timedelta(days=1)
+
+
+def _date_conditions(column: Any, prefix: str, filters: RequestFilters) -> list[ColumnElement[bool]]:
+    """Range predicates on the raw column (index-friendly: the column is never cast to a date)."""
+    out: list[ColumnElement[bool]] = []
+    for suffix, op in _OPS.items():
+        value = getattr(filters, f"{prefix}{suffix}")
+        if value is not None:
+            out.append(op(column, value))
+    day: date | None = getattr(filters, f"{prefix}__date")
+    if day is not None:
+        start, end = _day_bounds(day)
+        out.append(column >= start)
+        if end is not None:
+            out.append(column < end)
+    # Day lookups compare whole UTC days: `__date__gt=D` means "from the start of D+1 on".
+    for suffix, (after_day, op) in {
+        "__date__gt": (True, operator.ge),
+        "__date__gte": (False, operator.ge),
+        "__date__lt": (False, operator.lt),
+        "__date__lte": (True, operator.lt),
+    }.items():
+        day = getattr(filters, f"{prefix}{suffix}")
+        if day is None:
+            continue
+        start, end = _day_bounds(day)
+        bound = end if after_day else start
+        if bound is None:  # the last representable day: nothing is after it, everything is before it
+            out.append(false() if op is operator.ge else column.is_not(None))
+        else:
+            out.append(op(column, bound))
+    return out
+
+
+def filter_requests(
+    stmt: Select[Any], filters: RequestFilters, *, channel_id: int | None = None
+) -> Select[Any]:
+    """Add `filters` (and a channel scope) to a SELECT whose FROM includes `cancellation_requests`."""
+    cr = CancellationRequest
+    where: list[ColumnElement[bool]] = []
+    if channel_id is not None:
+        where.append(cr.channel_id == channel_id)
+    where += _date_conditions(cr.created_date, "created_date", filters)
+    where += _date_conditions(cr.modified_date, "modified_date", filters)
+    f = filters
+    if f.uuid is not None:
+        where.append(cr.uuid == f.uuid)
+    for suffix, op in _OPS.items():
+        value = getattr(f, f"pk{suffix}")
+        if value is not None:
+            where.append(op(cr.id, value))
+    if f.pk__in is not None:
+        where.append(cr.id.in_(f.pk__in) if f.pk__in else false())
+    if f.cancellation_type is not None:
+        where.append(cr.cancellation_type == f.cancellation_type)
+    if f.status is not None:
+        where.append(cr.status == f.status)
+    if f.channel is not None:
+        where.append(cr.channel_id == f.channel)
+    if f.order is not None:
+        where.append(cr.order_id == f.order)
+    if f.order_item is not None:
+        where.append(cr.order_item_id == f.order_item)
+    if f.reason is not None:
+        where.append(cr.reason_id == f.reason)
+    if f.description is not None:
+        where.append(cr.description == f.description)
+    if f.iban is not None:
+        where.append(cr.iban == "".join(f.iban.split()).upper())
+    if f.holder_name is not None:
+        where.append(_ci(cr.holder_name, f.holder_name))
+    if f.quantity is not None:
+        where.append(cr.quantity == f.quantity)
+    if f.fully_refund_as_loyalty_money is not None:
+        where.append(cr.fully_refund_as_loyalty_money.is_(f.fully_refund_as_loyalty_money))
+    if f.easy_return__code__iexact is not None or f.easy_return is not None:
+        where.append(false())  # no easy-return records exist (module docstring)
+
+    # The order and its customer: one semi-join, only when asked for.
+    order_where: list[ColumnElement[bool]] = []
+    if f.order_number is not None:
+        order_where.append(_ci(Order.number, f.order_number))
+    if f.easy_return__tracking_number__iexact is not None:
+        order_where.append(_ci(Order.tracking_number, f.easy_return__tracking_number__iexact))
+    if f.currency is not None:
+        order_where.append(Order.currency.in_(_CURRENCY_TWINS.get(f.currency, (f.currency,))))
+    if f.order__shipping_option_slug__iexact is not None:
+        order_where.append(_ci(Order.shipping_option_slug, f.order__shipping_option_slug__iexact))
+    customer_where: list[ColumnElement[bool]] = []
+    if f.order__customer__first_name__iexact is not None:
+        customer_where.append(_ci(Customer.first_name, f.order__customer__first_name__iexact))
+    if f.order__customer__last_name__iexact is not None:
+        customer_where.append(_ci(Customer.last_name, f.order__customer__last_name__iexact))
+    if f.order__customer__email__iexact is not None:
+        customer_where.append(_ci(Customer.email, f.order__customer__email__iexact))
+    if customer_where:
+        order_where.append(Order.customer_id.in_(select(Customer.id).where(*customer_where)))
+    if order_where:
+        where.append(cr.order_id.in_(select(Order.id).where(*order_where)))
+
+    if f.sku is not None:
+        where.append(cr.order_item_id.in_(select(OrderItem.id).where(_ci(OrderItem.sku, f.sku))))
+
+    plan_where: list[ColumnElement[bool]] = []
+    if f.cancellation_plan_status is not None:
+        plan_where.append(CancellationPlan.status == f.cancellation_plan_status)
+    if f.escalated is True:
+        plan_where.append(CancellationPlan.escalated_at.is_not(None))
+    if plan_where:
+        where.append(cr.id.in_(select(CancellationPlan.request_id).where(*plan_where)))
+    if f.escalated is False:
+        where.append(
+            cr.id.not_in(
+                select(CancellationPlan.request_id).where(CancellationPlan.escalated_at.is_not(None))
+            )
+        )
+    return stmt.where(and_(*where)) if where else stmt
+
+
+# --- pages ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of requests, newest first. `count_is_estimate`: `count` came from the planner."""
+
+    count: int
+    results: Sequence[CancellationRequest]
+    page: int
+    limit: int
+    has_next: bool
+    count_is_estimate: bool = False
+
+    @property
+    def has_previous(self) -> bool:
+        return self.page > 1
+
+
+def parse_page(params: Mapping[str, Any]) -> tuple[int, int]:
+    """`page` (>= 1, default 1) and `limit` (>= 1, default 10, values above 1000 are capped, as DRF's
+    `max_page_size` does). Raises `Invalid` for a malformed or non-positive value."""
+    errors: dict[str, list[str]] = {}
+    values: dict[str, int] = {}
+    for name, default, maximum in (("page", 1, MAX_PAGE), ("limit", DEFAULT_LIMIT, MAX_LIMIT)):
+        raw = params.get(name)
+        if raw is None or raw == "":
+            values[name] = default
+            continue
+        text = str(raw).strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            errors[name] = ["A valid integer is required."]
+            continue
+        number = int(text)
+        if number < 1:
+            errors[name] = ["Ensure this value is greater than or equal to 1."]
+            continue
+        if name == "page" and number > maximum:
+            errors[name] = [f"Ensure this value is less than or equal to {maximum}."]
+            continue
+        values[name] = min(number, maximum)
+    if errors:
+        raise Invalid("invalid pagination", field_errors=errors, code="invalid")
+    return values["page"], values["limit"]
+
+
+def count_requests(
+    session: Session, filters: RequestFilters, *, channel_id: int | None = None
+) -> tuple[int, bool]:
+    """(count, is_estimate): exact up to EXACT_COUNT_LIMIT rows, else the planner's estimate."""
+    base = filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
+    bounded = session.scalar(select(func.count()).select_from(base.limit(EXACT_COUNT_LIMIT + 1).subquery()))
+    exact = int(bounded or 0)
+    if exact <= EXACT_COUNT_LIMIT:
+        return exact, False
+    return max(_estimate(session, base), exact), True
+
+
+def _estimate(session: Session, stmt: Select[Any]) -> int:
+    connection = session.connection()
+    compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    row = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar()
+    plan = row if isinstance(row, list) else json.loads(str(row))
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def list_requests(
+    session: Session,
+    filters: RequestFilters,
+    page: int = 1,
+    limit: int = DEFAULT_LIMIT,
+    *,
+    channel_id: int | None = None,
+) -> Page:
+    """One page of matching requests, `ORDER BY id DESC`. `has_next` is exact (one extra row is read)."""
+    stmt = (
+        filter_requests(select(CancellationRequest), filters, channel_id=channel_id)
+        .order_by(CancellationRequest.id.desc())
+        .offset((page - 1) * limit)
+        .limit(limit + 1)
+    )
+    rows = list(session.scalars(stmt))
+    has_next = len(rows) > limit
+    rows = rows[:limit]
+    if page == 1 and not has_next:
+        count, estimated = len(rows), False  # the whole result is on this page: no count query needed
+    else:
+        count, estimated = count_requests(session, filters, channel_id=channel_id)
+    return Page(
+        count=count, results=rows, page=page, limit=limit, has_next=has_next, count_is_estimate=estimated
+    )
+
+
+__all__ = [
+    "ALIASES",
+    "CURRENCIES",
+    "DEFAULT_LIMIT",
+    "EXACT_COUNT_LIMIT",
+    "MAX_LIMIT",
+    "Page",
+    "RequestFilters",
+    "count_requests",
+    "filter_requests",
+    "list_requests",
+    "openapi_parameters",
+    "parse_page",
+]

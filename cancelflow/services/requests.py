@@ -1,0 +1,427 @@
+"""What the cancellation-request REST API does beyond intake: create with HTTP rules, edit, approve by
+status, reject, and the bookkeeping of `Idempotency-Key`s.
+
+Every change runs under the order's row lock (the workflow's lock order: order, then request, plan,
+fulfillment orders). A change the state machine forbids, or an edit of a money-relevant field after
+approval, raises `Invalid(code="invalid_transition")` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final, Literal
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from cancelflow.errors import Invalid, NotFound
+from cancelflow.models import (
+    CancellationPlan,
+    CancellationReason,
+    CancellationRequest,
+    FulfillmentOrder,
+    IdempotencyKey,
+    OrderItem,
+    Payment,
+    WorkflowStep,
+)
+from cancelflow.models.enums import (
+    CancellationType,
+    FORequestStatus,
+    FOStatus,
+    PlanStatus,
+    RefundTarget,
+    RejectionCode,
+    RequestStatus,
+    StepStatus,
+)
+from cancelflow.models.transitions import PLAN_TRANSITIONS, REQUEST_TRANSITIONS
+from cancelflow.services import fulfillment_orders as fos
+from cancelflow.services import iban as iban_checks
+from cancelflow.services import intake, transitions, workflow
+from cancelflow.services.clock import now
+from cancelflow.services.money import refund_target
+
+INVALID_TRANSITION: Final = "invalid_transition"
+# Fields whose change would alter what is cancelled or where the money goes: frozen once approved.
+MONEY_FIELDS: Final = (
+    "order_item",
+    "quantity",
+    "iban",
+    "holder_name",
+    "fully_refund_as_loyalty_money",
+    "cancellation_type",
+)
+# A key whose request has not finished after this long is taken to belong to a process that died.
+IN_FLIGHT_GRACE: Final = timedelta(seconds=60)
+WITHDRAWN: Final = "withdrawn"
+
+
+def _refuse(message: str) -> Invalid:
+    return Invalid(message, code=INVALID_TRANSITION)
+
+
+def get_visible(session: Session, request_id: int, *, channel_id: int | None) -> CancellationRequest:
+    """The request, if it exists and (with a channel scope) belongs to that channel; else NotFound."""
+    request = session.get(CancellationRequest, request_id)
+    if request is None or (channel_id is not None and request.channel_id != channel_id):
+        raise NotFound(f"cancellation request {request_id} not found")
+    return request
+
+
+# --- create -----------------------------------------------------------------------------------------
+
+
+def create(
+    session: Session, data: Mapping[str, Any], *, client_request_id: str, channel_id: int | None
+) -> tuple[CancellationRequest, bool]:
+    """Create a request through intake, refusing with 400 what intake would store as rejected.
+
+    Returns (request, created); `created` is False when `client_request_id` was seen before.
+    """
+    item = session.get(OrderItem, data["order_item"]) if _is_id(data.get("order_item")) else None
+    if item is not None:
+        # Checks below and intake's reservation see the same state under the order lock.
+        order = workflow.lock_order(session, item.order_id)
+        session.refresh(item)
+        if channel_id is not None and order.channel_id != channel_id:
+            raise Invalid(
+                "order item of another channel",
+                field_errors={"order_item": [f'Invalid pk "{item.id}" - object does not exist.']},
+            )
+        seen = session.scalars(
+            select(CancellationRequest.id).where(CancellationRequest.client_request_id == client_request_id)
+        ).first()
+        if seen is None:
+            _check_new(session, item, data)
+    result = intake.submit(session, {**data, "client_request_id": client_request_id, "channel": channel_id})
+    return result.request, result.created
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
+def _check_new(session: Session, item: OrderItem, data: Mapping[str, Any]) -> None:
+    remaining = item.quantity - item.requested_quantity
+    quantity = data.get("quantity")
+    if remaining <= 0:
+        raise Invalid(
+            "nothing left to cancel",
+            field_errors={"order_item": ["Nothing is left to cancel on this order item."]},
+        )
+    if quantity is not None and quantity > remaining:
+        raise Invalid(
+            "quantity too high",
+            field_errors={"quantity": [f"Ensure this value is less than or equal to {remaining}."]},
+        )
+    _check_refund_account(
+        session,
+        order_id=item.order_id,
+        iban=data.get("iban"),
+        holder_name=data.get("holder_name"),
+        loyalty=bool(data.get("fully_refund_as_loyalty_money")),
+    )
+
+
+def _check_refund_account(
+    session: Session, *, order_id: int, iban: str | None, holder_name: str | None, loyalty: bool
+) -> None:
+    if iban:
+        problem = iban_checks.validate(iban)
+        if problem is not None:
+            raise Invalid("invalid IBAN", field_errors={"iban": [f"Enter a valid IBAN: {problem}."]})
+    payment = session.scalars(select(Payment).where(Payment.order_id == order_id)).one_or_none()
+    if payment is None and not loyalty:
+        raise Invalid(
+            "no payment to refund",
+            field_errors={
+                "fully_refund_as_loyalty_money": [
+                    "The order has no payment to refund; only a loyalty-money refund is possible."
+                ]
+            },
+        )
+    if (
+        payment is not None
+        and refund_target(loyalty=loyalty, payment_method=payment.method) == RefundTarget.bank_transfer
+        and (not iban or not (holder_name or "").strip())
+    ):
+        raise Invalid(
+            "bank account needed",
+            field_errors={
+                "iban": ["A bank-transfer refund needs iban and holder_name."],
+                "holder_name": ["A bank-transfer refund needs iban and holder_name."],
+            },
+        )
+
+
+# --- update -----------------------------------------------------------------------------------------
+
+
+def update_request(
+    session: Session, request_id: int, changes: Mapping[str, Any], *, actor: str, channel_id: int | None
+) -> CancellationRequest:
+    """Apply a PUT/PATCH: field edits first, then a status change (approve or reject)."""
+    request = get_visible(session, request_id, channel_id=channel_id)
+    workflow.lock_order(session, request.order_id)
+    session.refresh(request)
+    target = changes.get("status")
+    target_status = RequestStatus(target) if target is not None else None
+    if target_status is not None and target_status != request.status:
+        allowed = REQUEST_TRANSITIONS[request.status]
+        if target_status not in allowed or target_status == RequestStatus.completed:
+            raise _refuse(
+                f"Cannot change status from {request.status.value} to {target_status.value}."
+                + ("" if target_status != RequestStatus.completed else " Requests complete with their plan.")
+            )
+    _edit(session, request, {k: v for k, v in changes.items() if k != "status"})
+    if target_status == RequestStatus.approved and request.status == RequestStatus.waiting:
+        workflow.approve(session, request, actor=actor)
+    elif target_status == RequestStatus.rejected and request.status != RequestStatus.rejected:
+        reject(session, request.id, actor=actor, channel_id=channel_id)
+    session.flush()
+    session.refresh(request)
+    return request
+
+
+def _current(request: CancellationRequest, name: str) -> Any:
+    return {
+        "order_item": request.order_item_id,
+        "reason": request.reason_id,
+    }.get(name, getattr(request, name, None))
+
+
+def _edit(session: Session, request: CancellationRequest, changes: Mapping[str, Any]) -> None:
+    if "iban" in changes and changes["iban"] is not None:
+        if request.iban and changes["iban"] == iban_checks.mask(request.iban):
+            # A client echoing the masked IBAN it was shown back (read-modify-write) changes nothing.
+            changes = {k: v for k, v in changes.items() if k != "iban"}
+        else:
+            changes = {**changes, "iban": iban_checks.normalise(changes["iban"]) or None}
+    if "holder_name" in changes and changes["holder_name"] is not None:
+        changes = {**changes, "holder_name": changes["holder_name"].strip() or None}
+    changed = {k: v for k, v in changes.items() if v != _current(request, k)}
+    if not changed:
+        return
+    frozen = [name for name in MONEY_FIELDS if name in changed]
+    if frozen and request.status != RequestStatus.waiting:
+        raise _refuse(
+            f"Cannot change {', '.join(frozen)} of a request that is {request.status.value}; "
+            "only a waiting request can be edited."
+        )
+    if "reason" in changed:
+        reason = session.get(CancellationReason, changed["reason"]) if _is_id(changed["reason"]) else None
+        if reason is None or not reason.is_active:
+            raise Invalid(
+                "unknown reason",
+                field_errors={"reason": [f'Invalid pk "{changed["reason"]}" - object does not exist.']},
+            )
+        request.reason_id = reason.id
+    if "description" in changed:
+        request.description = changed["description"]
+    if frozen:
+        _edit_money_fields(session, request, changed)
+    transitions.record_event(
+        session,
+        "request",
+        request.id,
+        "request.edited",
+        data={"fields": sorted(changed)},  # names only: values may be IBANs
+    )
+    request.version += 1
+    session.flush()
+
+
+def _edit_money_fields(session: Session, request: CancellationRequest, changed: Mapping[str, Any]) -> None:
+    old_item = session.get_one(OrderItem, request.order_item_id)
+    new_item = old_item
+    if "order_item" in changed:
+        candidate = session.get(OrderItem, changed["order_item"]) if _is_id(changed["order_item"]) else None
+        if candidate is None or candidate.order_id != request.order_id:
+            raise Invalid(
+                "order item of another order",
+                field_errors={
+                    "order_item": ["Must be an item of the same order as the request's current item."]
+                },
+            )
+        new_item = candidate
+    quantity = changed.get("quantity", request.quantity)
+    if quantity is None:
+        raise Invalid("quantity required", field_errors={"quantity": ["This field may not be null."]})
+    iban = changed.get("iban", request.iban)
+    holder = changed.get("holder_name", request.holder_name)
+    loyalty = changed.get("fully_refund_as_loyalty_money", request.fully_refund_as_loyalty_money)
+    _check_refund_account(session, order_id=request.order_id, iban=iban, holder_name=holder, loyalty=loyalty)
+    if new_item.id != old_item.id or quantity != request.quantity:
+        # Give back the old reservation, then take the new one under the same guard intake uses.
+        session.execute(
+            update(OrderItem)
+            .where(OrderItem.id == old_item.id)
+            .values(requested_quantity=OrderItem.requested_quantity - request.quantity)
+        )
+        reserved = session.execute(
+            update(OrderItem)
+            .where(OrderItem.id == new_item.id, OrderItem.requested_quantity + quantity <= OrderItem.quantity)
+            .values(requested_quantity=OrderItem.requested_quantity + quantity)
+        ).rowcount  # type: ignore[attr-defined]
+        if not reserved:
+            session.refresh(new_item)
+            remaining = new_item.quantity - new_item.requested_quantity
+            raise Invalid(
+                "quantity too high",
+                field_errors={"quantity": [f"Ensure this value is less than or equal to {remaining}."]},
+            )
+    request.order_item_id = new_item.id
+    request.quantity = quantity
+    request.iban = iban
+    request.holder_name = holder
+    request.fully_refund_as_loyalty_money = loyalty
+    if "cancellation_type" in changed:
+        request.cancellation_type = CancellationType(changed["cancellation_type"])
+
+
+# --- reject -----------------------------------------------------------------------------------------
+
+
+def reject(
+    session: Session,
+    request_id: int,
+    *,
+    actor: str,
+    channel_id: int | None,
+    message: str | None = None,
+) -> CancellationRequest:
+    """Staff reject: stop the plan (pending steps cancelled, open fulfillment requests withdrawn) and end
+    the request `rejected`, giving its quantity back to the order item."""
+    request = get_visible(session, request_id, channel_id=channel_id)
+    workflow.lock_order(session, request.order_id)
+    session.refresh(request)
+    if RequestStatus.rejected not in REQUEST_TRANSITIONS[request.status]:
+        raise _refuse(f"Cannot reject a request that is {request.status.value}.")
+    plan = workflow.plan_of(session, request.id)
+    if plan is not None:
+        session.refresh(plan, with_for_update=True)
+        if PlanStatus.rejected not in PLAN_TRANSITIONS[plan.status]:
+            raise _refuse(
+                f"Cannot reject: its plan is {plan.status.value} (the goods are stopped and the refund is "
+                "under way)."
+            )
+        _withdraw(session, plan, actor=actor)
+        transitions.move(session, plan, PlanStatus.rejected, data={"actor": actor, "message": message})
+    _cancel_open_steps(session, request.id)
+    workflow.reject_request(
+        session, request, code=RejectionCode.staff_rejected, message=message or f"rejected by {actor}"
+    )
+    session.flush()
+    return request
+
+
+def _withdraw(session: Session, plan: CancellationPlan, *, actor: str) -> None:
+    """Shopify has no call to withdraw a cancellation request: the request is closed on our side (the
+    service's later accept or reject is answered 422 and recorded), and an event says it was withdrawn."""
+    asked = session.scalars(
+        select(FulfillmentOrder)
+        .where(
+            FulfillmentOrder.cancellation_plan_id == plan.id,
+            FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
+        )
+        .order_by(FulfillmentOrder.id)
+    ).all()
+    for fo in asked:
+        merchant_request = fos.open_cancellation_request(session, fo.id)
+        if merchant_request is not None and merchant_request.response is None:
+            merchant_request.response = WITHDRAWN
+            merchant_request.response_message = f"withdrawn: request rejected by {actor}"
+        # The service keeps the work, as after its own rejection.
+        transitions.move_fulfillment_order(
+            session,
+            fo,
+            request_status=FORequestStatus.cancellation_rejected,
+            status=FOStatus.in_progress,
+            data={"withdrawn": True, "actor": actor},
+        )
+        transitions.record_event(
+            session,
+            "fulfillment_order",
+            fo.id,
+            "fulfillment_order.cancellation_withdrawn",
+            data={"plan_id": plan.id, "actor": actor},
+        )
+
+
+def _cancel_open_steps(session: Session, request_id: int) -> None:
+    # SKIP LOCKED: a step a worker is running right now finds the plan stopped and finishes as skipped.
+    open_steps = session.scalars(
+        select(WorkflowStep)
+        .where(
+            WorkflowStep.request_id == request_id,
+            WorkflowStep.status.in_((StepStatus.pending, StepStatus.dead)),
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    for step in open_steps:
+        transitions.move(session, step, StepStatus.cancelled, data={"reason": "request rejected"})
+
+
+# --- idempotency keys -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """The outcome of presenting an `Idempotency-Key`."""
+
+    state: Literal["owned", "replay", "mismatch", "in_flight"]
+    key_id: int
+    status: int | None = None
+    body: dict[str, object] | None = None
+
+
+def request_hash(scope: str, body: Mapping[str, Any]) -> str:
+    canonical = json.dumps({"scope": scope, "body": body}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim_key(session: Session, *, token_id: int, key: str, scope: str, digest: str) -> KeyClaim:
+    """Take the key for this request (commit before doing the work), or say why not."""
+    inserted = session.execute(
+        insert(IdempotencyKey)
+        .values(token_id=token_id, key=key, scope=scope, request_hash=digest)
+        .on_conflict_do_nothing(index_elements=[IdempotencyKey.token_id, IdempotencyKey.key])
+        .returning(IdempotencyKey.id)
+    ).scalar()
+    if inserted is not None:
+        return KeyClaim("owned", inserted)
+    row = session.scalars(
+        select(IdempotencyKey)
+        .where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
+        .with_for_update()
+    ).one()
+    if row.request_hash != digest:
+        return KeyClaim("mismatch", row.id)
+    if row.response_status is None:
+        if row.created_date < now() - IN_FLIGHT_GRACE:
+            row.created_date = now()  # its process died mid-request: this request takes over
+            session.flush()
+            return KeyClaim("owned", row.id)
+        return KeyClaim("in_flight", row.id)
+    return KeyClaim("replay", row.id, row.response_status, row.response_body)
+
+
+def complete_key(session: Session, key_id: int, *, status: int, body: dict[str, object]) -> None:
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == key_id)
+        .values(response_status=status, response_body=body, completed_at=now())
+    )
+
+
+def release_key(session: Session, key_id: int) -> None:
+    """The request failed before a response was stored: forget the key so a retry runs again."""
+    session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.id == key_id, IdempotencyKey.response_status.is_(None))
+    )

@@ -1,0 +1,70 @@
+"""Export jobs (queue `bulk`): write the file under data_dir/exports, then mark the job done."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import structlog
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
+
+from cancelflow.config import get_settings
+from cancelflow.db import get_engine, transaction
+from cancelflow.errors import NotFound
+from cancelflow.models import ExportFormat
+from cancelflow.services import exports
+from cancelflow.worker.app import celery_app
+from cancelflow.worker.base import DbTask
+
+log = structlog.get_logger(__name__)
+PROGRESS_EVERY = 10_000
+
+
+@celery_app.task(
+    name="exports.run", base=DbTask, bind=True, max_retries=5, soft_time_limit=3600, time_limit=3660
+)
+def run_export(self: DbTask, job_id: str) -> str:
+    """Write the export file (whole, again, after a crash) and record progress as it goes."""
+    from cancelflow.services.queries import RequestFilters
+
+    job_uuid = uuid.UUID(job_id)
+    structlog.contextvars.bind_contextvars(export_job=job_id, task=self.name)
+    try:
+        with transaction() as session:
+            job = exports.claim_job(session, job_uuid)
+            if job is None:
+                return "finished"
+            export_format = ExportFormat(job.format)
+            params: dict[str, Any] = dict(job.params)
+        filters = RequestFilters.parse(params.get("filters") or {})
+        path = exports.exports_dir(get_settings().data_dir) / f"{job_id}.{export_format.value}"
+        reported = 0
+
+        def progress(done: int) -> None:
+            nonlocal reported
+            if done - reported >= PROGRESS_EVERY:
+                reported = done
+                with transaction() as s:
+                    exports.record_progress(s, job_uuid, done)
+
+        rows = exports.write_file(
+            get_engine(), export_format, path, filters, channel_id=params.get("channel_id"), progress=progress
+        )
+        with transaction() as session:
+            exports.finish_job(session, job_uuid, path=path, rows=rows)
+    except NotFound:
+        log.warning("export job vanished")  # deleted since it was queued: nothing to do
+        return "missing"
+    except (SoftTimeLimitExceeded, DBAPIError) as exc:
+        log.warning("export interrupted, retrying", error=f"{type(exc).__name__}: {exc}")
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+    except Exception as exc:  # bad params or a bug: the job row tells the operator, no retry
+        log.exception("export failed")
+        with transaction() as session:
+            exports.fail_job(session, job_uuid, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        structlog.contextvars.clear_contextvars()
+    log.info("export done", rows=rows, path=str(path))
+    return "done"

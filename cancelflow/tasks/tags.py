@@ -1,0 +1,44 @@
+"""Bulk tag jobs (queue `bulk`): chunked, committed, resumable; see services.bulk."""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
+
+from cancelflow.db import transaction
+from cancelflow.errors import NotFound
+from cancelflow.services import bulk
+from cancelflow.worker.app import celery_app
+from cancelflow.worker.base import DbTask
+
+log = structlog.get_logger(__name__)
+
+
+@celery_app.task(
+    name="tags.bulk", base=DbTask, bind=True, max_retries=20, soft_time_limit=600, time_limit=660
+)
+def run_bulk(self: DbTask, job_id: str) -> str:
+    """Run the job's remaining chunks; a time limit or a lost connection re-queues it to resume."""
+    job_uuid = uuid.UUID(job_id)
+    structlog.contextvars.bind_contextvars(bulk_job=job_id, task=self.name)
+    try:
+        chunks = bulk.drive(job_uuid, transaction)
+    except NotFound:
+        log.warning("bulk job vanished")  # deleted since it was queued: nothing to do
+        return "missing"
+    except (SoftTimeLimitExceeded, DBAPIError) as exc:
+        # Every committed chunk stays done; the next run starts after the job's last_id.
+        log.warning("bulk job interrupted, resuming", error=f"{type(exc).__name__}: {exc}")
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+    except Exception as exc:  # a bug or bad params: the job row tells the operator, no retry
+        log.exception("bulk job failed")
+        with transaction() as session:
+            bulk.mark_failed(session, job_uuid, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        structlog.contextvars.clear_contextvars()
+    log.info("bulk job done", chunks=chunks)
+    return "done"
