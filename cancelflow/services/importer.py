@@ -187,6 +187,7 @@ def _upsert(session: Session, model: type[Base], rows: Sequence[dict[str, Any]],
 def import_payload(session: Session, payload: Mapping[str, Any]) -> dict[str, int]:
     """Load the payload; returns how many rows of each kind were written (0 for an unchanged re-import)."""
     data = parse(payload)
+    _check_references(session, data)  # before anything is written: a bad payload writes nothing
     counts: dict[str, int] = {}
     counts["channels"] = _upsert(session, Channel, [c.model_dump() for c in data.channels], update=True)
     counts["cancellation_reasons"] = _upsert(
@@ -233,7 +234,6 @@ def import_payload(session: Session, payload: Mapping[str, Any]) -> dict[str, in
         ],
         update=True,
     )
-    _check_references(session, data)
     services = {s.handle: s for s in session.scalars(select(FulfillmentService))}
     orders, items, payments, fo_rows, fo_lines = [], [], [], [], []
     for order in data.orders:
@@ -323,9 +323,31 @@ def _check_references(session: Session, data: ImportPayload) -> None:
         session.scalars(select(FulfillmentService.handle)).all()
     )
     channels = {c.id for c in data.channels} | set(session.scalars(select(Channel.id)).all())
+    customer_ids = {c.id for c in data.customers} | {
+        o.customer.id for o in data.orders if isinstance(o.customer, CustomerIn)
+    }
+    wanted = {o.customer for o in data.orders if isinstance(o.customer, int)} - customer_ids
+    if wanted:
+        customer_ids |= set(session.scalars(select(Customer.id).where(Customer.id.in_(wanted))).all())
+    numbers = {o.number for o in data.orders}
+    taken = dict(session.execute(select(Order.number, Order.id).where(Order.number.in_(numbers))).all())
+    seen: dict[str, int] = {}
+    for k, customer in enumerate(data.customers):
+        if customer.channel is not None and customer.channel not in channels:
+            errors.setdefault(f"customers.{k}.channel", []).append("non-existent object")
     for i, order in enumerate(data.orders):
+        if isinstance(order.customer, CustomerIn) and order.customer.channel is not None and (
+            order.customer.channel not in channels
+        ):
+            errors.setdefault(f"orders.{i}.customer.channel", []).append("non-existent object")
         if order.channel not in channels:
             errors.setdefault(f"orders.{i}.channel", []).append("non-existent object")
+        if isinstance(order.customer, int) and order.customer not in customer_ids:
+            errors.setdefault(f"orders.{i}.customer", []).append("non-existent object")
+        owner = taken.get(order.number, seen.get(order.number, order.id))
+        if owner != order.id:
+            errors.setdefault(f"orders.{i}.number", []).append("order number already used by another order")
+        seen.setdefault(order.number, order.id)
         for j, fo in enumerate(order.fulfillment_orders):
             if fo.fulfillment_service is not None and fo.fulfillment_service not in handles:
                 errors.setdefault(f"orders.{i}.fulfillment_orders.{j}.fulfillment_service", []).append(

@@ -139,12 +139,12 @@ class TestImport:
         assert response.status_code == 400
         assert response.json()["orders.0.channel"] == ["non-existent object"]
         assert response.json()["code"] == "invalid_import"
-        # The importer writes customers before checking references: their unknown channel is caught by
-        # the database, still a 400.
+        # A customer's unknown channel is named as a field error, before anything is written.
         body["orders"][0]["customer"]["channel"] = 987654
         response = client.post(ORDERS, headers=token(staff), json=body)
         assert response.status_code == 400
-        assert response.json()["code"] == "integrity_error"
+        assert response.json()["code"] == "invalid_import"
+        assert response.json()["orders.0.customer.channel"] == ["non-existent object"]
 
     def test_database_refusal_is_400_not_500(self, client: TestClient, staff: str) -> None:
         # Given an order whose customer is named by an id nobody imported
@@ -152,8 +152,8 @@ class TestImport:
         body["orders"][0]["customer"] = next_id()
         response = client.post(ORDERS, headers=token(staff), json=body)
         assert response.status_code == 400
-        assert response.json()["code"] == "integrity_error"
-        assert response.json()["non_field_errors"]
+        assert response.json()["code"] == "invalid_import"
+        assert response.json()["orders.0.customer"] == ["non-existent object"]
 
     def test_duplicate_order_number_is_400(self, client: TestClient, staff: str) -> None:
         body = import_body()
@@ -162,7 +162,8 @@ class TestImport:
         clash["orders"][0]["number"] = body["orders"][0]["number"]
         response = client.post(ORDERS, headers=token(staff), json=clash)
         assert response.status_code == 400
-        assert response.json()["code"] == "integrity_error"
+        assert response.json()["code"] == "invalid_import"
+        assert response.json()["orders.0.number"] == ["order number already used by another order"]
 
     @pytest.mark.parametrize(
         "content",
