@@ -531,7 +531,7 @@ EXPORT_PARAMETER: Final[dict[str, Any]] = {
 FILTERS_NOTE: Final = (
     " Filters use django-filter names (see each parameter for accepted aliases); unknown parameters are "
     'ignored, and a bad value is a 400 `{"<param>": ["…"], "code": "invalid"}`. Rows come newest '
-    'first (`id` descending). A page past the end is a 404.'
+    "first (`id` descending). A page past the end is a 404."
 )
 NOT_FOUND_PAGE: dict[int | str, dict[str, Any]] = {
     404: {"model": AkinonDetail, "description": "Unknown request, or a page past the end."}
