@@ -189,6 +189,9 @@ def stream_batches(engine: Engine, stmt: Select[Any], *, batch: int = BATCH_ROWS
     the DBAPI cursor, which halves the cost per row.
     """
     with engine.connect() as connection:
+        # A cursor is planned for its first 10% of rows by default (nested loops); an export reads them
+        # all, so plan it as COPY would be planned (hash joins).
+        connection.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
         result = connection.execution_options(stream_results=True, max_row_buffer=batch).execute(stmt)
         try:
             # SQLAlchemy reads one row ahead to set up a server-side result; take it from its buffer first.

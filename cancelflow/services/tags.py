@@ -17,6 +17,7 @@ from sqlalchemy import (
     any_,
     delete,
     exists,
+    false,
     func,
     literal,
     select,
@@ -168,20 +169,39 @@ def list_tagged(
     channel_id: int | None = None,
 ) -> Page:
     """One page (newest first) of the requests matching `filters` that carry (or, `exclude`, carry none
-    of) `keys`: `services.queries.list_requests` with one more semi-join, and the same count rules."""
+    of) `keys`: `services.queries.list_requests` with one more semi-join, and the same count rules.
+
+    The keys are resolved to tag ids first, so the planner sees constants it has statistics for; with no
+    other filter the page and the count are read from the (tag_id, request_id) index alone.
+    """
     from cancelflow.services import queries
 
-    condition = has_any_tag(keys)
+    tag_ids = list(session.scalars(select(Tag.id).where(Tag.key == any_(keys_array(keys)))))
+    links = select(CancellationRequestTag.request_id).where(CancellationRequestTag.tag_id.in_(tag_ids))
+    if len(tag_ids) > 1:
+        links = links.distinct()
+    base: Select[int]
     if exclude:
-        condition = ~condition
-    base = queries.filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id).where(
-        condition
-    )
-    ids = list(
-        session.scalars(
-            base.order_by(CancellationRequest.id.desc()).offset((page - 1) * limit).limit(limit + 1)
+        base = queries.filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
+        if tag_ids:
+            base = base.where(
+                ~exists(
+                    select(true()).where(
+                        CancellationRequestTag.request_id == CancellationRequest.id,
+                        CancellationRequestTag.tag_id.in_(tag_ids),
+                    )
+                )
+            )
+        order = CancellationRequest.id.desc()
+    elif filters.is_empty and channel_id is None:
+        base = links if tag_ids else select(CancellationRequestTag.request_id).where(false())
+        order = CancellationRequestTag.request_id.desc()
+    else:
+        base = queries.filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id).where(
+            CancellationRequest.id.in_(links) if tag_ids else false()
         )
-    )
+        order = CancellationRequest.id.desc()
+    ids = list(session.scalars(base.order_by(order).offset((page - 1) * limit).limit(limit + 1)))
     has_next = len(ids) > limit
     ids = ids[:limit]
     rows = (

@@ -6,6 +6,7 @@ step and asks for the next one after commit. Every status change goes through `t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -79,10 +80,9 @@ def validate_step(session: Session, step: WorkflowStep) -> None:
     assert step.request_id is not None
     request = get_request(session, step.request_id)
     if request.status == RequestStatus.waiting and get_settings().approval_rule == "auto":
-        try:
-            approve(session, request, actor="auto-approval rule")  # re-checks under the order lock
-        except Conflict:
-            pass  # staff approved or rejected it first: nothing left to validate
+        # approve() re-checks under the order lock; a Conflict means staff decided first: nothing to do
+        with contextlib.suppress(Conflict):
+            approve(session, request, actor="auto-approval rule")
     steps.finish(session, step, {"approval_rule": get_settings().approval_rule})
 
 

@@ -96,7 +96,16 @@ class Clock:
     """One deadline for the whole run, so no wait can take more than what is left of it."""
 
     def __init__(self, budget: float) -> None:
-        self.deadline = time.monotonic() + budget
+        self.started = time.monotonic()
+        self.deadline = self.started + budget
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        """Note when a phase ended: printed with the figures, never asserted (wall-clock varies)."""
+        self.marks.append((phase, time.monotonic() - self.started))
+
+    def phases(self) -> str:
+        return ", ".join(f"{phase} {at:.0f}s" for phase, at in self.marks)
 
     def left(self, cap: float) -> float:
         left = self.deadline - time.monotonic()
@@ -322,12 +331,13 @@ def _soft_restart(stack: Stack) -> None:
 
 
 @contextmanager
-def _diagnostics(stack: Stack, broker: RedisServer, planned: list[Planned]) -> Iterator[None]:
+def _diagnostics(stack: Stack, broker: RedisServer, planned: list[Planned], clock: Clock) -> Iterator[None]:
     """On any failure, print what a debugger needs: the requests off course and the processes' logs."""
     try:
         yield
     except BaseException:
         try:
+            print(f"phases (seconds since start): {clock.phases()}")
             wrong = _off_course(planned)
             print(f"{len(wrong)} requests off course:", *wrong[:40], sep="\n  ")
             _print_stuck_steps(planned)
@@ -368,6 +378,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
 
     # Given 200 orders, each at a fulfillment service with its own way of answering, and a flaky gateway
     planned = _make_requests(stack, rng)
+    clock.mark("orders")
     waves = [planned[:70], planned[70:140], planned[140:]]
     stack.gateway("/_admin/config", json={"fail_rate": GATEWAY_FAIL_RATE})
     killer = Killer(stack, random.Random(SEED + 1), restart_lock, tally)
@@ -383,7 +394,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
         tally.lost_messages.append(_queued(broker))
         action()
 
-    with _diagnostics(stack, broker, planned):
+    with _diagnostics(stack, broker, planned, clock):
         try:
             killer.start()
             # When the first wave is stored and its steps are in flight, the broker loses everything
@@ -392,13 +403,16 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
             broker_loss(lambda: broker.client().flushdb())
             tally.flushes += 1
             tally.duplicates += _duplicate(waves[0], rng, submits=10, steps=20)
+            clock.mark("wave 1 + flush")
 
             # And the second wave meets a soft restart of the worker (SIGTERM: finish or give back work)
             publish(waves[1])
             with restart_lock:
                 _soft_restart(stack)
             tally.soft_restarts += 1
+            clock.mark("soft restart")
             wait_stored(waves[1])
+            clock.mark("wave 2")
 
             # And Redis itself is restarted: it comes back empty, a second loss of every message
             broker_loss(broker.restart)
@@ -406,15 +420,18 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
             publish(waves[2])
             wait_stored(waves[2])
             tally.duplicates += _duplicate(planned, rng, submits=10, steps=30)
+            clock.mark("Redis restart + wave 3")
 
             # Workers keep dying while the requests are worked through, at least MIN_KILLS times
             wait_for(lambda: tally.kills >= MIN_KILLS, timeout=clock.left(90), what=f"{MIN_KILLS} kills")
             killer.stop()
+            clock.mark("kills")
 
             # Then every request ends where its policy says, with no money step left to run
             wait_for(
                 lambda: _settled(planned), timeout=clock.left(180), interval=1.0, what="all requests settled"
             )
+            clock.mark("settled")
         finally:
             killer.stop()
             stack.gateway("/_admin/config", json={"fail_rate": 0})
@@ -428,6 +445,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
         f"completed {figures['completed']}, rejected {figures['rejected']}, waiting {figures['waiting']}, "
         f"lost {figures['lost']}, duplicate movements {figures['duplicate_movements']}, "
         f"refunds {figures['refunds']} = planned {figures['planned']}"
+        f"\nchaos phases (seconds since start): {clock.phases()}"
     )
     from tests.conftest import OUTPUT_DIR
 
