@@ -601,11 +601,18 @@ def list_requests(
     channel_id: int | None = None,
 ) -> Page:
     """One page of matching requests, `ORDER BY id DESC`. `has_next` is exact (one extra row is read)."""
-    stmt = (
-        filter_requests(select(CancellationRequest), filters, channel_id=channel_id)
+    # Deferred join: the skipped rows of a deep page are walked in the id index only (an index-only scan
+    # when no other filter applies); full rows are read for the page itself.
+    page_ids = (
+        filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
         .order_by(CancellationRequest.id.desc())
         .offset((page - 1) * limit)
         .limit(limit + 1)
+    )
+    stmt = (
+        select(CancellationRequest)
+        .where(CancellationRequest.id.in_(page_ids))
+        .order_by(CancellationRequest.id.desc())
     )
     rows = list(session.scalars(stmt))
     has_next = len(rows) > limit

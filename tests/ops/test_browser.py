@@ -136,7 +136,16 @@ def test_flower_shows_workers_and_tasks_without_personal_data(
 
     tasks = wait_for(seen, timeout=60, interval=1, what=f"{expected} in Flower's /api/tasks")
     workers = browser.dom(with_auth(f"{flower}/workers"))
-    tasks_page = browser.dom(with_auth(f"{flower}/tasks"))
+
+    # The rows are rendered by the page's script after it fetches them: under load that can miss the
+    # dump's time budget, so the page is read again until they are there (or the wait fails the test).
+    def rendered_tasks_page() -> str:
+        page = browser.dom(with_auth(f"{flower}/tasks"))
+        return page if "workflow.sweep_due" in page else ""
+
+    tasks_page = wait_for(
+        rendered_tasks_page, timeout=120, interval=2, what="task rows in Flower's /tasks page"
+    )
     browser.screenshot(with_auth(f"{flower}/workers"), output_dir / "flower-workers.png")
     browser.screenshot(with_auth(f"{flower}/tasks"), output_dir / "flower-tasks.png")
     (output_dir / "flower-tasks.json").write_text(json.dumps(tasks, indent=2, default=str))
