@@ -22,6 +22,10 @@ from cancelflow.models.base import Base, TimestampMixin
 from cancelflow.models.catalog import enum_column
 from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
 
+# Fulfillment orders and their lines arrive with the ids the order system gave them (import, POST /orders/);
+# the ones cancelflow creates itself (a split) are numbered from here up, so the two never meet.
+GENERATED_ID_FLOOR = 10**15
+
 
 class FulfillmentOrder(TimestampMixin, Base):
     __tablename__ = "fulfillment_orders"

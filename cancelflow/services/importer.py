@@ -30,8 +30,11 @@ from cancelflow.models import (
 )
 from cancelflow.models.base import Base
 from cancelflow.models.enums import CancellationType, FORequestStatus, FOStatus, PaymentMethod
+from cancelflow.models.fulfillment import GENERATED_ID_FLOOR
 
 Id = Annotated[int, Field(gt=0, lt=2**63)]
+# Ids from GENERATED_ID_FLOOR up are the ones cancelflow gives the fulfillment orders it splits off.
+FulfillmentId = Annotated[int, Field(gt=0, lt=GENERATED_ID_FLOOR)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
 Text = Annotated[str, Field(max_length=300)]
 
@@ -99,14 +102,14 @@ class ItemIn(_In):
 
 
 class FOLineIn(_In):
-    id: Id
+    id: FulfillmentId
     order_item: Id
     quantity: Annotated[int, Field(gt=0)]
     fulfillable_quantity: Annotated[int, Field(ge=0)] | None = None
 
 
 class FulfillmentOrderIn(_In):
-    id: Id
+    id: FulfillmentId
     fulfillment_service: str | None = None  # handle; None = merchant-managed
     assigned_location_id: Id | None = None
     request_status: FORequestStatus = FORequestStatus.unsubmitted
@@ -336,8 +339,10 @@ def _check_references(session: Session, data: ImportPayload) -> None:
         if customer.channel is not None and customer.channel not in channels:
             errors.setdefault(f"customers.{k}.channel", []).append("non-existent object")
     for i, order in enumerate(data.orders):
-        if isinstance(order.customer, CustomerIn) and order.customer.channel is not None and (
-            order.customer.channel not in channels
+        if (
+            isinstance(order.customer, CustomerIn)
+            and order.customer.channel is not None
+            and (order.customer.channel not in channels)
         ):
             errors.setdefault(f"orders.{i}.customer.channel", []).append("non-existent object")
         if order.channel not in channels:
@@ -353,15 +358,64 @@ def _check_references(session: Session, data: ImportPayload) -> None:
                 errors.setdefault(f"orders.{i}.fulfillment_orders.{j}.fulfillment_service", []).append(
                     "non-existent object"
                 )
+    _check_ownership(session, data, errors)
     if errors:
         raise Invalid("invalid import payload", field_errors=errors, code="invalid_import")
 
 
+def _check_ownership(session: Session, data: ImportPayload, errors: dict[str, list[str]]) -> None:
+    """An item, fulfillment order or line id already stored must belong to the same parent: importing
+    it under another one would be skipped as "already there" and the new order would silently lack it."""
+    items: dict[int, int] = {}
+    fos: dict[int, int] = {}
+    lines: dict[int, int] = {}
+    for order in data.orders:
+        items.update({item.id: order.id for item in order.items})
+        for fo in order.fulfillment_orders:
+            fos[fo.id] = order.id
+            lines.update({line.id: fo.id for line in fo.line_items})
+    stored_items = dict(
+        session.execute(select(OrderItem.id, OrderItem.order_id).where(OrderItem.id.in_(items))).all()
+    )
+    stored_fos = dict(
+        session.execute(
+            select(FulfillmentOrder.id, FulfillmentOrder.order_id).where(FulfillmentOrder.id.in_(fos))
+        ).all()
+    )
+    stored_lines = dict(
+        session.execute(
+            select(FulfillmentOrderLineItem.id, FulfillmentOrderLineItem.fulfillment_order_id).where(
+                FulfillmentOrderLineItem.id.in_(lines)
+            )
+        ).all()
+    )
+    seen_items: dict[int, int] = {}
+    seen_fos: dict[int, int] = {}
+    seen_lines: dict[int, int] = {}
+    for i, order in enumerate(data.orders):
+        for k, item in enumerate(order.items):
+            owner = stored_items.get(item.id, seen_items.setdefault(item.id, order.id))
+            if owner != order.id:
+                errors.setdefault(f"orders.{i}.items.{k}.id", []).append(
+                    "order item id already used by another order"
+                )
+        for j, fo in enumerate(order.fulfillment_orders):
+            owner = stored_fos.get(fo.id, seen_fos.setdefault(fo.id, order.id))
+            if owner != order.id:
+                errors.setdefault(f"orders.{i}.fulfillment_orders.{j}.id", []).append(
+                    "fulfillment order id already used by another order"
+                )
+            for n, line in enumerate(fo.line_items):
+                owner = stored_lines.get(line.id, seen_lines.setdefault(line.id, fo.id))
+                if owner != fo.id:
+                    errors.setdefault(f"orders.{i}.fulfillment_orders.{j}.line_items.{n}.id", []).append(
+                        "line item id already used by another fulfillment order"
+                    )
+
+
 def _advance_sequences(session: Session) -> None:
     """Imported rows carry their own ids; keep generated ids (splits, new rows) clear of them."""
-    for table in (
-        "fulfillment_orders",
-        "fulfillment_order_line_items",
+    for table in (  # not the fulfillment orders: theirs start at GENERATED_ID_FLOOR (migration 0010)
         "orders",
         "order_items",
         "customers",
