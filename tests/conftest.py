@@ -118,8 +118,13 @@ def _bootstrap() -> tuple[str, str, object | None]:
     os.environ["CANCELFLOW_EMBEDDED"] = "0"
     os.environ.setdefault("CANCELFLOW_LOG_JSON", "false")
     # Short timers, the same in this process and in every process a test starts.
-    for name, value in {"SWEEP_INTERVAL": "1", "REDELIVERY_GRACE": "4", "RETRY_BACKOFF_BASE": "0.2",
-                        "RETRY_BACKOFF_MAX": "2", "HTTP_TIMEOUT": "5"}.items():
+    for name, value in {
+        "SWEEP_INTERVAL": "1",
+        "REDELIVERY_GRACE": "4",
+        "RETRY_BACKOFF_BASE": "0.2",
+        "RETRY_BACKOFF_MAX": "2",
+        "HTTP_TIMEOUT": "5",
+    }.items():
         os.environ.setdefault(f"CANCELFLOW_{name}", value)
     return admin, broker, embedded
 

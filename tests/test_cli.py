@@ -64,8 +64,10 @@ def test_approve_a_waiting_request_and_refuse_twice() -> None:
     order = order_payload()
     load({"orders": [order]})
     with transaction() as session:
-        request_id = intake.submit(session, {"client_request_id": secrets.token_hex(6),
-                                             "order_item": order["items"][0]["id"], "reason": 1}).request.id
+        request_id = intake.submit(
+            session,
+            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
+        ).request.id
     result = runner.invoke(app, ["approve", str(request_id), "--actor", "alice"])
     assert result.exit_code == 0, result.output
     with transaction() as session:

@@ -53,7 +53,7 @@ def create(
     """Insert the step (once per key) and ask for its task after commit."""
     settings = get_settings()
     stamp = now()
-    session.execute(
+    insert_stmt = (
         insert(WorkflowStep)
         .values(
             request_id=request_id,
@@ -71,8 +71,12 @@ def create(
             modified_date=stamp,
         )
         .on_conflict_do_nothing(index_elements=[WorkflowStep.idempotency_key])
+        .returning(WorkflowStep)
     )
-    step = session.scalars(select(WorkflowStep).where(WorkflowStep.idempotency_key == idempotency_key)).one()
+    # One round trip when the step is new; only a repeat of the same key reads the existing row.
+    step = session.scalars(insert_stmt).one_or_none() or session.scalars(
+        select(WorkflowStep).where(WorkflowStep.idempotency_key == idempotency_key)
+    ).one()
     if step.status == StepStatus.pending:
         enqueue_after_commit(session, TASK_FOR_KIND[kind], step.id)
     return step

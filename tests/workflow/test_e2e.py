@@ -77,7 +77,10 @@ class TestHappyPaths:
         ]
         assert len(transfers) == 1
         assert transfers[0]["iban"] == VALID_IBAN
-        assert (Decimal(transfers[0]["amount"]), transfers[0]["currency"].lower()) == (Decimal("120.00"), "eur")
+        assert (Decimal(transfers[0]["amount"]), transfers[0]["currency"].lower()) == (
+            Decimal("120.00"),
+            "eur",
+        )
 
     def test_loyalty_flag_credits_the_ledger(self, stack: Stack) -> None:
         service = make_service(stack, policy="accept")
