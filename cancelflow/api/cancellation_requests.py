@@ -476,23 +476,36 @@ def present_detailed(
 # --- pages --------------------------------------------------------------------------------------------
 
 
-def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str | None]:
-    url = request.url
-    next_url = str(url.include_query_params(page=page.page + 1)) if page.has_next else None
+def _page_links(
+    request: Request, page: queries.Page, *, keyset: bool = True
+) -> tuple[str | None, str | None]:
+    """`next` / `previous` carry the keyset of this page (`page_after` / `page_before`) beside `page`, so a
+    client following them is served by an index seek; `page=N` alone still works and skips rows."""
+    url = request.url.remove_query_params(["page_after", "page_before"])
+    next_url = None
+    if page.has_next:
+        next_params: dict[str, Any] = {"page": page.page + 1}
+        if page.results and keyset:
+            next_params["page_after"] = page.results[-1].id
+        next_url = str(url.include_query_params(**next_params))
     previous_url: str | None = None
     if page.has_previous:
-        previous_url = (
-            str(url.remove_query_params("page"))
-            if page.page == 2
-            else str(url.include_query_params(page=page.page - 1))
-        )
+        if page.page == 2 or not page.results or not keyset:
+            previous_url = (
+                str(url.remove_query_params("page"))
+                if page.page == 2
+                else str(url.include_query_params(page=page.page - 1))
+            )
+        else:
+            previous_url = str(url.include_query_params(page=page.page - 1, page_before=page.results[0].id))
     return next_url, previous_url
 
 
-def _list_page(request: Request, scope: Scope) -> tuple[RequestFilters, int, int]:
+def _list_page(request: Request, scope: Scope) -> tuple[RequestFilters, int, int, int | None, int | None]:
     page, limit = queries.parse_page(request.query_params)
+    after, before = queries.parse_cursor(request.query_params)
     filters = RequestFilters.parse(request.query_params.multi_items())
-    return filters, page, limit
+    return filters, page, limit, after, before
 
 
 def _invalid_page() -> NotFound:
@@ -506,6 +519,23 @@ PAGE_PARAMETERS: Final[list[dict[str, Any]]] = [
         "required": False,
         "description": "Specifies the page number of the current dataset (default 1).",
         "schema": {"type": "integer", "minimum": 1, "maximum": queries.MAX_PAGE, "default": 1},
+    },
+    {
+        "name": "page_after",
+        "in": "query",
+        "required": False,
+        "description": (
+            "Keyset of the `next` link: the page holds the requests listed after this request id. Sent by "
+            "the links; with it a deep page is an index seek rather than a skip of `(page - 1) * limit` rows."
+        ),
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    {
+        "name": "page_before",
+        "in": "query",
+        "required": False,
+        "description": "Keyset of the `previous` link: the page holds the requests listed before this id.",
+        "schema": {"type": "integer", "minimum": 1},
     },
     {
         "name": "limit",
@@ -568,9 +598,11 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
         openapi_extra={"parameters": PAGE_PARAMETERS + queries.openapi_parameters()},
     )
     def list_requests(request: Request, scope: ScopeDep) -> CancellationRequestPage:
-        filters, page_number, limit = _list_page(request, scope)
+        filters, page_number, limit, after, before = _list_page(request, scope)
         with transaction() as session:
-            page = queries.list_requests(session, filters, page_number, limit, channel_id=scope.channel_id)
+            page = queries.list_requests(
+                session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
+            )
             if page_number > 1 and not page.results:
                 raise _invalid_page()
             results = [present(r, scope) for r in page.results]
@@ -605,7 +637,7 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
         openapi_extra={"parameters": [*PAGE_PARAMETERS, EXPORT_PARAMETER, *queries.openapi_parameters()]},
     )
     def list_detailed(request: Request, scope: ScopeDep) -> Response | DetailedCancellationRequestPage:
-        filters, page_number, limit = _list_page(request, scope)
+        filters, page_number, limit, after, before = _list_page(request, scope)
         export_format = request.query_params.get("export_format")
         if export_format is not None:
             try:
@@ -617,7 +649,9 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
                 ) from None
             return export_response(request, filters, export_format, channel_id=scope.channel_id)
         with transaction() as session:
-            page = queries.list_requests(session, filters, page_number, limit, channel_id=scope.channel_id)
+            page = queries.list_requests(
+                session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
+            )
             if page_number > 1 and not page.results:
                 raise _invalid_page()
             results = present_detailed(session, page.results, scope)

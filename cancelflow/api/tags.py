@@ -120,7 +120,7 @@ def render_page(request: Request, page: Any, principal: Principal, channel_id: i
     scope = requests_api._reader_scope(principal, channel_id)
     if page.page > 1 and not page.results:
         raise NotFound("Invalid page.")
-    next_url, previous_url = requests_api._page_links(request, page)
+    next_url, previous_url = requests_api._page_links(request, page, keyset=False)
     body = requests_api.CancellationRequestPage(
         count=page.count,
         next=next_url,

@@ -74,9 +74,10 @@ def create(
         .returning(WorkflowStep)
     )
     # One round trip when the step is new; only a repeat of the same key reads the existing row.
-    step = session.scalars(insert_stmt).one_or_none() or session.scalars(
-        select(WorkflowStep).where(WorkflowStep.idempotency_key == idempotency_key)
-    ).one()
+    step = (
+        session.scalars(insert_stmt).one_or_none()
+        or session.scalars(select(WorkflowStep).where(WorkflowStep.idempotency_key == idempotency_key)).one()
+    )
     if step.status == StepStatus.pending:
         enqueue_after_commit(session, TASK_FOR_KIND[kind], step.id)
     return step

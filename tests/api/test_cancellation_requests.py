@@ -181,6 +181,58 @@ class TestPagination:
         beyond = client.get(BASE, headers=staff, params={"order": order["id"], "page": 9})
         assert beyond.status_code == 404
 
+    def test_links_carry_the_keyset_and_agree_with_page_numbers(
+        self, client: TestClient, staff: dict[str, str]
+    ) -> None:
+        # Given 7 requests on one order, listed 2 to a page
+        order = new_order(items=7, quantity=1)
+        for item in order["items"]:
+            create(client, staff, order, order_item=item["id"], quantity=1)
+        params = {"order": order["id"], "limit": 2}
+        by_number = [
+            [r["id"] for r in client.get(BASE, headers=staff, params={**params, "page": n}).json()["results"]]
+            for n in (1, 2, 3, 4)
+        ]
+        # When the next links are followed to the end
+        pages, url = [], BASE + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+        bodies = []
+        while url:
+            body = client.get(url, headers=staff).json()
+            bodies.append(body)
+            pages.append([r["id"] for r in body["results"]])
+            url = body["next"]
+        # Then they name the page after the last row shown, and give the same pages as page numbers
+        assert pages == by_number
+        assert f"page_after={pages[0][-1]}" in bodies[0]["next"]
+        assert "page=2" in bodies[0]["next"]
+        # And the previous links walk back the same way, the one to page 1 without any keyset
+        back, url = [], bodies[-1]["previous"]
+        while url:
+            body = client.get(url, headers=staff).json()
+            back.append([r["id"] for r in body["results"]])
+            assert body["count"] == 7
+            url = body["previous"]
+        assert back == by_number[-2::-1]
+        assert "page_before" not in bodies[1]["previous"]
+        assert f"page_before={pages[3][0]}" in bodies[3]["previous"]
+        assert f"page_after={pages[2][-1]}" in client.get(bodies[3]["previous"], headers=staff).json()["next"]
+
+    @pytest.mark.parametrize(
+        "params",
+        [{"page_after": "x"}, {"page_before": "0"}, {"page_after": "99999999999999999999"}],
+    )
+    def test_bad_keysets_are_400(
+        self, client: TestClient, staff: dict[str, str], params: dict[str, str]
+    ) -> None:
+        response = client.get(BASE, headers=staff, params=params)
+        assert response.status_code == 400
+        assert set(response.json()) == {next(iter(params)), "code"}
+
+    def test_both_keysets_at_once_are_400(self, client: TestClient, staff: dict[str, str]) -> None:
+        response = client.get(BASE, headers=staff, params={"page_after": 5, "page_before": 3})
+        assert response.status_code == 400
+        assert response.json()["non_field_errors"] == ["Send page_after or page_before, not both."]
+
     @pytest.mark.parametrize("params", [{"page": "0"}, {"page": "x"}, {"limit": "-1"}, {"limit": "1e3"}])
     def test_bad_page_params_are_400(
         self, client: TestClient, staff: dict[str, str], params: dict[str, str]
