@@ -57,7 +57,8 @@ class ActiveUserOut(BaseModel):
     description=(
         'Check `{"username", "password"}` and answer `{"key"}`. Wrong credentials, or an inactive user, '
         'are a 400 `{"non_field_errors": ["Unable to log in with provided credentials."], "code": '
-        '"authorization"}`. No token is needed.'
+        '"authorization"}`; a user without staff access gets the same shape with "This user has no staff '
+        'access to the API.". No token is needed.'
     ),
 )
 def login(body: LoginIn) -> LoginOut:

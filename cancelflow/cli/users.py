@@ -34,7 +34,11 @@ def create(
         list[str] | None, typer.Option(help="A permission to grant, e.g. view_iban (repeatable).")
     ] = None,
     staff: Annotated[
-        bool, typer.Option("--staff/--no-staff", help="Staff users' tokens carry permissions.")
+        bool,
+        typer.Option(
+            "--staff/--no-staff",
+            help="Only staff users can log in to the API; their tokens carry their permissions.",
+        ),
     ] = True,
     email: Annotated[str, typer.Option(help="The user's email.")] = "",
 ) -> None:

@@ -29,6 +29,7 @@ SCRYPT_P: Final = 1
 MAX_PASSWORD: Final = 1024
 KNOWN_PERMISSIONS: Final = frozenset({"view_iban"})
 LOGIN_FAILED: Final = "Unable to log in with provided credentials."
+NOT_STAFF: Final = "This user has no staff access to the API."
 # Checked against when the username is unknown, so both failures cost the same time.
 _DUMMY_HASH: Final = "scrypt$16384$8$1$00000000000000000000000000000000$" + "0" * 128
 
@@ -161,6 +162,9 @@ def login(session: Session, username: str, password: str) -> tuple[User, str]:
         raise Invalid(LOGIN_FAILED, code="authorization")
     if len(password) > MAX_PASSWORD or not check_password(password, user.password_hash) or not user.is_active:
         raise Invalid(LOGIN_FAILED, code="authorization")
+    if not user.is_staff:
+        # Every token a login makes is a staff token: a non-staff user must not get one.
+        raise Invalid(NOT_STAFF, code="authorization")
     key = tokens.new_key()
     token = tokens.ensure_token(
         session,

@@ -72,6 +72,18 @@ def test_bad_credentials_are_400(client: TestClient, body: dict[str, str]) -> No
     }
 
 
+def test_a_non_staff_user_gets_no_token(client: TestClient) -> None:
+    name = f"user-{uuid.uuid4().hex[:10]}"
+    with transaction() as session:
+        users.create_user(session, username=name, password="correct horse", is_staff=False)
+    response = client.post(LOGIN, json={"username": name, "password": "correct horse"})
+    assert response.status_code == 400
+    assert response.json() == {
+        "non_field_errors": ["This user has no staff access to the API."],
+        "code": "authorization",
+    }
+
+
 def test_missing_fields_are_400(client: TestClient) -> None:
     response = client.post(LOGIN, json={"username": "x"})
     assert response.status_code == 400
