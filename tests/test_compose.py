@@ -121,6 +121,28 @@ class TestServices:
                 assert option(service["command"], "-n").endswith("@%h")
         assert sorted(queues) == sorted(QUEUES)
 
+    def test_export_files_are_shared_by_the_worker_that_writes_and_the_api_that_serves(
+        self, services: dict[str, dict[str, Any]]
+    ) -> None:
+        from cancelflow.services.exports import exports_dir
+
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        data_dir = re.search(r"CANCELFLOW_DATA_DIR=(\S+)", dockerfile)
+        assert data_dir is not None
+        target = str(exports_dir(Path(data_dir.group(1))))
+        bulk_workers = [
+            n
+            for n, s in own(services).items()
+            if celery_role(s["command"]) == "worker" and "bulk" in option(s["command"], "-Q").split(",")
+        ]
+        assert bulk_workers
+        mounts = {
+            name: {v.split(":")[0] for v in services[name].get("volumes", []) if v.split(":")[1] == target}
+            for name in ("api", *bulk_workers)
+        }
+        shared = set.intersection(*mounts.values())
+        assert shared, f"no volume at {target} shared by {sorted(mounts)}: {mounts}"
+
     def test_exactly_one_beat(self, services: dict[str, dict[str, Any]]) -> None:
         beats = [n for n, s in own(services).items() if celery_role(s["command"]) == "beat"]
         assert beats == ["beat"]
