@@ -29,15 +29,17 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
-from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.config import get_settings
 from cancelflow.db import get_engine, transaction
 from cancelflow.errors import Conflict, Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
+from cancelflow.models.enums import TokenKind
 from cancelflow.services import exports
 
 if TYPE_CHECKING:
@@ -142,31 +144,45 @@ def _job(session_job: ExportJob, request: Request) -> ExportJobOut:
 JobId = Annotated[uuid.UUID, Path(alias="id", description="Export job id.")]
 
 
+def _visible_job(session: Session, job_id: uuid.UUID, principal: Principal) -> ExportJob:
+    """Staff see every export job; a storefront token the jobs its channel's exports started (the 202 it
+    got names one), and others are a 404 to it. Other tokens are a 403."""
+    if principal.kind == TokenKind.storefront and principal.channel_id is not None:
+        job = exports.get_job(session, job_id)
+        if (job.params or {}).get("channel_id") != principal.channel_id:
+            raise NotFound(f"export {job_id} not found")
+        return job
+    akinon_staff(principal)
+    return exports.get_job(session, job_id)
+
+
 @router.get(
     "/{id}/",
     response_model=ExportJobOut,
     summary="Progress of an export job",
     description="An export of the detailed cancellation-request list that was too large to stream "
-    "(`export_format` with more than `CANCELFLOW_EXPORT_SYNC_MAX_ROWS` rows). Staff token.",
+    "(`export_format` with more than `CANCELFLOW_EXPORT_SYNC_MAX_ROWS` rows). Staff token, or the storefront "
+    "token of the channel whose export started it.",
 )
-def get_export(job_id: JobId, request: Request, principal: AkinonStaff) -> ExportJobOut:
+def get_export(job_id: JobId, request: Request, principal: AkinonCaller) -> ExportJobOut:
     with transaction() as session:
-        return _job(exports.get_job(session, job_id), request)
+        return _job(_visible_job(session, job_id, principal), request)
 
 
 @router.get(
     "/{id}/download/",
     response_class=FileResponse,
     summary="Download an export file",
-    description="The file of a finished export job. **409** while the job is not `done`. Staff token.",
+    description="The file of a finished export job. **409** while the job is not `done`. Staff token, or "
+    "the storefront token of the channel whose export started it.",
     responses={
         200: {"content": {media: {} for media in exports.MEDIA_TYPES.values()}, "description": "The file."},
         409: {"description": "The export is not finished."},
     },
 )
-def download_export(job_id: JobId, principal: AkinonStaff) -> FileResponse:
+def download_export(job_id: JobId, principal: AkinonCaller) -> FileResponse:
     with transaction() as session:
-        job = exports.get_job(session, job_id)
+        job = _visible_job(session, job_id, principal)
         status, file_path, fmt, name = job.status, job.file_path, job.format, exports.file_name(job)
     if status != JobStatus.done or not file_path:
         raise Conflict(f"export {job_id} is {status.value}, not done", code="export_not_ready")
