@@ -476,21 +476,19 @@ def present_detailed(
 # --- pages --------------------------------------------------------------------------------------------
 
 
-def _page_links(
-    request: Request, page: queries.Page, *, keyset: bool = True
-) -> tuple[str | None, str | None]:
+def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str | None]:
     """`next` / `previous` carry the keyset of this page (`page_after` / `page_before`) beside `page`, so a
     client following them is served by an index seek; `page=N` alone still works and skips rows."""
     url = request.url.remove_query_params(["page_after", "page_before"])
     next_url = None
     if page.has_next:
         next_params: dict[str, Any] = {"page": page.page + 1}
-        if page.results and keyset:
+        if page.results:
             next_params["page_after"] = page.results[-1].id
         next_url = str(url.include_query_params(**next_params))
     previous_url: str | None = None
     if page.has_previous:
-        if page.page == 2 or not page.results or not keyset:
+        if page.page == 2 or not page.results:
             previous_url = (
                 str(url.remove_query_params("page"))
                 if page.page == 2

@@ -120,7 +120,7 @@ def render_page(request: Request, page: Any, principal: Principal, channel_id: i
     scope = requests_api._reader_scope(principal, channel_id)
     if page.page > 1 and not page.results:
         raise NotFound("Invalid page.")
-    next_url, previous_url = requests_api._page_links(request, page, keyset=False)
+    next_url, previous_url = requests_api._page_links(request, page)
     body = requests_api.CancellationRequestPage(
         count=page.count,
         next=next_url,
@@ -214,14 +214,23 @@ def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIR
     def _tagged(
         request: Request, principal: Principal, keys: list[str], channel_id: int | None, *, exclude: bool
     ) -> dict[str, Any]:
-        from cancelflow.services.queries import RequestFilters, parse_page
+        from cancelflow.services.queries import RequestFilters, parse_cursor, parse_page
 
         params = request.query_params
         filters = RequestFilters.parse(params.multi_items())
         page, limit = parse_page(params)
+        after, before = parse_cursor(params)
         with transaction() as session:
             result = tags.list_tagged(
-                session, filters, keys, exclude=exclude, page=page, limit=limit, channel_id=channel_id
+                session,
+                filters,
+                keys,
+                exclude=exclude,
+                page=page,
+                limit=limit,
+                channel_id=channel_id,
+                after=after,
+                before=before,
             )
             return render_page(request, result, principal, channel_id)
 

@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     # Longest countdown ever handed to the broker; longer waits are database timers swept by beat.
     max_countdown: Duration = timedelta(seconds=60)
     visibility_timeout: Duration = timedelta(hours=1)
-    reply_deadline: Duration = timedelta(days=2)
     http_timeout: Duration = timedelta(seconds=10)
 
     # Connectors: "module:Class" import paths, so a real gateway plugs in by configuration.

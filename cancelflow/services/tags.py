@@ -7,7 +7,7 @@ already has, or removing one it lacks, is a no-op. Every write is one set-based 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -167,9 +167,12 @@ def list_tagged(
     page: int = 1,
     limit: int = 10,
     channel_id: int | None = None,
+    after: int | None = None,
+    before: int | None = None,
 ) -> Page:
     """One page (newest first) of the requests matching `filters` that carry (or, `exclude`, carry none
-    of) `keys`: `services.queries.list_requests` with one more semi-join, and the same count rules.
+    of) `keys`: `services.queries.list_requests` with one more semi-join, and the same count and keyset
+    (`after` / `before`) rules.
 
     The keys are resolved to tag ids first, so the planner sees constants it has statistics for; with no
     other filter the page and the count are read from the (tag_id, request_id) index alone.
@@ -192,18 +195,23 @@ def list_tagged(
                     )
                 )
             )
-        order = CancellationRequest.id.desc()
+        key: Any = CancellationRequest.id
     elif filters.is_empty and channel_id is None:
         base = links if tag_ids else select(CancellationRequestTag.request_id).where(false())
-        order = CancellationRequestTag.request_id.desc()
+        key = CancellationRequestTag.request_id
     else:
         base = queries.filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id).where(
             CancellationRequest.id.in_(links) if tag_ids else false()
         )
-        order = CancellationRequest.id.desc()
-    ids = list(session.scalars(base.order_by(order).offset((page - 1) * limit).limit(limit + 1)))
-    has_next = len(ids) > limit
-    ids = ids[:limit]
+        key = CancellationRequest.id
+    if before is not None:
+        ids = list(session.scalars(base.where(key > before).order_by(key.asc()).limit(limit)))[::-1]
+        has_next = bool(session.scalar(select(base.where(key <= before).exists())))
+    else:
+        page_ids = base.where(key < after) if after is not None else base.offset((page - 1) * limit)
+        ids = list(session.scalars(page_ids.order_by(key.desc()).limit(limit + 1)))
+        has_next = len(ids) > limit
+        ids = ids[:limit]
     rows = (
         list(
             session.scalars(

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -225,6 +226,39 @@ class TestListsByTag:
         )
         assert beyond.status_code == 404
         assert beyond.json() == {"detail": "Not found."}
+
+    @pytest.mark.parametrize(
+        ("path", "extra"),
+        [("filter_by_tags/", {}), ("filter_by_tags/", {"status": "waiting"}), ("exclude_by_tags/", {})],
+    )
+    def test_links_carry_the_keyset_both_ways(
+        self, client: TestClient, auth: dict[str, str], path: str, extra: dict[str, str]
+    ) -> None:
+        # Given 5 requests of one e-mail, all tagged with two keys (a distinct semi-join)
+        email = f"{unique('keyset')}@example.com"
+        ids = make_requests(5, email=email)
+        keys = [unique(), unique()]
+        client.post(f"{BASE}bulk_add_tags/", headers=auth, json={"objects": ids, "keys": keys})
+        if path == "exclude_by_tags/":
+            keys = [unique()]  # nobody carries it: every request of the e-mail is listed
+        params: dict[str, Any] = {"key": keys, "limit": 2, "email": email, **extra}
+        # When the next links are followed to the end, then the previous links back to the start
+        pages, bodies = [], []
+        url: str | None = f"{BASE}{path}?" + str(httpx.QueryParams(params))
+        while url:
+            body = client.get(url, headers=auth).json()
+            bodies.append(body)
+            pages.append([r["id"] for r in body["results"]])
+            url = body["next"]
+        back, url = [], bodies[-1]["previous"]
+        while url:
+            back.append([r["id"] for r in client.get(url, headers=auth).json()["results"]])
+            url = client.get(url, headers=auth).json()["previous"]
+        # Then the pages are the requests newest first, the same both ways, with keysets in the links
+        assert pages == [ids[::-1][0:2], ids[::-1][2:4], ids[::-1][4:]]
+        assert back == pages[-2::-1]
+        assert f"page_after={pages[0][-1]}" in bodies[0]["next"]
+        assert f"page_before={pages[2][0]}" in bodies[2]["previous"]
 
     @pytest.mark.parametrize("path", ["filter_by_tags/", "exclude_by_tags/"])
     def test_missing_key_is_400(self, client: TestClient, auth: dict[str, str], path: str) -> None:
