@@ -88,7 +88,7 @@ def validate_step(session: Session, step: WorkflowStep) -> None:
 
 def approve(session: Session, request: CancellationRequest, *, actor: str) -> CancellationPlan:
     """Approve a waiting request: make its plan and start routing."""
-    lock_order(session, request.order_id)
+    order = lock_order(session, request.order_id)  # held: the identity map keeps it only while referenced
     session.refresh(request)
     if request.status != RequestStatus.waiting:
         raise Conflict(
@@ -97,7 +97,6 @@ def approve(session: Session, request: CancellationRequest, *, actor: str) -> Ca
     if not transitions.move(session, request, RequestStatus.approved, data={"actor": actor}):
         raise AlreadyHandled(f"request {request.id} moved while approving")
     item = session.get_one(OrderItem, request.order_item_id)
-    order = session.get_one(Order, request.order_id)
     payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one_or_none()
     target = (
         refund_target(loyalty=request.fully_refund_as_loyalty_money, payment_method=payment.method)
