@@ -487,15 +487,12 @@ def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str |
             next_params["page_after"] = page.results[-1].id
         next_url = str(url.include_query_params(**next_params))
     previous_url: str | None = None
-    if page.has_previous:
-        if page.page == 2 or not page.results:
-            previous_url = (
-                str(url.remove_query_params("page"))
-                if page.page == 2
-                else str(url.include_query_params(page=page.page - 1))
-            )
-        else:
-            previous_url = str(url.include_query_params(page=page.page - 1, page_before=page.results[0].id))
+    if page.page == 2:
+        previous_url = str(url.remove_query_params("page"))
+    elif page.has_previous and page.results:
+        previous_url = str(url.include_query_params(page=page.page - 1, page_before=page.results[0].id))
+    elif page.has_previous:
+        previous_url = str(url.include_query_params(page=page.page - 1))
     return next_url, previous_url
 
 

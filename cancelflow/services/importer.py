@@ -374,43 +374,38 @@ def _check_ownership(session: Session, data: ImportPayload, errors: dict[str, li
         for fo in order.fulfillment_orders:
             fos[fo.id] = order.id
             lines.update({line.id: fo.id for line in fo.line_items})
-    stored_items = dict(
+    # Who owns each id: the stored parent, else the first parent in this payload to name it.
+    item_owner = dict(
         session.execute(select(OrderItem.id, OrderItem.order_id).where(OrderItem.id.in_(items))).all()
     )
-    stored_fos = dict(
+    fo_owner = dict(
         session.execute(
             select(FulfillmentOrder.id, FulfillmentOrder.order_id).where(FulfillmentOrder.id.in_(fos))
         ).all()
     )
-    stored_lines = dict(
+    line_owner = dict(
         session.execute(
             select(FulfillmentOrderLineItem.id, FulfillmentOrderLineItem.fulfillment_order_id).where(
                 FulfillmentOrderLineItem.id.in_(lines)
             )
         ).all()
     )
-    seen_items: dict[int, int] = {}
-    seen_fos: dict[int, int] = {}
-    seen_lines: dict[int, int] = {}
+
+    def claim(owners: dict[int, int], child: int, parent: int, field: str, message: str) -> None:
+        if owners.setdefault(child, parent) != parent:
+            errors.setdefault(field, []).append(message)
+
     for i, order in enumerate(data.orders):
         for k, item in enumerate(order.items):
-            owner = stored_items.get(item.id, seen_items.setdefault(item.id, order.id))
-            if owner != order.id:
-                errors.setdefault(f"orders.{i}.items.{k}.id", []).append(
-                    "order item id already used by another order"
-                )
+            used = "order item id already used by another order"
+            claim(item_owner, item.id, order.id, f"orders.{i}.items.{k}.id", used)
         for j, fo in enumerate(order.fulfillment_orders):
-            owner = stored_fos.get(fo.id, seen_fos.setdefault(fo.id, order.id))
-            if owner != order.id:
-                errors.setdefault(f"orders.{i}.fulfillment_orders.{j}.id", []).append(
-                    "fulfillment order id already used by another order"
-                )
+            where = f"orders.{i}.fulfillment_orders.{j}"
+            used = "fulfillment order id already used by another order"
+            claim(fo_owner, fo.id, order.id, f"{where}.id", used)
             for n, line in enumerate(fo.line_items):
-                owner = stored_lines.get(line.id, seen_lines.setdefault(line.id, fo.id))
-                if owner != fo.id:
-                    errors.setdefault(f"orders.{i}.fulfillment_orders.{j}.line_items.{n}.id", []).append(
-                        "line item id already used by another fulfillment order"
-                    )
+                used = "line item id already used by another fulfillment order"
+                claim(line_owner, line.id, fo.id, f"{where}.line_items.{n}.id", used)
 
 
 def _advance_sequences(session: Session) -> None:

@@ -600,12 +600,44 @@ def count_requests(
     session: Session, filters: RequestFilters, *, channel_id: int | None = None
 ) -> tuple[int, bool]:
     """(count, is_estimate): exact up to EXACT_COUNT_LIMIT rows, else the planner's estimate."""
-    base = filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
-    bounded = session.scalar(select(func.count()).select_from(base.limit(EXACT_COUNT_LIMIT + 1).subquery()))
+    return count_matching(
+        session, filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
+    )
+
+
+def count_matching(session: Session, ids: Select[Any]) -> tuple[int, bool]:
+    """(count, is_estimate) of the rows `ids` selects: exact up to EXACT_COUNT_LIMIT, else the planner's."""
+    bounded = session.scalar(select(func.count()).select_from(ids.limit(EXACT_COUNT_LIMIT + 1).subquery()))
     exact = int(bounded or 0)
     if exact <= EXACT_COUNT_LIMIT:
         return exact, False
-    return max(_estimate(session, base), exact), True
+    return max(_estimate(session, ids), exact), True
+
+
+def page_window(
+    session: Session,
+    ids: Select[Any],
+    key: Any,
+    *,
+    page: int,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+) -> tuple[list[int], bool]:
+    """(ids of one page, newest first; has_next) of `ids` ordered by `key` descending.
+
+    `after` / `before` (a request id, from the links of the neighbouring page) seek the index on `key`
+    instead of skipping `(page - 1) * limit` rows, so following `next` is as fast on page 50,000 as on
+    page 2. Without them the skipped rows are walked in that index only (index-only when nothing else
+    filters); the caller reads full rows for the page itself.
+    """
+    if before is not None:
+        # The page before: the `limit` nearest ids above `before`, read upwards.
+        found = list(session.scalars(ids.where(key > before).order_by(key.asc()).limit(limit)))[::-1]
+        return found, bool(session.scalar(select(ids.where(key <= before).exists())))
+    window = ids.where(key < after) if after is not None else ids.offset((page - 1) * limit)
+    found = list(session.scalars(window.order_by(key.desc()).limit(limit + 1)))
+    return found[:limit], len(found) > limit
 
 
 def _estimate(session: Session, stmt: Select[Any]) -> int:
@@ -626,39 +658,40 @@ def list_requests(
     after: int | None = None,
     before: int | None = None,
 ) -> Page:
-    """One page of matching requests, `ORDER BY id DESC`. `has_next` is exact (one extra row is read).
-
-    `after` / `before` (a request id, from the links of the neighbouring page) seek the id index instead
-    of skipping `(page - 1) * limit` rows, so following `next` stays as fast on page 50,000 as on page 2.
-    """
+    """One page of matching requests, `ORDER BY id DESC` (keyset rules: `page_window`)."""
     matching = filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
-    if before is not None:
-        # The page before: the `limit` nearest ids above `before`, read upwards and shown newest first.
-        page_ids = matching.where(CancellationRequest.id > before).order_by(CancellationRequest.id.asc())
-        page_ids = page_ids.limit(limit)
-    elif after is not None:
-        page_ids = matching.where(CancellationRequest.id < after).order_by(CancellationRequest.id.desc())
-        page_ids = page_ids.limit(limit + 1)
-    else:
-        # Deferred join: the skipped rows of a deep page are walked in the id index only (an index-only
-        # scan when no other filter applies); full rows are read for the page itself.
-        page_ids = matching.order_by(CancellationRequest.id.desc()).offset((page - 1) * limit)
-        page_ids = page_ids.limit(limit + 1)
-    stmt = (
-        select(CancellationRequest)
-        .where(CancellationRequest.id.in_(page_ids))
-        .order_by(CancellationRequest.id.desc())
+    return read_page(
+        session, matching, CancellationRequest.id, page=page, limit=limit, after=after, before=before
     )
-    rows = list(session.scalars(stmt))
-    if before is not None:
-        has_next = bool(session.scalar(select(matching.where(CancellationRequest.id <= before).exists())))
-    else:
-        has_next = len(rows) > limit
-        rows = rows[:limit]
+
+
+def read_page(
+    session: Session,
+    ids: Select[Any],
+    key: Any,
+    *,
+    page: int,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+) -> Page:
+    """The `Page` of requests whose ids `ids` selects, newest first by `key`, with its count."""
+    page_ids, has_next = page_window(session, ids, key, page=page, limit=limit, after=after, before=before)
+    rows = (
+        list(
+            session.scalars(
+                select(CancellationRequest)
+                .where(CancellationRequest.id.in_(page_ids))
+                .order_by(CancellationRequest.id.desc())
+            )
+        )
+        if page_ids
+        else []
+    )
     if page == 1 and not has_next:
         count, estimated = len(rows), False  # the whole result is on this page: no count query needed
     else:
-        count, estimated = count_requests(session, filters, channel_id=channel_id)
+        count, estimated = count_matching(session, ids)
     return Page(
         count=count, results=rows, page=page, limit=limit, has_next=has_next, count_is_estimate=estimated
     )
@@ -672,10 +705,13 @@ __all__ = [
     "MAX_LIMIT",
     "Page",
     "RequestFilters",
+    "count_matching",
     "count_requests",
     "filter_requests",
     "list_requests",
     "openapi_parameters",
+    "page_window",
     "parse_cursor",
     "parse_page",
+    "read_page",
 ]

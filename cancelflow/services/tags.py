@@ -204,34 +204,4 @@ def list_tagged(
             CancellationRequest.id.in_(links) if tag_ids else false()
         )
         key = CancellationRequest.id
-    if before is not None:
-        ids = list(session.scalars(base.where(key > before).order_by(key.asc()).limit(limit)))[::-1]
-        has_next = bool(session.scalar(select(base.where(key <= before).exists())))
-    else:
-        page_ids = base.where(key < after) if after is not None else base.offset((page - 1) * limit)
-        ids = list(session.scalars(page_ids.order_by(key.desc()).limit(limit + 1)))
-        has_next = len(ids) > limit
-        ids = ids[:limit]
-    rows = (
-        list(
-            session.scalars(
-                select(CancellationRequest)
-                .where(CancellationRequest.id == any_(ids_array(ids)))
-                .order_by(CancellationRequest.id.desc())
-            )
-        )
-        if ids
-        else []
-    )
-    if page == 1 and not has_next:
-        count, estimated = len(rows), False
-    else:
-        bounded = session.scalar(
-            select(func.count()).select_from(base.limit(queries.EXACT_COUNT_LIMIT + 1).subquery())
-        )
-        count, estimated = int(bounded or 0), False
-        if count > queries.EXACT_COUNT_LIMIT:
-            count, estimated = max(queries._estimate(session, base), count), True
-    return queries.Page(
-        count=count, results=rows, page=page, limit=limit, has_next=has_next, count_is_estimate=estimated
-    )
+    return queries.read_page(session, base, key, page=page, limit=limit, after=after, before=before)
