@@ -52,7 +52,9 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared[:-2], structlog.stdlib.ExtraAdder(), _mask_personal_data],
+            # Records of other libraries (Celery, uvicorn): the same chain, so their tracebacks are
+            # rendered as text and masked too.
+            foreign_pre_chain=[*shared[:-1], structlog.stdlib.ExtraAdder(), _mask_personal_data],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
