@@ -38,6 +38,36 @@ def rss_mb(proc: psutil.Process) -> float:
     return total / 2**20
 
 
+def cpu_seconds(stack: object) -> dict[str, float]:
+    """CPU seconds used so far by each part: worker parent and children, API, sandboxes, PostgreSQL, Redis."""
+    parts: dict[str, float] = {}
+
+    def add(name: str, proc: psutil.Process) -> None:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            return
+        parts[name] = parts.get(name, 0.0) + t.user + t.system
+
+    for name, p in stack.procs.items():  # type: ignore[attr-defined]
+        if p.popen is None:
+            continue
+        try:
+            proc = psutil.Process(p.popen.pid)
+        except psutil.NoSuchProcess:
+            continue
+        add(name, proc)
+        if name == "worker":
+            for child in proc.children(recursive=True):
+                add("worker children", child)
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "postmaster"):
+            add("postgresql", proc)
+        elif proc.info["name"] and proc.info["name"].startswith("redis-server"):
+            add("redis", proc)
+    return parts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +152,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             )
         wait_for(lambda: completed() >= len(warm_orders), timeout=600, interval=0.5, what="warm-up requests")
         rss_before = rss_mb(worker)
+        cpu_before = cpu_seconds(stack)
         sent: dict[str, float] = {}
         t0 = time.perf_counter()
         wall0 = datetime.now(UTC)
@@ -140,6 +171,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             what="all completed",
         )
         elapsed = time.perf_counter() - t0
+        cpu_after = cpu_seconds(stack)
         rss_after = rss_mb(worker)
         with transaction() as session:
             rows = session.execute(
@@ -164,6 +196,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         )
         print(f"raw Celery no-op tasks/s {noop_rate:.1f}   / {HOPS} hops = ceiling {ceiling:.1f} requests/s")
         print(f"ratio (workflow/ceiling) {rate / ceiling:.2f}   (target >= 0.5)")
+        print("CPU per completed request (ms), by process:")
+        for name in sorted(cpu_after, key=lambda n: cpu_before.get(n, 0.0) - cpu_after[n]):
+            spent = cpu_after[name] - cpu_before.get(name, 0.0)
+            if spent > 0.05:
+                print(f"  {name:<22} {1000 * spent / args.requests:7.1f}")
         print(f"RSS growth target        < 20 MB: {'met' if rss_after - rss_before < 20 else 'NOT met'}")
     finally:
         stack.stop()

@@ -21,7 +21,8 @@ REMOTE_REQUEST_STATUSES = frozenset({FORequestStatus.accepted, FORequestStatus.c
 def get(session: Session, fo_id: int, *, lock: bool = False) -> FulfillmentOrder | None:
     stmt = select(FulfillmentOrder).where(FulfillmentOrder.id == fo_id)
     if lock:
-        stmt = stmt.with_for_update()
+        # Read again under the lock, over whatever the session held: the caller decides on this state.
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.scalars(stmt).one_or_none()
 
 

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Executable, String, Table, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -40,6 +41,13 @@ _MACHINES: dict[type[Any], tuple[str, Mapping[Any, frozenset[Any]]]] = {
 }
 
 
+_EVENTS: Table = Event.__table__  # type: ignore[assignment]
+_EVENT_COLUMNS = ("entity", "entity_id", "kind", "from_status", "to_status", "data")
+_INSERT_EVENT = insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS})
+# Statements built once per (model, extra columns): building a statement costs more than running it.
+_MOVE_STATEMENTS: dict[tuple[type[Any], tuple[str, ...], bool], Executable] = {}
+
+
 def record_event(
     session: Session,
     entity: str,
@@ -50,17 +58,57 @@ def record_event(
     to_status: str | None = None,
     data: Mapping[str, object] | None = None,
 ) -> None:
-    # A Core insert: an event is never read back in the transaction that writes it, so no unit of work.
-    session.execute(
-        insert(Event).values(
-            entity=entity,
-            entity_id=entity_id,
-            kind=kind,
-            from_status=from_status,
-            to_status=to_status,
-            data=dict(data or {}),
-        )
+    # Core on the session's connection: an event is never read back in the transaction that writes it.
+    session.connection().execute(
+        _INSERT_EVENT,
+        {
+            "entity": entity,
+            "entity_id": entity_id,
+            "kind": kind,
+            "from_status": from_status,
+            "to_status": to_status,
+            "data": dict(data or {}),
+        },
     )
+
+
+def _move_statement(model: type[Any], columns: tuple[str, ...], watched: bool) -> Executable:
+    """UPDATE … WHERE status = :from RETURNING id, and the event row inserted from what it returned.
+
+    One round trip per transition. For webhook machines the statement also says whether any active
+    subscription listens for the event, so the outbox is only looked at when somebody does.
+    """
+    key = (model, columns, watched)
+    stmt = _MOVE_STATEMENTS.get(key)
+    if stmt is not None:
+        return stmt
+    table = model.__table__
+    moved = (
+        update(table)
+        .where(table.c.id == bindparam("_id"), table.c.status == bindparam("_from_value"))
+        .values(
+            status=bindparam("_to_value"),
+            version=table.c.version + 1,
+            modified_date=bindparam("_stamp"),
+            **{name: bindparam(name) for name in columns},
+        )
+        .returning(table.c.id)
+        .cte("moved")
+    )
+    source = select(
+        bindparam("_entity", type_=String),
+        moved.c.id,
+        bindparam("_kind", type_=String),
+        bindparam("_from", type_=String),
+        bindparam("_to", type_=String),
+        bindparam("_data", type_=JSONB),
+    )
+    returning: list[Any] = [_EVENTS.c.id]
+    if watched:
+        returning.append(webhooks.listening(bindparam("_kind", type_=String)).label("listened"))
+    stmt = insert(_EVENTS).from_select(list(_EVENT_COLUMNS), source).add_cte(moved).returning(*returning)
+    _MOVE_STATEMENTS[key] = stmt
+    return stmt
 
 
 def move(
@@ -78,13 +126,28 @@ def move(
         raise InvalidTransition(machine, current, to)
     model = type(obj)
     stamp = now()
-    result = session.execute(
-        update(model)
-        .where(model.id == obj.id, model.status == current)
-        .values(status=to, version=model.version + 1, modified_date=stamp, **values)
-        .execution_options(synchronize_session=False)
+    watched = machine in webhooks.MACHINES
+    kind = f"{machine}.{to.value}"
+    row = (
+        session.connection()
+        .execute(
+            _move_statement(model, tuple(sorted(values)), watched),
+            {
+                "_id": obj.id,
+                "_from_value": current,
+                "_to_value": to,
+                "_stamp": stamp,
+                "_entity": machine,
+                "_kind": kind,
+                "_from": current.value,
+                "_to": to.value,
+                "_data": dict(data or {}),
+                **values,
+            },
+        )
+        .first()
     )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    if row is None:
         log.info("%s %s moved by someone else; leaving %s -> %s", machine, obj.id, current, to)
         return False
     set_committed_value(obj, "status", to)
@@ -92,17 +155,9 @@ def move(
     set_committed_value(obj, "modified_date", stamp)
     for name, value in values.items():
         set_committed_value(obj, name, value)
-    record_event(
-        session,
-        machine,
-        obj.id,
-        f"{machine}.{to.value}",
-        from_status=current.value,
-        to_status=to.value,
-        data=data,
-    )
-    # The outbox row for subscribed storefronts commits (or rolls back) with the change itself.
-    webhooks.on_transition(session, machine, obj, current, to)
+    if watched and row.listened:
+        # The outbox row for subscribed storefronts commits (or rolls back) with the change itself.
+        webhooks.on_transition(session, machine, obj, current, to)
     return True
 
 

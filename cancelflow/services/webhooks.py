@@ -41,7 +41,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import Session
 
@@ -150,6 +150,18 @@ def remove_subscription(session: Session, subscription_id: int) -> None:
 
 
 # --- writing the outbox ---------------------------------------------------------------------------------
+
+
+def listening(event_type: ColumnElement[str]) -> ColumnElement[bool]:
+    """SQL: does any active subscription listen for `event_type`? (Folded into a transition's statement.)"""
+    return (
+        select(WebhookSubscription.id)
+        .where(
+            WebhookSubscription.is_active,
+            WebhookSubscription.events.op("?|")(array([event_type, literal(ALL_EVENTS)])),
+        )
+        .exists()
+    )
 
 
 def _matching(session: Session, event_type: str) -> list[WebhookSubscription]:

@@ -6,11 +6,10 @@ step and asks for the next one after commit. Every status change goes through `t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -22,7 +21,6 @@ from cancelflow.integrations import connector
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
-    Customer,
     FulfillmentOrder,
     FulfillmentOrderLineItem,
     FulfillmentService,
@@ -52,11 +50,27 @@ from cancelflow.services.money import STEP_FOR_TARGET, money_key, plan_amount, r
 log = logging.getLogger(__name__)
 
 MONEY_KINDS = frozenset(STEP_FOR_TARGET.values())
+M = TypeVar("M")
 
 
 def lock_order(session: Session, order_id: int) -> Order:
     """One order at a time: requests and plans of an order change under this row lock."""
     return session.scalars(select(Order).where(Order.id == order_id).with_for_update()).one()
+
+
+def lock_order_of(session: Session, request_id: int) -> Order:
+    """Lock the order of a request. Rows read after this (with `fresh`) are the committed state."""
+    return session.scalars(
+        select(Order)
+        .join(CancellationRequest, CancellationRequest.order_id == Order.id)
+        .where(CancellationRequest.id == request_id)
+        .with_for_update(of=Order)
+    ).one()
+
+
+def fresh(session: Session, model: type[M], ident: int) -> M:
+    """One row by primary key, read from the database even if the session already holds it."""
+    return session.get_one(model, ident, populate_existing=True)
 
 
 def get_request(session: Session, request_id: int) -> CancellationRequest:
@@ -78,18 +92,25 @@ def plan_of(session: Session, request_id: int) -> CancellationPlan | None:
 def validate_step(session: Session, step: WorkflowStep) -> None:
     """Re-check the request under the order lock, then apply the approval rule from settings."""
     assert step.request_id is not None
-    request = get_request(session, step.request_id)
-    if request.status == RequestStatus.waiting and get_settings().approval_rule == "auto":
-        # approve() re-checks under the order lock; a Conflict means staff decided first: nothing to do
-        with contextlib.suppress(Conflict):
-            approve(session, request, actor="auto-approval rule")
+    if get_settings().approval_rule == "auto":
+        order = lock_order_of(session, step.request_id)
+        request = fresh(session, CancellationRequest, step.request_id)
+        if request.status == RequestStatus.waiting:
+            approve(session, request, actor="auto-approval rule", locked_order=order)
     steps.finish(session, step, {"approval_rule": get_settings().approval_rule})
 
 
-def approve(session: Session, request: CancellationRequest, *, actor: str) -> CancellationPlan:
-    """Approve a waiting request: make its plan and start routing."""
-    order = lock_order(session, request.order_id)  # held: the identity map keeps it only while referenced
-    session.refresh(request)
+def approve(
+    session: Session, request: CancellationRequest, *, actor: str, locked_order: Order | None = None
+) -> CancellationPlan:
+    """Approve a waiting request: make its plan and start routing.
+
+    `locked_order`: the caller already holds the order lock and read `request` after taking it.
+    """
+    order = locked_order
+    if order is None:
+        order = lock_order(session, request.order_id)  # held: the identity map keeps it only while referenced
+        session.refresh(request)
     if request.status != RequestStatus.waiting:
         raise Conflict(
             f"request {request.id} is {request.status.value}, only a waiting request can be approved"
@@ -163,10 +184,11 @@ def reject_request(
 
 def route_step(session: Session, step: WorkflowStep) -> None:
     """Cancel what the services have not accepted; ask them about the rest."""
-    plan = session.get_one(CancellationPlan, step.plan_id)
-    request = session.get_one(CancellationRequest, plan.request_id)
-    lock_order(session, request.order_id)
-    session.refresh(plan)
+    assert step.request_id is not None
+    assert step.plan_id is not None
+    lock_order_of(session, step.request_id)
+    plan = fresh(session, CancellationPlan, step.plan_id)
+    request = fresh(session, CancellationRequest, step.request_id)
     if plan.status != PlanStatus.waiting:
         steps.finish(session, step, {"skipped": plan.status.value})
         return
@@ -275,7 +297,6 @@ def answer_cancellation(
     fo = fos.get_for_service(session, fo_id, service_id)
     lock_order(session, fo.order_id)
     fo = fos.get_for_service(session, fo_id, service_id, lock=True)
-    session.refresh(fo)
     accepted = decision == "accept"
     done_state = FORequestStatus.cancellation_accepted if accepted else FORequestStatus.cancellation_rejected
     if fo.request_status != FORequestStatus.cancellation_requested:
@@ -322,8 +343,7 @@ def answer_cancellation(
         data={"message": message},
     )
     if fo.cancellation_plan_id is not None:
-        plan = session.get_one(CancellationPlan, fo.cancellation_plan_id)
-        session.refresh(plan)
+        plan = fresh(session, CancellationPlan, fo.cancellation_plan_id)
         if plan.status == PlanStatus.confirmation_waiting and plan.escalated_at is not None:
             # Escalated at the deadline but not yet decided by staff: the answer still counts (it is
             # applied below), and staff see that it came late.
@@ -475,11 +495,10 @@ def money_step(session: Session, step: WorkflowStep) -> None:
 
 
 def _credit_loyalty(session: Session, plan: CancellationPlan, order: Order, key: str) -> str:
-    customer = session.get_one(Customer, order.customer_id)
-    session.execute(
+    entry_id = session.scalar(
         insert(LoyaltyLedgerEntry)
         .values(
-            customer_id=customer.id,
+            customer_id=order.customer_id,
             plan_id=plan.id,
             amount=plan.amount,
             currency=plan.currency,
@@ -487,10 +506,12 @@ def _credit_loyalty(session: Session, plan: CancellationPlan, order: Order, key:
             description=f"refund of cancellation plan {plan.id}",
         )
         .on_conflict_do_nothing(index_elements=[LoyaltyLedgerEntry.idempotency_key])
+        .returning(LoyaltyLedgerEntry.id)
     )
-    entry_id = session.scalars(
-        select(LoyaltyLedgerEntry.id).where(LoyaltyLedgerEntry.idempotency_key == key)
-    ).one()
+    if entry_id is None:  # credited before under this key: the ledger row is the one movement
+        entry_id = session.scalars(
+            select(LoyaltyLedgerEntry.id).where(LoyaltyLedgerEntry.idempotency_key == key)
+        ).one()
     return f"loyalty:{entry_id}"
 
 
@@ -518,11 +539,11 @@ def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
 
 def close_step(session: Session, step: WorkflowStep) -> None:
     """Complete the plan and its request."""
-    plan = session.get_one(CancellationPlan, step.plan_id)
-    request = session.get_one(CancellationRequest, plan.request_id)
-    lock_order(session, request.order_id)
-    session.refresh(plan)
-    session.refresh(request)
+    assert step.request_id is not None
+    assert step.plan_id is not None
+    lock_order_of(session, step.request_id)
+    plan = fresh(session, CancellationPlan, step.plan_id)
+    request = fresh(session, CancellationRequest, step.request_id)
     if plan.status == PlanStatus.waiting_for_payment:
         transitions.move(session, plan, PlanStatus.completed)
         if request.status == RequestStatus.approved:
