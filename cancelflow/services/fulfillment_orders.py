@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, NotFound
@@ -18,12 +18,13 @@ OPEN_STATUSES = frozenset(
 REMOTE_REQUEST_STATUSES = frozenset({FORequestStatus.accepted, FORequestStatus.cancellation_rejected})
 
 
+_GET = select(FulfillmentOrder).where(FulfillmentOrder.id == bindparam("fo_id"))
+# Read again under the lock, over whatever the session held: the caller decides on this state.
+_GET_LOCKED = _GET.with_for_update().execution_options(populate_existing=True)
+
+
 def get(session: Session, fo_id: int, *, lock: bool = False) -> FulfillmentOrder | None:
-    stmt = select(FulfillmentOrder).where(FulfillmentOrder.id == fo_id)
-    if lock:
-        # Read again under the lock, over whatever the session held: the caller decides on this state.
-        stmt = stmt.with_for_update().execution_options(populate_existing=True)
-    return session.scalars(stmt).one_or_none()
+    return session.scalars(_GET_LOCKED if lock else _GET, {"fo_id": fo_id}).one_or_none()
 
 
 def get_for_service(
@@ -134,13 +135,16 @@ def request_cancellation(session: Session, fo: FulfillmentOrder, *, message: str
     return request
 
 
+_OPEN_CANCELLATION_REQUEST = (
+    select(MerchantRequest)
+    .where(
+        MerchantRequest.fulfillment_order_id == bindparam("fo_id"),
+        MerchantRequest.kind == MerchantRequestKind.cancellation_request,
+    )
+    .order_by(MerchantRequest.id.desc())
+    .limit(1)
+)
+
+
 def open_cancellation_request(session: Session, fo_id: int) -> MerchantRequest | None:
-    return session.scalars(
-        select(MerchantRequest)
-        .where(
-            MerchantRequest.fulfillment_order_id == fo_id,
-            MerchantRequest.kind == MerchantRequestKind.cancellation_request,
-        )
-        .order_by(MerchantRequest.id.desc())
-        .limit(1)
-    ).one_or_none()
+    return session.scalars(_OPEN_CANCELLATION_REQUEST, {"fo_id": fo_id}).one_or_none()

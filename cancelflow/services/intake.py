@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid
@@ -188,7 +188,10 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
     return IntakeResult(request, created=True)
 
 
+_BY_CLIENT_ID = select(CancellationRequest).where(
+    CancellationRequest.client_request_id == bindparam("client_request_id")
+)
+
+
 def _by_client_id(session: Session, client_request_id: str) -> CancellationRequest | None:
-    return session.scalars(
-        select(CancellationRequest).where(CancellationRequest.client_request_id == client_request_id)
-    ).one_or_none()
+    return session.scalars(_BY_CLIENT_ID, {"client_request_id": client_request_id}).one_or_none()

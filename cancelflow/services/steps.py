@@ -13,7 +13,7 @@ import random
 from datetime import timedelta
 from typing import Final
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,36 @@ TASK_FOR_KIND: Final[dict[StepKind, str]] = {
 SWEEP_LOCK_KEY: Final = 0x63616E63  # pg advisory lock id held by the one running sweep
 
 
+_STEPS: Table = WorkflowStep.__table__  # type: ignore[assignment]
+_INSERT_STEP = (
+    insert(_STEPS)
+    .values(
+        {
+            name: bindparam(name)
+            for name in (
+                "request_id",
+                "plan_id",
+                "kind",
+                "status",
+                "attempt",
+                "max_attempts",
+                "next_attempt_at",
+                "idempotency_key",
+                "fulfillment_order_id",
+                "result",
+                "version",
+                "created_date",
+                "modified_date",
+            )
+        }
+    )
+    .on_conflict_do_nothing(index_elements=[_STEPS.c.idempotency_key])
+    .returning(_STEPS.c.id, _STEPS.c.status)
+)
+_STEP_BY_KEY = select(_STEPS.c.id, _STEPS.c.status).where(_STEPS.c.idempotency_key == bindparam("key"))
+_CLAIM = select(WorkflowStep).where(WorkflowStep.id == bindparam("step_id")).with_for_update(skip_locked=True)
+
+
 def create(
     session: Session,
     *,
@@ -49,45 +79,41 @@ def create(
     idempotency_key: str,
     plan_id: int | None = None,
     fulfillment_order_id: int | None = None,
-) -> WorkflowStep:
-    """Insert the step (once per key) and ask for its task after commit."""
+) -> int:
+    """Insert the step (once per key), ask for its task after commit, and return the step's id."""
     settings = get_settings()
     stamp = now()
-    insert_stmt = (
-        insert(WorkflowStep)
-        .values(
-            request_id=request_id,
-            plan_id=plan_id,
-            kind=kind,
-            status=StepStatus.pending,
-            attempt=0,
-            max_attempts=settings.step_max_attempts,
-            next_attempt_at=stamp + settings.redelivery_grace,
-            idempotency_key=idempotency_key,
-            fulfillment_order_id=fulfillment_order_id,
-            result={},
-            version=1,
-            created_date=stamp,
-            modified_date=stamp,
-        )
-        .on_conflict_do_nothing(index_elements=[WorkflowStep.idempotency_key])
-        .returning(WorkflowStep)
-    )
+    connection = session.connection()
     # One round trip when the step is new; only a repeat of the same key reads the existing row.
-    step = (
-        session.scalars(insert_stmt).one_or_none()
-        or session.scalars(select(WorkflowStep).where(WorkflowStep.idempotency_key == idempotency_key)).one()
+    row = (
+        connection.execute(
+            _INSERT_STEP,
+            {
+                "request_id": request_id,
+                "plan_id": plan_id,
+                "kind": kind,
+                "status": StepStatus.pending,
+                "attempt": 0,
+                "max_attempts": settings.step_max_attempts,
+                "next_attempt_at": stamp + settings.redelivery_grace,
+                "idempotency_key": idempotency_key,
+                "fulfillment_order_id": fulfillment_order_id,
+                "result": {},
+                "version": 1,
+                "created_date": stamp,
+                "modified_date": stamp,
+            },
+        ).first()
+        or connection.execute(_STEP_BY_KEY, {"key": idempotency_key}).one()
     )
-    if step.status == StepStatus.pending:
-        enqueue_after_commit(session, TASK_FOR_KIND[kind], step.id)
-    return step
+    if row.status == StepStatus.pending:
+        enqueue_after_commit(session, TASK_FOR_KIND[kind], row.id)
+    return int(row.id)
 
 
 def claim(session: Session, step_id: int) -> WorkflowStep:
     """Lock the step for this transaction, or raise AlreadyHandled if it is taken, finished or gone."""
-    step = session.scalars(
-        select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update(skip_locked=True)
-    ).one_or_none()
+    step = session.scalars(_CLAIM, {"step_id": step_id}).one_or_none()
     if step is None:
         raise AlreadyHandled(f"step {step_id} is running elsewhere or does not exist")
     if step.status != StepStatus.pending:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Executable, String, Table, bindparam, insert, select, update
+from sqlalchemy import CTE, Executable, String, Table, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -72,6 +72,24 @@ def record_event(
     )
 
 
+def _with_event(moved: CTE, *returning: Any) -> Executable:
+    """INSERT the event row for what the `moved` CTE (an UPDATE … RETURNING id) changed."""
+    source = select(
+        bindparam("_entity", type_=String),
+        moved.c.id,
+        bindparam("_kind", type_=String),
+        bindparam("_from", type_=String),
+        bindparam("_to", type_=String),
+        bindparam("_data", type_=JSONB),
+    )
+    return (
+        insert(_EVENTS)
+        .from_select(list(_EVENT_COLUMNS), source)
+        .add_cte(moved)
+        .returning(_EVENTS.c.id, *returning)
+    )
+
+
 def _move_statement(model: type[Any], columns: tuple[str, ...], watched: bool) -> Executable:
     """UPDATE … WHERE status = :from RETURNING id, and the event row inserted from what it returned.
 
@@ -95,18 +113,8 @@ def _move_statement(model: type[Any], columns: tuple[str, ...], watched: bool) -
         .returning(table.c.id)
         .cte("moved")
     )
-    source = select(
-        bindparam("_entity", type_=String),
-        moved.c.id,
-        bindparam("_kind", type_=String),
-        bindparam("_from", type_=String),
-        bindparam("_to", type_=String),
-        bindparam("_data", type_=JSONB),
-    )
-    returning: list[Any] = [_EVENTS.c.id]
-    if watched:
-        returning.append(webhooks.listening(bindparam("_kind", type_=String)).label("listened"))
-    stmt = insert(_EVENTS).from_select(list(_EVENT_COLUMNS), source).add_cte(moved).returning(*returning)
+    listened = webhooks.listening(bindparam("_kind", type_=String)).label("listened")
+    stmt = _with_event(moved, *([listened] if watched else []))
     _MOVE_STATEMENTS[key] = stmt
     return stmt
 
@@ -161,6 +169,25 @@ def move(
     return True
 
 
+_FOS: Table = FulfillmentOrder.__table__  # type: ignore[assignment]
+_MOVE_FULFILLMENT_ORDER = _with_event(
+    update(_FOS)
+    .where(
+        _FOS.c.id == bindparam("_id"),
+        _FOS.c.request_status == bindparam("_from_request"),
+        _FOS.c.status == bindparam("_from_status"),
+    )
+    .values(
+        request_status=bindparam("_to_request"),
+        status=bindparam("_to_status"),
+        version=_FOS.c.version + 1,
+        modified_date=bindparam("_stamp"),
+    )
+    .returning(_FOS.c.id)
+    .cte("moved")
+)
+
+
 def move_fulfillment_order(
     session: Session,
     fo: FulfillmentOrder,
@@ -177,33 +204,29 @@ def move_fulfillment_order(
     if new_status != fo.status and new_status not in FO_STATUS_TRANSITIONS[fo.status]:
         raise InvalidTransition("fulfillment_order.status", fo.status, new_status)
     stamp = now()
-    result = session.execute(
-        update(FulfillmentOrder)
-        .where(
-            FulfillmentOrder.id == fo.id,
-            FulfillmentOrder.request_status == fo.request_status,
-            FulfillmentOrder.status == fo.status,
+    row = (
+        session.connection()
+        .execute(
+            _MOVE_FULFILLMENT_ORDER,
+            {
+                "_id": fo.id,
+                "_from_request": fo.request_status,
+                "_from_status": fo.status,
+                "_to_request": new_request,
+                "_to_status": new_status,
+                "_stamp": stamp,
+                "_entity": "fulfillment_order",
+                "_kind": f"fulfillment_order.{new_request.value}",
+                "_from": f"{fo.request_status.value}/{fo.status.value}",
+                "_to": f"{new_request.value}/{new_status.value}",
+                "_data": dict(data or {}),
+            },
         )
-        .values(
-            request_status=new_request,
-            status=new_status,
-            version=FulfillmentOrder.version + 1,
-            modified_date=stamp,
-        )
-        .execution_options(synchronize_session=False)
+        .first()
     )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    if row is None:
         log.info("fulfillment order %s moved by someone else", fo.id)
         return False
-    record_event(
-        session,
-        "fulfillment_order",
-        fo.id,
-        f"fulfillment_order.{new_request.value}",
-        from_status=f"{fo.request_status.value}/{fo.status.value}",
-        to_status=f"{new_request.value}/{new_status.value}",
-        data=data,
-    )
     set_committed_value(fo, "request_status", new_request)
     set_committed_value(fo, "status", new_status)
     set_committed_value(fo, "version", fo.version + 1)

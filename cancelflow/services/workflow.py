@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -53,19 +53,32 @@ MONEY_KINDS = frozenset(STEP_FOR_TARGET.values())
 M = TypeVar("M")
 
 
-def lock_order(session: Session, order_id: int) -> Order:
+class LockedOrder(NamedTuple):
+    id: int
+    channel_id: int
+    currency: str
+
+
+_ORDERS: Table = Order.__table__  # type: ignore[assignment]
+_REQUESTS: Table = CancellationRequest.__table__  # type: ignore[assignment]
+_LOCKED_ORDER_COLUMNS = (_ORDERS.c.id, _ORDERS.c.channel_id, _ORDERS.c.currency)
+_LOCK_ORDER = select(*_LOCKED_ORDER_COLUMNS).where(_ORDERS.c.id == bindparam("order_id")).with_for_update()
+_LOCK_ORDER_OF = (
+    select(*_LOCKED_ORDER_COLUMNS)
+    .join_from(_ORDERS, _REQUESTS, _REQUESTS.c.order_id == _ORDERS.c.id)
+    .where(_REQUESTS.c.id == bindparam("request_id"))
+    .with_for_update(of=_ORDERS)
+)
+
+
+def lock_order(session: Session, order_id: int) -> LockedOrder:
     """One order at a time: requests and plans of an order change under this row lock."""
-    return session.scalars(select(Order).where(Order.id == order_id).with_for_update()).one()
+    return LockedOrder(*session.connection().execute(_LOCK_ORDER, {"order_id": order_id}).one())
 
 
-def lock_order_of(session: Session, request_id: int) -> Order:
+def lock_order_of(session: Session, request_id: int) -> LockedOrder:
     """Lock the order of a request. Rows read after this (with `fresh`) are the committed state."""
-    return session.scalars(
-        select(Order)
-        .join(CancellationRequest, CancellationRequest.order_id == Order.id)
-        .where(CancellationRequest.id == request_id)
-        .with_for_update(of=Order)
-    ).one()
+    return LockedOrder(*session.connection().execute(_LOCK_ORDER_OF, {"request_id": request_id}).one())
 
 
 def fresh(session: Session, model: type[M], ident: int) -> M:
@@ -101,7 +114,7 @@ def validate_step(session: Session, step: WorkflowStep) -> None:
 
 
 def approve(
-    session: Session, request: CancellationRequest, *, actor: str, locked_order: Order | None = None
+    session: Session, request: CancellationRequest, *, actor: str, locked_order: LockedOrder | None = None
 ) -> CancellationPlan:
     """Approve a waiting request: make its plan and start routing.
 
@@ -109,7 +122,7 @@ def approve(
     """
     order = locked_order
     if order is None:
-        order = lock_order(session, request.order_id)  # held: the identity map keeps it only while referenced
+        order = lock_order(session, request.order_id)
         session.refresh(request)
     if request.status != RequestStatus.waiting:
         raise Conflict(
@@ -390,15 +403,18 @@ def answer_cancellation(
     return ReplyOutcome(fo, applied=True)
 
 
-def _confirm_if_all_accepted(session: Session, plan: CancellationPlan) -> None:
-    still_waiting = session.scalar(
-        select(func.count())
-        .select_from(FulfillmentOrder)
-        .where(
-            FulfillmentOrder.cancellation_plan_id == plan.id,
-            FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
-        )
+_STILL_WAITING = (
+    select(func.count())
+    .select_from(FulfillmentOrder)
+    .where(
+        FulfillmentOrder.cancellation_plan_id == bindparam("plan_id"),
+        FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
     )
+)
+
+
+def _confirm_if_all_accepted(session: Session, plan: CancellationPlan) -> None:
+    still_waiting = session.connection().execute(_STILL_WAITING, {"plan_id": plan.id}).scalar()
     if still_waiting == 0:
         confirm(session, plan, note="accepted by the fulfillment service")
 
@@ -422,15 +438,16 @@ def confirm(session: Session, plan: CancellationPlan, *, note: str) -> None:
         _close_when_paid(session, plan)
 
 
+_MONEY_BY_KEY = select(MoneyTransaction).where(MoneyTransaction.idempotency_key == bindparam("key"))
+
+
 def money_step(session: Session, step: WorkflowStep) -> None:
     """Move the money once: the step's idempotency key goes to the connector and into a unique row."""
     plan = session.get_one(CancellationPlan, step.plan_id)
     if plan.status != PlanStatus.waiting_for_payment:
         steps.finish(session, step, {"skipped": plan.status.value})
         return
-    existing = session.scalars(
-        select(MoneyTransaction).where(MoneyTransaction.idempotency_key == step.idempotency_key)
-    ).one_or_none()
+    existing = session.scalars(_MONEY_BY_KEY, {"key": step.idempotency_key}).one_or_none()
     if existing is not None:
         steps.finish(session, step, {"external_id": existing.external_id, "already_recorded": True})
         _close_when_paid(session, plan)
@@ -515,18 +532,23 @@ def _credit_loyalty(session: Session, plan: CancellationPlan, order: Order, key:
     return f"loyalty:{entry_id}"
 
 
+_LOCK_PLAN = select(CancellationPlan.id).where(CancellationPlan.id == bindparam("plan_id")).with_for_update()
+_UNPAID = (
+    select(func.count())
+    .select_from(WorkflowStep)
+    .where(
+        WorkflowStep.plan_id == bindparam("plan_id"),
+        WorkflowStep.kind.in_(sorted(MONEY_KINDS)),
+        WorkflowStep.status != StepStatus.done,
+    )
+)
+
+
 def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
     # Serialise the "was that the last money step?" question per plan.
-    session.execute(select(CancellationPlan.id).where(CancellationPlan.id == plan.id).with_for_update())
-    unpaid = session.scalar(
-        select(func.count())
-        .select_from(WorkflowStep)
-        .where(
-            WorkflowStep.plan_id == plan.id,
-            WorkflowStep.kind.in_(MONEY_KINDS),
-            WorkflowStep.status != StepStatus.done,
-        )
-    )
+    connection = session.connection()
+    connection.execute(_LOCK_PLAN, {"plan_id": plan.id})
+    unpaid = connection.execute(_UNPAID, {"plan_id": plan.id}).scalar()
     if unpaid == 0:
         steps.create(
             session,

@@ -105,12 +105,15 @@ class TestReplayStep:
 class TestReplayPlan:
     def test_every_dead_step_of_the_plan(self, session: Session) -> None:
         plan, step = dead_route_step(session)
-        other = steps.create(
-            session,
-            request_id=plan.request_id,
-            plan_id=plan.id,
-            kind=StepKind.close,
-            idempotency_key=f"{plan.id}:close:test",
+        other = session.get_one(
+            WorkflowStep,
+            steps.create(
+                session,
+                request_id=plan.request_id,
+                plan_id=plan.id,
+                kind=StepKind.close,
+                idempotency_key=f"{plan.id}:close:test",
+            ),
         )
         transitions.move(session, other, StepStatus.dead, last_error="PermanentError: x")
         result = replay.replay_plan(session, plan.id, actor="alice")
