@@ -83,17 +83,19 @@ def _to_json(raw: Mapping[str, Any]) -> str:
 def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
     """Create the request (waiting or rejected) once per client_request_id."""
     message = parse(raw)
-    existing = _by_client_id(session, message.client_request_id)
-    if existing is not None:
-        return IntakeResult(existing, created=False)
-
-    item = session.get(OrderItem, message.order_item)
-    if item is None:
+    # One order at a time: every change to an order's requests and plans holds this row lock. The item,
+    # its order and the payment come with the lock, in one round trip.
+    row = session.execute(_ITEM_LOCKED, {"item_id": message.order_item}).one_or_none()
+    if row is None:
         raise Invalid(
             "unknown order item",
             field_errors={"order_item": ["non-existent object"]},
             code="unknown_order_item",
         )
+    item, order, payment = row
+    existing = _by_client_id(session, message.client_request_id)  # a repeat, or a twin that won the lock
+    if existing is not None:
+        return IntakeResult(existing, created=False)
     reason = session.get(CancellationReason, message.reason)
     if reason is None or not reason.is_active:
         raise Invalid(
@@ -101,19 +103,13 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
             field_errors={"reason": ["non-existent object"]},
             code="unknown_reason",
         )
-    # One order at a time: every change to an order's requests and plans holds this row lock.
-    order = session.scalars(select(Order).where(Order.id == item.order_id).with_for_update()).one()
     if message.channel is not None and message.channel != order.channel_id:
         raise Invalid(
             "order item belongs to another channel",
             field_errors={"channel": ["does not match order"]},
             code="channel_mismatch",
         )
-    existing = _by_client_id(session, message.client_request_id)  # raced in while we waited for the lock
-    if existing is not None:
-        return IntakeResult(existing, created=False)
 
-    payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one_or_none()
     quantity = message.quantity if message.quantity is not None else item.quantity - item.requested_quantity
     iban = iban_checks.normalise(message.iban) if message.iban else None
     holder = message.holder_name.strip() if message.holder_name else None
@@ -188,6 +184,13 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
     return IntakeResult(request, created=True)
 
 
+_ITEM_LOCKED = (
+    select(OrderItem, Order, Payment)
+    .join(Order, Order.id == OrderItem.order_id)
+    .outerjoin(Payment, Payment.order_id == Order.id)
+    .where(OrderItem.id == bindparam("item_id"))
+    .with_for_update(of=Order)
+)
 _BY_CLIENT_ID = select(CancellationRequest).where(
     CancellationRequest.client_request_id == bindparam("client_request_id")
 )

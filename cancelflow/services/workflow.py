@@ -7,11 +7,11 @@ step and asks for the next one after commit. Every status change goes through `t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -71,6 +71,15 @@ _LOCK_ORDER_OF = (
 )
 
 
+_FOS: Table = FulfillmentOrder.__table__  # type: ignore[assignment]
+_LOCK_ORDER_OF_FO = (
+    select(_ORDERS.c.id)
+    .join_from(_ORDERS, _FOS, _FOS.c.order_id == _ORDERS.c.id)
+    .where(_FOS.c.id == bindparam("fo_id"))
+    .with_for_update(of=_ORDERS)
+)
+
+
 def lock_order(session: Session, order_id: int) -> LockedOrder:
     """One order at a time: requests and plans of an order change under this row lock."""
     return LockedOrder(*session.connection().execute(_LOCK_ORDER, {"order_id": order_id}).one())
@@ -81,9 +90,30 @@ def lock_order_of(session: Session, request_id: int) -> LockedOrder:
     return LockedOrder(*session.connection().execute(_LOCK_ORDER_OF, {"request_id": request_id}).one())
 
 
+_FRESH: dict[type[Any], Select[Any]] = {}
+_PLAN_AND_REQUEST = (
+    select(CancellationPlan, CancellationRequest)
+    .join(CancellationRequest, CancellationRequest.id == CancellationPlan.request_id)
+    .where(CancellationPlan.id == bindparam("plan_id"))
+    .execution_options(populate_existing=True)
+)
+
+
 def fresh(session: Session, model: type[M], ident: int) -> M:
     """One row by primary key, read from the database even if the session already holds it."""
-    return session.get_one(model, ident, populate_existing=True)
+    stmt = _FRESH.get(model)
+    if stmt is None:
+        pk = model.__table__.c.id  # type: ignore[attr-defined]
+        stmt = _FRESH[model] = (
+            select(model).where(pk == bindparam("ident")).execution_options(populate_existing=True)
+        )
+    return session.scalars(stmt, {"ident": ident}).one()  # type: ignore[no-any-return]
+
+
+def plan_and_request(session: Session, plan_id: int) -> tuple[CancellationPlan, CancellationRequest]:
+    """A plan and its request, fresh, in one round trip (after the order lock, so they are current)."""
+    plan, request = session.execute(_PLAN_AND_REQUEST, {"plan_id": plan_id}).one()
+    return plan, request
 
 
 def get_request(session: Session, request_id: int) -> CancellationRequest:
@@ -113,6 +143,13 @@ def validate_step(session: Session, step: WorkflowStep) -> None:
     steps.finish(session, step, {"approval_rule": get_settings().approval_rule})
 
 
+_PRICE_AND_PAYMENT = (
+    select(OrderItem.unit_price, Payment.method)
+    .outerjoin(Payment, Payment.order_id == OrderItem.order_id)
+    .where(OrderItem.id == bindparam("item_id"))
+)
+
+
 def approve(
     session: Session, request: CancellationRequest, *, actor: str, locked_order: LockedOrder | None = None
 ) -> CancellationPlan:
@@ -130,18 +167,17 @@ def approve(
         )
     if not transitions.move(session, request, RequestStatus.approved, data={"actor": actor}):
         raise AlreadyHandled(f"request {request.id} moved while approving")
-    item = session.get_one(OrderItem, request.order_item_id)
-    payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one_or_none()
+    unit_price, payment_method = session.execute(_PRICE_AND_PAYMENT, {"item_id": request.order_item_id}).one()
     target = (
-        refund_target(loyalty=request.fully_refund_as_loyalty_money, payment_method=payment.method)
-        if payment is not None
+        refund_target(loyalty=request.fully_refund_as_loyalty_money, payment_method=payment_method)
+        if payment_method is not None
         else RefundTarget.loyalty_money
     )
     plan = CancellationPlan(
         request_id=request.id,
         status=PlanStatus.waiting,
         plan_type=request.cancellation_type,
-        amount=plan_amount(item.unit_price, request.quantity),
+        amount=plan_amount(unit_price, request.quantity),
         currency=order.currency,
         refund_target=target,
         version=1,
@@ -200,22 +236,16 @@ def route_step(session: Session, step: WorkflowStep) -> None:
     assert step.request_id is not None
     assert step.plan_id is not None
     lock_order_of(session, step.request_id)
-    plan = fresh(session, CancellationPlan, step.plan_id)
-    request = fresh(session, CancellationRequest, step.request_id)
+    plan, request = plan_and_request(session, step.plan_id)
     if plan.status != PlanStatus.waiting:
         steps.finish(session, step, {"skipped": plan.status.value})
         return
-    asked: list[int] = []
-    cancelled: list[int] = []
+    allocation = Allocation()
     if request.cancellation_type == CancellationType.cancel:
-        asked, cancelled = _allocate(session, plan, request)
+        allocation = _allocate(session, plan, request)
+    asked, cancelled = allocation.asked, allocation.cancelled
     if asked:
-        services = session.scalars(
-            select(FulfillmentService)
-            .join(FulfillmentOrder, FulfillmentOrder.fulfillment_service_id == FulfillmentService.id)
-            .where(FulfillmentOrder.id.in_(asked))
-        ).all()
-        deadline = now() + timedelta(seconds=min(s.reply_deadline_seconds for s in services))
+        deadline = now() + timedelta(seconds=min(allocation.reply_deadlines))
         transitions.move(
             session,
             plan,
@@ -228,29 +258,51 @@ def route_step(session: Session, step: WorkflowStep) -> None:
     steps.finish(session, step, {"asked": asked, "cancelled_locally": cancelled})
 
 
-def _allocate(
-    session: Session, plan: CancellationPlan, request: CancellationRequest
-) -> tuple[list[int], list[int]]:
-    rows = session.execute(
-        select(FulfillmentOrderLineItem, FulfillmentOrder)
-        .join(FulfillmentOrder, FulfillmentOrder.id == FulfillmentOrderLineItem.fulfillment_order_id)
-        .where(
-            FulfillmentOrderLineItem.order_item_id == request.order_item_id,
-            FulfillmentOrderLineItem.quantity > 0,
-            FulfillmentOrder.status.in_(fos.OPEN_STATUSES),
-            FulfillmentOrder.cancellation_plan_id.is_(None),
-        )
-        .order_by(FulfillmentOrder.id)
-        .with_for_update(of=FulfillmentOrder)
-    ).all()
+@dataclass(slots=True)
+class Allocation:
+    asked: list[int] = field(default_factory=list)  # fulfillment orders whose service must consent
+    cancelled: list[int] = field(default_factory=list)  # cancelled here, no service involved
+    reply_deadlines: list[int] = field(default_factory=list)  # seconds, of the services asked
+
+
+_LINES_OF_FO = (
+    select(func.count())
+    .where(FulfillmentOrderLineItem.fulfillment_order_id == FulfillmentOrder.id)
+    .correlate(FulfillmentOrder)
+    .scalar_subquery()
+)
+# The open lines holding the item, with how many lines their order has (split needs it) and the reply
+# deadline of the service holding it: one round trip.
+_OPEN_LINES = (
+    select(
+        FulfillmentOrderLineItem,
+        FulfillmentOrder,
+        _LINES_OF_FO.label("line_count"),
+        FulfillmentService.reply_deadline_seconds,
+    )
+    .join(FulfillmentOrder, FulfillmentOrder.id == FulfillmentOrderLineItem.fulfillment_order_id)
+    .outerjoin(FulfillmentService, FulfillmentService.id == FulfillmentOrder.fulfillment_service_id)
+    .where(
+        FulfillmentOrderLineItem.order_item_id == bindparam("order_item_id"),
+        FulfillmentOrderLineItem.quantity > 0,
+        FulfillmentOrder.status.in_(fos.OPEN_STATUSES),
+        FulfillmentOrder.cancellation_plan_id.is_(None),
+    )
+    .order_by(FulfillmentOrder.id)
+    .with_for_update(of=FulfillmentOrder)
+)
+
+
+def _allocate(session: Session, plan: CancellationPlan, request: CancellationRequest) -> Allocation:
+    rows = session.execute(_OPEN_LINES, {"order_item_id": request.order_item_id}).all()
     remaining = request.quantity
-    asked: list[int] = []
-    cancelled: list[int] = []
-    for line, fo in rows:
+    allocation = Allocation()
+    asked, cancelled = allocation.asked, allocation.cancelled
+    for line, fo, line_count, reply_deadline in rows:
         if remaining <= 0:
             break
         quantity = min(remaining, line.quantity)
-        part = fos.split(session, fo, line, quantity)
+        part = fos.split(session, fo, line, quantity, line_count=line_count)
         part.cancellation_plan_id = plan.id
         if fos.needs_service_consent(part):
             fos.request_cancellation(session, part, message=request.description or "Cancellation requested")
@@ -263,22 +315,29 @@ def _allocate(
                 idempotency_key=f"{plan.id}:notify:{part.id}:1",
             )
             asked.append(part.id)
+            allocation.reply_deadlines.append(reply_deadline)
         else:
             fos.cancel_directly(session, part, reason=f"cancellation plan {plan.id}")
             cancelled.append(part.id)
         remaining -= quantity
     session.flush()
-    return asked, cancelled
+    return allocation
+
+
+_FO_AND_SERVICE = (
+    select(FulfillmentOrder, FulfillmentService)
+    .outerjoin(FulfillmentService, FulfillmentService.id == FulfillmentOrder.fulfillment_service_id)
+    .where(FulfillmentOrder.id == bindparam("fo_id"))
+)
 
 
 def notify_step(session: Session, step: WorkflowStep) -> None:
     """Tell the service it has a cancellation request to pull (unless it already answered)."""
     assert step.fulfillment_order_id is not None
-    fo = session.get_one(FulfillmentOrder, step.fulfillment_order_id)
-    if fo.request_status != FORequestStatus.cancellation_requested or fo.fulfillment_service_id is None:
+    fo, service = session.execute(_FO_AND_SERVICE, {"fo_id": step.fulfillment_order_id}).one()
+    if fo.request_status != FORequestStatus.cancellation_requested or service is None:
         steps.finish(session, step, {"skipped": fo.request_status.value})
         return
-    service = session.get_one(FulfillmentService, fo.fulfillment_service_id)
     connector(get_settings().notifier_connector).notify(
         callback_url=service.callback_url, secret=service.secret, kind="CANCELLATION_REQUEST"
     )
@@ -307,8 +366,8 @@ def answer_cancellation(
 
     Returns an outcome with `error` set instead of raising, so the caller commits the recorded event.
     """
-    fo = fos.get_for_service(session, fo_id, service_id)
-    lock_order(session, fo.order_id)
+    # The order lock first (found through the fulfillment order), then the fulfillment order read under it.
+    session.connection().execute(_LOCK_ORDER_OF_FO, {"fo_id": fo_id}).one_or_none()
     fo = fos.get_for_service(session, fo_id, service_id, lock=True)
     accepted = decision == "accept"
     done_state = FORequestStatus.cancellation_accepted if accepted else FORequestStatus.cancellation_rejected
@@ -438,12 +497,20 @@ def confirm(session: Session, plan: CancellationPlan, *, note: str) -> None:
         _close_when_paid(session, plan)
 
 
+# The plan with what paying it needs: its request, the order and the order's payment, in one round trip.
+_MONEY_CONTEXT = (
+    select(CancellationPlan, CancellationRequest, Order, Payment)
+    .join(CancellationRequest, CancellationRequest.id == CancellationPlan.request_id)
+    .join(Order, Order.id == CancellationRequest.order_id)
+    .outerjoin(Payment, Payment.order_id == Order.id)
+    .where(CancellationPlan.id == bindparam("plan_id"))
+)
 _MONEY_BY_KEY = select(MoneyTransaction).where(MoneyTransaction.idempotency_key == bindparam("key"))
 
 
 def money_step(session: Session, step: WorkflowStep) -> None:
     """Move the money once: the step's idempotency key goes to the connector and into a unique row."""
-    plan = session.get_one(CancellationPlan, step.plan_id)
+    plan, request, order, payment = session.execute(_MONEY_CONTEXT, {"plan_id": step.plan_id}).one()
     if plan.status != PlanStatus.waiting_for_payment:
         steps.finish(session, step, {"skipped": plan.status.value})
         return
@@ -452,14 +519,11 @@ def money_step(session: Session, step: WorkflowStep) -> None:
         steps.finish(session, step, {"external_id": existing.external_id, "already_recorded": True})
         _close_when_paid(session, plan)
         return
-    request = session.get_one(CancellationRequest, plan.request_id)
-    order = session.get_one(Order, request.order_id)
     settings = get_settings()
     target = plan.refund_target
     replayed = False
     if target == RefundTarget.original_payment:
-        payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one()
-        if not payment.reference:
+        if payment is None or not payment.reference:
             raise PermanentError(f"payment of order {order.number} has no reference to refund against")
         movement = connector(settings.payment_connector).refund(
             payment_reference=payment.reference,
@@ -564,8 +628,7 @@ def close_step(session: Session, step: WorkflowStep) -> None:
     assert step.request_id is not None
     assert step.plan_id is not None
     lock_order_of(session, step.request_id)
-    plan = fresh(session, CancellationPlan, step.plan_id)
-    request = fresh(session, CancellationRequest, step.request_id)
+    plan, request = plan_and_request(session, step.plan_id)
     if plan.status == PlanStatus.waiting_for_payment:
         transitions.move(session, plan, PlanStatus.completed)
         if request.status == RequestStatus.approved:
