@@ -34,7 +34,7 @@ import hmac
 import json
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -60,6 +60,22 @@ TOKEN_HEADER = "X-Shopify-Access-Token"  # noqa: S105 -- a header name, not a se
 KNOWN_KINDS = frozenset({"CANCELLATION_REQUEST", "FULFILLMENT_REQUEST"})
 
 _DEFAULT_MESSAGES: dict[Decision, str] = {"accept": "Accepted by sandbox", "reject": "Rejected by sandbox"}
+
+
+ANSWERED_MEMORY = 100_000  # answered cancellation requests remembered, oldest forgotten first
+
+
+def _request_key(order: dict[str, Any]) -> str:
+    """Which cancellation request of the order is pending: the newest one's `sent_at` ('' if none listed).
+
+    A request asked again after a rejection is a new request, and is answered again.
+    """
+    stamps = [
+        str(r.get("sent_at"))
+        for r in order.get("merchant_requests") or []
+        if isinstance(r, dict) and r.get("kind") == "cancellation_request"
+    ]
+    return stamps[-1] if stamps else ""
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -164,9 +180,10 @@ class FulfillmentSandbox:
         self._closing = threading.Event()
         self._pending = 0
         self._timers: set[threading.Timer] = set()
-        # (api, fulfillment order id) pairs being answered; stops overlapping notifications from
-        # answering the same order twice from this process.
-        self._claimed: set[tuple[str, str]] = set()
+        # (api, fulfillment order id, cancellation request) being answered, and those answered: a
+        # warehouse answers each cancellation request once, however many pulls list it meanwhile.
+        self._claimed: set[tuple[str, str, str]] = set()
+        self._answered: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._counts: dict[str, _NotificationCounts] = {}
         self._failures_served: Counter[str] = Counter()
         self._log: list[LogEntry] = []
@@ -297,10 +314,12 @@ class FulfillmentSandbox:
                 logger.info("%s: ignoring cancellation request of fulfillment order %s", handle, fo_id)
                 self._record(handle, fo_id, "ignored", None)
                 continue
-            claim = (config.admin_api, str(fo_id))
+            claim = (config.admin_api, str(fo_id), _request_key(order))
             with self._lock:
-                if claim in self._claimed:
-                    logger.info("%s: fulfillment order %s already being answered; skipped", handle, fo_id)
+                if claim in self._claimed or claim in self._answered:
+                    logger.info(
+                        "%s: fulfillment order %s already answered or being answered; skipped", handle, fo_id
+                    )
                     continue
                 self._claimed.add(claim)
             decision: Decision = "reject" if service.policy == "reject" else "accept"
@@ -308,9 +327,11 @@ class FulfillmentSandbox:
                 logger.info(
                     "%s: will accept fulfillment order %s in %ss", handle, fo_id, service.delay_seconds
                 )
-                self._schedule(service.delay_seconds, self._answer, handle, service, config, fo_id, decision)
+                self._schedule(
+                    service.delay_seconds, self._answer, handle, service, config, fo_id, decision, claim
+                )
             else:
-                self._answer(handle, service, config, fo_id, decision)
+                self._answer(handle, service, config, fo_id, decision, claim)
 
     def _pull(
         self, handle: str, service: ServiceConfig, config: SandboxConfig
@@ -340,8 +361,15 @@ class FulfillmentSandbox:
         return orders
 
     def _answer(
-        self, handle: str, service: ServiceConfig, config: SandboxConfig, fo_id: Any, decision: Decision
+        self,
+        handle: str,
+        service: ServiceConfig,
+        config: SandboxConfig,
+        fo_id: Any,
+        decision: Decision,
+        claim: tuple[str, str, str],
     ) -> None:
+        answered = False
         url = f"{config.admin_api}/fulfillment_orders/{fo_id}/cancellation_request/{decision}.json"
         body = {"cancellation_request": {"message": service.message or _DEFAULT_MESSAGES[decision]}}
         try:
@@ -355,6 +383,7 @@ class FulfillmentSandbox:
                 action: Action = "accepted" if decision == "accept" else "rejected"
                 logger.info("%s: %s fulfillment order %s (%d)", handle, action, fo_id, response.status_code)
                 self._record(handle, fo_id, action, response.status_code)
+                answered = True
             elif response.status_code == 422:
                 # Already answered (a duplicate notification raced us, or the order moved on): retrying
                 # cannot change that.
@@ -371,7 +400,11 @@ class FulfillmentSandbox:
                 self._record(handle, fo_id, "failed", response.status_code)
         finally:
             with self._lock:
-                self._claimed.discard((config.admin_api, str(fo_id)))
+                self._claimed.discard(claim)
+                if answered:
+                    self._answered[claim] = None
+                    while len(self._answered) > ANSWERED_MEMORY:
+                        self._answered.popitem(last=False)
 
     def _send(self, method: str, url: str, token: str, **kwargs: Any) -> httpx.Response:
         """One request, retried up to ``max_retries`` times on connection errors and 5xx.

@@ -52,6 +52,10 @@ class FakeShop:
     orders: dict[str, list[int]] = field(default_factory=dict)  # token -> fulfillment order ids
     script: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    # keep_listed: answered orders stay in the list (a pull that started before the answer landed);
+    # sent_at: the `sent_at` of each order's newest cancellation request, listed in merchant_requests.
+    keep_listed: bool = False
+    sent_at: dict[int, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -66,13 +70,23 @@ class FakeShop:
                 return httpx.Response(401, json={"errors": "bad token"})
             path = request.url.path
             if request.method == "GET" and path == f"{PREFIX}/assigned_fulfillment_orders.json":
-                listed = [{"id": i, "request_status": "cancellation_requested"} for i in self.orders[token]]
+                listed = [
+                    {
+                        "id": i,
+                        "request_status": "cancellation_requested",
+                        "merchant_requests": [{"kind": "cancellation_request", "sent_at": self.sent_at[i]}]
+                        if i in self.sent_at
+                        else [],
+                    }
+                    for i in self.orders[token]
+                ]
                 return httpx.Response(200, json={"fulfillment_orders": listed})
             if request.method == "POST" and path.startswith(f"{PREFIX}/fulfillment_orders/"):
                 fo_id = int(path.split("/")[-3])
                 if fo_id not in self.orders[token]:
                     return httpx.Response(422, json={"errors": "already answered"})
-                self.orders[token].remove(fo_id)
+                if not self.keep_listed:
+                    self.orders[token].remove(fo_id)
                 return httpx.Response(200, json={"fulfillment_order": {"id": fo_id}})
             return httpx.Response(404)
 
@@ -266,6 +280,24 @@ def test_overlapping_notifications_answer_each_order_once(sandbox: Sandbox) -> N
 
     assert len(sandbox.shop.pulls()) == 2
     assert sandbox.shop.answers() == [(7, "accept", "token-wh1", "Accepted by sandbox")]
+
+
+def test_a_cancellation_request_is_answered_once_and_a_new_one_again(sandbox: Sandbox) -> None:
+    sandbox.configure(wh1=service("wh1"))
+    sandbox.shop.keep_listed = True  # every pull still lists order 7, as a pull racing the answer would
+    sandbox.shop.orders = {"token-wh1": [7]}
+    sandbox.shop.sent_at = {7: "2026-11-29T10:00:00Z"}
+
+    for _ in range(3):
+        assert sandbox.notify("wh1").status_code == 200
+        sandbox.settle()
+    assert len(sandbox.shop.pulls()) == 3
+    assert sandbox.shop.answers() == [(7, "accept", "token-wh1", "Accepted by sandbox")]
+
+    sandbox.shop.sent_at[7] = "2026-11-29T11:00:00Z"  # asked again: a new cancellation request
+    assert sandbox.notify("wh1").status_code == 200
+    sandbox.settle()
+    assert [a[0] for a in sandbox.shop.answers()] == [7, 7]
 
 
 def test_fail_first_answers_500_then_behaves_like_accept(sandbox: Sandbox) -> None:
