@@ -7,6 +7,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from cancelflow.config.settings import Settings
+from cancelflow.worker import broker as broker_transport
 
 QUEUES = ("default", "route", "money", "bulk")
 
@@ -33,7 +34,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options["confirm_publish"] = True
     else:
         transport_options["visibility_timeout"] = int(settings.visibility_timeout.total_seconds())
+    extra: dict[str, Any] = {}
+    if broker.startswith("redis://"):
+        extra["broker_transport"] = broker_transport.NAME  # kombu's Redis transport, one client per channel
     return {
+        **extra,
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options,
