@@ -40,9 +40,16 @@ class Forbidden(CancelflowError):
 
 
 class TransientError(CancelflowError):
-    """Worth retrying with backoff: a timeout, a connection error, a 5xx, a lock held elsewhere."""
+    """Worth retrying with backoff: a timeout, a connection error, a 5xx, a lock held elsewhere.
+
+    `retry_after`: seconds the far side asked us to wait (its `Retry-After`); the retry waits at least that.
+    """
 
     code = "transient"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class PermanentError(CancelflowError):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
 import httpx
 
 from cancelflow.errors import PermanentError, TransientError
@@ -15,8 +18,34 @@ def classify(response: httpx.Response, what: str) -> None:
         return
     body = response.text[:300]
     if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:
-        raise TransientError(f"{what}: HTTP {response.status_code} {body}")
+        raise TransientError(
+            f"{what}: HTTP {response.status_code} {body}",
+            retry_after=retry_after(response.headers.get("Retry-After")),
+        )
     raise PermanentError(f"{what}: HTTP {response.status_code} {body}")
+
+
+MAX_RETRY_AFTER = 3600.0  # seconds; a longer ask is capped (the sweeper still finds the step)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def post_json(

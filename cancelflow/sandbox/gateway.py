@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -163,6 +164,7 @@ class Outcome:
     status_code: int
     body: dict[str, Any]
     replayed: bool = False
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
 
 @dataclass
@@ -175,6 +177,7 @@ class _Record:
 class _Reservation:
     fingerprint: dict[str, str]
     generation: int
+    done_by: float = 0.0  # time.monotonic() at which the reserving request should be done
 
 
 @dataclass
@@ -285,7 +288,10 @@ class GatewayState:
 
             if key in self._in_flight:
                 self._log(kind, key, "409 in flight", iban)
-                return Outcome(409, {"error": "in flight"})
+                # Come back when the first request should be done: its processing time, at least 1 s.
+                return Outcome(
+                    409, {"error": "in flight"}, retry_after=max(1, math.ceil(config.delay_seconds))
+                )
 
             existing = self._records.get(key)
             if existing is not None:
@@ -295,7 +301,7 @@ class GatewayState:
                 self._log(kind, key, f"200 replayed {existing.movement['id']}", iban)
                 return Outcome(200, existing.movement, replayed=True)
 
-            reservation = _Reservation(fingerprint, self._generation)
+            reservation = _Reservation(fingerprint, self._generation, time.monotonic() + config.delay_seconds)
             self._in_flight[key] = reservation
 
         try:
@@ -439,7 +445,9 @@ def create_app(
         # submit() sleeps for the injected delay; in a worker thread that blocks only this request, and
         # concurrent requests for the same key are answered 409 meanwhile.
         outcome = await run_in_threadpool(state.submit, kind, key, raw)
-        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+        if outcome.retry_after is not None:
+            headers["Retry-After"] = str(outcome.retry_after)
         return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
 
     @app.post("/refunds", status_code=201, openapi_extra=_body_schema(RefundRequest))

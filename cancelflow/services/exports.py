@@ -84,7 +84,7 @@ FIELDS: tuple[ExportField, ...] = (
     ExportField("plan_amount", "Amount the plan refunds, decimal string."),
     ExportField("currency", "Currency of the plan (of the order when there is no plan)."),
     ExportField("refund_target", "original_payment, bank_transfer or loyalty_money."),
-    ExportField("iban_masked", "IBAN with all but the first and last four characters masked."),
+    ExportField("iban_masked", "IBAN with all but the country code and the last four characters masked."),
     ExportField("holder_name", "Account holder name."),
     ExportField("fully_refund_as_loyalty_money", "Loyalty-money refund flag (true / false)."),
     ExportField(
@@ -100,11 +100,12 @@ def _iso(column: Any) -> ColumnElement[str]:
 
 
 def _masked_iban() -> ColumnElement[str | None]:
+    """`iban.mask` in SQL (IBANs are stored compact): the country and the last four characters."""
     iban = CancellationRequest.iban
     return case(
         (
-            func.length(iban) > 8,
-            func.concat(func.left(iban, 4), func.repeat("*", func.length(iban) - 8), func.right(iban, 4)),
+            func.length(iban) > 6,
+            func.concat(func.left(iban, 2), func.repeat("*", func.length(iban) - 6), func.right(iban, 4)),
         ),
         else_=func.repeat("*", func.length(iban)),
     )

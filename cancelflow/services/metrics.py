@@ -128,7 +128,7 @@ def _webhook_deliveries(session: Session) -> list[Metric]:
     return [
         _gauge(
             "cancelflow_webhook_deliveries",
-            "Webhook delivery attempts by outcome.",
+            "Webhook deliveries by status (pending, failed, delivered, dead).",
             ["outcome"],
             iter([(value if value is not None else "unknown", n) for value, n in rows]),
         )

@@ -134,8 +134,13 @@ def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=delay / 2 + random.uniform(0, delay / 2))
 
 
-def record_failure(session: Session, step_id: int, error: str, *, permanent: bool) -> StepStatus:
-    """Count a failed attempt; past the budget (or when permanent) the step goes dead and its plan fails."""
+def record_failure(
+    session: Session, step_id: int, error: str, *, permanent: bool, retry_after: float | None = None
+) -> StepStatus:
+    """Count a failed attempt; past the budget (or when permanent) the step goes dead and its plan fails.
+
+    `retry_after`: the far side's `Retry-After`, in seconds; the next attempt waits at least that long.
+    """
     step = session.scalars(
         select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update()
     ).one_or_none()
@@ -155,6 +160,8 @@ def record_failure(session: Session, step_id: int, error: str, *, permanent: boo
             fail_plan(session, step.plan_id, f"step {step.id} ({step.kind.value}) dead: {error}"[:2000])
         return StepStatus.dead
     delay = backoff(attempt)
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=retry_after))
     session.execute(
         update(WorkflowStep)
         .where(WorkflowStep.id == step.id)

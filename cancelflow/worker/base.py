@@ -63,8 +63,11 @@ class DbTask(Task):  # type: ignore[type-arg]
 
     def _failed(self, step_id: int, exc: BaseException, *, permanent: bool) -> str:
         error = f"{type(exc).__name__}: {exc}"
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         with self.session() as session:
-            status = steps.record_failure(session, step_id, error, permanent=permanent)
+            status = steps.record_failure(
+                session, step_id, error, permanent=permanent, retry_after=retry_after
+            )
         level = logging.ERROR if status.value == "dead" else logging.WARNING
         log.log(level, "step failed", error=error, permanent=permanent, step_status=status.value)
         return status.value

@@ -181,6 +181,7 @@ def test_a_key_in_flight_answers_409_to_a_concurrent_request() -> None:
         concurrent = post(client, "/refunds", REFUND, key="k")
         assert concurrent.status_code == 409
         assert concurrent.json() == {"error": "in flight"}
+        assert concurrent.headers["Retry-After"] == "1"  # when the first request should be done
         assert client.get("/refunds").json() == {"data": []}
 
         thread.join(timeout=10)

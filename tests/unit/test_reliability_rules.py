@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -174,6 +174,46 @@ class TestRule5ErrorClassification:
         assert plan.status == PlanStatus.failed
         session.refresh(step)
         assert step.attempt == 1
+
+    def test_a_retry_after_is_waited_out_even_past_the_backoff_cap(self, session: Session) -> None:
+        _, step = self._plan_with_route_step(session)
+        before = datetime.now(UTC)
+        steps.record_failure(
+            session, step.id, "TransientError: 409 in flight", permanent=False, retry_after=30
+        )
+        session.refresh(step)
+        assert step.attempt == 1
+        assert step.next_attempt_at >= before + timedelta(seconds=30)  # the backoff alone caps at 2 s here
+
+    @pytest.mark.parametrize(
+        ("header", "seconds"),
+        [
+            ("7", 7.0),
+            ("0", 0.0),
+            ("-3", 0.0),
+            ("999999", 3600.0),
+            ("soon", None),
+            (None, None),
+            ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: retry now
+        ],
+    )
+    def test_retry_after_header_is_read_as_seconds_or_a_date(
+        self, header: str | None, seconds: float | None
+    ) -> None:
+        from cancelflow.integrations.http import classify
+
+        response = httpx.Response(409, headers={"Retry-After": header} if header is not None else {})
+        with pytest.raises(TransientError) as caught:
+            classify(response, "refund")
+        assert caught.value.retry_after == seconds
+
+    def test_retry_after_as_a_future_date(self) -> None:
+        from email.utils import format_datetime
+
+        from cancelflow.integrations.http import retry_after
+
+        when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+        assert 100 < (retry_after(when) or 0) <= 120
 
     def test_backoff_grows_and_is_capped(self) -> None:
         delays = [steps.backoff(n) for n in range(1, 30)]
