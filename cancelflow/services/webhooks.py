@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
 from cancelflow.errors import Invalid, NotFound
+from cancelflow.integrations.http import retry_after
 from cancelflow.models import (
     AttemptOutcome,
     CancellationPlan,
@@ -431,6 +432,7 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
     body = encode(delivery.payload)
     status_code: int | None = None
     error: str | None = None
+    wait: float | None = None  # the receiver's Retry-After, in seconds
     started = time.monotonic()
     try:
         response = _post(
@@ -439,6 +441,7 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
         status_code = response.status_code
         if not response.is_success:
             error = f"HTTP {status_code}: {response.text[:300]}"
+            wait = retry_after(response.headers.get("Retry-After"))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # no answer: recorded as a failed attempt
         error = f"{type(exc).__name__}: {exc}"[:2000]
     duration_ms = int((time.monotonic() - started) * 1000)
@@ -467,6 +470,8 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
         delivery.status = DeliveryStatus.dead
     else:
         delay = backoff(attempt)
+        if wait is not None:  # a receiver that says when to come back (429, 503) is taken at its word
+            delay = max(delay, timedelta(seconds=wait))
         delivery.status = DeliveryStatus.failed
         delivery.next_attempt_at = now() + delay
         if delay <= get_settings().max_countdown:

@@ -296,6 +296,16 @@ class TestDelivery:
         assert webhooks.deliver(session, delivery.id, client=_client(_answer(200))) == "not_due"
         assert len(self._attempts(session, delivery)) == 1
 
+    def test_a_retry_after_from_the_receiver_is_waited_out(self, session: Session) -> None:
+        delivery = self._one(session)
+        before = now()
+
+        def slow_down(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(429, headers={"Retry-After": "120"})
+
+        assert webhooks.deliver(session, delivery.id, client=_client(slow_down)) == "retry"
+        assert delivery.next_attempt_at >= before + timedelta(seconds=120)  # backoff alone caps at 2 s here
+
     @pytest.mark.parametrize(
         ("code", "outcome"), [(410, "dead"), (400, "dead"), (408, "retry"), (429, "retry")]
     )
