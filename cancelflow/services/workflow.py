@@ -302,7 +302,10 @@ def _allocate(session: Session, plan: CancellationPlan, request: CancellationReq
         if remaining <= 0:
             break
         quantity = min(remaining, line.quantity)
-        part = fos.split(session, fo, line, quantity, line_count=line_count)
+        # The count came from the snapshot taken before the lock wait: a line added meanwhile is not in it.
+        # It only matters when it says the order can go whole; then split() counts again, under the lock.
+        whole = line_count == 1 and line.quantity == quantity
+        part = fos.split(session, fo, line, quantity, line_count=None if whole else line_count)
         part.cancellation_plan_id = plan.id
         if fos.needs_service_consent(part):
             fos.request_cancellation(session, part, message=request.description or "Cancellation requested")

@@ -195,6 +195,7 @@ class TestRule5ErrorClassification:
             ("soon", None),
             (None, None),
             ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: retry now
+            ("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", None),  # unreadable: backoff alone
         ],
     )
     def test_retry_after_header_is_read_as_seconds_or_a_date(
