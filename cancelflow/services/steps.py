@@ -13,13 +13,14 @@ import random
 from datetime import timedelta
 from typing import Final
 
-from sqlalchemy import Table, bindparam, select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
 from cancelflow.errors import AlreadyHandled
 from cancelflow.models import CancellationPlan, WorkflowStep
+from cancelflow.models.base import table_of
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
@@ -41,7 +42,7 @@ TASK_FOR_KIND: Final[dict[StepKind, str]] = {
 SWEEP_LOCK_KEY: Final = 0x63616E63  # pg advisory lock id held by the one running sweep
 
 
-_STEPS: Table = WorkflowStep.__table__  # type: ignore[assignment]
+_STEPS = table_of(WorkflowStep)
 _INSERT_STEP = (
     insert(_STEPS)
     .values(

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CTE, Executable, String, Table, bindparam, insert, select, update
+from sqlalchemy import CTE, Executable, String, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from cancelflow.models import CancellationPlan, CancellationRequest, Event, FulfillmentOrder, WorkflowStep
+from cancelflow.models.base import table_of
 from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, RequestStatus, StepStatus
 from cancelflow.models.transitions import (
     FO_REQUEST_TRANSITIONS,
@@ -41,7 +42,7 @@ _MACHINES: dict[type[Any], tuple[str, Mapping[Any, frozenset[Any]]]] = {
 }
 
 
-_EVENTS: Table = Event.__table__  # type: ignore[assignment]
+_EVENTS = table_of(Event)
 _EVENT_COLUMNS = ("entity", "entity_id", "kind", "from_status", "to_status", "data")
 _INSERT_EVENT = insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS})
 # Statements built once per (model, extra columns): building a statement costs more than running it.
@@ -169,7 +170,7 @@ def move(
     return True
 
 
-_FOS: Table = FulfillmentOrder.__table__  # type: ignore[assignment]
+_FOS = table_of(FulfillmentOrder)
 _MOVE_FULFILLMENT_ORDER = _with_event(
     update(_FOS)
     .where(

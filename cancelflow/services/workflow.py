@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from sqlalchemy import Select, Table, bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,7 @@ from cancelflow.models import (
     Payment,
     WorkflowStep,
 )
+from cancelflow.models.base import table_of
 from cancelflow.models.enums import (
     CancellationType,
     FORequestStatus,
@@ -59,8 +60,8 @@ class LockedOrder(NamedTuple):
     currency: str
 
 
-_ORDERS: Table = Order.__table__  # type: ignore[assignment]
-_REQUESTS: Table = CancellationRequest.__table__  # type: ignore[assignment]
+_ORDERS = table_of(Order)
+_REQUESTS = table_of(CancellationRequest)
 _LOCKED_ORDER_COLUMNS = (_ORDERS.c.id, _ORDERS.c.channel_id, _ORDERS.c.currency)
 _LOCK_ORDER = select(*_LOCKED_ORDER_COLUMNS).where(_ORDERS.c.id == bindparam("order_id")).with_for_update()
 _LOCK_ORDER_OF = (
@@ -71,7 +72,7 @@ _LOCK_ORDER_OF = (
 )
 
 
-_FOS: Table = FulfillmentOrder.__table__  # type: ignore[assignment]
+_FOS = table_of(FulfillmentOrder)
 _LOCK_ORDER_OF_FO = (
     select(_ORDERS.c.id)
     .join_from(_ORDERS, _FOS, _FOS.c.order_id == _ORDERS.c.id)
