@@ -56,22 +56,13 @@ def needs_service_consent(fo: FulfillmentOrder) -> bool:
 
 
 def split(
-    session: Session,
-    fo: FulfillmentOrder,
-    line: FulfillmentOrderLineItem,
-    quantity: int,
-    *,
-    line_count: int | None = None,
+    session: Session, fo: FulfillmentOrder, line: FulfillmentOrderLineItem, quantity: int
 ) -> FulfillmentOrder:
-    """Move `quantity` of `line` into a new fulfillment order, so the part to cancel is a whole one.
-
-    `line_count`: how many lines `fo` has, when the caller read it with `fo` (saves a query).
-    """
+    """Move `quantity` of `line` into a new fulfillment order, so the part to cancel is a whole one."""
     if quantity <= 0 or quantity > line.quantity:
         raise Invalid(f"cannot split {quantity} of a line of {line.quantity}")
-    if line_count is None:
-        line_count = len(line_items(session, fo.id))
-    if line_count == 1 and line.quantity == quantity:
+    lines = line_items(session, fo.id)
+    if len(lines) == 1 and line.quantity == quantity:
         return fo
     part = FulfillmentOrder(
         order_id=fo.order_id,

@@ -266,19 +266,11 @@ class Allocation:
     reply_deadlines: list[int] = field(default_factory=list)  # seconds, of the services asked
 
 
-_LINES_OF_FO = (
-    select(func.count())
-    .where(FulfillmentOrderLineItem.fulfillment_order_id == FulfillmentOrder.id)
-    .correlate(FulfillmentOrder)
-    .scalar_subquery()
-)
-# The open lines holding the item, with how many lines their order has (split needs it) and the reply
-# deadline of the service holding it: one round trip.
+# The open lines holding the item, with the reply deadline of the service holding each: one round trip.
 _OPEN_LINES = (
     select(
         FulfillmentOrderLineItem,
         FulfillmentOrder,
-        _LINES_OF_FO.label("line_count"),
         FulfillmentService.reply_deadline_seconds,
     )
     .join(FulfillmentOrder, FulfillmentOrder.id == FulfillmentOrderLineItem.fulfillment_order_id)
@@ -299,14 +291,13 @@ def _allocate(session: Session, plan: CancellationPlan, request: CancellationReq
     remaining = request.quantity
     allocation = Allocation()
     asked, cancelled = allocation.asked, allocation.cancelled
-    for line, fo, line_count, reply_deadline in rows:
+    for line, fo, reply_deadline in rows:
         if remaining <= 0:
             break
         quantity = min(remaining, line.quantity)
-        # The count came from the snapshot taken before the lock wait: a line added meanwhile is not in it.
-        # It only matters when it says the order can go whole; then split() counts again, under the lock.
-        whole = line_count == 1 and line.quantity == quantity
-        part = fos.split(session, fo, line, quantity, line_count=None if whole else line_count)
+        # split() counts the order's lines itself, now that the lock is held: a count read with these rows
+        # would come from the snapshot taken before the lock wait and miss a line an import added meanwhile.
+        part = fos.split(session, fo, line, quantity)
         part.cancellation_plan_id = plan.id
         if fos.needs_service_consent(part):
             fos.request_cancellation(session, part, message=request.description or "Cancellation requested")
