@@ -15,12 +15,12 @@ from cancelflow.services import intake, steps, workflow
 from tests.factories import load, order_payload, service_payload
 
 
-def _waiting_for_a_lock(application_name_pid: int) -> bool:
+def _waiting_for_a_lock(pid: int) -> bool:
     with transaction() as session:
         return bool(
             session.scalar(
                 text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
-                {"pid": application_name_pid},
+                {"pid": pid},
             )
         )
 
