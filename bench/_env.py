@@ -43,6 +43,8 @@ def bench_environment(workdir: Path) -> Iterator[str]:
             "CANCELFLOW_DATABASE_URL": url,
             "CANCELFLOW_BROKER_URL": broker,
             "CANCELFLOW_EMBEDDED": "0",
+            # The sandbox fulfillment service the callbacks point at listens on loopback.
+            "CANCELFLOW_OUTBOUND_ALLOW": os.environ.get("CANCELFLOW_OUTBOUND_ALLOW") or "127.0.0.1",
         }
     )
     _admin(admin, f'CREATE DATABASE "{name}"')

@@ -124,6 +124,8 @@ def _bootstrap() -> tuple[str, str, object | None]:
         "RETRY_BACKOFF_BASE": "0.2",
         "RETRY_BACKOFF_MAX": "2",
         "HTTP_TIMEOUT": "5",
+        # The tests' receivers and sandboxes listen on loopback ports chosen at run time.
+        "OUTBOUND_ALLOW": "127.0.0.1",
     }.items():
         os.environ.setdefault(f"CANCELFLOW_{name}", value)
     return admin, broker, embedded

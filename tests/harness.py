@@ -109,11 +109,14 @@ class Stack:
         self.sandbox_config = self.workdir / "sandbox-fulfillment.json"
         self.services: dict[str, dict[str, Any]] = {}
         self._write_sandbox_config()
+        allow = (os.environ.get("CANCELFLOW_OUTBOUND_ALLOW", ""), f"127.0.0.1:{self.fulfillment_port}")
         self.env = {
             **os.environ,
             "CANCELFLOW_PAYMENT_GATEWAY_URL": self.gateway_url,
             "CANCELFLOW_LOG_JSON": "true",
             "CANCELFLOW_API_PORT": str(self.api_port),
+            # Callback URLs point at the sandbox fulfillment service, on loopback.
+            "CANCELFLOW_OUTBOUND_ALLOW": ",".join(filter(None, allow)),
             **self.env_overrides,
         }
 

@@ -159,10 +159,15 @@ class TestServices:
         assert importlib.import_module(CELERY_APP).celery_app.main == "cancelflow"
 
     def test_flower_has_auth_and_a_task_cap(self, services: dict[str, dict[str, Any]]) -> None:
-        command = services["flower"]["command"]
+        flower = services["flower"]
+        command = flower["command"]
         assert celery_role(command) == "flower"
-        assert "--basic_auth=admin:s3cret" in command
+        # The login is in the environment (Flower reads FLOWER_BASIC_AUTH), never on the command line.
+        assert flower["environment"]["FLOWER_BASIC_AUTH"] == "admin:s3cret"
+        assert not any("s3cret" in arg or arg.startswith("--basic_auth") for arg in command)
         assert any(arg.startswith("--max_tasks=") for arg in command)
+        # Published on the host's loopback only.
+        assert flower["ports"] == ["127.0.0.1:5555:5555"]
 
     def test_api_runs_the_factory(self, services: dict[str, dict[str, Any]]) -> None:
         command = services["api"]["command"]

@@ -316,7 +316,7 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert specs["worker"][-4:] == ["-Q", "default,route,money,bulk", "-n", "worker1@%h"]
     assert specs["beat"][-2:] == ["-s", str(tmp_path / "celerybeat-schedule")]
-    assert specs["flower"][-3:] == ["--port=9555", "--basic_auth=u:p", "--max_tasks=123"]
+    assert specs["flower"][-3:] == ["--address=127.0.0.1", "--port=9555", "--max_tasks=123"]
     assert specs["sandbox-fulfillment"][-4:] == ["--port", "9101", "--config", str(tmp_path / "sb.json")]
     assert specs["sandbox-gateway"][-4:] == [
         "--port", "9102", "--state-file", str(tmp_path / "gateway-state.jsonl"),

@@ -29,7 +29,14 @@ SIGNING_NOTE = (
 
 
 class SubscriptionIn(BaseModel):
-    url: str = Field(max_length=2000, description="Where events are POSTed (http or https).")
+    url: str = Field(
+        max_length=2000,
+        description=(
+            "Where events are POSTed (http or https). No credentials in the URL; the host must resolve to a "
+            "public address unless the operator allowlisted it (`CANCELFLOW_OUTBOUND_ALLOW`). Query values "
+            "are masked when the subscription is shown."
+        ),
+    )
     events: list[str] = Field(
         min_length=1,
         max_length=50,
@@ -43,7 +50,7 @@ class SubscriptionIn(BaseModel):
 
 class SubscriptionOut(BaseModel):
     id: int
-    url: str
+    url: str = Field(description="The URL with its query values masked.")
     events: list[str]
     channel: int | None
     is_active: bool
@@ -65,7 +72,9 @@ class AttemptOut(BaseModel):
     attempted_at: datetime
     duration_ms: int
     status_code: int | None
-    error: str | None
+    error: str | None = Field(
+        description="A short reason (`http 500`, `unreachable`, `destination not allowed`), never the answer."
+    )
     outcome: str
 
 
@@ -98,7 +107,7 @@ class DeliveryList(BaseModel):
 def _subscription(s: WebhookSubscription) -> SubscriptionOut:
     return SubscriptionOut(
         id=s.id,
-        url=s.url,
+        url=webhooks.display_url(s.url),
         events=list(s.events),
         channel=s.channel_id,
         is_active=s.is_active,

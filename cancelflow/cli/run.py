@@ -151,6 +151,15 @@ def callback_url(settings: Settings, handle: str) -> str:
     return f"http://127.0.0.1:{settings.sandbox_fulfillment_port}/{handle}"
 
 
+def outbound_allow(settings: Settings) -> str:
+    """`CANCELFLOW_OUTBOUND_ALLOW` for the children: the configured entries plus the sandbox fulfillment
+    service, which listens on loopback where callback URLs may otherwise not point."""
+    from cancelflow.config.allowlist import parse_allow_rule
+
+    sandbox = parse_allow_rule(f"127.0.0.1:{settings.sandbox_fulfillment_port}")
+    return ",".join(dict.fromkeys(str(rule) for rule in (*settings.outbound_allow, sandbox)))
+
+
 def load_demo_and_tokens(
     database_url: str, creds: Mapping[str, Any], settings: Settings, *, with_demo: bool = True
 ) -> dict[str, Any]:
@@ -161,6 +170,8 @@ def load_demo_and_tokens(
     counts: dict[str, Any] = {}
     with transaction(database_url) as session:
         if with_demo:
+            from cancelflow.config.allowlist import parse_allow_list
+            from cancelflow.integrations.outbound import OutboundPolicy
             from cancelflow.services import demo, importer
 
             services = {
@@ -171,7 +182,8 @@ def load_demo_and_tokens(
                 for handle in SANDBOX_SERVICES
             }
             payload = demo.build_demo_payload(services=services, orders=DEMO_ORDERS)
-            counts = importer.import_payload(session, payload)
+            policy = OutboundPolicy(parse_allow_list(outbound_allow(settings)))
+            counts = importer.import_payload(session, payload, outbound_policy=policy)
             session.flush()
         ensure_token(session, name="cancelflow-run staff", kind="staff", key=creds["staff_token"])
         ensure_token(
@@ -218,6 +230,8 @@ def write_sandbox_config(path: Path, creds: Mapping[str, Any], settings: Setting
 class ChildSpec:
     name: str
     argv: Sequence[str]
+    # Added to this child's environment only (secrets go here: argv is readable by every local user).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def child_specs(
@@ -253,9 +267,11 @@ def child_specs(
         ChildSpec(
             "flower",
             [
-                *celery, "flower", f"--port={settings.flower_port}",
-                f"--basic_auth={flower_user}:{flower_password}", f"--max_tasks={settings.flower_max_tasks}",
+                *celery, "flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}",
+                f"--max_tasks={settings.flower_max_tasks}",
             ],
+            # Flower reads FLOWER_<OPTION> from its environment, which only its owner can read.
+            env={"FLOWER_BASIC_AUTH": f"{flower_user}:{flower_password}"},
         ),
         ChildSpec(
             "sandbox-fulfillment",
@@ -318,7 +334,7 @@ class Supervisor:
                 fh.flush()
                 proc = subprocess.Popen(
                     list(spec.argv),
-                    env=dict(self.env),
+                    env={**self.env, **spec.env},
                     stdin=subprocess.DEVNULL,
                     stdout=fh,
                     stderr=subprocess.STDOUT,
@@ -466,7 +482,9 @@ def print_summary(
     base = api_url(settings)
     staff = creds["staff_token"]
     handle = next(iter(SANDBOX_SERVICES))
-    flower_host = _connect_host(settings.api_host)
+    flower_host = _connect_host(settings.flower_address)
+    if ":" in flower_host:
+        flower_host = f"[{flower_host}]"
     rows = [
         ("API", base),
         ("API docs", f"{base}/api/docs/"),
@@ -624,7 +642,10 @@ def _run(
             flower_user=settings.flower_user,
             flower_password=flower_password(settings, creds),
         ),
-        env=child_env(database_url, broker_url, data_dir=data_dir),
+        env={
+            **child_env(database_url, broker_url, data_dir=data_dir),
+            "CANCELFLOW_OUTBOUND_ALLOW": outbound_allow(settings),
+        },
         log_dir=log_dir,
     )
     started.supervisor = supervisor

@@ -72,7 +72,11 @@ def list_() -> None:
     with _transaction() as session:
         for s in webhooks.list_subscriptions(session):
             table.add_row(
-                str(s.id), s.url, ",".join(s.events), str(s.channel_id or "all"), str(s.created_date)[:19]
+                str(s.id),
+                webhooks.display_url(s.url),
+                ",".join(s.events),
+                str(s.channel_id or "all"),
+                str(s.created_date)[:19],
             )
     console.print(table)
 

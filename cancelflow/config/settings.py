@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cancelflow.config.allowlist import AllowRule, parse_allow_list
 
 
 def _seconds(value: Any) -> Any:
@@ -38,7 +40,8 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_base_url: str | None = None
 
-    # Flower
+    # Flower. Loopback by default: it has basic auth only, with no lockout (put it behind a proxy to expose it).
+    flower_address: str = "127.0.0.1"
     flower_port: int = 5555
     flower_user: str = "admin"
     flower_password: SecretStr | None = None
@@ -56,6 +59,10 @@ class Settings(BaseSettings):
     max_countdown: Duration = timedelta(seconds=60)
     visibility_timeout: Duration = timedelta(hours=1)
     http_timeout: Duration = timedelta(seconds=10)
+    # Webhook and fulfillment-service callback URLs reach only public addresses, plus these entries
+    # (comma-separated addresses, networks, host names, each with an optional :port).
+    outbound_allow: Annotated[tuple[AllowRule, ...], NoDecode, BeforeValidator(parse_allow_list)] = ()
+    webhook_max_subscriptions_per_channel: int = 10
 
     # Connectors: "module:Class" import paths, so a real gateway plugs in by configuration.
     payment_connector: str = "cancelflow.integrations.payments:HttpPaymentGateway"

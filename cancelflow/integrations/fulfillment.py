@@ -12,6 +12,7 @@ import httpx
 
 from cancelflow.config import get_settings
 from cancelflow.integrations.http import post_json
+from cancelflow.integrations.outbound import guarded_client
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-Sha256"
 
@@ -26,11 +27,15 @@ class Notifier(Protocol):
 
 
 class HttpNotifier:
-    """POST `{callback_url}/fulfillment_order_notification` with `{"kind": …}`; the service then pulls."""
+    """POST `{callback_url}/fulfillment_order_notification` with `{"kind": …}`; the service then pulls.
+
+    The callback URL is the service's own choice: the call goes through the outbound guard, and a failure
+    is recorded as a status or a short reason, never the reply's body.
+    """
 
     def __init__(self, client: httpx.Client | None = None) -> None:
         timeout = get_settings().http_timeout.total_seconds()
-        self._client = client or httpx.Client(timeout=timeout)
+        self._client = client or guarded_client(timeout=timeout)
 
     def notify(self, *, callback_url: str, secret: str, kind: str) -> None:
         body = json.dumps({"kind": kind}, separators=(",", ":")).encode()
@@ -40,4 +45,5 @@ class HttpNotifier:
             what="fulfillment notification",
             content=body,
             headers={SIGNATURE_HEADER: sign(secret, body)},
+            with_body=False,
         )

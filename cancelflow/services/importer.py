@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid
+from cancelflow.integrations.outbound import OutboundPolicy, refusal
 from cancelflow.models import (
     CancellationReason,
     Channel,
@@ -187,10 +188,17 @@ def _upsert(session: Session, model: type[Base], rows: Sequence[dict[str, Any]],
     return len(result.all())
 
 
-def import_payload(session: Session, payload: Mapping[str, Any]) -> dict[str, int]:
-    """Load the payload; returns how many rows of each kind were written (0 for an unchanged re-import)."""
+def import_payload(
+    session: Session, payload: Mapping[str, Any], *, outbound_policy: OutboundPolicy | None = None
+) -> dict[str, int]:
+    """Load the payload; returns how many rows of each kind were written (0 for an unchanged re-import).
+
+    `outbound_policy`: where callback URLs may point (default: the configured one).
+    """
     data = parse(payload)
-    _check_references(session, data)  # before anything is written: a bad payload writes nothing
+    # Before anything is written: a bad payload writes nothing.
+    _check_callbacks(data, outbound_policy or OutboundPolicy.from_settings())
+    _check_references(session, data)
     counts: dict[str, int] = {}
     counts["channels"] = _upsert(session, Channel, [c.model_dump() for c in data.channels], update=True)
     counts["cancellation_reasons"] = _upsert(
@@ -318,6 +326,17 @@ def _origin(service: FulfillmentService | None) -> dict[str, Any]:
         "province": None,
         "zip": None,
     }
+
+
+def _check_callbacks(data: ImportPayload, policy: OutboundPolicy) -> None:
+    """Callback URLs that notifications may reach: no credentials, no private or loopback destination."""
+    errors: dict[str, list[str]] = {}
+    for k, service in enumerate(data.fulfillment_services):
+        problem = refusal(str(service.callback_url), policy=policy)
+        if problem is not None:
+            errors.setdefault(f"fulfillment_services.{k}.callback_url", []).append(problem)
+    if errors:
+        raise Invalid("invalid import payload", field_errors=errors, code="invalid_import")
 
 
 def _check_references(session: Session, data: ImportPayload) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import ColumnElement, func, literal, select, text, update
@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
 from cancelflow.errors import Invalid, NotFound
+from cancelflow.integrations import outbound
 from cancelflow.integrations.http import retry_after
 from cancelflow.models import (
     AttemptOutcome,
@@ -81,6 +82,9 @@ ORDER_WAIT: Final = timedelta(seconds=1)
 EARLY_TOLERANCE: Final = timedelta(seconds=0.5)
 SWEEP_LOCK_KEY: Final = 0x63667768  # pg advisory lock id held by the one running webhook sweep
 SIGNATURE_TOLERANCE_SECONDS: Final = 300
+SUBSCRIPTION_LOCK_KEY: Final = (
+    0x63667773  # pg advisory lock id held while a subscription is counted and added
+)
 
 
 # --- subscriptions --------------------------------------------------------------------------------------
@@ -106,10 +110,21 @@ def validate_events(events: Sequence[str]) -> list[str]:
 
 
 def _validate_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid("invalid url", field_errors={"url": ["Enter a valid http(s) URL."]})
-    return url.strip()
+    """The URL, if it may receive deliveries: http(s), no credentials, a public (or allowlisted) host."""
+    cleaned = url.strip()
+    problem = outbound.refusal(cleaned)
+    if problem is not None:
+        raise Invalid("invalid url", field_errors={"url": [problem]})
+    return cleaned
+
+
+def display_url(url: str) -> str:
+    """The URL as listed: query values (tokens some receivers take there) and any fragment are masked."""
+    parts = urlsplit(url)
+    if not parts.query and not parts.fragment:
+        return url
+    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit(parts._replace(query=query, fragment="***" if parts.fragment else ""))
 
 
 def create_subscription(
@@ -120,6 +135,25 @@ def create_subscription(
     cleaned_events = validate_events(events)
     if channel_id is not None and session.get(Channel, channel_id) is None:
         raise Invalid("unknown channel", field_errors={"channel": [f"Channel {channel_id} does not exist."]})
+    # Counted and added under one lock, so that concurrent creates cannot pass the cap together.
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBSCRIPTION_LOCK_KEY})
+    cap = get_settings().webhook_max_subscriptions_per_channel
+    active = session.scalar(
+        select(func.count())
+        .select_from(WebhookSubscription)
+        .where(WebhookSubscription.is_active, WebhookSubscription.channel_id.is_not_distinct_from(channel_id))
+    )
+    if (active or 0) >= cap:
+        scope = f"Channel {channel_id}" if channel_id is not None else "The all-channels scope"
+        raise Invalid(
+            "too many webhook subscriptions",
+            field_errors={
+                "channel": [
+                    f"{scope} already has {active} active subscriptions (at most {cap}); remove one first."
+                ]
+            },
+            code="subscription_limit",
+        )
     subscription = WebhookSubscription(
         url=cleaned_url,
         secret=f"whsec_{secrets.token_hex(24)}",
@@ -385,11 +419,15 @@ def older_unfinished(session: Session, delivery: WebhookDelivery) -> WebhookDeli
 
 
 def _post(client: httpx.Client | None, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """POST without reading the answer's body: only its status is kept."""
     if client is not None:
-        return client.post(url, content=body, headers=headers)
-    timeout = get_settings().http_timeout.total_seconds()
-    with httpx.Client(timeout=timeout, follow_redirects=False) as own:
-        return own.post(url, content=body, headers=headers)
+        response = client.send(client.build_request("POST", url, content=body, headers=headers), stream=True)
+        response.close()
+        return response
+    with outbound.guarded_client() as own:
+        response = own.send(own.build_request("POST", url, content=body, headers=headers), stream=True)
+        response.close()
+        return response
 
 
 def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None = None) -> str:
@@ -432,6 +470,7 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
     body = encode(delivery.payload)
     status_code: int | None = None
     error: str | None = None
+    refused = False  # the destination is outside the outbound policy: no retry can reach it
     wait: float | None = None  # the receiver's Retry-After, in seconds
     started = time.monotonic()
     try:
@@ -440,13 +479,16 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
         )
         status_code = response.status_code
         if not response.is_success:
-            error = f"HTTP {status_code}: {response.text[:300]}"
+            # The status only: what the far side answered is not ours to store or show.
+            error = outbound.failure_reason(status_code=status_code)
             wait = retry_after(response.headers.get("Retry-After"))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # no answer: recorded as a failed attempt
-        error = f"{type(exc).__name__}: {exc}"[:2000]
+        error = outbound.failure_reason(exc)
+        refused = error in (outbound.NOT_ALLOWED, outbound.INVALID_URL)
+        log.info("webhook delivery %s: %s (%s)", delivery.id, error, type(exc).__name__)
     duration_ms = int((time.monotonic() - started) * 1000)
 
-    outcome = classify(status_code)
+    outcome = AttemptOutcome.dead if refused else classify(status_code)
     if outcome == AttemptOutcome.retry and attempt >= get_settings().step_max_attempts:
         outcome = AttemptOutcome.dead
     session.add(
