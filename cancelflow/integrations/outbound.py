@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import time
 import typing
 from collections.abc import Iterable
@@ -128,6 +129,9 @@ def refusal(url: str, *, policy: OutboundPolicy | None = None) -> str | None:
     try:
         addresses = resolve(host, port)
     except (OSError, UnicodeError):  # unknown today; the connect-time check decides then
+        name = host.lower().rstrip(".")
+        if name == "localhost" or name.endswith(".localhost"):  # loopback by definition (RFC 6761)
+            return "localhost names are loopback: refused unless CANCELFLOW_OUTBOUND_ALLOW lists them."
         return None
     refused = [a for a in addresses if not policy.permits(host=host, address=a, port=port)]
     if refused:
@@ -192,7 +196,11 @@ class GuardedTransport(httpx.HTTPTransport):
     """`httpx.HTTPTransport` whose connection pool opens connections through `GuardedBackend`."""
 
     def __init__(
-        self, *, policy: OutboundPolicy | None = None, verify: bool = True, limits: httpx.Limits | None = None
+        self,
+        *,
+        policy: OutboundPolicy | None = None,
+        verify: ssl.SSLContext | bool = True,
+        limits: httpx.Limits | None = None,
     ) -> None:
         limits = limits or httpx.Limits(max_connections=20, max_keepalive_connections=5)
         ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
@@ -207,12 +215,17 @@ class GuardedTransport(httpx.HTTPTransport):
         )
 
 
-def guarded_client(*, timeout: float | None = None, policy: OutboundPolicy | None = None) -> httpx.Client:
+def guarded_client(
+    *,
+    timeout: float | None = None,
+    policy: OutboundPolicy | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.Client:
     """A client for URLs someone else chose: checked destinations, no env proxy or netrc, no redirects."""
     if timeout is None:
         timeout = get_settings().http_timeout.total_seconds()
     return httpx.Client(
-        transport=GuardedTransport(policy=policy),
+        transport=GuardedTransport(policy=policy, verify=verify),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,

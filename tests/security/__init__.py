@@ -1,0 +1,1 @@
+"""Attacks on cancelflow, each reproduced against the real components and shown to fail."""
