@@ -93,7 +93,16 @@ def demo(
         "http://127.0.0.1:8101"
     ),
 ) -> None:
-    """Load a generated data set (deterministic: loading it twice changes nothing)."""
+    """Load a generated data set (deterministic: loading it twice changes nothing).
+
+    The callback base is the operator's own choice, so the import accepts it even on loopback; the worker
+    reaches it only if CANCELFLOW_OUTBOUND_ALLOW lists it (`make run` lists its sandbox).
+    """
+    from urllib.parse import urlsplit
+
+    from cancelflow.config.allowlist import parse_allow_rule
+    from cancelflow.errors import Invalid
+    from cancelflow.integrations.outbound import OutboundPolicy
     from cancelflow.services.demo import build_demo_payload
     from cancelflow.services.importer import import_payload
 
@@ -101,8 +110,22 @@ def demo(
         h: {"secret": f"demo-secret-{h}", "callback_url": f"{callback_base}/{h}"}
         for h in ("sandbox-accept", "sandbox-slow", "sandbox-reject")
     }
-    with _transaction() as session:
-        counts = import_payload(session, build_demo_payload(services=services, orders=orders))
+    try:
+        base = urlsplit(callback_base)
+        host, port = base.hostname or "", base.port or (443 if base.scheme == "https" else 80)
+        rule = parse_allow_rule(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    except ValueError as exc:
+        _fail(f"--callback-base: {exc}")
+    policy = OutboundPolicy.from_settings().including([rule])
+    try:
+        with _transaction() as session:
+            counts = import_payload(
+                session, build_demo_payload(services=services, orders=orders), outbound_policy=policy
+            )
+    except Invalid as exc:
+        for field, messages in exc.field_errors.items():
+            err.print(f"  {field}: {'; '.join(messages)}")
+        _fail(exc.message)
     _print_counts(counts)
 
 

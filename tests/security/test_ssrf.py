@@ -326,6 +326,23 @@ class TestRegistration:
             )
             assert response.status_code == code, (url, response.text)
 
+    def test_demo_command_allows_only_the_callback_base_it_is_given(
+        self, allow: Callable[[str], None]
+    ) -> None:
+        from typer.testing import CliRunner
+
+        from cancelflow.cli.main import app
+
+        # The operator's own --callback-base is accepted (the worker still needs it allowlisted) ...
+        loaded = CliRunner().invoke(
+            app, ["demo", "--orders", "1", "--callback-base", "http://127.0.0.1:8101"]
+        )
+        assert loaded.exit_code == 0, loaded.output
+        # ... and allows nothing else: an import pointing elsewhere on loopback is still refused.
+        with pytest.raises(Invalid) as refused:
+            load({"fulfillment_services": [service_payload(callback_url="http://127.0.0.1:8102/x")]})
+        assert "fulfillment_services.0.callback_url" in refused.value.field_errors
+
     @staticmethod
     def _subscriptions(url: str) -> int:
         from cancelflow.db import transaction
