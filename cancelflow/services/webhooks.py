@@ -119,12 +119,17 @@ def _validate_url(url: str) -> str:
 
 
 def display_url(url: str) -> str:
-    """The URL as listed: query values (tokens some receivers take there) and any fragment are masked."""
+    """The URL as listed: credentials (of rows older than their refusal), query values (tokens some
+    receivers take there) and any fragment are masked."""
     parts = urlsplit(url)
-    if not parts.query and not parts.fragment:
-        return url
-    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
-    return urlunsplit(parts._replace(query=query, fragment="***" if parts.fragment else ""))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
+    if parts.query:
+        query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        parts = parts._replace(query=query)
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
+    return urlunsplit(parts)
 
 
 def create_subscription(

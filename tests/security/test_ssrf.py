@@ -309,6 +309,18 @@ class TestRegistration:
         assert mine["url"] == f"http://{PUBLIC_IP}/hook?token=***&v=***"
         assert "tok-" not in str(listed)
 
+    @pytest.mark.parametrize(
+        ("stored", "listed"),
+        [
+            ("https://hooks.example/in", "https://hooks.example/in"),
+            ("https://user:pw@hooks.example/in", "https://***@hooks.example/in"),
+            ("https://hooks.example/in?key=s3cr3t&x=", "https://hooks.example/in?key=***&x=***"),
+            ("https://hooks.example/in#s3cr3t", "https://hooks.example/in#***"),
+        ],
+    )
+    def test_listing_masks_secrets_in_stored_urls(self, stored: str, listed: str) -> None:
+        assert webhooks.display_url(stored) == listed
+
     def test_allowlist_opens_exactly_what_it_names(
         self, client: TestClient, staff: dict[str, str], allow: Callable[[str], None], channel: int
     ) -> None:
