@@ -16,6 +16,8 @@ queue itself, through the anonymous exchange). Everything else is kombu's.
 
 from __future__ import annotations
 
+import binascii
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +31,7 @@ SOCKET_NAME = "cancelflow.worker.broker:SocketTransport"
 SOURCE_QUEUE = "x-cancelflow-queue"
 
 log = logging.getLogger(__name__)
+UNREADABLE = (json.JSONDecodeError, UnicodeDecodeError, binascii.Error)
 
 
 class Channel(kombu_redis.Channel):
@@ -41,6 +44,16 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not self.pool:
             client = self._sync_client = super()._create_client()  # type: ignore[misc]
         return client
+
+    def _brpop_read(self, **options: Any) -> Any:
+        # A list entry that is not a message (not JSON, not UTF-8, a body that is not base64) made kombu raise
+        # out of the worker's event loop, which Celery treats as unrecoverable: one such push stopped the worker.
+        # BRPOP has taken it off the list already and kombu has not recorded it, so it is reported and dropped.
+        try:
+            return super()._brpop_read(**options)  # type: ignore[misc]
+        except UNREADABLE as exc:
+            log.error("unreadable broker message dropped: %s", str(exc)[:200])
+            return False
 
     def basic_consume(
         self, queue: str, no_ack: bool, callback: Any, consumer_tag: str | None, **kwargs: Any

@@ -80,20 +80,26 @@ def guarded(
     task_name: str, strategy: Strategy, connection_errors: tuple[type[BaseException], ...]
 ) -> Strategy:
     def guard(message: Any, payload: Any, *args: Any, **kwargs: Any) -> Any:
-        if from_intake(message):
-            reason = refusal(task_name, message, payload)
-            if reason is not None:
-                headers = message.headers or {}
-                log.warning(
-                    "intake message refused",
-                    reason=reason,
-                    task=str(task_name)[:200],
-                    task_id=str(headers.get("id"))[:200],
-                )
-                refused_counter().labels(reason=reason).inc()
-                message.reject_log_error(_reject_log, connection_errors, requeue=False)
-                return None
-        return strategy(message, payload, *args, **kwargs)
+        if not from_intake(message):
+            return strategy(message, payload, *args, **kwargs)
+        reason = refusal(task_name, message, payload)
+        if reason is None:
+            try:
+                return strategy(message, payload, *args, **kwargs)
+            except Exception:  # Celery could not take the message (no id, a bad eta or expires …)
+                # Raised out of the consumer, it would stop the worker: Celery calls that unrecoverable.
+                log.warning("intake message unreadable", exc_info=True)
+                reason = "invalid"
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        log.warning(
+            "intake message refused",
+            reason=reason,
+            task=str(task_name)[:200],
+            task_id=str(headers.get("id"))[:200],
+        )
+        refused_counter().labels(reason=reason).inc()
+        message.reject_log_error(_reject_log, connection_errors, requeue=False)
+        return None
 
     guard.intake_guarded = True  # type: ignore[attr-defined]
     return guard

@@ -9,6 +9,7 @@ refused there before running.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -194,6 +195,43 @@ def test_internal_tasks_written_to_the_intake_exchange_are_refused_before_runnin
     assert _request_status(follow_up_kwargs["client_request_id"]) is None
     assert setup.queue_length(INTAKE_QUEUE) == 0  # dropped, not requeued
     assert setup.queue_length("money") == 0
+
+
+def test_malformed_redis_messages_on_the_intake_queue_do_not_stop_the_worker(setup: Setup) -> None:
+    if setup.kind != "redis":
+        pytest.skip("raw Redis pushes")
+    client = redis.Redis.from_url(setup.storefront_url)
+    for raw in ("not json", "\udcff", "[]", "{}", '{"properties": 5}', '{"properties": {"delivery_tag": 1}}'):
+        client.lpush(INTAKE_QUEUE, raw.encode("utf-8", "surrogateescape"))
+    body = base64.b64encode(json.dumps([[], {"client_request_id": "x"}, {}]).encode()).decode()
+    for headers, encoded in (
+        ({"task": "cancellations.submit", "id": "a"}, "%%% not base64"),
+        ({"task": "cancellations.submit"}, body),  # no id
+        ({"task": "cancellations.submit", "id": "b", "expires": "never"}, body),
+        ({"task": "cancellations.submit", "id": "c", "eta": "soon"}, body),
+    ):
+        client.lpush(INTAKE_QUEUE, json.dumps(_raw_message(headers, encoded)))
+    kwargs = _submit_kwargs()
+    storefront_app(setup.storefront_url).send_task("cancellations.submit", kwargs=kwargs)
+    assert (
+        wait_for(lambda: _request_status(kwargs["client_request_id"]), timeout=60, what="stored") == "waiting"
+    )
+    assert setup.worker.alive()
+    assert setup.queue_length(INTAKE_QUEUE) == 0
+
+
+def _raw_message(headers: dict[str, Any], body: str) -> dict[str, Any]:
+    return {
+        "body": body,
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": headers,
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "intake", "routing_key": "intake"},
+        },
+    }
 
 
 def test_the_redis_storefront_user_can_run_nothing_but_the_publish(setup: Setup) -> None:
