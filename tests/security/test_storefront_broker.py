@@ -356,3 +356,35 @@ def test_make_run_makes_the_storefront_user_on_the_embedded_redis_and_prints_its
             assert received[0].delivery_info[broker_transport.SOURCE_QUEUE] == INTAKE_QUEUE
             received[0].ack()
             assert channel.client.llen("money") == 0
+
+
+def test_the_cli_makes_the_storefront_user_and_prints_its_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cancelflow.cli.main import app
+    from cancelflow.config import get_settings
+
+    admin_url = (
+        BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{1 + int(RUN_ID, 16) % 14}"
+    )
+    monkeypatch.setenv("CANCELFLOW_BROKER_URL", admin_url)
+    get_settings.cache_clear()
+    name = f"cf-cli-{RUN_ID}"
+    admin = redis.Redis.from_url(admin_url)
+    try:
+        result = CliRunner().invoke(app, ["broker", "storefront-user", name])
+        assert result.exit_code == 0, result.output
+        url = result.stdout.strip().splitlines()[-1]
+        assert url.startswith(f"redis://{name}:")
+        client = redis.Redis.from_url(url)
+        client.lpush(INTAKE_QUEUE, "{}")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.lpush("money", "{}")
+        again = CliRunner().invoke(app, ["broker", "storefront-user", name])  # a new password
+        assert again.exit_code == 0, again.output
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(url).ping()
+    finally:
+        admin.delete(INTAKE_QUEUE)
+        admin.execute_command("ACL", "DELUSER", name)
+        get_settings.cache_clear()
