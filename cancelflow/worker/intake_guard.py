@@ -5,7 +5,8 @@ Storefronts publish to the intake exchange with a broker user that may write not
 names the task to run and may carry further tasks to send after it (link, link_error, chain, chord); a
 worker runs any registered task it is handed. This consumer step wraps the worker's task strategies so
 that a message consumed from the intake queue runs only if it is an intake task (`cancellations.submit`)
-with no further tasks attached; anything else is refused before any task code runs: logged, counted
+with no further tasks attached, and that Celery can read (a bad id, eta or expires would otherwise raise out of
+the consumer and stop the worker); anything else is refused before any task code runs: logged, counted
 (`cancelflow_intake_refused_total{reason}`) and dropped, changing nothing.
 
 Where a message came from is taken from what its publisher cannot write: on RabbitMQ the exchange the
