@@ -314,7 +314,7 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
         "/py", "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
         "--host", "127.0.0.2", "--port", "9000",
     ]  # fmt: skip
-    assert specs["worker"][-4:] == ["-Q", "default,route,money,bulk", "-n", "worker1@%h"]
+    assert specs["worker"][-4:] == ["-Q", "default,route,money,bulk,intake", "-n", "worker1@%h"]
     assert specs["beat"][-2:] == ["-s", str(tmp_path / "celerybeat-schedule")]
     assert specs["flower"][-3:] == ["--address=127.0.0.1", "--port=9555", "--max_tasks=123"]
     assert specs["sandbox-fulfillment"][-4:] == ["--port", "9101", "--config", str(tmp_path / "sb.json")]

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from cancelflow.cli import broker as cli_broker
 from cancelflow.cli import exports as cli_exports
 from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
@@ -31,6 +32,7 @@ app.add_typer(cli_tags.tags_app, name="tags")
 app.command("export")(cli_exports.export)
 app.add_typer(cli_users.app, name="users")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(cli_broker.app, name="broker")
 # Piped output (files, CI logs) gets wide tables rather than columns cut at 80 characters.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)

@@ -128,6 +128,34 @@ def flower_password(settings: Settings, creds: Mapping[str, Any]) -> str:
     return str(creds["flower_password"])
 
 
+STOREFRONT_BROKER_USER: Final = "storefront"
+
+
+def storefront_broker_url(
+    console: Console, settings: Settings, broker_url: str, creds_path: Path
+) -> str | None:
+    """Create (or refresh) the storefronts' broker user and return its URL; None, with a warning, if it cannot.
+
+    Its password is kept in ``credentials.json`` (``storefront_broker_password``), so the URL stays the same
+    from one run to the next.
+    """
+    from cancelflow.worker.storefront_access import BrokerAccessError, ensure_storefront_user
+
+    creds = json.loads(creds_path.read_text())
+    password = creds.get("storefront_broker_password")
+    if not isinstance(password, str) or not password:
+        password = creds["storefront_broker_password"] = _new_secret()
+        _write_private_json(creds_path, creds)
+    try:
+        access = ensure_storefront_user(
+            settings.model_copy(update={"broker_url": broker_url}), STOREFRONT_BROKER_USER, password
+        )
+    except BrokerAccessError as exc:
+        console.print(f"[yellow]no storefront broker user:[/yellow] {exc}", highlight=False)
+        return None
+    return access.url
+
+
 # --------------------------------------------------------------------------------------------------
 # Demo data, tokens and the sandbox configuration
 # --------------------------------------------------------------------------------------------------
@@ -257,7 +285,7 @@ def child_specs(
             "worker",
             [
                 *celery, "worker", "--loglevel", "INFO", "--concurrency", "2",
-                "-Q", "default,route,money,bulk", "-n", "worker1@%h",
+                "-Q", "default,route,money,bulk,intake", "-n", "worker1@%h",
             ],
         ),
         ChildSpec(
@@ -477,6 +505,7 @@ def print_summary(
     log_dir: Path,
     example: tuple[int | None, int | None] = (None, None),
     embedded_urls: tuple[str, str] | None = None,
+    storefront_broker: str | None = None,
 ) -> None:
     """The URLs, credentials and commands to try; ``embedded_urls`` adds the `export` other shells need."""
     base = api_url(settings)
@@ -492,6 +521,7 @@ def print_summary(
         ("Flower login", f"{settings.flower_user} / {flower_password(settings, creds)}"),
         ("Staff token", staff),
         ("Storefront token", creds["storefront_token"]),
+        *([("Storefront broker", storefront_broker)] if storefront_broker else []),
         (f"Fulfillment token ({handle})", creds["services"][handle]["token"]),
         ("Logs", str(log_dir)),
     ]
@@ -633,6 +663,7 @@ def _run(
     if with_demo:
         console.print(f"Demo data loaded: {counts}", highlight=False)
     sandbox_config = write_sandbox_config(data_dir / SANDBOX_CONFIG_FILE, creds, settings)
+    storefront_broker = storefront_broker_url(console, settings, broker_url, data_dir / CREDENTIALS_FILE)
 
     supervisor = Supervisor(
         specs_factory(
@@ -673,6 +704,7 @@ def _run(
         log_dir=log_dir,
         example=example,
         embedded_urls=(database_url, broker_url) if services is not None else None,
+        storefront_broker=storefront_broker,
     )
     return supervise(console, supervisor, services)
 

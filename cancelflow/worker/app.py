@@ -11,6 +11,7 @@ from cancelflow.config import get_settings
 from cancelflow.services import jobs
 from cancelflow.worker import metrics as _metrics  # noqa: F401  (connects the task-latency signals)
 from cancelflow.worker import privacy as _privacy  # noqa: F401  (masks received arguments)
+from cancelflow.worker.intake_guard import IntakeGuard
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ TASK_MODULES = [
 celery_app = Celery("cancelflow", include=TASK_MODULES, amqp="cancelflow.worker.privacy:MaskingAMQP")
 # A module path, so settings are read when Celery first needs its configuration, not at import.
 celery_app.config_from_object("cancelflow.worker.celeryconfig")
+# What arrives on the storefronts' intake queue runs only if it is a submission (worker.intake_guard).
+celery_app.steps["consumer"].add(IntakeGuard)
 
 
 def send(send: jobs.Send) -> None:

@@ -9,9 +9,12 @@ from kombu import Exchange, Queue
 from cancelflow.config.settings import Settings
 from cancelflow.worker import broker as broker_transport
 
-QUEUES = ("default", "route", "money", "bulk")
+# The storefronts' queue; its exchange (of the same name) is the only one their broker user may write to.
+INTAKE_QUEUE = "intake"
+QUEUES = ("default", "route", "money", "bulk", INTAKE_QUEUE)
 
 ROUTES = {
+    "cancellations.submit": {"queue": INTAKE_QUEUE},
     "cancellations.route": {"queue": "route"},
     "fulfillment.*": {"queue": "route"},
     "payments.*": {"queue": "money"},
@@ -35,8 +38,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     else:
         transport_options["visibility_timeout"] = int(settings.visibility_timeout.total_seconds())
     extra: dict[str, Any] = {}
-    if broker.startswith("redis://"):
-        extra["broker_transport"] = broker_transport.NAME  # kombu's Redis transport, one client per channel
+    served = broker_transport.celery_transport(broker)
+    if served is not None:
+        # kombu's Redis transport, one client per channel, messages marked with the queue they came from.
+        broker, extra["broker_transport"] = served
     return {
         **extra,
         "broker_url": broker,

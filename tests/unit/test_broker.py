@@ -14,17 +14,26 @@ from cancelflow.worker.config import celery_config
 
 
 @pytest.mark.parametrize(
-    ("url", "transport"),
+    ("url", "transport", "celery_url"),
     [
-        ("redis://127.0.0.1:6379/0", broker.NAME),
-        ("rediss://cache.example:6380/0", None),  # TLS: kombu's own transport reads the scheme
-        ("amqp://guest:guest@127.0.0.1:5672//", None),
+        ("redis://127.0.0.1:6379/0", broker.NAME, "redis://127.0.0.1:6379/0"),
+        # kombu would take the transport from the scheme: the worker gets the socket URL with this one.
+        ("redis+socket:///tmp/r.sock", broker.SOCKET_NAME, "socket:///tmp/r.sock"),
+        ("rediss://cache.example:6380/0", None, "rediss://cache.example:6380/0"),  # TLS: kombu's own transport
+        ("amqp://guest:guest@127.0.0.1:5672//", None, "amqp://guest:guest@127.0.0.1:5672//"),
     ],
 )
-def test_the_transport_is_chosen_for_plain_redis_urls(url: str, transport: str | None) -> None:
+def test_the_transport_is_chosen_for_plain_redis_urls(url: str, transport: str | None, celery_url: str) -> None:
     config = celery_config(Settings(database_url="postgresql://x@127.0.0.1/x", broker_url=url))
     assert config.get("broker_transport") == transport
-    assert config["broker_url"] == url
+    assert config["broker_url"] == celery_url
+
+
+def test_a_socket_url_is_shown_as_the_redis_socket_url_it_came_from() -> None:
+    conn = Connection("socket://u:secret@/tmp/r.sock", transport=broker.SOCKET_NAME)
+    assert conn.hostname == "socket://u:secret@/tmp/r.sock"
+    assert conn.as_uri() == "redis+socket://u:**@/tmp/r.sock"
+    assert conn.as_uri(include_password=True) == "redis+socket://u:secret@/tmp/r.sock"
 
 
 def test_a_channel_reuses_its_client_until_its_pool_is_replaced() -> None:

@@ -33,7 +33,7 @@ def _broker() -> redis.Redis:
 
 def _queued() -> int:
     r = _broker()
-    return sum(int(r.llen(q)) for q in ("default", "route", "money", "bulk"))
+    return sum(int(r.llen(q)) for q in ("default", "route", "money", "bulk", "intake"))
 
 
 def _intake(**kwargs: Any) -> str:
