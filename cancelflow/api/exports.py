@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
+from cancelflow.api.cancellation_requests import VIEW_IBAN
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.config import get_settings
@@ -41,6 +42,7 @@ from cancelflow.errors import Conflict, Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import exports
+from cancelflow.services import iban as iban_checks
 
 if TYPE_CHECKING:
     from cancelflow.services.queries import RequestFilters
@@ -123,9 +125,16 @@ class ExportJobOut(BaseModel):
     finished_at: datetime | None
 
 
-def _job(session_job: ExportJob, request: Request) -> ExportJobOut:
+def _job(session_job: ExportJob, request: Request, principal: Principal) -> ExportJobOut:
     done = session_job.status == JobStatus.done
     filters = session_job.params.get("filters")
+    if (
+        isinstance(filters, dict)
+        and filters.get("iban")
+        and not (principal.is_staff and VIEW_IBAN in principal.permissions)
+    ):
+        # Another staff member's export may filter by an IBAN this token may not read.
+        filters = {**filters, "iban": iban_checks.mask(str(filters["iban"]))}
     return ExportJobOut(
         id=session_job.id,
         format=session_job.format,
@@ -166,7 +175,7 @@ def _visible_job(session: Session, job_id: uuid.UUID, principal: Principal) -> E
 )
 def get_export(job_id: JobId, request: Request, principal: AkinonCaller) -> ExportJobOut:
     with transaction() as session:
-        return _job(_visible_job(session, job_id, principal), request)
+        return _job(_visible_job(session, job_id, principal), request, principal)
 
 
 @router.get(
