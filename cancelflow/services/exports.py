@@ -251,7 +251,9 @@ class _Buffer(io.StringIO):
 
 def csv_chunks(batches: Iterator[Sequence[Any]]) -> Iterator[bytes]:
     buffer = _Buffer()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: with "\r\n" as the terminator, a value holding a CR or LF is quoted, so it can
+    # never start a row of its own.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(FIELD_NAMES)
     for rows in batches:
         writer.writerows(_neutralised(rows))
