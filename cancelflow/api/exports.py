@@ -37,6 +37,7 @@ from cancelflow.api.cancellation_requests import VIEW_IBAN
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.config import get_settings
+from cancelflow.config.logging import mask_text
 from cancelflow.db import get_engine, transaction
 from cancelflow.errors import Conflict, Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
@@ -143,11 +144,21 @@ def _job(session_job: ExportJob, request: Request, principal: Principal) -> Expo
         done=session_job.done,
         filters=dict(filters) if isinstance(filters, dict) else {},
         download_url=absolute(request, f"/api/v1/exports/{session_job.id}/download/") if done else None,
-        error=session_job.error,
+        error=_job_error(session_job.error, principal),
         created_date=session_job.created_date,
         modified_date=session_job.modified_date,
         finished_at=session_job.finished_at,
     )
+
+
+def _job_error(error: str | None, principal: Principal) -> str | None:
+    """Why an export failed: the exception text for staff (masked unless `view_iban`), a status for a
+    storefront token."""
+    if error is None:
+        return None
+    if not principal.is_staff:
+        return "The export failed; ask the operator to look at the export job."
+    return error if VIEW_IBAN in principal.permissions else mask_text(error)
 
 
 JobId = Annotated[uuid.UUID, Path(alias="id", description="Export job id.")]

@@ -92,3 +92,21 @@ def test_staff_see_the_error_with_personal_data_masked_unless_view_iban(
         assert "ops.oncall@" not in text
     full = detailed(client, failed_request, token("staff", permissions=["view_iban"]))["plan"]
     assert any(VALID_IBAN in (s["last_error"] or "") for s in full["steps"])
+
+
+def test_a_storefront_sees_that_its_export_failed_not_why(client: TestClient, failed_request: int) -> None:
+    from cancelflow.services import exports
+
+    with transaction() as session:
+        job = exports.create_job(session, exports.ExportFormat.csv, filters={}, channel_id=1)
+        exports.fail_job(session, job.id, REMOTE_BODY)
+        job_id = job.id
+    shown = client.get(f"/api/v1/exports/{job_id}/", headers=token("storefront", channel_id=1))
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["status"] == "failed"
+    assert shown.json()["error"]
+    for internal in ("pg-primary-3", "gateway answered", "ops.oncall", VALID_IBAN):
+        assert internal not in shown.text
+    staff = client.get(f"/api/v1/exports/{job_id}/", headers=token("staff")).json()
+    assert "pg-primary-3" in staff["error"]
+    assert VALID_IBAN not in staff["error"]
