@@ -368,6 +368,12 @@ def _iban(value: str | None, scope: Scope) -> str | None:
     return value if scope.can_view_iban else iban_checks.mask(value)
 
 
+def _reader_text(value: str | None, scope: Scope) -> str | None:
+    """Text every reader sees that others wrote (a fulfillment service's rejection message): IBANs and
+    e-mail addresses masked unless the token has `view_iban`."""
+    return value if value is None or scope.can_view_iban else mask_text(value)
+
+
 def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOut:
     return CancellationRequestOut(
         id=request.id,
@@ -391,7 +397,7 @@ def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOu
         order=request.order_id,
         channel=request.channel_id,
         rejection_code=request.rejection_code,
-        rejection_message=request.rejection_message,
+        rejection_message=_reader_text(request.rejection_message, scope),
     )
 
 
@@ -456,7 +462,7 @@ def present_detailed(
                 modified_date=r.modified_date,
                 attributes=dict(r.attributes or {}),
                 rejection_code=r.rejection_code,
-                rejection_message=r.rejection_message,
+                rejection_message=_reader_text(r.rejection_message, scope),
                 channel=r.channel_id,
                 order=OrderOut(
                     id=order.id,

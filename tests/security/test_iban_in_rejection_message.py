@@ -143,3 +143,29 @@ def test_stored_refusals_that_quote_the_iban_are_rewritten(database: str) -> Non
                 {"id": ids[message]},
             ).scalar_one()
             assert stored == expected
+
+
+def test_a_rejection_message_written_elsewhere_is_masked_for_readers_without_view_iban(
+    client: TestClient,
+) -> None:
+    """A fulfillment service's rejection message is its own text: shown, with IBANs and e-mails masked."""
+    order = order_payload(method="bank_transfer")
+    load({"orders": [order]})
+    with transaction() as session:
+        result = intake.submit(
+            session,
+            {"client_request_id": secrets.token_hex(8), "order_item": order["items"][0]["id"], "reason": 1},
+        )
+        result.request.rejection_message = (
+            "Already shipped to the account de89 3704 0044 0532 0130 00; ask max.geheim@example.org"
+        )
+        request_id = result.request.id
+    for headers in (token("storefront", channel_id=1), token("staff")):
+        shown = client.get(f"/api/v1/cancellation_requests/{request_id}/", headers=headers).json()
+        assert shown["rejection_message"].startswith("Already shipped")
+        assert not leaks("DE89370400440532013000", shown["rejection_message"])
+        assert "max.geheim@" not in shown["rejection_message"]
+    full = client.get(
+        f"/api/v1/cancellation_requests/{request_id}/", headers=token("staff", permissions=["view_iban"])
+    ).json()
+    assert "max.geheim@example.org" in full["rejection_message"]
