@@ -52,9 +52,11 @@ _CANDIDATES = re.compile(
 )
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _KEYS = "|".join(sorted(PERSONAL_KEYS, key=len, reverse=True))
-# 'holder_name': 'Max', "email": "a@b.c", b'iban': b'…' (reprs and JSON), quotes escaped or not.
+# 'holder_name': 'Max', "email": "a@b.c", b'iban': b'…' (reprs and JSON), holder_name='Max' (keyword
+# reprs, key=value renderers), quotes escaped or not.
 _QUOTED_PAIR = re.compile(
-    rf"""(?P<head>(?P<kq>\\?['"])(?:{_KEYS})(?P=kq)\s*:\s*b?)(?P<vq>\\?['"])(?P<value>.*?)(?<!\\)(?P=vq)""",
+    rf"""(?P<head>(?:(?P<kq>\\?['"])(?:{_KEYS})(?P=kq)\s*:\s*|(?<![\w.])(?:{_KEYS})=)b?)"""
+    r"""(?P<vq>\\?['"])(?P<value>.*?)(?<!\\)(?P=vq)""",
     re.IGNORECASE,
 )
 # iban=DE89…, holder_name=Max+Mustermann (query strings, key=value renderers): up to a separator.
