@@ -33,6 +33,9 @@ def get_engine(url: str | None = None) -> Engine:
         pool_size=5,
         max_overflow=10,
         connect_args={"application_name": "cancelflow"},
+        # Statement errors quote the statement, not its values (IBANs, names): their text is logged and
+        # stored on steps and jobs.
+        hide_parameters=True,
     )
 
 

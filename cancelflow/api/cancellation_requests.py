@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
+from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
 from cancelflow.errors import Conflict, Forbidden, Invalid, NotFound
 from cancelflow.models import (
@@ -106,6 +107,24 @@ class Scope:
     def require_staff(self) -> None:
         if not self.principal.is_staff:
             raise Forbidden("You do not have permission to perform this action.")
+
+
+def require_filter_permissions(filters: RequestFilters, scope: Scope) -> None:
+    """Refuse a filter on a value the caller may not read: with it, a match count would confirm a guess.
+
+    `iban` (stored unmasked) is for staff with `view_iban` only; others get a 403 naming the parameter,
+    decided before any row is read, so the answer is the same whether the IBAN exists or not.
+    """
+    if filters.iban is not None and not scope.can_view_iban:
+        raise Forbidden(f"Filtering by `iban` needs a staff token with the `{VIEW_IBAN}` permission.")
+
+
+def internal_text(value: str | None, scope: Scope) -> str | None:
+    """Error texts from inside the workflow (remote error bodies, exception messages): staff only, with
+    IBANs and e-mail addresses masked unless the token has `view_iban`; other readers see the status."""
+    if value is None or not scope.principal.is_staff:
+        return None
+    return value if scope.can_view_iban else mask_text(value)
 
 
 def _reader_scope(principal: Principal, channel_id: int | None) -> Scope:
@@ -212,7 +231,9 @@ class StepOut(BaseModel):
     next_attempt_at: datetime
     deadline_at: datetime | None
     fulfillment_order_id: int | None
-    last_error: str | None
+    last_error: str | None = Field(
+        description="Why the last attempt failed (staff only; null for other tokens, which see `status`)."
+    )
     finished_at: datetime | None
     created_date: datetime
 
@@ -235,7 +256,9 @@ class PlanOut(BaseModel):
     refund_target: RefundTarget
     deadline_at: datetime | None
     escalated_at: datetime | None
-    failure_reason: str | None
+    failure_reason: str | None = Field(
+        description="Why the plan failed (staff only; null for other tokens, which see `status`)."
+    )
     created_date: datetime
     modified_date: datetime
     steps: list[StepOut]
@@ -345,6 +368,12 @@ def _iban(value: str | None, scope: Scope) -> str | None:
     return value if scope.can_view_iban else iban_checks.mask(value)
 
 
+def _reader_text(value: str | None, scope: Scope) -> str | None:
+    """Text every reader sees that others wrote (a fulfillment service's rejection message): IBANs and
+    e-mail addresses masked unless the token has `view_iban`."""
+    return value if value is None or scope.can_view_iban else mask_text(value)
+
+
 def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOut:
     return CancellationRequestOut(
         id=request.id,
@@ -368,7 +397,7 @@ def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOu
         order=request.order_id,
         channel=request.channel_id,
         rejection_code=request.rejection_code,
-        rejection_message=request.rejection_message,
+        rejection_message=_reader_text(request.rejection_message, scope),
     )
 
 
@@ -401,7 +430,9 @@ def present_detailed(
             select(WorkflowStep).where(WorkflowStep.request_id.in_(request_ids)).order_by(WorkflowStep.id)
         ):
             if step.plan_id is not None:
-                steps[step.plan_id].append(StepOut.model_validate(step, from_attributes=True))
+                shown = StepOut.model_validate(step, from_attributes=True)
+                shown.last_error = internal_text(step.last_error, scope)
+                steps[step.plan_id].append(shown)
         plan_ids = [p.id for p in plans.values()]
         if plan_ids:
             for tx in session.scalars(
@@ -431,7 +462,7 @@ def present_detailed(
                 modified_date=r.modified_date,
                 attributes=dict(r.attributes or {}),
                 rejection_code=r.rejection_code,
-                rejection_message=r.rejection_message,
+                rejection_message=_reader_text(r.rejection_message, scope),
                 channel=r.channel_id,
                 order=OrderOut(
                     id=order.id,
@@ -460,7 +491,7 @@ def present_detailed(
                     refund_target=plan.refund_target,
                     deadline_at=plan.deadline_at,
                     escalated_at=plan.escalated_at,
-                    failure_reason=plan.failure_reason,
+                    failure_reason=internal_text(plan.failure_reason, scope),
                     created_date=plan.created_date,
                     modified_date=plan.modified_date,
                     steps=steps[plan.id],
@@ -500,6 +531,7 @@ def _list_page(request: Request, scope: Scope) -> tuple[RequestFilters, int, int
     page, limit = queries.parse_page(request.query_params)
     after, before = queries.parse_cursor(request.query_params)
     filters = RequestFilters.parse(request.query_params.multi_items())
+    require_filter_permissions(filters, scope)
     return filters, page, limit, after, before
 
 

@@ -33,14 +33,17 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
+from cancelflow.api.cancellation_requests import VIEW_IBAN
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.config import get_settings
+from cancelflow.config.logging import mask_text
 from cancelflow.db import get_engine, transaction
 from cancelflow.errors import Conflict, Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import exports
+from cancelflow.services import iban as iban_checks
 
 if TYPE_CHECKING:
     from cancelflow.services.queries import RequestFilters
@@ -123,9 +126,16 @@ class ExportJobOut(BaseModel):
     finished_at: datetime | None
 
 
-def _job(session_job: ExportJob, request: Request) -> ExportJobOut:
+def _job(session_job: ExportJob, request: Request, principal: Principal) -> ExportJobOut:
     done = session_job.status == JobStatus.done
     filters = session_job.params.get("filters")
+    if (
+        isinstance(filters, dict)
+        and filters.get("iban")
+        and not (principal.is_staff and VIEW_IBAN in principal.permissions)
+    ):
+        # Another staff member's export may filter by an IBAN this token may not read.
+        filters = {**filters, "iban": iban_checks.mask(str(filters["iban"]))}
     return ExportJobOut(
         id=session_job.id,
         format=session_job.format,
@@ -134,11 +144,21 @@ def _job(session_job: ExportJob, request: Request) -> ExportJobOut:
         done=session_job.done,
         filters=dict(filters) if isinstance(filters, dict) else {},
         download_url=absolute(request, f"/api/v1/exports/{session_job.id}/download/") if done else None,
-        error=session_job.error,
+        error=_job_error(session_job.error, principal),
         created_date=session_job.created_date,
         modified_date=session_job.modified_date,
         finished_at=session_job.finished_at,
     )
+
+
+def _job_error(error: str | None, principal: Principal) -> str | None:
+    """Why an export failed: the exception text for staff (masked unless `view_iban`), a status for a
+    storefront token."""
+    if error is None:
+        return None
+    if not principal.is_staff:
+        return "The export failed; ask the operator to look at the export job."
+    return error if VIEW_IBAN in principal.permissions else mask_text(error)
 
 
 JobId = Annotated[uuid.UUID, Path(alias="id", description="Export job id.")]
@@ -166,7 +186,7 @@ def _visible_job(session: Session, job_id: uuid.UUID, principal: Principal) -> E
 )
 def get_export(job_id: JobId, request: Request, principal: AkinonCaller) -> ExportJobOut:
     with transaction() as session:
-        return _job(_visible_job(session, job_id, principal), request)
+        return _job(_visible_job(session, job_id, principal), request, principal)
 
 
 @router.get(

@@ -214,10 +214,12 @@ def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIR
     def _tagged(
         request: Request, principal: Principal, keys: list[str], channel_id: int | None, *, exclude: bool
     ) -> dict[str, Any]:
+        from cancelflow.api import cancellation_requests as requests_api
         from cancelflow.services.queries import RequestFilters, parse_cursor, parse_page
 
         params = request.query_params
         filters = RequestFilters.parse(params.multi_items())
+        requests_api.require_filter_permissions(filters, requests_api._reader_scope(principal, channel_id))
         page, limit = parse_page(params)
         after, before = parse_cursor(params)
         with transaction() as session:

@@ -66,33 +66,67 @@ MEDIA_TYPES: dict[ExportFormat, str] = {
 class ExportField:
     name: str
     description: str
+    # Written by PostgreSQL from a typed column (a number, a date, an enum): never a formula. Every other
+    # field may carry text someone typed, and is neutralised in CSV and XLSX (see `neutralise`).
+    formatted: bool = False
 
 
 FIELDS: tuple[ExportField, ...] = (
-    ExportField("id", "Cancellation request id."),
-    ExportField("uuid", "Cancellation request UUID."),
-    ExportField("created_date", "Creation time, ISO 8601 UTC."),
-    ExportField("modified_date", "Last modification time, ISO 8601 UTC."),
-    ExportField("status", "Request status."),
-    ExportField("cancellation_type", "`cancel` or `refund`."),
+    ExportField("id", "Cancellation request id.", formatted=True),
+    ExportField("uuid", "Cancellation request UUID.", formatted=True),
+    ExportField("created_date", "Creation time, ISO 8601 UTC.", formatted=True),
+    ExportField("modified_date", "Last modification time, ISO 8601 UTC.", formatted=True),
+    ExportField("status", "Request status.", formatted=True),
+    ExportField("cancellation_type", "`cancel` or `refund`.", formatted=True),
     ExportField("order_number", "The order's number."),
-    ExportField("order_item", "Order item id."),
+    ExportField("order_item", "Order item id.", formatted=True),
     ExportField("sku", "The order item's SKU."),
-    ExportField("quantity", "Quantity to cancel."),
-    ExportField("reason", "Cancellation reason id."),
-    ExportField("plan_status", "Status of the cancellation plan (empty: no plan yet)."),
-    ExportField("plan_amount", "Amount the plan refunds, decimal string."),
+    ExportField("quantity", "Quantity to cancel.", formatted=True),
+    ExportField("reason", "Cancellation reason id.", formatted=True),
+    ExportField("plan_status", "Status of the cancellation plan (empty: no plan yet).", formatted=True),
+    ExportField("plan_amount", "Amount the plan refunds, decimal string.", formatted=True),
     ExportField("currency", "Currency of the plan (of the order when there is no plan)."),
-    ExportField("refund_target", "original_payment, bank_transfer or loyalty_money."),
+    ExportField("refund_target", "original_payment, bank_transfer or loyalty_money.", formatted=True),
     ExportField("iban_masked", "IBAN with all but the country code and the last four characters masked."),
     ExportField("holder_name", "Account holder name."),
-    ExportField("fully_refund_as_loyalty_money", "Loyalty-money refund flag (true / false)."),
+    ExportField("fully_refund_as_loyalty_money", "Loyalty-money refund flag (true / false).", formatted=True),
     ExportField(
         "tags", f"Tag keys in key order: joined by `{TAG_SEPARATOR}` in CSV and XLSX, an array in JSON."
     ),
 )
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
-__doc__ = (__doc__ or "") + "".join(f"\n* `{f.name}`: {f.description}" for f in FIELDS) + "\n"
+__doc__ = (
+    (__doc__ or "")
+    + "".join(f"\n* `{f.name}`: {f.description}" for f in FIELDS)
+    + "\n\nIn CSV and XLSX, a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return "
+    "gets a leading `'` (OWASP's rule against formula injection), and XLSX cells are written as text "
+    "strings, never as formulas or links. JSON carries the values unchanged.\n"
+)
+
+# What makes a spreadsheet read a cell as a formula (or DDE command).
+FORMULA_START: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+_TEXT_COLUMNS: tuple[int, ...] = tuple(i for i, f in enumerate(FIELDS) if not f.formatted)
+
+
+def neutralise(value: Any) -> Any:
+    """A text value a spreadsheet would evaluate gets a leading `'`, which makes it plain text."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _neutralised(rows: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for row in rows:
+        cells = None
+        for i in _TEXT_COLUMNS:
+            value = row[i]
+            if isinstance(value, str) and value.startswith(FORMULA_START):
+                if cells is None:
+                    cells = list(row)
+                cells[i] = "'" + value
+        out.append(row if cells is None else cells)
+    return out
 
 
 def _iso(column: Any) -> ColumnElement[str]:
@@ -217,10 +251,12 @@ class _Buffer(io.StringIO):
 
 def csv_chunks(batches: Iterator[Sequence[Any]]) -> Iterator[bytes]:
     buffer = _Buffer()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: with "\r\n" as the terminator, a value holding a CR or LF is quoted, so it can
+    # never start a row of its own.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(FIELD_NAMES)
     for rows in batches:
-        writer.writerows(rows)
+        writer.writerows(_neutralised(rows))
         yield buffer.take()
     yield buffer.take()
 
@@ -243,16 +279,34 @@ def write_xlsx(batches: Iterator[Sequence[Any]], path: Path) -> int:
     """Write an XLSX workbook row by row (constant memory); returns the data rows written."""
     import xlsxwriter
 
-    workbook = xlsxwriter.Workbook(str(path), {"constant_memory": True, "strings_to_numbers": False})
+    # Text stays text: no formulas, no links, no numbers made of strings, whatever a value looks like.
+    options = {
+        "constant_memory": True,
+        "strings_to_numbers": False,
+        "strings_to_formulas": False,
+        "strings_to_urls": False,
+    }
+    workbook = xlsxwriter.Workbook(str(path), options)
     try:
         sheet = workbook.add_worksheet("cancellation_requests")
         bold = workbook.add_format({"bold": True})
-        sheet.write_row(0, 0, FIELD_NAMES, bold)
+        for column, name in enumerate(FIELD_NAMES):
+            sheet.write_string(0, column, name, bold)
         row_number = 0
         for rows in batches:
-            for row in rows:
+            for row in _neutralised(rows):
                 row_number += 1
-                sheet.write_row(row_number, 0, row)
+                for column, value in enumerate(row):
+                    if value is None:
+                        continue
+                    if isinstance(value, str):
+                        sheet.write_string(row_number, column, value)
+                    elif isinstance(value, bool):
+                        sheet.write_boolean(row_number, column, value)
+                    elif isinstance(value, int | float):
+                        sheet.write_number(row_number, column, value)
+                    else:
+                        sheet.write_string(row_number, column, str(value))
     finally:
         workbook.close()
     return row_number
@@ -370,6 +424,7 @@ __all__ = [
     "BATCH_ROWS",
     "FIELDS",
     "FIELD_NAMES",
+    "FORMULA_START",
     "MEDIA_TYPES",
     "TAG_SEPARATOR",
     "ExportField",
@@ -384,6 +439,7 @@ __all__ = [
     "finish_job",
     "get_job",
     "json_chunks",
+    "neutralise",
     "record_progress",
     "stream_batches",
     "write_file",

@@ -289,7 +289,10 @@ _DESCRIPTIONS: Final[Mapping[str, str]] = {
     "order_item": "Filter by order item ID.",
     "reason": "Filter by cancellation reason ID.",
     "description": "Filter by the request's (product) description, exact match.",
-    "iban": "Filter by IBAN (spaces ignored, case-insensitive).",
+    "iban": (
+        "Filter by IBAN (spaces ignored, case-insensitive). Staff tokens with the `view_iban` permission "
+        "only: for any other token it is a 403."
+    ),
     "holder_name": "Filter by holder name (case-insensitive).",
     "easy_return": (
         "Filter by easy return ID. cancelflow keeps no easy-return records: accepted for compatibility, "

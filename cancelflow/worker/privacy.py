@@ -1,14 +1,19 @@
 """Task arguments as monitoring shows them: no IBANs, names or e-mail addresses.
 
-Celery copies a repr of every task's arguments into the message headers and into the `task-sent` and
-`task-received` events, which Flower displays and keeps. Our own tasks take ids only; the storefront's
-`cancellations.submit` message carries an IBAN and a holder name by contract. So:
+Celery copies a repr of every task's arguments into the message headers (`argsrepr`, `kwargsrepr`), into
+the `task-sent` and `task-received` events (which Flower displays and keeps), into the worker's
+"received" and "succeeded" log lines (their `data`), into `inspect active/reserved` answers, and into
+failure logs. Our own tasks take ids only; the storefront's `cancellations.submit` message carries an
+IBAN, a holder name and perhaps an e-mail address by contract. So:
 
-* every message this app publishes (API, workers, CLI) gets a redacted repr: personal fields replaced,
-  and anything left that looks like an IBAN or an e-mail address masked;
-* the worker masks the repr of messages from other producers (a storefront's own Celery client) before
-  it reaches the `task-received` event. It only has the producer's repr text there, so IBANs and e-mail
-  addresses are masked but a name in free text is not: producers should pass `kwargsrepr` themselves.
+* every message this app publishes (API, workers, CLI) gets a redacted repr (`MaskingAMQP`);
+* the worker never trusts the reprs a message brings: a producer (a storefront's own Celery client)
+  chooses them, or sends none. `MaskedRequest` recomputes both from the decoded arguments, redacted
+  (`redacted_repr`), before anything uses them: the `task-received` event, the log lines (in the pool
+  process too: the request dict it gets carries the recomputed reprs), `inspect` answers; and masks the
+  exception, traceback and result texts of the events it sends later;
+* messages no task accepts (an unknown or misspelled task name, a malformed body) never reach a Request:
+  their log lines are masked by `config.logging.PersonalDataFilter`, which withholds the body.
 """
 
 from __future__ import annotations
@@ -20,40 +25,56 @@ from celery.app.amqp import AMQP
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
-from cancelflow.config.logging import mask_text
+from cancelflow.config.logging import REDACTED, mask_text, mask_value
 
-PERSONAL_FIELDS: Final = frozenset({"iban", "holder_name", "description", "email", "name", "phone"})
-REDACTED: Final = "<redacted>"
+# Celery's defaults for the header reprs (`AMQP.argsrepr_maxsize`, `kwargsrepr_maxsize`).
+ARGSREPR_MAXSIZE: Final = 1024
+KWARGSREPR_MAXSIZE: Final = 1024
+_EVENT_TEXTS: Final = ("exception", "traceback", "result", "reason", "args", "kwargs")
+
+__all__ = ["REDACTED", "MaskedRequest", "MaskingAMQP", "redacted_repr"]
 
 
 def redacted_repr(value: Any, maxsize: int) -> str:
-    if isinstance(value, dict):
-        value = {k: REDACTED if k in PERSONAL_FIELDS and v else v for k, v in value.items()}
-    return mask_text(saferepr(value, maxsize))
+    """A repr of task arguments with personal values replaced, at any depth, and what is left masked."""
+    return mask_text(saferepr(mask_value(value), maxsize))
 
 
 class MaskingAMQP(AMQP):
-    """The app's message factory, with redacted argument reprs unless the caller gave its own."""
+    """The app's message factory: argument reprs are always redacted, whatever the caller passed."""
 
     def as_task_v2(
         self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any
     ) -> Any:
-        if options.get("argsrepr") is None:
-            options["argsrepr"] = redacted_repr(args if args is not None else (), self.argsrepr_maxsize)
-        if options.get("kwargsrepr") is None:
-            options["kwargsrepr"] = redacted_repr(
-                kwargs if kwargs is not None else {}, self.kwargsrepr_maxsize
-            )
+        options["argsrepr"] = redacted_repr(args if args is not None else (), self.argsrepr_maxsize)
+        options["kwargsrepr"] = redacted_repr(kwargs if kwargs is not None else {}, self.kwargsrepr_maxsize)
         return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
 
 
 class MaskedRequest(Request):
-    """A received task whose argument reprs are masked before any event or log line uses them."""
+    """A received task whose argument reprs are recomputed, redacted, before any event or log uses them."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._argsrepr = mask_text(str(getattr(self, "_argsrepr", "") or ""))
-        self._kwargsrepr = mask_text(str(getattr(self, "_kwargsrepr", "") or ""))
+        # After Request.__init__ the arguments are decoded (`args`, `kwargs`); the header reprs are the
+        # producer's and are dropped.
+        # JSON-decoded arguments: `saferepr` and the masking cannot fail on them.
+        argsrepr = redacted_repr(self.args, ARGSREPR_MAXSIZE)
+        kwargsrepr = redacted_repr(self.kwargs, KWARGSREPR_MAXSIZE)
+        self._argsrepr, self._kwargsrepr = argsrepr, kwargsrepr
+        # The pool process logs "succeeded"/"failed" from the request dict it is sent: the same reprs.
+        self.request_dict["argsrepr"] = argsrepr
+        self.request_dict["kwargsrepr"] = kwargsrepr
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        for key in _EVENT_TEXTS:
+            if isinstance(fields.get(key), str):
+                fields[key] = mask_text(fields[key])
+        super().send_event(type, **fields)
+
+    def info(self, safe: bool = False) -> Any:
+        """`inspect active/reserved/scheduled` (Flower's worker pages): the redacted reprs, always."""
+        return super().info(safe=True)
 
 
 @signals.worker_init.connect
@@ -63,5 +84,4 @@ def _mask_received_arguments(sender: Any = None, **_: Any) -> None:
     if app is None:
         return
     for task in app.tasks.values():
-        if task.Request == Request.__module__ + ":Request" or task.Request is Request:
-            task.Request = f"{__name__}:MaskedRequest"
+        task.Request = f"{__name__}:MaskedRequest"

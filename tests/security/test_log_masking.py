@@ -1,0 +1,74 @@
+"""Every log line, ours (structlog) or another library's (stdlib records with `data`), is masked
+recursively: IBANs in any spelling, e-mail addresses, values under personal keys; task names and task
+ids stay readable."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from cancelflow.config.logging import configure_logging
+from cancelflow.config.settings import Settings
+
+IBAN_FORMS = [
+    "DE89370400440532013000",
+    "de89370400440532013000",
+    "DE89 3704 0044 0532 0130 00",
+    "de89-3704-0044-0532-0130-00",
+]
+TASK_ID = "de305d54-75b4-431b-adb2-eb6b9e546014"
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    configure_logging(Settings(log_json=True, log_level="INFO"))
+    ours = root.handlers[0]
+    assert isinstance(ours, logging.StreamHandler)
+    buffer = io.StringIO()
+    ours.setStream(buffer)
+    try:
+        yield buffer
+    finally:
+        root.handlers[:], root.level = handlers, level
+        structlog.configure(**config)
+
+
+def assert_clean(text: str) -> None:
+    compact = "".join(c for c in text if c.isalnum()).upper()
+    assert "370400440532013000" not in compact, text
+    assert "Mustermann" not in text
+    assert "max.m@" not in text
+
+
+@pytest.mark.parametrize("iban", IBAN_FORMS)
+def test_celery_style_records_are_masked_through_their_data(json_logs: io.StringIO, iban: str) -> None:
+    kwargs = {"iban": iban, "holder_name": "Max Mustermann", "description": "max.m@example.org"}
+    context = {"id": TASK_ID, "name": "cancellations.submit", "args": "[]", "kwargs": repr(kwargs)}
+    logging.getLogger("celery.app.trace").info(
+        "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
+        {**context, "runtime": 0.1, "return_value": f"'{iban}'"},
+        extra={"data": {**context, "raw": [kwargs]}},
+    )
+    line = json.loads(json_logs.getvalue())
+    assert_clean(json_logs.getvalue())
+    assert line["data"]["name"] == "cancellations.submit"
+    assert TASK_ID in line["event"]
+
+
+@pytest.mark.parametrize("iban", IBAN_FORMS)
+def test_structlog_events_are_masked_at_any_depth(json_logs: io.StringIO, iban: str) -> None:
+    structlog.get_logger("cancelflow.test").warning(
+        "message rejected",
+        errors={"iban": [f"bad {iban}"]},
+        message={"holder_name": "Max Mustermann", "nested": [{"email": "max.m@example.org", "note": iban}]},
+        note=f"holder_name='Max Mustermann' iban={iban.replace(' ', '+')}",
+    )
+    assert_clean(json_logs.getvalue())
+    assert "message rejected" in json_logs.getvalue()
