@@ -10,17 +10,15 @@ pending step of a kind it runs, a job task with its own job.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from cancelflow.models.enums import StepStatus
 from cancelflow.services import jobs, steps
-from tests.security.world import World, build, captured_sender, money, snapshot
+from tests.security.world import World, money, snapshot
 
 STEP_TASKS = tuple(dict.fromkeys(steps.TASK_FOR_KIND.values()))
 JOB_TASKS = ("exports.run", "tags.bulk")
@@ -34,16 +32,6 @@ NOT_AN_ID = st.one_of(
     st.integers(min_value=2**63),
     st.lists(st.integers(), max_size=2),
 )
-
-
-@pytest.fixture(scope="module")
-def sent(database: str) -> Iterator[list[jobs.Send]]:
-    yield from captured_sender()
-
-
-@pytest.fixture(scope="module")
-def world(sent: list[jobs.Send]) -> World:
-    return build(sent)
 
 
 def _legal(world: World, task: str, value: Any) -> bool:
