@@ -23,8 +23,8 @@ PREFIX = "cancelflow:counter:"
 
 
 def incr(key: str) -> int:
-    return int(_client().incr(PREFIX + key))
+    return int(_client().incr(f"{PREFIX}{key}"))
 
 
 def get(key: str) -> int:
-    return int(_client().get(PREFIX + key) or 0)
+    return int(_client().get(f"{PREFIX}{key}") or 0)
