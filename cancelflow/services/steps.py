@@ -49,6 +49,10 @@ KINDS_FOR_TASK: Final[Mapping[str, frozenset[StepKind]]] = {
 }
 # The only status a step runs from; a step in any other is finished, dead or cancelled.
 RUNNABLE: Final = frozenset({StepStatus.pending})
+# How far past `now + redelivery_grace` a step's next attempt may lie and it still run: every message we send
+# finds it within the grace (a new step, a sweep) or due (a retry countdown, a replay); later means a stale
+# duplicate or a forged message trying to spend the step's attempts early. Slack for clocks and delivery.
+EARLY_TOLERANCE: Final = timedelta(seconds=5)
 
 SWEEP_LOCK_KEY: Final = 0x63616E63  # pg advisory lock id held by the one running sweep
 
@@ -86,10 +90,13 @@ _CLAIM = (
         WorkflowStep.id == bindparam("step_id"),
         WorkflowStep.kind.in_(bindparam("kinds", expanding=True)),
         WorkflowStep.status.in_(bindparam("statuses", expanding=True)),
+        WorkflowStep.next_attempt_at <= bindparam("due_by"),
     )
     .with_for_update(skip_locked=True)
 )
-_KIND_AND_STATUS = select(_STEPS.c.kind, _STEPS.c.status).where(_STEPS.c.id == bindparam("step_id"))
+_WHY_NOT = select(_STEPS.c.kind, _STEPS.c.status, _STEPS.c.next_attempt_at).where(
+    _STEPS.c.id == bindparam("step_id")
+)
 
 
 def kinds_for(task: str) -> frozenset[StepKind]:
@@ -141,20 +148,21 @@ def create(
 
 
 def claim(session: Session, step_id: int, *, task: str) -> WorkflowStep:
-    """Lock a pending step of a kind `task` owns for this transaction.
+    """Lock a pending, due step of a kind `task` owns for this transaction.
 
-    Raises AlreadyHandled when the step is taken by another worker or no longer pending (a duplicate
-    message), Refused when `step_id` is no step or a step of a kind `task` does not run.
+    Raises AlreadyHandled when the step is taken by another worker, no longer pending or not yet due (a
+    duplicate or stale message), Refused when `step_id` is no step or a step of a kind `task` does not run.
     """
     kinds = kinds_for(task)
     step_id = checked_int(task, step_id)
+    due_by = now() + get_settings().redelivery_grace + EARLY_TOLERANCE
     step = session.scalars(
-        _CLAIM, {"step_id": step_id, "kinds": sorted(kinds), "statuses": sorted(RUNNABLE)}
+        _CLAIM, {"step_id": step_id, "kinds": sorted(kinds), "statuses": sorted(RUNNABLE), "due_by": due_by}
     ).one_or_none()
     if step is not None:
         return step
     # Why not: read without a lock, only to name the reason (nothing is changed on this path).
-    row = session.connection().execute(_KIND_AND_STATUS, {"step_id": step_id}).one_or_none()
+    row = session.connection().execute(_WHY_NOT, {"step_id": step_id}).one_or_none()
     if row is None:
         raise Refused(f"{task} was given step {step_id}, which does not exist", reason="unknown_id")
     kind, status = StepKind(row.kind), StepStatus(row.status)
@@ -164,6 +172,8 @@ def claim(session: Session, step_id: int, *, task: str) -> WorkflowStep:
         )
     if status not in RUNNABLE:
         raise AlreadyHandled(f"step {step_id} is {status.value}")
+    if row.next_attempt_at > due_by:
+        raise AlreadyHandled(f"step {step_id} is not due until {row.next_attempt_at.isoformat()}")
     raise AlreadyHandled(f"step {step_id} is running elsewhere")
 
 
@@ -185,21 +195,20 @@ def record_failure(
     step_id: int,
     error: str,
     *,
-    task: str,
     permanent: bool,
     retry_after: float | None = None,
+    task: str | None = None,
 ) -> StepStatus:
     """Count a failed attempt; past the budget (or when permanent) the step goes dead and its plan fails.
 
-    Only a step of a kind `task` owns is counted: a failure before the claim proved the kind (the
-    database went away) must not spend another kind's attempts.
+    `task`: count it only if the step is of a kind that task owns. A task's failure may come before its
+    claim proved the kind (the database went away), and must not spend another kind's attempts.
     `retry_after`: the far side's `Retry-After`, in seconds; the next attempt waits at least that long.
     """
-    step = session.scalars(
-        select(WorkflowStep)
-        .where(WorkflowStep.id == step_id, WorkflowStep.kind.in_(sorted(kinds_for(task))))
-        .with_for_update()
-    ).one_or_none()
+    query = select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update()
+    if task is not None:
+        query = query.where(WorkflowStep.kind.in_(sorted(kinds_for(task))))
+    step = session.scalars(query).one_or_none()
     if step is None or step.status != StepStatus.pending:
         return step.status if step is not None else StepStatus.cancelled
     attempt = step.attempt + 1

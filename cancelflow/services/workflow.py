@@ -617,6 +617,19 @@ _UNPAID = (
 )
 
 
+# The plan and its request (fresh, after the order lock) with the count of its unpaid money steps: one trip.
+_CLOSE_CONTEXT = _PLAN_AND_REQUEST.add_columns(
+    select(func.count())
+    .select_from(WorkflowStep)
+    .where(
+        WorkflowStep.plan_id == CancellationPlan.id,
+        WorkflowStep.kind.in_(sorted(MONEY_KINDS)),
+        WorkflowStep.status != StepStatus.done,
+    )
+    .scalar_subquery()
+)
+
+
 def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
     # Serialise the "was that the last money step?" question per plan.
     connection = session.connection()
@@ -637,8 +650,7 @@ def close_step(session: Session, step: WorkflowStep) -> None:
     assert step.request_id is not None
     assert step.plan_id is not None
     lock_order_of(session, step.request_id)
-    plan, request = plan_and_request(session, step.plan_id)
-    unpaid = session.connection().execute(_UNPAID, {"plan_id": plan.id}).scalar()
+    plan, request, unpaid = session.execute(_CLOSE_CONTEXT, {"plan_id": step.plan_id}).one()
     if unpaid:
         # A close step is made only once every money step is done: this one was not made that way.
         raise Refused(

@@ -46,6 +46,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import StepKind, StepStatus
 from cancelflow.services.steps import TASK_FOR_KIND
+from cancelflow.worker.app import celery_app as session_app  # bound before chaos_stack swaps it
 from tests.chaos.conftest import RedisServer
 from tests.factories import VALID_IBAN
 from tests.harness import Stack, wait_for
@@ -369,7 +370,9 @@ def _forge(planned: list[Planned], rng: random.Random, *, per_task: int) -> int:
     from cancelflow.db import transaction
     from cancelflow.worker.app import celery_app  # the chaos broker's app (see chaos_stack)
 
-    celery_app.loader.import_default_modules()
+    # The task names come from the session's app, which registers the task modules (the chaos app does not).
+    session_app.loader.import_default_modules()
+    names = sorted(n for n in session_app.tasks if not n.startswith("celery."))
     ids = [request.id for request, _ in _rows([p.cid for p in planned]).values()]
     with transaction() as session:
         found = session.execute(
@@ -377,7 +380,7 @@ def _forge(planned: list[Planned], rng: random.Random, *, per_task: int) -> int:
         ).all()
         top = int(session.scalar(select(func.max(WorkflowStep.id))) or 0)
     sent = 0
-    for name in sorted(n for n in celery_app.tasks if not n.startswith("celery.")):
+    for name in names:
         others = [row.id for row in found if TASK_FOR_KIND[row.kind] != name]
         # Money steps first among the wrong kinds: those are the forgeries that would cost money.
         money = [row.id for row in found if row.kind in MONEY_KINDS and TASK_FOR_KIND[row.kind] != name]
@@ -551,6 +554,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
     with capsys.disabled():
         print(f"\n{summary}")
     assert tally.kills >= MIN_KILLS
+    assert tally.forged > 0
     assert refused > 0, "no forged message was refused"
     assert (tally.flushes, tally.redis_restarts, tally.soft_restarts) == (1, 1, 1)
 

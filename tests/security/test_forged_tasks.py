@@ -71,19 +71,23 @@ def forged_counts(stack: Stack) -> dict[tuple[str, str], float]:
     }
 
 
-def refusals(stack: Stack, step_id: int) -> list[dict[str, Any]]:
-    """The worker's 'forged task refused' records about `step_id`."""
+def _records(stack: Stack, event: str) -> list[dict[str, Any]]:
     found = []
     for line in stack.procs["worker"].log_text().splitlines():
-        if "forged task refused" not in line:
+        if event not in line:
             continue
         try:
             record = json.loads(line[line.index("{") :])
         except ValueError:
             continue  # a line Celery wrote around the JSON record
-        if record.get("step_id") == step_id:
+        if record.get("event") == event:
             found.append(record)
     return found
+
+
+def refusals(stack: Stack, step_id: int) -> list[dict[str, Any]]:
+    """The worker's 'forged task refused' records about `step_id`."""
+    return [r for r in _records(stack, "forged task refused") if r.get("step_id") == step_id]
 
 
 def step_of(plan_id: int, kind: StepKind) -> WorkflowStep:
@@ -152,6 +156,22 @@ def waiting_for_money(stack: Stack, unit_price: str) -> tuple[Any, WorkflowStep,
     return request, notify, refund
 
 
+def make_due(step_id: int) -> None:
+    """The step's backoff has passed: the sweeper sends it."""
+    from sqlalchemy import update
+
+    from cancelflow.db import transaction
+    from cancelflow.services.clock import now
+
+    with transaction() as session:
+        session.execute(update(WorkflowStep).where(WorkflowStep.id == step_id).values(next_attempt_at=now()))
+
+
+def handled(stack: Stack, step_id: int) -> list[dict[str, Any]]:
+    """The worker's 'step already handled' records about `step_id`."""
+    return [r for r in _records(stack, "step already handled") if r.get("step_id") == step_id]
+
+
 def refunds_at_gateway(stack: Stack, plan_id: int) -> list[str]:
     data = stack.gateway("/refunds")["data"]
     return [r["idempotency_key"] for r in data if r["idempotency_key"].startswith(f"{plan_id}:")]
@@ -182,8 +202,8 @@ def test_refund_published_with_a_notify_step_id_refunds_nothing(stack: Stack) ->
     assert record["level"] == "warning"
     assert forged_counts(stack)[("payments.refund", "wrong_kind")] == 1
 
-    # And the plan's own refund step, when it runs, refunds once under its own key and completes the plan
-    publish("payments.refund", refund.id)
+    # And the plan's own refund step, once due, refunds once under its own key and completes the plan
+    make_due(refund.id)
     wait_status(request.client_request_id, "completed", timeout=60)
     key = f"{plan.id}:original_payment:1"
     assert [row.idempotency_key for row in money_rows(plan.id)] == [key]
@@ -217,7 +237,14 @@ def test_close_published_with_a_retrying_refund_step_id_completes_nothing(stack:
     )
     assert forged_counts(stack)[("cancellations.close", "wrong_kind")] == 1
 
-    # And the refund, when it runs, pays once and completes the plan
+    # And the refund's own task, published before its backoff has passed, does not spend an attempt early
+    seen = len(handled(stack, refund.id))
     publish("payments.refund", refund.id)
+    wait_for(lambda: len(handled(stack, refund.id)) > seen, timeout=60, what="the early message's end")
+    assert "not due" in handled(stack, refund.id)[-1]["reason"]
+    assert state(step_of(plan.id, StepKind.refund)) == state(refund)
+
+    # And the refund, once due, pays once and completes the plan
+    make_due(refund.id)
     wait_status(request.client_request_id, "completed", timeout=60)
     assert [row.idempotency_key for row in money_rows(plan.id)] == [f"{plan.id}:original_payment:1"]
