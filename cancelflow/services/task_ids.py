@@ -17,8 +17,6 @@ from cancelflow.models import BulkJob, ExportJob
 
 EXPORT_TASK: Final = "exports.run"
 BULK_TASK: Final = "tags.bulk"
-
-
 BIGINT_MAX: Final = 2**63 - 1
 
 
