@@ -490,7 +490,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
             broker_loss(lambda: broker.client().flushdb())
             tally.flushes += 1
             tally.duplicates += _duplicate(waves[0], rng, submits=10, steps=20)
-            tally.forged += _forge(waves[0], rng, per_task=2)
+            tally.forged += _forge(waves[0], rng, per_task=1)
             clock.mark("wave 1 + flush")
 
             # And the second wave meets a soft restart of the worker (SIGTERM: finish or give back work)
@@ -509,7 +509,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
             publish(waves[2])
             wait_stored(waves[2])
             tally.duplicates += _duplicate(planned, rng, submits=10, steps=30)
-            tally.forged += _forge(planned, rng, per_task=3)
+            tally.forged += _forge(planned, rng, per_task=2)
             clock.mark("Redis restart + wave 3")
 
             # Workers keep dying while the requests are worked through, at least MIN_KILLS times
