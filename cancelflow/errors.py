@@ -39,6 +39,21 @@ class Forbidden(CancelflowError):
     code = "permission_denied"
 
 
+class Refused(CancelflowError):
+    """A task was handed an id it must not act on (a forged or misrouted message): nothing changes.
+
+    `reason` is a short label for logs and the forged-task counter; `kind` what the id turned out to be.
+    """
+
+    code = "refused"
+    reasons = ("bad_id", "unknown_id", "wrong_kind", "mismatch")
+
+    def __init__(self, message: str, *, reason: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.kind = kind
+
+
 class TransientError(CancelflowError):
     """Worth retrying with backoff: a timeout, a connection error, a 5xx, a lock held elsewhere.
 

@@ -35,7 +35,7 @@ def request_steps(item_id: int, sent: list[jobs.Send]) -> Iterator[tuple[str, St
 
     def claimed(kind: StepKind, handler: Callable[[Session, WorkflowStep], None]) -> Step:
         step_id = asked(kind)
-        return lambda session: handler(session, steps.claim(session, step_id))
+        return lambda session: handler(session, steps.claim(session, step_id, task=steps.TASK_FOR_KIND[kind]))
 
     message = {
         "client_request_id": uuid.uuid4().hex,
@@ -49,7 +49,10 @@ def request_steps(item_id: int, sent: list[jobs.Send]) -> Iterator[tuple[str, St
     yield "route", claimed(StepKind.route, workflow.route_step)
     notify_id = asked(StepKind.notify)
     # notify_step's HTTP call is left out: the claim and the finish around it remain
-    yield "notify (no HTTP)", lambda session: steps.finish(session, steps.claim(session, notify_id), {})
+    yield (
+        "notify (no HTTP)",
+        lambda session: steps.finish(session, steps.claim(session, notify_id, task="fulfillment.notify"), {}),
+    )
     with transaction() as session:
         fo_id = session.scalar(select(WorkflowStep.fulfillment_order_id).where(WorkflowStep.id == notify_id))
     assert fo_id is not None

@@ -17,9 +17,14 @@ def _client() -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
+# Counters live under their own prefix: a `workflow.ping` message names a counter, never one of the
+# broker's own keys (queues, unacked index, bindings).
+PREFIX = "cancelflow:counter:"
+
+
 def incr(key: str) -> int:
-    return int(_client().incr(key))
+    return int(_client().incr(f"{PREFIX}{key}"))
 
 
 def get(key: str) -> int:
-    return int(_client().get(key) or 0)
+    return int(_client().get(f"{PREFIX}{key}") or 0)

@@ -36,3 +36,9 @@ def refund_target(*, loyalty: bool, payment_method: PaymentMethod) -> RefundTarg
 def money_key(plan_id: int, target: RefundTarget, n: int = 1) -> str:
     """The deterministic idempotency key of the n-th movement of a plan to a target."""
     return f"{plan_id}:{target.value}:{n}"
+
+
+def is_money_key(key: str, plan_id: int, target: RefundTarget) -> bool:
+    """Whether `key` is one of `money_key(plan_id, target, n)`."""
+    head, _, n = key.rpartition(":")
+    return head == f"{plan_id}:{target.value}" and n.isdigit() and n == str(int(n))

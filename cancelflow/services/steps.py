@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
@@ -18,13 +19,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
-from cancelflow.errors import AlreadyHandled
+from cancelflow.errors import AlreadyHandled, Refused
 from cancelflow.models import CancellationPlan, WorkflowStep
 from cancelflow.models.base import table_of
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
+from cancelflow.services.task_ids import checked_int
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,19 @@ TASK_FOR_KIND: Final[dict[StepKind, str]] = {
     StepKind.loyalty_credit: "loyalty.credit",
     StepKind.close: "cancellations.close",
 }
+
+# What each step task may run, derived from the contract above so the two can never disagree: a task
+# handed the id of another kind's step (a forged or misrouted message) refuses it.
+KINDS_FOR_TASK: Final[Mapping[str, frozenset[StepKind]]] = {
+    task: frozenset(kind for kind, owner in TASK_FOR_KIND.items() if owner == task)
+    for task in dict.fromkeys(TASK_FOR_KIND.values())
+}
+# The only status a step runs from; a step in any other is finished, dead or cancelled.
+RUNNABLE: Final = frozenset({StepStatus.pending})
+# How far past `now + redelivery_grace` a step's next attempt may lie and it still run: every message we send
+# finds it within the grace (a new step, a sweep) or due (a retry countdown, a replay); later means a stale
+# duplicate or a forged message trying to spend the step's attempts early. Slack for clocks and delivery.
+EARLY_TOLERANCE: Final = timedelta(seconds=5)
 
 SWEEP_LOCK_KEY: Final = 0x63616E63  # pg advisory lock id held by the one running sweep
 
@@ -69,7 +84,27 @@ _INSERT_STEP = (
     .returning(_STEPS.c.id, _STEPS.c.status)
 )
 _STEP_BY_KEY = select(_STEPS.c.id, _STEPS.c.status).where(_STEPS.c.idempotency_key == bindparam("key"))
-_CLAIM = select(WorkflowStep).where(WorkflowStep.id == bindparam("step_id")).with_for_update(skip_locked=True)
+_CLAIM = (
+    select(WorkflowStep)
+    .where(
+        WorkflowStep.id == bindparam("step_id"),
+        WorkflowStep.kind.in_(bindparam("kinds", expanding=True)),
+        WorkflowStep.status.in_(bindparam("statuses", expanding=True)),
+        WorkflowStep.next_attempt_at <= bindparam("due_by"),
+    )
+    .with_for_update(skip_locked=True)
+)
+_WHY_NOT = select(_STEPS.c.kind, _STEPS.c.status, _STEPS.c.next_attempt_at).where(
+    _STEPS.c.id == bindparam("step_id")
+)
+
+
+def kinds_for(task: str) -> frozenset[StepKind]:
+    """The step kinds `task` owns; a name that owns none is a programming error."""
+    kinds = KINDS_FOR_TASK.get(task)
+    if kinds is None:
+        raise ValueError(f"{task!r} runs no workflow step")
+    return kinds
 
 
 def create(
@@ -112,14 +147,34 @@ def create(
     return int(row.id)
 
 
-def claim(session: Session, step_id: int) -> WorkflowStep:
-    """Lock the step for this transaction, or raise AlreadyHandled if it is taken, finished or gone."""
-    step = session.scalars(_CLAIM, {"step_id": step_id}).one_or_none()
-    if step is None:
-        raise AlreadyHandled(f"step {step_id} is running elsewhere or does not exist")
-    if step.status != StepStatus.pending:
-        raise AlreadyHandled(f"step {step_id} is {step.status.value}")
-    return step
+def claim(session: Session, step_id: int, *, task: str) -> WorkflowStep:
+    """Lock a pending, due step of a kind `task` owns for this transaction.
+
+    Raises AlreadyHandled when the step is taken by another worker, no longer pending or not yet due (a
+    duplicate or stale message), Refused when `step_id` is no step or a step of a kind `task` does not run.
+    """
+    kinds = kinds_for(task)
+    step_id = checked_int(task, step_id)
+    due_by = now() + get_settings().redelivery_grace + EARLY_TOLERANCE
+    step = session.scalars(
+        _CLAIM, {"step_id": step_id, "kinds": sorted(kinds), "statuses": sorted(RUNNABLE), "due_by": due_by}
+    ).one_or_none()
+    if step is not None:
+        return step
+    # Why not: read without a lock, only to name the reason (nothing is changed on this path).
+    row = session.connection().execute(_WHY_NOT, {"step_id": step_id}).one_or_none()
+    if row is None:
+        raise Refused(f"{task} was given step {step_id}, which does not exist", reason="unknown_id")
+    kind, status = StepKind(row.kind), StepStatus(row.status)
+    if kind not in kinds:
+        raise Refused(
+            f"{task} does not run {kind.value} steps (step {step_id})", reason="wrong_kind", kind=kind.value
+        )
+    if status not in RUNNABLE:
+        raise AlreadyHandled(f"step {step_id} is {status.value}")
+    if row.next_attempt_at > due_by:
+        raise AlreadyHandled(f"step {step_id} is not due until {row.next_attempt_at.isoformat()}")
+    raise AlreadyHandled(f"step {step_id} is running elsewhere")
 
 
 def finish(session: Session, step: WorkflowStep, result: dict[str, object] | None = None) -> None:
@@ -136,15 +191,24 @@ def backoff(attempt: int) -> timedelta:
 
 
 def record_failure(
-    session: Session, step_id: int, error: str, *, permanent: bool, retry_after: float | None = None
+    session: Session,
+    step_id: int,
+    error: str,
+    *,
+    permanent: bool,
+    retry_after: float | None = None,
+    task: str | None = None,
 ) -> StepStatus:
     """Count a failed attempt; past the budget (or when permanent) the step goes dead and its plan fails.
 
+    `task`: count it only if the step is of a kind that task owns. A task's failure may come before its
+    claim proved the kind (the database went away), and must not spend another kind's attempts.
     `retry_after`: the far side's `Retry-After`, in seconds; the next attempt waits at least that long.
     """
-    step = session.scalars(
-        select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update()
-    ).one_or_none()
+    query = select(WorkflowStep).where(WorkflowStep.id == step_id).with_for_update()
+    if task is not None:
+        query = query.where(WorkflowStep.kind.in_(sorted(kinds_for(task))))
+    step = session.scalars(query).one_or_none()
     if step is None or step.status != StepStatus.pending:
         return step.status if step is not None else StepStatus.cancelled
     attempt = step.attempt + 1

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
-from cancelflow.errors import AlreadyHandled, Conflict, NotFound, PermanentError
+from cancelflow.errors import AlreadyHandled, Conflict, NotFound, PermanentError, Refused
 from cancelflow.integrations import connector
 from cancelflow.models import (
     CancellationPlan,
@@ -46,7 +46,7 @@ from cancelflow.models.enums import (
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import steps, transitions
 from cancelflow.services.clock import now
-from cancelflow.services.money import STEP_FOR_TARGET, money_key, plan_amount, refund_target
+from cancelflow.services.money import STEP_FOR_TARGET, is_money_key, money_key, plan_amount, refund_target
 
 log = logging.getLogger(__name__)
 
@@ -506,6 +506,7 @@ _MONEY_BY_KEY = select(MoneyTransaction).where(MoneyTransaction.idempotency_key 
 def money_step(session: Session, step: WorkflowStep) -> None:
     """Move the money once: the step's idempotency key goes to the connector and into a unique row."""
     plan, request, order, payment = session.execute(_MONEY_CONTEXT, {"plan_id": step.plan_id}).one()
+    _check_money_step(step, plan)
     if plan.status != PlanStatus.waiting_for_payment:
         steps.finish(session, step, {"skipped": plan.status.value})
         return
@@ -570,6 +571,19 @@ def money_step(session: Session, step: WorkflowStep) -> None:
     _close_when_paid(session, plan)
 
 
+def _check_money_step(step: WorkflowStep, plan: CancellationPlan) -> None:
+    """Money is keyed by the plan's own money step: its kind is the plan's target's, its key
+    `{plan_id}:{target}:{n}`. Anything else moves no money, whatever step it is."""
+    target = plan.refund_target
+    if step.kind != STEP_FOR_TARGET[target] or not is_money_key(step.idempotency_key, plan.id, target):
+        raise Refused(
+            f"step {step.id} ({step.kind.value}, key {step.idempotency_key}) is not the {target.value} "
+            f"money step of plan {plan.id}",
+            reason="mismatch",
+            kind=step.kind.value,
+        )
+
+
 def _credit_loyalty(session: Session, plan: CancellationPlan, order: Order, key: str) -> str:
     entry_id = session.scalar(
         insert(LoyaltyLedgerEntry)
@@ -603,6 +617,19 @@ _UNPAID = (
 )
 
 
+# The plan and its request (fresh, after the order lock) with the count of its unpaid money steps: one trip.
+_CLOSE_CONTEXT = _PLAN_AND_REQUEST.add_columns(
+    select(func.count())
+    .select_from(WorkflowStep)
+    .where(
+        WorkflowStep.plan_id == CancellationPlan.id,
+        WorkflowStep.kind.in_(sorted(MONEY_KINDS)),
+        WorkflowStep.status != StepStatus.done,
+    )
+    .scalar_subquery()
+)
+
+
 def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
     # Serialise the "was that the last money step?" question per plan.
     connection = session.connection()
@@ -623,7 +650,14 @@ def close_step(session: Session, step: WorkflowStep) -> None:
     assert step.request_id is not None
     assert step.plan_id is not None
     lock_order_of(session, step.request_id)
-    plan, request = plan_and_request(session, step.plan_id)
+    plan, request, unpaid = session.execute(_CLOSE_CONTEXT, {"plan_id": step.plan_id}).one()
+    if unpaid:
+        # A close step is made only once every money step is done: this one was not made that way.
+        raise Refused(
+            f"plan {plan.id} still has {unpaid} money step(s) to run; close refused",
+            reason="mismatch",
+            kind=step.kind.value,
+        )
     if plan.status == PlanStatus.waiting_for_payment:
         transitions.move(session, plan, PlanStatus.completed)
         if request.status == RequestStatus.approved:

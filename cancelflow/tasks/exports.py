@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import structlog
@@ -11,9 +10,9 @@ from sqlalchemy.exc import DBAPIError
 
 from cancelflow.config import get_settings
 from cancelflow.db import get_engine, transaction
-from cancelflow.errors import NotFound
+from cancelflow.errors import NotFound, Refused
 from cancelflow.models import ExportFormat
-from cancelflow.services import exports
+from cancelflow.services import exports, task_ids
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
 
@@ -28,10 +27,14 @@ def run_export(self: DbTask, job_id: str) -> str:
     """Write the export file (whole, again, after a crash) and record progress as it goes."""
     from cancelflow.services.queries import RequestFilters
 
-    job_uuid = uuid.UUID(job_id)
+    try:
+        job_uuid = task_ids.checked_uuid(self.name, job_id)
+    except Refused as exc:
+        return self.refuse(exc, job_id=task_ids.shown(job_id))
     structlog.contextvars.bind_contextvars(export_job=job_id, task=self.name)
     try:
         with transaction() as session:
+            task_ids.check_job(session, self.name, job_uuid)
             job = exports.claim_job(session, job_uuid)
             if job is None:
                 return "finished"
@@ -53,6 +56,8 @@ def run_export(self: DbTask, job_id: str) -> str:
         )
         with transaction() as session:
             exports.finish_job(session, job_uuid, path=path, rows=rows)
+    except Refused as exc:  # another task's job: nothing was read or written
+        return self.refuse(exc, job_id=job_id, job_kind=exc.kind)
     except NotFound:
         log.warning("export job vanished")  # deleted since it was queued: nothing to do
         return "missing"

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 import structlog
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 
 from cancelflow.db import transaction
-from cancelflow.errors import NotFound
-from cancelflow.services import bulk
+from cancelflow.errors import NotFound, Refused
+from cancelflow.services import bulk, task_ids
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
 
@@ -22,10 +20,17 @@ log = structlog.get_logger(__name__)
 )
 def run_bulk(self: DbTask, job_id: str) -> str:
     """Run the job's remaining chunks; a time limit or a lost connection re-queues it to resume."""
-    job_uuid = uuid.UUID(job_id)
+    try:
+        job_uuid = task_ids.checked_uuid(self.name, job_id)
+    except Refused as exc:
+        return self.refuse(exc, job_id=task_ids.shown(job_id))
     structlog.contextvars.bind_contextvars(bulk_job=job_id, task=self.name)
     try:
+        with transaction() as session:
+            task_ids.check_job(session, self.name, job_uuid)
         chunks = bulk.drive(job_uuid, transaction)
+    except Refused as exc:  # another task's job: nothing was read or written
+        return self.refuse(exc, job_id=job_id, job_kind=exc.kind)
     except NotFound:
         log.warning("bulk job vanished")  # deleted since it was queued: nothing to do
         return "missing"

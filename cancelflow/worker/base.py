@@ -13,10 +13,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cancelflow.db import transaction
-from cancelflow.errors import AlreadyHandled, CancelflowError, PermanentError, TransientError
+from cancelflow.errors import AlreadyHandled, CancelflowError, PermanentError, Refused, TransientError
 from cancelflow.models import WorkflowStep
 from cancelflow.models.transitions import InvalidTransition
-from cancelflow.services import steps
+from cancelflow.services import steps, task_ids
 
 log = structlog.get_logger(__name__)
 
@@ -34,11 +34,15 @@ class DbTask(Task):  # type: ignore[type-arg]
             yield session
 
     def run_step(self, step_id: int, handler: StepHandler) -> str:
-        """Claim the step row, run one service call on it, classify what went wrong."""
-        structlog.contextvars.bind_contextvars(step_id=step_id, task=self.name, task_id=self.request.id)
+        """Claim the step row (a kind this task owns, pending), run one service call on it, classify errors."""
+        structlog.contextvars.bind_contextvars(
+            step_id=task_ids.shown(step_id), task=self.name, task_id=self.request.id
+        )
+        kind: str | None = None
         try:
             with self.session() as session:
-                step = steps.claim(session, step_id)
+                step = steps.claim(session, step_id, task=self.name)
+                kind = step.kind.value
                 structlog.contextvars.bind_contextvars(
                     plan_id=step.plan_id, request_id=step.request_id, attempt=step.attempt + 1
                 )
@@ -48,6 +52,8 @@ class DbTask(Task):  # type: ignore[type-arg]
         except AlreadyHandled as exc:
             log.info("step already handled", reason=exc.message)
             return "already_handled"
+        except Refused as exc:  # rolled back whole: no status moved, no attempt counted, no money
+            return self.refuse(exc, step_id=task_ids.shown(step_id), step_kind=exc.kind or kind)
         except (TransientError, SoftTimeLimitExceeded) as exc:
             return self._failed(step_id, exc, permanent=False)
         except DBAPIError as exc:
@@ -61,12 +67,20 @@ class DbTask(Task):  # type: ignore[type-arg]
         finally:
             structlog.contextvars.clear_contextvars()
 
+    def refuse(self, exc: Refused, **ids: object) -> str:
+        """Log and count a message this task must not act on; the caller has changed nothing."""
+        from cancelflow.worker.metrics import forged_tasks
+
+        forged_tasks().labels(task=self.name, reason=exc.reason).inc()
+        log.warning("forged task refused", task=self.name, reason=exc.reason, error=exc.message, **ids)
+        return "refused"
+
     def _failed(self, step_id: int, exc: BaseException, *, permanent: bool) -> str:
         error = f"{type(exc).__name__}: {exc}"
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         with self.session() as session:
             status = steps.record_failure(
-                session, step_id, error, permanent=permanent, retry_after=retry_after
+                session, step_id, error, task=self.name, permanent=permanent, retry_after=retry_after
             )
         level = logging.ERROR if status.value == "dead" else logging.WARNING
         log.log(level, "step failed", error=error, permanent=permanent, step_status=status.value)

@@ -20,9 +20,14 @@ from typing import Any
 from celery import signals
 
 from cancelflow.config import get_settings
+from cancelflow.services.steps import TASK_FOR_KIND
 
 _started: dict[str, float] = {}
 _histogram: Any = None
+_forged: Any = None
+
+# Every task that takes a row id (a step, a delivery, a job): each refuses an id that is not its own kind.
+ID_TASKS = (*dict.fromkeys(TASK_FOR_KIND.values()), "webhooks.deliver", "exports.run", "tags.bulk")
 _multiprocess_dir: Path | None = None
 
 
@@ -39,6 +44,26 @@ def task_duration() -> Any:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf")),
         )
     return _histogram
+
+
+def forged_tasks() -> Any:
+    """`cancelflow_forged_tasks_total{task,reason}`: messages refused for naming a row the task must not
+    act on. Every (task, reason) pair is created at zero, so the series exist before the first refusal."""
+    global _forged
+    if _forged is None:
+        from prometheus_client import Counter
+
+        from cancelflow.errors import Refused
+
+        _forged = Counter(
+            "cancelflow_forged_tasks",
+            "Task messages refused: the id named no row, or a row of a kind the task does not run.",
+            ["task", "reason"],
+        )
+        for task in ID_TASKS:
+            for reason in Refused.reasons:
+                _forged.labels(task=task, reason=reason)
+    return _forged
 
 
 def _use_multiprocess_dir() -> Path:
@@ -76,6 +101,7 @@ def _serve_metrics(**_: Any) -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     task_duration()  # created now so that every forked child inherits the multiprocess store
+    forged_tasks()
     start_http_server(port, registry=registry)
 
 

@@ -384,7 +384,7 @@ class TestReject:
                     WorkflowStep.request_id == body["id"], WorkflowStep.kind == StepKind.route
                 )
             ).one()
-            workflow.route_step(session, steps.claim(session, step.id))
+            workflow.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
         with transaction() as session:
             plan = session.scalars(
                 select(CancellationPlan).where(CancellationPlan.request_id == body["id"])

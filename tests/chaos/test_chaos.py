@@ -7,7 +7,9 @@ What is done to the stack, in order, while requests flow:
 * one broker flush (every queued and unacked message gone), one soft restart of the worker (SIGTERM), one
   Redis restart (SIGTERM, comes back empty), each while steps are in flight;
 * duplicate messages: `cancellations.submit` re-published with the same client_request_id, and step tasks
-  re-sent by name with the ids of steps found in the database.
+  re-sent by name with the ids of steps found in the database;
+* forged messages: every task name published with ids of steps of kinds it does not run (money steps among
+  them), ids of no row and values that are no id; each must be refused and change nothing.
 
 A submit message the broker drops before the worker has read it never reached cancelflow: the storefront
 re-publishes it (idempotent on client_request_id). So each broker loss happens once the requests published
@@ -44,6 +46,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import StepKind, StepStatus
 from cancelflow.services.steps import TASK_FOR_KIND
+from cancelflow.worker.app import celery_app as session_app  # bound before chaos_stack swaps it
 from tests.chaos.conftest import RedisServer
 from tests.factories import VALID_IBAN
 from tests.harness import Stack, wait_for
@@ -89,6 +92,7 @@ class Tally:
     flushes: int = 0
     redis_restarts: int = 0
     duplicates: int = 0
+    forged: int = 0
     lost_messages: list[int] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
 
@@ -361,6 +365,38 @@ def _duplicate(planned: list[Planned], rng: random.Random, *, submits: int, step
     return sent
 
 
+def _forge(planned: list[Planned], rng: random.Random, *, per_task: int) -> int:
+    """Publish every task name with ids it must refuse; returns how many messages went out."""
+    from cancelflow.db import transaction
+    from cancelflow.worker.app import celery_app  # the chaos broker's app (see chaos_stack)
+
+    # The task names come from the session's app, which registers the task modules (the chaos app does not).
+    session_app.loader.import_default_modules()
+    names = sorted(n for n in session_app.tasks if not n.startswith("celery."))
+    ids = [request.id for request, _ in _rows([p.cid for p in planned]).values()]
+    with transaction() as session:
+        found = session.execute(
+            select(WorkflowStep.id, WorkflowStep.kind).where(WorkflowStep.request_id.in_(ids))
+        ).all()
+        top = int(session.scalar(select(func.max(WorkflowStep.id))) or 0)
+    sent = 0
+    for name in names:
+        others = [row.id for row in found if TASK_FOR_KIND[row.kind] != name]
+        # Money steps first among the wrong kinds: those are the forgeries that would cost money.
+        money = [row.id for row in found if row.kind in MONEY_KINDS and TASK_FOR_KIND[row.kind] != name]
+        values: list[object] = rng.sample(money, min(len(money), per_task))
+        values += rng.sample(others, min(len(others), per_task))
+        values += [top + rng.randint(10_000, 10**9), str(rng.choice(others or [1])), -1]
+        for value in values:
+            celery_app.send_task(name, args=[value])
+            sent += 1
+    return sent
+
+
+def _refused(stack: Stack) -> int:
+    return sum("forged task refused" in line for line in stack.procs["worker"].log_text().splitlines())
+
+
 def _soft_restart(stack: Stack) -> None:
     """SIGTERM to the worker's main process only, as an orchestrator stopping a container does: a warm
     shutdown lets running tasks finish and gives prefetched messages back. Then a fresh worker."""
@@ -454,6 +490,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
             broker_loss(lambda: broker.client().flushdb())
             tally.flushes += 1
             tally.duplicates += _duplicate(waves[0], rng, submits=10, steps=20)
+            tally.forged += _forge(waves[0], rng, per_task=1)
             clock.mark("wave 1 + flush")
 
             # And the second wave meets a soft restart of the worker (SIGTERM: finish or give back work)
@@ -472,6 +509,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
             publish(waves[2])
             wait_stored(waves[2])
             tally.duplicates += _duplicate(planned, rng, submits=10, steps=30)
+            tally.forged += _forge(planned, rng, per_task=2)
             clock.mark("Redis restart + wave 3")
 
             # Workers keep dying while the requests are worked through, at least MIN_KILLS times
@@ -495,12 +533,14 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
         "Worker exited prematurely: signal 9" in line
         for line in stack.procs["worker"].log_text().splitlines()
     )
+    refused = _refused(stack)
     summary = (
         f"chaos: {N} requests (seed {SEED}), {tally.kills} SIGKILLs ({mid_task} mid-task), "
         f"{tally.soft_restarts} SIGTERM restart, "
         f"{tally.flushes} broker flush, {tally.redis_restarts} Redis restart "
         f"(messages lost: {' + '.join(map(str, tally.lost_messages))}), "
-        f"{tally.duplicates} duplicate messages, gateway fail rate {GATEWAY_FAIL_RATE} -> "
+        f"{tally.duplicates} duplicate messages, {tally.forged} forged messages ({refused} refused), "
+        f"gateway fail rate {GATEWAY_FAIL_RATE} -> "
         f"completed {figures['completed']}, rejected {figures['rejected']}, waiting {figures['waiting']}, "
         f"lost {figures['lost']}, duplicate movements {figures['duplicate_movements']}, "
         f"refunds {figures['refunds']} = planned {figures['planned']}"
@@ -514,6 +554,8 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
     with capsys.disabled():
         print(f"\n{summary}")
     assert tally.kills >= MIN_KILLS
+    assert tally.forged > 0
+    assert refused > 0, "no forged message was refused"
     assert (tally.flushes, tally.redis_restarts, tally.soft_restarts) == (1, 1, 1)
 
 

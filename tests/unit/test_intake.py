@@ -121,7 +121,8 @@ class TestApproval:
         try:
             order = _order(session)
             request = intake.submit(session, _msg(order)).request
-            step = steps.claim(session, session.query(WorkflowStep).filter_by(request_id=request.id).one().id)
+            step_id = session.query(WorkflowStep).filter_by(request_id=request.id).one().id
+            step = steps.claim(session, step_id, task="cancellations.validate")
             workflow.validate_step(session, step)
             assert request.status.value == "waiting"
             assert session.query(CancellationPlan).filter_by(request_id=request.id).count() == 0

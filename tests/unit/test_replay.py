@@ -83,7 +83,7 @@ class TestReplayStep:
         replay.replay_step(session, step.id, actor="alice")
         session.refresh(step)
         # The step can be claimed and run again like any pending step
-        workflow.route_step(session, steps.claim(session, step.id))
+        workflow.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
         session.refresh(plan)
         assert plan.status != PlanStatus.failed
         session.refresh(step)

@@ -66,7 +66,7 @@ def test_a_line_added_while_route_waits_for_the_lock_is_not_cancelled(database: 
         try:
             with transaction() as session:
                 pid.append(int(session.scalar(text("SELECT pg_backend_pid()")) or 0))
-                workflow.route_step(session, steps.claim(session, route_id))
+                workflow.route_step(session, steps.claim(session, route_id, task="cancellations.route"))
         except BaseException as exc:  # reported by the assertion below
             failure.append(exc)
 
