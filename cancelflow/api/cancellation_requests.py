@@ -32,6 +32,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cancelflow.api import links
 from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
 from cancelflow.db import transaction
@@ -165,8 +166,12 @@ class CancellationRequestPage(BaseModel):
             f"Exact up to {queries.EXACT_COUNT_LIMIT} matching requests; above that PostgreSQL's estimate."
         )
     )
-    next: str | None = Field(description="Absolute URL of the next page, or null.")
-    previous: str | None = Field(description="Absolute URL of the previous page, or null.")
+    next: str | None = Field(
+        description="The next page, or null: absolute under the configured public base URL, else a path."
+    )
+    previous: str | None = Field(
+        description="The previous page, or null: absolute under the configured public base URL, else a path."
+    )
     results: list[CancellationRequestOut]
 
 
@@ -478,21 +483,24 @@ def present_detailed(
 
 def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str | None]:
     """`next` / `previous` carry the keyset of this page (`page_after` / `page_before`) beside `page`, so a
-    client following them is served by an index seek; `page=N` alone still works and skips rows."""
+    client following them is served by an index seek; `page=N` alone still works and skips rows. Only the
+    path and query come from the request (`api.links`)."""
     url = request.url.remove_query_params(["page_after", "page_before"])
     next_url = None
     if page.has_next:
         next_params: dict[str, Any] = {"page": page.page + 1}
         if page.results:
             next_params["page_after"] = page.results[-1].id
-        next_url = str(url.include_query_params(**next_params))
+        next_url = links.same_resource(request, url.include_query_params(**next_params))
     previous_url: str | None = None
     if page.page == 2:
-        previous_url = str(url.remove_query_params("page"))
+        previous_url = links.same_resource(request, url.remove_query_params("page"))
     elif page.has_previous and page.results:
-        previous_url = str(url.include_query_params(page=page.page - 1, page_before=page.results[0].id))
+        previous_url = links.same_resource(
+            request, url.include_query_params(page=page.page - 1, page_before=page.results[0].id)
+        )
     elif page.has_previous:
-        previous_url = str(url.include_query_params(page=page.page - 1))
+        previous_url = links.same_resource(request, url.include_query_params(page=page.page - 1))
     return next_url, previous_url
 
 

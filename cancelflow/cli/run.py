@@ -214,6 +214,15 @@ def write_sandbox_config(path: Path, creds: Mapping[str, Any], settings: Setting
 # --------------------------------------------------------------------------------------------------
 
 
+def proxy_args(settings: Settings) -> list[str]:
+    """uvicorn believes X-Forwarded-For/-Proto only from the configured proxies (by default it believes
+    any local peer, and every client of a loopback-bound API is local): the client address is what login
+    throttling counts."""
+    if not settings.forwarded_allow_ips:
+        return ["--no-proxy-headers"]
+    return ["--proxy-headers", f"--forwarded-allow-ips={settings.forwarded_allow_ips}"]
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     name: str
@@ -236,7 +245,7 @@ def child_specs(
             "api",
             [
                 python, "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
-                "--host", settings.api_host, "--port", str(settings.api_port),
+                "--host", settings.api_host, "--port", str(settings.api_port), *proxy_args(settings),
             ],
         ),
         ChildSpec(
@@ -615,6 +624,8 @@ def _run(
     if with_demo:
         console.print(f"Demo data loaded: {counts}", highlight=False)
     sandbox_config = write_sandbox_config(data_dir / SANDBOX_CONFIG_FILE, creds, settings)
+    # The API's links (`next`, job URLs) point where this run serves it, whatever Host a client sends.
+    os.environ.setdefault("CANCELFLOW_PUBLIC_BASE_URL", api_url(settings))
 
     supervisor = Supervisor(
         specs_factory(
