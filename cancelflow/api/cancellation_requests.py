@@ -17,6 +17,7 @@ Status changes: there is no approve endpoint in seed 000; staff approve with `PA
 `waiting`, is a 400 `{"non_field_errors": [...], "code": "invalid_transition"}` and changes nothing.
 """
 
+import hashlib
 import re
 import uuid
 from collections import defaultdict
@@ -64,6 +65,7 @@ MAX_ID: Final = 2**63 - 1
 VIEW_IBAN: Final = "view_iban"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
+CLIENT_REQUEST_ID_MAX: Final = 200  # cancellation_requests.client_request_id
 
 RequestId = Annotated[int, Path(gt=0, le=MAX_ID, description="Unique identifier of the resource.")]
 ChannelId = Annotated[int, Path(gt=0, le=MAX_ID, description="The sales channel's id.")]
@@ -586,6 +588,18 @@ def _idempotency_key(value: str | None) -> str | None:
     return key
 
 
+def _client_request_id(token_id: int, key: str | None) -> str:
+    """The request's `client_request_id` (at most 200 characters) for a POST with this key: the key itself
+    when it fits beside the token id (webhooks show it to the storefront), else its SHA-256. `#` marks the
+    hashed form apart from every `http:` one, so no key, however chosen, names another key's request."""
+    if key is None:
+        return f"http:{uuid.uuid4().hex}"
+    plain = f"http:{token_id}:{key}"
+    if len(plain) <= CLIENT_REQUEST_ID_MAX:
+        return plain
+    return f"http#{token_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 # No `from __future__ import annotations` in this module: the routes below are made in a function, and
 # FastAPI must see their `Annotated[Scope, Depends(...)]` parameter as an object, not as a name to resolve.
 def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
@@ -716,7 +730,7 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
                     f"A request with {IDEMPOTENCY_HEADER} {key!r} is still in progress; retry later.",
                     code="idempotency_key_in_flight",
                 )
-        client_request_id = f"http:{token_id}:{key}" if key is not None else f"http:{uuid.uuid4().hex}"
+        client_request_id = _client_request_id(token_id, key)
         try:
             with transaction() as session:
                 created, _ = requests_service.create(
