@@ -31,6 +31,7 @@ from rich.console import Console
 
 from cancelflow.config import get_settings
 from cancelflow.config.embedded import EmbeddedServices, EmbeddedServicesError, resolve_urls
+from cancelflow.private_files import open_private, private_dir
 
 if TYPE_CHECKING:
     from cancelflow.config.settings import Settings
@@ -319,10 +320,10 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
 
     def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         for spec in self.specs:
             log = self.log_dir / f"{spec.name}.log"
-            with log.open("ab") as fh:
+            with open_private(log, "ab") as fh:  # logs show request data: the owner's alone
                 fh.write(f"\n=== {datetime.now(UTC).isoformat()} starting {spec.name} ===\n".encode())
                 fh.flush()
                 proc = subprocess.Popen(
