@@ -13,6 +13,7 @@ from cancelflow.api.app import create_app
 from cancelflow.config import get_settings
 from cancelflow.db import transaction
 from cancelflow.services import users
+from tests.harness import free_port
 
 LOGIN = "/api/v1/auth/login/"
 PASSWORD = "correct horse"
@@ -90,3 +91,12 @@ def test_a_throttled_attempt_runs_no_password_hash(
     monkeypatch.setattr(users, "check_password", counted)
     assert client.post(LOGIN, json={"username": name, "password": PASSWORD}).status_code == 429
     assert calls == []
+
+
+def test_an_unreachable_counter_store_refuses_rather_than_lets_guesses_through() -> None:
+    from cancelflow.errors import TransientError
+    from cancelflow.services.throttle import Throttle, login_rules
+
+    throttle = Throttle.from_uri(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(TransientError):
+        throttle.attempt(login_rules()[0], "anyone")
