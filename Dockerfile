@@ -21,4 +21,5 @@ RUN pip install --no-deps -e . \
 
 USER cancelflow
 EXPOSE 8000 5555 9100
-CMD ["python", "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
+# --no-proxy-headers: behind a reverse proxy, run it as docker-compose.yml does, with --forwarded-allow-ips.
+CMD ["python", "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

@@ -77,3 +77,13 @@ class AlreadyHandled(CancelflowError):
     """Someone else did (or is doing) this work; the caller returns quietly."""
 
     code = "already_handled"
+
+
+class Throttled(CancelflowError):
+    """Too many attempts from this caller or at this account: HTTP 429 with `Retry-After`."""
+
+    code = "throttled"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -312,7 +312,7 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
     assert list(specs) == ["api", "worker", "beat", "flower", "sandbox-fulfillment", "sandbox-gateway"]
     assert specs["api"] == [
         "/py", "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
-        "--host", "127.0.0.2", "--port", "9000",
+        "--host", "127.0.0.2", "--port", "9000", "--no-proxy-headers",
     ]  # fmt: skip
     assert specs["worker"][-4:] == ["-Q", "default,route,money,bulk,intake", "-n", "worker1@%h"]
     assert specs["beat"][-2:] == ["-s", str(tmp_path / "celerybeat-schedule")]

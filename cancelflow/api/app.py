@@ -18,6 +18,8 @@ from cancelflow.api import jobs as jobs_api
 from cancelflow.api import tags as tags_api
 from cancelflow.api import users as users_api
 from cancelflow.api import webhooks as webhooks_api
+from cancelflow.api.security_headers import SecurityHeadersMiddleware
+from cancelflow.api.throttling import install as install_throttling
 from cancelflow.config import get_settings
 from cancelflow.config.logging import configure_logging
 
@@ -92,8 +94,10 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
+    install_throttling(app)
     docs.install(app)
     app.add_middleware(fulfillment.ShopifyVersionHeaderMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     for router in routers():
         app.include_router(router)
     _document_errors_as_served(app)

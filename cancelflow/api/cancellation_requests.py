@@ -17,6 +17,7 @@ Status changes: there is no approve endpoint in seed 000; staff approve with `PA
 `waiting`, is a 400 `{"non_field_errors": [...], "code": "invalid_transition"}` and changes nothing.
 """
 
+import hashlib
 import re
 import uuid
 from collections import defaultdict
@@ -32,6 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cancelflow.api import links
 from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
 from cancelflow.config.logging import mask_text
@@ -64,6 +66,7 @@ MAX_ID: Final = 2**63 - 1
 VIEW_IBAN: Final = "view_iban"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
+CLIENT_REQUEST_ID_MAX: Final = 200  # cancellation_requests.client_request_id
 
 RequestId = Annotated[int, Path(gt=0, le=MAX_ID, description="Unique identifier of the resource.")]
 ChannelId = Annotated[int, Path(gt=0, le=MAX_ID, description="The sales channel's id.")]
@@ -184,8 +187,12 @@ class CancellationRequestPage(BaseModel):
             f"Exact up to {queries.EXACT_COUNT_LIMIT} matching requests; above that PostgreSQL's estimate."
         )
     )
-    next: str | None = Field(description="Absolute URL of the next page, or null.")
-    previous: str | None = Field(description="Absolute URL of the previous page, or null.")
+    next: str | None = Field(
+        description="The next page, or null: absolute under the configured public base URL, else a path."
+    )
+    previous: str | None = Field(
+        description="The previous page, or null: absolute under the configured public base URL, else a path."
+    )
     results: list[CancellationRequestOut]
 
 
@@ -509,21 +516,24 @@ def present_detailed(
 
 def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str | None]:
     """`next` / `previous` carry the keyset of this page (`page_after` / `page_before`) beside `page`, so a
-    client following them is served by an index seek; `page=N` alone still works and skips rows."""
+    client following them is served by an index seek; `page=N` alone still works and skips rows. Only the
+    path and query come from the request (`api.links`)."""
     url = request.url.remove_query_params(["page_after", "page_before"])
     next_url = None
     if page.has_next:
         next_params: dict[str, Any] = {"page": page.page + 1}
         if page.results:
             next_params["page_after"] = page.results[-1].id
-        next_url = str(url.include_query_params(**next_params))
+        next_url = links.same_resource(request, url.include_query_params(**next_params))
     previous_url: str | None = None
     if page.page == 2:
-        previous_url = str(url.remove_query_params("page"))
+        previous_url = links.same_resource(request, url.remove_query_params("page"))
     elif page.has_previous and page.results:
-        previous_url = str(url.include_query_params(page=page.page - 1, page_before=page.results[0].id))
+        previous_url = links.same_resource(
+            request, url.include_query_params(page=page.page - 1, page_before=page.results[0].id)
+        )
     elif page.has_previous:
-        previous_url = str(url.include_query_params(page=page.page - 1))
+        previous_url = links.same_resource(request, url.include_query_params(page=page.page - 1))
     return next_url, previous_url
 
 
@@ -608,6 +618,18 @@ def _idempotency_key(value: str | None) -> str | None:
             field_errors={IDEMPOTENCY_HEADER: ["Must be 1 to 200 visible ASCII characters."]},
         )
     return key
+
+
+def _client_request_id(token_id: int, key: str | None) -> str:
+    """The request's `client_request_id` (at most 200 characters) for a POST with this key: the key itself
+    when it fits beside the token id (webhooks show it to the storefront), else its SHA-256. `#` marks the
+    hashed form apart from every `http:` one, so no key, however chosen, names another key's request."""
+    if key is None:
+        return f"http:{uuid.uuid4().hex}"
+    plain = f"http:{token_id}:{key}"
+    if len(plain) <= CLIENT_REQUEST_ID_MAX:
+        return plain
+    return f"http#{token_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 # No `from __future__ import annotations` in this module: the routes below are made in a function, and
@@ -740,7 +762,7 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
                     f"A request with {IDEMPOTENCY_HEADER} {key!r} is still in progress; retry later.",
                     code="idempotency_key_in_flight",
                 )
-        client_request_id = f"http:{token_id}:{key}" if key is not None else f"http:{uuid.uuid4().hex}"
+        client_request_id = _client_request_id(token_id, key)
         try:
             with transaction() as session:
                 created, _ = requests_service.create(

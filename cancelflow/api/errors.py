@@ -7,6 +7,7 @@ everywhere else they are Akinon's (DRF: `{"detail", "code"}`, `{"<field>": ["msg
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -172,11 +173,7 @@ def validation_error(request: Request, exc: Exception) -> JSONResponse:
         return _not_found(request)
     parse_error = next((e for e in errors if e.get("type") == "json_invalid"), None)
     if parse_error is not None:
-        reason = (parse_error.get("ctx") or {}).get("error", "invalid JSON")
-        message = f"JSON parse error - {reason}"
-        if as_shopify:
-            return shopify(400, message)
-        return akinon(400, {"detail": message, "code": "parse_error"})
+        return body_parse_error(request, (parse_error.get("ctx") or {}).get("error", "invalid JSON"))
     non_field = SHOPIFY_BASE_FIELD if as_shopify else AKINON_NON_FIELD
     fields: dict[str, list[str]] = {}
     for error in errors:
@@ -188,12 +185,37 @@ def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return akinon(400, {**fields, "code": "invalid"})
 
 
+# FastAPI's answer to a body `json.loads` failed on other than by a syntax error (too deep, not UTF-8).
+_UNPARSED_BODY = "There was an error parsing the body"
+
+
+def parse_error_reason(exc: BaseException | None) -> str:
+    """Why a JSON body could not be read, in a few words that echo none of it."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, RecursionError):
+        return "Nesting too deep"
+    if isinstance(exc, UnicodeDecodeError):
+        return "Not valid UTF-8"
+    return "Invalid JSON"
+
+
+def body_parse_error(request: Request, reason: str) -> JSONResponse:
+    """A body that is not JSON: DRF's `parse_error` body, or Shopify's 400 `{"errors": "..."}`."""
+    message = f"JSON parse error - {reason}"
+    if is_shopify(request):
+        return shopify(400, message)
+    return akinon(400, {"detail": message, "code": "parse_error"})
+
+
 def http_error(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors: unknown route (404), wrong method (405)."""
+    """Starlette's own errors: unknown route (404), wrong method (405), an unreadable body (400)."""
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 404:
         return _not_found(request)
+    if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:
+        return body_parse_error(request, parse_error_reason(exc.__cause__))
     if is_shopify(request):
         return shopify(exc.status_code, str(exc.detail), headers)
     if exc.status_code == 405:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
+from cancelflow.api import links
 from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.db import transaction
@@ -30,7 +31,9 @@ class JobAccepted(BaseModel):
     """202 body: the job was queued; poll `url` until `status` is `done` or `failed`."""
 
     id: uuid.UUID
-    url: str = Field(description="Absolute URL of the job's progress resource.")
+    url: str = Field(
+        description="The job's progress resource: absolute under the configured public base URL, else a path."
+    )
 
 
 class BulkJobOut(BaseModel):
@@ -73,7 +76,8 @@ def send(task: str, job_id: uuid.UUID) -> None:
 
 
 def absolute(request: Request, path: str) -> str:
-    return str(request.base_url).rstrip("/") + path
+    """The link to `path` (`api.links`: under the public base URL, never the request's Host)."""
+    return links.link(path)
 
 
 @router.get(

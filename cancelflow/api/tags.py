@@ -17,11 +17,12 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from cancelflow.api.auth import AkinonStaff, Principal
-from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.api.errors import AKINON_RESPONSES, parse_error_reason
 from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.db import transaction
 from cancelflow.errors import Invalid, NotFound
@@ -70,8 +71,9 @@ async def tag_keys_param(request: Request) -> list[str]:
         if raw:
             try:
                 body = json.loads(raw)
-            except ValueError as exc:
-                raise Invalid("malformed JSON", field_errors={"key": [f"JSON parse error - {exc}"]}) from exc
+            except (ValueError, RecursionError) as exc:  # answered as any route's unreadable body
+                error = {"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error"}
+                raise RequestValidationError([{**error, "ctx": {"error": parse_error_reason(exc)}}]) from exc
             value = body.get("key") if isinstance(body, dict) else None
             if isinstance(value, str) and value:
                 keys = [value]

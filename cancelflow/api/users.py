@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cancelflow.api.auth import AkinonCaller
 from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.api.throttling import THROTTLED_RESPONSE
 from cancelflow.db import transaction
-from cancelflow.services import users
+from cancelflow.services import throttle, users
 
 router = APIRouter(prefix="/api/v1", tags=["auth"], responses=AKINON_RESPONSES)
 
@@ -55,16 +56,22 @@ class ActiveUserOut(BaseModel):
     response_model=LoginOut,
     summary="Log in for an API token",
     description=(
-        'Check `{"username", "password"}` and answer `{"key"}`. Wrong credentials, or an inactive user, '
-        'are a 400 `{"non_field_errors": ["Unable to log in with provided credentials."], "code": '
-        '"authorization"}`; a user without staff access gets the same shape with "This user has no staff '
-        'access to the API.". No token is needed.'
+        'Check `{"username", "password"}` and answer `{"key"}`. Every failure (unknown user, wrong '
+        "password, inactive user, user without staff access) is the same 400 "
+        '`{"non_field_errors": ["Unable to log in with provided credentials."], "code": "authorization"}`. '
+        "Attempts are limited per username (until one succeeds) and per client address: over a limit "
+        "the answer is a 429 with `Retry-After`. No token is needed."
     ),
+    responses={429: THROTTLED_RESPONSE},
 )
-def login(body: LoginIn) -> LoginOut:
-    with transaction() as session:
-        _, key = users.login(session, body.username, body.password)
-    return LoginOut(key=key)
+async def login(body: LoginIn, request: Request) -> LoginOut:
+    client = request.client.host if request.client is not None else "unknown"
+
+    def work() -> str:
+        with transaction() as session:
+            return users.login(session, body.username, body.password, client=client)[1]
+
+    return LoginOut(key=await throttle.run_login(work))
 
 
 @router.get(

@@ -31,6 +31,7 @@ from rich.console import Console
 
 from cancelflow.config import get_settings
 from cancelflow.config.embedded import EmbeddedServices, EmbeddedServicesError, resolve_urls
+from cancelflow.private_files import open_private, private_dir
 
 if TYPE_CHECKING:
     from cancelflow.config.settings import Settings
@@ -254,6 +255,15 @@ def write_sandbox_config(path: Path, creds: Mapping[str, Any], settings: Setting
 # --------------------------------------------------------------------------------------------------
 
 
+def proxy_args(settings: Settings) -> list[str]:
+    """uvicorn believes X-Forwarded-For/-Proto only from the configured proxies (by default it believes
+    any local peer, and every client of a loopback-bound API is local): the client address is what login
+    throttling counts."""
+    if not settings.forwarded_allow_ips:
+        return ["--no-proxy-headers"]
+    return ["--proxy-headers", f"--forwarded-allow-ips={settings.forwarded_allow_ips}"]
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     name: str
@@ -278,7 +288,7 @@ def child_specs(
             "api",
             [
                 python, "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
-                "--host", settings.api_host, "--port", str(settings.api_port),
+                "--host", settings.api_host, "--port", str(settings.api_port), *proxy_args(settings),
             ],
         ),
         ChildSpec(
@@ -354,10 +364,10 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
 
     def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         for spec in self.specs:
             log = self.log_dir / f"{spec.name}.log"
-            with log.open("ab") as fh:
+            with open_private(log, "ab") as fh:  # logs show request data: the owner's alone
                 fh.write(f"\n=== {datetime.now(UTC).isoformat()} starting {spec.name} ===\n".encode())
                 fh.flush()
                 proc = subprocess.Popen(
@@ -664,6 +674,8 @@ def _run(
         console.print(f"Demo data loaded: {counts}", highlight=False)
     sandbox_config = write_sandbox_config(data_dir / SANDBOX_CONFIG_FILE, creds, settings)
     storefront_broker = storefront_broker_url(console, settings, broker_url, data_dir / CREDENTIALS_FILE)
+    # The API's links (`next`, job URLs) point where this run serves it, whatever Host a client sends.
+    os.environ.setdefault("CANCELFLOW_PUBLIC_BASE_URL", api_url(settings))
 
     supervisor = Supervisor(
         specs_factory(

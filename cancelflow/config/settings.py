@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cancelflow.config.allowlist import AllowRule, parse_allow_list
@@ -26,6 +27,14 @@ def _seconds(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
+def _rate(value: str) -> str:
+    """A rate in limits' notation ("10 per 15 minutes", "60/minute"), checked when settings load."""
+    from limits import parse
+
+    parse(value)
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CANCELFLOW_", env_file=".env", extra="ignore")
 
@@ -38,7 +47,22 @@ class Settings(BaseSettings):
     # HTTP
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Scheme, host and port (and path prefix) clients reach the API at: absolute links (`next`, job and
+    # export URLs) are built from it, never from the request's Host. Unset: links are relative.
     public_base_url: str | None = None
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses
+    # or networks, `*` for any); empty: none, the peer address is the client.
+    forwarded_allow_ips: str = ""
+
+    # Login throttling (limits' notation, e.g. "10 per 15 minutes"). Attempts per username are counted
+    # until a login succeeds; attempts per client address are all counted. Over either: 429.
+    login_limit_per_username: Annotated[str, AfterValidator(_rate)] = "10 per 15 minutes"
+    login_limit_per_address: Annotated[str, AfterValidator(_rate)] = "60 per minute"
+    # Password checks run at once per API process (each costs ~50 ms of a core); more wait their turn.
+    login_concurrency: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
+    # Where the counters live: a limits storage URI (redis://, rediss://, redis+unix://, memory://).
+    # Unset: the broker when it is Redis, else this process's memory.
+    throttle_url: str | None = None
 
     # Flower. Loopback by default: it has basic auth only, with no lockout (put it behind a proxy to expose it).
     flower_address: str = "127.0.0.1"

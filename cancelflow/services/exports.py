@@ -49,6 +49,7 @@ from cancelflow.models import (
     OrderItem,
     Tag,
 )
+from cancelflow.private_files import create_private, open_private
 
 if TYPE_CHECKING:
     from cancelflow.services.queries import RequestFilters
@@ -338,11 +339,12 @@ def write_file(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
+    # Names, e-mails and (masked) IBANs: the file is the owner's alone, like the credentials.
     if export_format == ExportFormat.xlsx:
-        write_xlsx(counted(), partial)
+        write_xlsx(counted(), create_private(partial))
     else:
         chunks = csv_chunks(counted()) if export_format == ExportFormat.csv else json_chunks(counted())
-        with partial.open("wb") as out:
+        with open_private(partial) as out:
             for chunk in chunks:
                 out.write(chunk)
     os.replace(partial, path)

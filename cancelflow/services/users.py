@@ -21,6 +21,7 @@ from cancelflow.models import ApiToken, User
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import tokens
 from cancelflow.services.clock import now
+from cancelflow.services.throttle import Throttle, get_throttle, login_rules
 
 # scrypt cost: ~50 ms per check on a laptop core, 16 MiB of memory.
 SCRYPT_N: Final = 2**14
@@ -29,8 +30,7 @@ SCRYPT_P: Final = 1
 MAX_PASSWORD: Final = 1024
 KNOWN_PERMISSIONS: Final = frozenset({"view_iban"})
 LOGIN_FAILED: Final = "Unable to log in with provided credentials."
-NOT_STAFF: Final = "This user has no staff access to the API."
-# Checked against when the username is unknown, so both failures cost the same time.
+# Checked against when the username is unknown or the password over-long, so every failure costs one hash.
 _DUMMY_HASH: Final = "scrypt$16384$8$1$00000000000000000000000000000000$" + "0" * 128
 
 
@@ -154,17 +154,37 @@ def _token_permissions(user: User) -> list[str]:
     return sorted(user.permissions) if user.is_staff else []
 
 
-def login(session: Session, username: str, password: str) -> tuple[User, str]:
-    """Check the credentials and make a new token for the user; returns (user, key)."""
+def authenticate(
+    session: Session, username: str, password: str, *, client: str, throttle: Throttle | None = None
+) -> User:
+    """The staff user these credentials belong to, or `Invalid(LOGIN_FAILED)`; throttled first.
+
+    Every failure (unknown user, wrong password, over-long password, inactive, no staff access) runs one
+    password hash and says the same, so neither the answer nor its time tells them apart. Attempts are
+    counted per client address and per username before the hash (`services.throttle`); a success clears
+    the username's count.
+    """
+    throttle = throttle or get_throttle()
+    per_username, per_address = login_rules()
+    throttle.attempt(per_address, client)
+    account = username.strip().casefold()
+    throttle.attempt(per_username, account)
     user = get_by_username(session, username) if username and len(username) <= 150 else None
-    if user is None:
+    if user is None or len(password) > MAX_PASSWORD:
         check_password(password[:MAX_PASSWORD], _DUMMY_HASH)
         raise Invalid(LOGIN_FAILED, code="authorization")
-    if len(password) > MAX_PASSWORD or not check_password(password, user.password_hash) or not user.is_active:
+    # Every token a login makes is a staff token: a non-staff user must not get one.
+    if not check_password(password, user.password_hash) or not user.is_active or not user.is_staff:
         raise Invalid(LOGIN_FAILED, code="authorization")
-    if not user.is_staff:
-        # Every token a login makes is a staff token: a non-staff user must not get one.
-        raise Invalid(NOT_STAFF, code="authorization")
+    throttle.reset(per_username, account)
+    return user
+
+
+def login(
+    session: Session, username: str, password: str, *, client: str, throttle: Throttle | None = None
+) -> tuple[User, str]:
+    """Check the credentials (`authenticate`) and make a new token for the user; returns (user, key)."""
+    user = authenticate(session, username, password, client=client, throttle=throttle)
     key = tokens.new_key()
     token = tokens.ensure_token(
         session,

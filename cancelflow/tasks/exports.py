@@ -12,6 +12,7 @@ from cancelflow.config import get_settings
 from cancelflow.db import get_engine, transaction
 from cancelflow.errors import NotFound, Refused
 from cancelflow.models import ExportFormat
+from cancelflow.private_files import private_dir
 from cancelflow.services import exports, task_ids
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
@@ -41,7 +42,7 @@ def run_export(self: DbTask, job_id: str) -> str:
             export_format = ExportFormat(job.format)
             params: dict[str, Any] = dict(job.params)
         filters = RequestFilters.parse(params.get("filters") or {})
-        path = exports.exports_dir(get_settings().data_dir) / f"{job_id}.{export_format.value}"
+        path = private_dir(exports.exports_dir(get_settings().data_dir)) / f"{job_id}.{export_format.value}"
         reported = 0
 
         def progress(done: int) -> None:

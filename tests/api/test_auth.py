@@ -78,8 +78,8 @@ def test_a_non_staff_user_gets_no_token(client: TestClient) -> None:
         users.create_user(session, username=name, password="correct horse", is_staff=False)
     response = client.post(LOGIN, json={"username": name, "password": "correct horse"})
     assert response.status_code == 400
-    assert response.json() == {
-        "non_field_errors": ["This user has no staff access to the API."],
+    assert response.json() == {  # the same answer as a wrong password: no hint the password was right
+        "non_field_errors": ["Unable to log in with provided credentials."],
         "code": "authorization",
     }
 

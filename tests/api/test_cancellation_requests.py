@@ -172,11 +172,11 @@ class TestPagination:
         assert first["count"] == 3
         assert [r["id"] for r in first["results"]] == sorted(ids, reverse=True)[:2]
         assert first["previous"] is None
-        assert first["next"].startswith("http://testserver/api/v1/cancellation_requests/?")
+        assert first["next"].startswith("/api/v1/cancellation_requests/?")  # no public base URL: a path
         second = client.get(first["next"], headers=staff).json()
         assert [r["id"] for r in second["results"]] == [min(ids)]
         assert second["next"] is None
-        assert second["previous"].startswith("http://testserver/")
+        assert second["previous"].startswith("/api/v1/cancellation_requests/")
         assert "page=" not in second["previous"]
         beyond = client.get(BASE, headers=staff, params={"order": order["id"], "page": 9})
         assert beyond.status_code == 404
