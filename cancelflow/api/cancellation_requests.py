@@ -6,8 +6,8 @@ Two routers with the same operations: `/api/v1/cancellation_requests/` and the s
 `api.exports`.
 
 Who may do what: staff tokens everything; a storefront token creates and reads the requests of its own
-channel (on the global routes it sees only them; another channel's twin route is a 403) and may not
-update or reject; fulfillment-service tokens are refused (403). IBANs are masked (country and last four
+channel (on the global routes it sees only them; another channel's twin route is a 403), or of every
+channel when it was made without a channel, and may not update or reject; fulfillment-service tokens are refused (403). IBANs are masked (country and last four
 characters) except for staff tokens with the `view_iban` permission.
 
 Status changes: there is no approve endpoint in seed 000; staff approve with `PATCH {"status":
@@ -53,6 +53,7 @@ from cancelflow.models.enums import (
     RequestStatus,
     StepKind,
     StepStatus,
+    TokenKind,
 )
 from cancelflow.services import iban as iban_checks
 from cancelflow.services import queries
@@ -111,7 +112,10 @@ class Scope:
 def _reader_scope(principal: Principal, channel_id: int | None) -> Scope:
     if principal.is_staff:
         return Scope(principal, channel_id)
-    if principal.kind == "storefront" and principal.channel_id is not None:
+    if principal.kind == TokenKind.storefront:
+        if principal.channel_id is None:
+            # A storefront token made without --channel acts for every channel (one shop, one storefront).
+            return Scope(principal, channel_id)
         if channel_id is not None and channel_id != principal.channel_id:
             raise Forbidden("You do not have permission to perform this action.")
         return Scope(principal, principal.channel_id)
