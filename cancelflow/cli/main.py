@@ -6,7 +6,8 @@ import json
 import sys
 import time
 import uuid
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,44 +67,96 @@ def migrate() -> None:
     console.print("schema is at head")
 
 
+REPLACE_SERVICES_HELP = (
+    "Change the handle, callback URL or secret of a fulfillment service even while it has cancellation "
+    "requests in flight (refused otherwise: they would be notified elsewhere or with a key it does not know)."
+)
+
+
 @app.command("import")
-def import_file(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
+def import_file(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    replace_services: Annotated[bool, typer.Option("--replace-services", help=REPLACE_SERVICES_HELP)] = False,
+) -> None:
     """Load orders, fulfillment orders, services and reasons from a JSON file (see examples/import.json)."""
-    from cancelflow.errors import Invalid
     from cancelflow.services.importer import import_payload
 
     try:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         _fail(f"{path} is not valid JSON: {exc}")
+    with _refusing_invalid(), _transaction() as session:
+        counts = import_payload(session, payload, replace_services=replace_services)
+    _print_counts(counts)
+
+
+@contextmanager
+def _refusing_invalid() -> Iterator[None]:
+    """An `Invalid` from the block: its field errors, then the message, exit code 1."""
+    from cancelflow.errors import Invalid
+
     try:
-        with _transaction() as session:
-            counts = import_payload(session, payload)
+        yield
     except Invalid as exc:
         for field, messages in exc.field_errors.items():
-            err.print(f"  {field}: {'; '.join(messages)}")
+            err.print(f"  {field}: {'; '.join(messages)}", highlight=False, markup=False)
         _fail(exc.message)
-    _print_counts(counts)
 
 
 @app.command()
 def demo(
     orders: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
-    callback_base: Annotated[str, typer.Option(help="Base URL of the sandbox fulfillment service.")] = (
-        "http://127.0.0.1:8101"
-    ),
+    callback_base: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of the sandbox fulfillment service, for services the database does not have yet "
+            "(default: the one `cancelflow run` starts); given, it also repoints the stored ones."
+        ),
+    ] = None,
+    replace_services: Annotated[bool, typer.Option("--replace-services", help=REPLACE_SERVICES_HELP)] = False,
 ) -> None:
-    """Load a generated data set (deterministic: loading it twice changes nothing)."""
-    from cancelflow.services.demo import build_demo_payload
+    """Load a generated data set (deterministic: loading it twice changes nothing).
+
+    Fulfillment services the database has already (those `cancelflow run` made) keep their secret and
+    callback URL, so demo data loaded into a running stack leaves it working. New ones get the secret of
+    `cancelflow run`'s credentials file when there is one, else a random one.
+    """
+    from cancelflow.cli.run import CREDENTIALS_FILE, SANDBOX_SERVICES
+    from cancelflow.config import get_settings
+    from cancelflow.services.demo import build_demo_payload, demo_services
     from cancelflow.services.importer import import_payload
 
-    services = {
-        h: {"secret": f"demo-secret-{h}", "callback_url": f"{callback_base}/{h}"}
-        for h in ("sandbox-accept", "sandbox-slow", "sandbox-reject")
-    }
-    with _transaction() as session:
-        counts = import_payload(session, build_demo_payload(services=services, orders=orders))
+    settings = get_settings()
+    base = (callback_base or f"http://127.0.0.1:{settings.sandbox_fulfillment_port}").rstrip("/")
+    known = _run_credentials(settings.data_dir / CREDENTIALS_FILE).get("services", {})
+
+    def secret(handle: str) -> str | None:
+        value = known.get(handle, {}).get("secret") if isinstance(known, dict) else None
+        return value if isinstance(value, str) and value else None
+
+    with _refusing_invalid(), _transaction() as session:
+        services = demo_services(
+            session,
+            SANDBOX_SERVICES,
+            secret=secret,
+            callback_url=lambda handle: f"{base}/{handle}",
+            keep_stored=callback_base is None,
+        )
+        counts = import_payload(
+            session,
+            build_demo_payload(services=services, orders=orders),
+            replace_services=replace_services,
+        )
     _print_counts(counts)
+
+
+def _run_credentials(path: Path) -> dict[str, Any]:
+    """`cancelflow run`'s credentials file, or {} when there is none (or it cannot be read)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _print_counts(counts: dict[str, int]) -> None:

@@ -163,15 +163,17 @@ def load_demo_and_tokens(
         if with_demo:
             from cancelflow.services import demo, importer
 
-            services = {
-                handle: {
-                    "secret": creds["services"][handle]["secret"],
-                    "callback_url": callback_url(settings, handle),
-                }
-                for handle in SANDBOX_SERVICES
-            }
+            # The sandbox is started with the secrets in creds: the stored services get them back, even
+            # with requests in flight (without them, those requests could never be answered).
+            services = demo.demo_services(
+                session,
+                SANDBOX_SERVICES,
+                secret=lambda handle: str(creds["services"][handle]["secret"]),
+                callback_url=lambda handle: callback_url(settings, handle),
+                keep_stored=False,
+            )
             payload = demo.build_demo_payload(services=services, orders=DEMO_ORDERS)
-            counts = importer.import_payload(session, payload)
+            counts = importer.import_payload(session, payload, replace_services=True)
             session.flush()
         ensure_token(session, name="cancelflow-run staff", kind="staff", key=creds["staff_token"])
         ensure_token(
