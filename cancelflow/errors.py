@@ -62,3 +62,7 @@ class AlreadyHandled(CancelflowError):
     """Someone else did (or is doing) this work; the caller returns quietly."""
 
     code = "already_handled"
+
+
+class ConfigurationError(RuntimeError):
+    """The process cannot find or reach what it is configured to use (the CLI says so in one line, exit 2)."""

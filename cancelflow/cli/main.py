@@ -20,9 +20,11 @@ from cancelflow.cli import exports as cli_exports
 from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
+from cancelflow.cli.guard import GuardedGroup
 from cancelflow.cli.webhooks import webhooks_app
 
-app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True)
+# GuardedGroup: a configuration or connection problem is one line and exit code 2, never a traceback.
+app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True, cls=GuardedGroup)
 tokens_app = typer.Typer(
     help="API tokens for staff, storefronts and fulfillment services.", no_args_is_help=True
 )
