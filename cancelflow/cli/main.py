@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
 from cancelflow.cli.guard import GuardedGroup
 from cancelflow.cli.webhooks import webhooks_app
+
+if TYPE_CHECKING:
+    from cancelflow.models import RejectedMessage
 
 # GuardedGroup: a configuration or connection problem is one line and exit code 2, never a traceback.
 app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True, cls=GuardedGroup)
@@ -182,7 +185,8 @@ def submit(
         str | None, typer.Option(help="Idempotency id; a new UUID by default.")
     ] = None,
     wait: Annotated[
-        float, typer.Option(help="Seconds to wait for the request to be stored (0: don't).")
+        float,
+        typer.Option(help="Seconds to wait for the request to be stored or the message refused (0: don't)."),
     ] = 10.0,
 ) -> None:
     """Publish a `cancellations.submit` message, exactly as a storefront does."""
@@ -199,20 +203,37 @@ def submit(
         "holder_name": holder_name,
         "fully_refund_as_loyalty_money": loyalty,
     }
+    since = _database_now() if wait > 0 else None
     celery_app.send_task("cancellations.submit", kwargs={k: v for k, v in kwargs.items() if v is not None})
     console.print(f"submitted client_request_id={kwargs['client_request_id']}")
-    if wait > 0:
-        request_id = _wait_for_request(kwargs["client_request_id"], wait)
-        if request_id is None:
-            _fail("not stored yet: is a worker running? (the message stays queued)", code=2)
-        else:
-            show(request_id)
+    if since is None:
+        return
+    outcome = _wait_for_outcome(kwargs["client_request_id"], since, wait)
+    if outcome is None:
+        _fail("not stored yet: is a worker running? (the message stays queued)", code=2)
+    elif isinstance(outcome, int):
+        show(outcome)
+    else:
+        for field, messages in outcome.errors.items():
+            err.print(f"  {field}: {'; '.join(messages)}", highlight=False, markup=False)
+        _fail(f"the worker refused the message ({outcome.code}): {outcome.message}")
 
 
-def _wait_for_request(client_request_id: str, seconds: float) -> int | None:
+def _database_now() -> Any:
+    """The database's clock: a refusal recorded from then on answers this message, not an older one."""
+    from sqlalchemy import func, select
+
+    with _transaction() as session:
+        return session.scalar(select(func.now()))
+
+
+def _wait_for_outcome(client_request_id: str, since: Any, seconds: float) -> int | RejectedMessage | None:
+    """The id of the stored request, or the worker's recorded refusal, as soon as either exists; None on
+    timeout."""
     from sqlalchemy import select
 
     from cancelflow.models import CancellationRequest
+    from cancelflow.services.intake import rejection_since
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -222,9 +243,12 @@ def _wait_for_request(client_request_id: str, seconds: float) -> int | None:
                     CancellationRequest.client_request_id == client_request_id
                 )
             ).first()
-        if found is not None:
-            return int(found)
-        time.sleep(0.3)
+            if found is not None:
+                return int(found)
+            refused = rejection_since(session, client_request_id, since)
+            if refused is not None:
+                return refused
+        time.sleep(0.2)
     return None
 
 
