@@ -44,7 +44,6 @@ from cancelflow.models import (
     MoneyTransaction,
     Order,
     OrderItem,
-    WorkflowStep,
 )
 from cancelflow.models.enums import (
     CancellationType,
@@ -56,7 +55,7 @@ from cancelflow.models.enums import (
     TokenKind,
 )
 from cancelflow.services import iban as iban_checks
-from cancelflow.services import queries
+from cancelflow.services import queries, step_view
 from cancelflow.services import requests as requests_service
 from cancelflow.services.queries import RequestFilters
 
@@ -208,15 +207,17 @@ class ReasonOut(BaseModel):
 
 
 class StepOut(BaseModel):
+    """A workflow step as `cancelflow show` prints it (`services.step_view`)."""
+
     id: int
     kind: StepKind
     status: StepStatus
     attempt: int
     max_attempts: int
-    next_attempt_at: datetime
+    next_attempt_at: datetime | None = Field(description="When a pending step runs next; null once finished.")
     deadline_at: datetime | None
     fulfillment_order_id: int | None
-    last_error: str | None
+    last_error: str | None = Field(description="The last failed attempt's error; null once the step is done.")
     finished_at: datetime | None
     created_date: datetime
 
@@ -242,7 +243,7 @@ class PlanOut(BaseModel):
     failure_reason: str | None
     created_date: datetime
     modified_date: datetime
-    steps: list[StepOut]
+    steps: list[StepOut] = Field(description="Every step of the request, validation included, oldest first.")
     money_transactions: list[MoneyTransactionOut]
 
 
@@ -401,11 +402,9 @@ def present_detailed(
                 select(CancellationPlan).where(CancellationPlan.request_id.in_(request_ids))
             )
         }
-        for step in session.scalars(
-            select(WorkflowStep).where(WorkflowStep.request_id.in_(request_ids)).order_by(WorkflowStep.id)
-        ):
-            if step.plan_id is not None:
-                steps[step.plan_id].append(StepOut.model_validate(step, from_attributes=True))
+        for request_id, views in step_view.steps_of(session, request_ids).items():
+            if (plan := plans.get(request_id)) is not None:
+                steps[plan.id] = [StepOut.model_validate(v, from_attributes=True) for v in views]
         plan_ids = [p.id for p in plans.values()]
         if plan_ids:
             for tx in session.scalars(

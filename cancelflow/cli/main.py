@@ -285,9 +285,9 @@ def show(request_id: int) -> None:
         Event,
         FulfillmentOrder,
         MoneyTransaction,
-        WorkflowStep,
     )
     from cancelflow.services.iban import mask
+    from cancelflow.services.step_view import steps_of
 
     with _transaction() as session:
         request = session.get(CancellationRequest, request_id)
@@ -310,15 +310,13 @@ def show(request_id: int) -> None:
                 f"{plan.refund_target.value}  deadline {plan.deadline_at}  {plan.failure_reason or ''}"
             )
             table = Table("step", "kind", "status", "attempt", "next attempt", "last error")
-            for step in session.scalars(
-                select(WorkflowStep).where(WorkflowStep.request_id == request_id).order_by(WorkflowStep.id)
-            ):
+            for step in steps_of(session, [request_id]).get(request_id, []):
                 table.add_row(
                     str(step.id),
                     step.kind.value,
                     step.status.value,
                     str(step.attempt),
-                    str(step.next_attempt_at)[:19],
+                    str(step.next_attempt_at or "")[:19],
                     (step.last_error or "")[:60],
                 )
             console.print(table)
