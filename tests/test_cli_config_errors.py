@@ -177,3 +177,33 @@ def test_the_entry_point_prints_one_line_not_a_traceback(tmp_path: Path) -> None
     assert bad.returncode == 2, bad.stderr
     assert "error: invalid setting CANCELFLOW_API_PORT" in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_command_whose_follow_up_message_cannot_be_sent_says_so_in_one_line(tmp_path: Path) -> None:
+    import secrets
+
+    from cancelflow.db import transaction
+    from cancelflow.services import intake
+    from tests.factories import load, order_payload
+
+    # Given a waiting request, and a broker that does not answer
+    order = order_payload()
+    load({"orders": [order]})
+    with transaction() as session:
+        request_id = intake.submit(
+            session,
+            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
+        ).request.id
+    env = _bare_env(
+        CANCELFLOW_DATABASE_URL=os.environ["CANCELFLOW_DATABASE_URL"],
+        CANCELFLOW_BROKER_URL=f"redis://127.0.0.1:{closed_port()}/0",
+    )
+    # When staff approve it: the approval commits, its routing message is left to the sweeper
+    approved = _entry_point(["approve", str(request_id)], env, cwd=tmp_path)
+    assert approved.returncode == 0, approved.stderr
+    assert f"request {request_id} approved" in approved.stdout
+    # Then the failed send is one warning line, not a traceback
+    assert "Traceback" not in approved.stderr, approved.stderr
+    assert "the sweeper will retry" in approved.stderr
+    assert approved.stderr.count("\n") == 1, approved.stderr
