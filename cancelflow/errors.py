@@ -87,3 +87,7 @@ class Throttled(CancelflowError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ConfigurationError(RuntimeError):
+    """The process cannot find or reach what it is configured to use (the CLI says so in one line, exit 2)."""

@@ -6,8 +6,8 @@ Two routers with the same operations: `/api/v1/cancellation_requests/` and the s
 `api.exports`.
 
 Who may do what: staff tokens everything; a storefront token creates and reads the requests of its own
-channel (on the global routes it sees only them; another channel's twin route is a 403) and may not
-update or reject; fulfillment-service tokens are refused (403). IBANs are masked (country and last four
+channel (on the global routes it sees only them; another channel's twin route is a 403), or of every
+channel when it was made without a channel, and may not update or reject; fulfillment-service tokens are refused (403). IBANs are masked (country and last four
 characters) except for staff tokens with the `view_iban` permission.
 
 Status changes: there is no approve endpoint in seed 000; staff approve with `PATCH {"status":
@@ -47,7 +47,6 @@ from cancelflow.models import (
     MoneyTransaction,
     Order,
     OrderItem,
-    WorkflowStep,
 )
 from cancelflow.models.enums import (
     CancellationType,
@@ -56,9 +55,10 @@ from cancelflow.models.enums import (
     RequestStatus,
     StepKind,
     StepStatus,
+    TokenKind,
 )
 from cancelflow.services import iban as iban_checks
-from cancelflow.services import queries
+from cancelflow.services import queries, step_view
 from cancelflow.services import requests as requests_service
 from cancelflow.services.queries import RequestFilters
 
@@ -133,7 +133,10 @@ def internal_text(value: str | None, scope: Scope) -> str | None:
 def _reader_scope(principal: Principal, channel_id: int | None) -> Scope:
     if principal.is_staff:
         return Scope(principal, channel_id)
-    if principal.kind == "storefront" and principal.channel_id is not None:
+    if principal.kind == TokenKind.storefront:
+        if principal.channel_id is None:
+            # A storefront token made without --channel acts for every channel (one shop, one storefront).
+            return Scope(principal, channel_id)
         if channel_id is not None and channel_id != principal.channel_id:
             raise Forbidden("You do not have permission to perform this action.")
         return Scope(principal, principal.channel_id)
@@ -230,16 +233,19 @@ class ReasonOut(BaseModel):
 
 
 class StepOut(BaseModel):
+    """A workflow step as `cancelflow show` prints it (`services.step_view`)."""
+
     id: int
     kind: StepKind
     status: StepStatus
     attempt: int
     max_attempts: int
-    next_attempt_at: datetime
+    next_attempt_at: datetime | None = Field(description="When a pending step runs next; null once finished.")
     deadline_at: datetime | None
     fulfillment_order_id: int | None
     last_error: str | None = Field(
-        description="Why the last attempt failed (staff only; null for other tokens, which see `status`)."
+        description="Why the last failed attempt failed, null once the step is done (staff only; null for other "
+        "tokens, which see `status`)."
     )
     finished_at: datetime | None
     created_date: datetime
@@ -268,7 +274,7 @@ class PlanOut(BaseModel):
     )
     created_date: datetime
     modified_date: datetime
-    steps: list[StepOut]
+    steps: list[StepOut] = Field(description="Every step of the request, validation included, oldest first.")
     money_transactions: list[MoneyTransactionOut]
 
 
@@ -433,13 +439,12 @@ def present_detailed(
                 select(CancellationPlan).where(CancellationPlan.request_id.in_(request_ids))
             )
         }
-        for step in session.scalars(
-            select(WorkflowStep).where(WorkflowStep.request_id.in_(request_ids)).order_by(WorkflowStep.id)
-        ):
-            if step.plan_id is not None:
-                shown = StepOut.model_validate(step, from_attributes=True)
-                shown.last_error = internal_text(step.last_error, scope)
-                steps[step.plan_id].append(shown)
+        for request_id, views in step_view.steps_of(session, request_ids).items():
+            if (plan := plans.get(request_id)) is not None:
+                shown = [StepOut.model_validate(v, from_attributes=True) for v in views]
+                for step_out in shown:
+                    step_out.last_error = internal_text(step_out.last_error, scope)
+                steps[plan.id] = shown
         plan_ids = [p.id for p in plans.values()]
         if plan_ids:
             for tx in session.scalars(

@@ -166,10 +166,12 @@ JobId = Annotated[uuid.UUID, Path(alias="id", description="Export job id.")]
 
 def _visible_job(session: Session, job_id: uuid.UUID, principal: Principal) -> ExportJob:
     """Staff see every export job; a storefront token the jobs its channel's exports started (the 202 it
-    got names one), and others are a 404 to it. Other tokens are a 403."""
-    if principal.kind == TokenKind.storefront and principal.channel_id is not None:
+    got names one), and others are a 404 to it (one without a channel sees them all). Other tokens are a
+    403."""
+    if principal.kind == TokenKind.storefront:
         job = exports.get_job(session, job_id)
-        if (job.params or {}).get("channel_id") != principal.channel_id:
+        # A storefront token without a channel acts for every channel, so it follows every export job.
+        if principal.channel_id is not None and (job.params or {}).get("channel_id") != principal.channel_id:
             raise NotFound(f"export {job_id} not found")
         return job
     akinon_staff(principal)

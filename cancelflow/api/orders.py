@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -57,17 +57,29 @@ def _nul_paths(value: Any, path: str = "") -> Iterator[str]:
         "items, payment and fulfillment orders (the same payload as `cancelflow import FILE`). Reference "
         "data is upserted by id; orders and what hangs off them are inserted once and then belong to the "
         "workflow. Answers **201** when anything was written and **200** with all counts zero when the "
-        "payload was imported before and nothing changed. Staff token."
+        "payload was imported before and nothing changed. A fulfillment service with cancellation requests "
+        "in flight keeps its handle, callback URL and secret unless `replace_services=true`. Staff token."
     ),
     responses={200: {"model": ImportResult, "description": "Nothing new: every count is zero."}},
 )
-def import_orders(payload: ImportPayload, principal: AkinonStaff, response: Response) -> ImportResult:
+def import_orders(
+    payload: ImportPayload,
+    principal: AkinonStaff,
+    response: Response,
+    replace_services: Annotated[
+        bool,
+        Query(
+            description="Change the handle, callback URL or secret of a fulfillment service even while it "
+            "has cancellation requests in flight (otherwise a 400 naming the field)."
+        ),
+    ] = False,
+) -> ImportResult:
     data = payload.model_dump(mode="json")
     bad = {path: ["must not contain NUL characters"] for path in _nul_paths(data)}
     if bad:
         raise Invalid("invalid import payload", field_errors=bad, code="invalid")
     with transaction() as session:
-        counts = importer.import_payload(session, data)
+        counts = importer.import_payload(session, data, replace_services=replace_services)
     if not any(counts.values()):
         response.status_code = 200
     return ImportResult(imported=counts)

@@ -6,9 +6,10 @@ import json
 import sys
 import time
 import uuid
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,9 +21,14 @@ from cancelflow.cli import exports as cli_exports
 from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
+from cancelflow.cli.guard import GuardedGroup
 from cancelflow.cli.webhooks import webhooks_app
 
-app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from cancelflow.models import RejectedMessage
+
+# GuardedGroup: a configuration or connection problem is one line and exit code 2, never a traceback.
+app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True, cls=GuardedGroup)
 tokens_app = typer.Typer(
     help="API tokens for staff, storefronts and fulfillment services.", no_args_is_help=True
 )
@@ -68,67 +74,110 @@ def migrate() -> None:
     console.print("schema is at head")
 
 
+REPLACE_SERVICES_HELP = (
+    "Change the handle, callback URL or secret of a fulfillment service even while it has cancellation "
+    "requests in flight (refused otherwise: they would be notified elsewhere or with a key it does not know)."
+)
+
+
 @app.command("import")
-def import_file(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
+def import_file(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    replace_services: Annotated[bool, typer.Option("--replace-services", help=REPLACE_SERVICES_HELP)] = False,
+) -> None:
     """Load orders, fulfillment orders, services and reasons from a JSON file (see examples/import.json)."""
-    from cancelflow.errors import Invalid
     from cancelflow.services.importer import import_payload
 
     try:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         _fail(f"{path} is not valid JSON: {exc}")
+    with _refusing_invalid(), _transaction() as session:
+        counts = import_payload(session, payload, replace_services=replace_services)
+    _print_counts(counts)
+
+
+@contextmanager
+def _refusing_invalid() -> Iterator[None]:
+    """An `Invalid` from the block: its field errors, then the message, exit code 1."""
+    from cancelflow.errors import Invalid
+
     try:
-        with _transaction() as session:
-            counts = import_payload(session, payload)
+        yield
     except Invalid as exc:
         for field, messages in exc.field_errors.items():
-            err.print(f"  {field}: {'; '.join(messages)}")
+            err.print(f"  {field}: {'; '.join(messages)}", highlight=False, markup=False)
         _fail(exc.message)
-    _print_counts(counts)
 
 
 @app.command()
 def demo(
     orders: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
-    callback_base: Annotated[str, typer.Option(help="Base URL of the sandbox fulfillment service.")] = (
-        "http://127.0.0.1:8101"
-    ),
+    callback_base: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of the sandbox fulfillment service, for services the database does not have yet "
+            "(default: the one `cancelflow run` starts); given, it also repoints the stored ones."
+        ),
+    ] = None,
+    replace_services: Annotated[bool, typer.Option("--replace-services", help=REPLACE_SERVICES_HELP)] = False,
 ) -> None:
     """Load a generated data set (deterministic: loading it twice changes nothing).
 
-    The callback base is the operator's own choice, so the import accepts it even on loopback; the worker
-    reaches it only if CANCELFLOW_OUTBOUND_ALLOW lists it (`make run` lists its sandbox).
+    Fulfillment services the database has already (those `cancelflow run` made) keep their secret and
+    callback URL, so demo data loaded into a running stack leaves it working. New ones get the secret of
+    `cancelflow run`'s credentials file when there is one, else a random one. The callback base is the
+    operator's own choice, so the import accepts it even on loopback; the worker reaches it only if
+    CANCELFLOW_OUTBOUND_ALLOW lists it (`make run` lists its sandbox).
     """
     from urllib.parse import urlsplit
 
+    from cancelflow.cli.run import CREDENTIALS_FILE, SANDBOX_SERVICES
+    from cancelflow.config import get_settings
     from cancelflow.config.allowlist import parse_allow_rule
-    from cancelflow.errors import Invalid
     from cancelflow.integrations.outbound import OutboundPolicy
-    from cancelflow.services.demo import build_demo_payload
+    from cancelflow.services.demo import build_demo_payload, demo_services
     from cancelflow.services.importer import import_payload
 
-    services = {
-        h: {"secret": f"demo-secret-{h}", "callback_url": f"{callback_base}/{h}"}
-        for h in ("sandbox-accept", "sandbox-slow", "sandbox-reject")
-    }
+    settings = get_settings()
+    base = (callback_base or f"http://127.0.0.1:{settings.sandbox_fulfillment_port}").rstrip("/")
     try:
-        base = urlsplit(callback_base)
-        host, port = base.hostname or "", base.port or (443 if base.scheme == "https" else 80)
+        parts = urlsplit(base)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
         rule = parse_allow_rule(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     except ValueError as exc:
         _fail(f"--callback-base: {exc}")
     policy = OutboundPolicy.from_settings().including([rule])
-    try:
-        with _transaction() as session:
-            counts = import_payload(
-                session, build_demo_payload(services=services, orders=orders), outbound_policy=policy
-            )
-    except Invalid as exc:
-        for field, messages in exc.field_errors.items():
-            err.print(f"  {field}: {'; '.join(messages)}")
-        _fail(exc.message)
+    known = _run_credentials(settings.data_dir / CREDENTIALS_FILE).get("services", {})
+
+    def secret(handle: str) -> str | None:
+        value = known.get(handle, {}).get("secret") if isinstance(known, dict) else None
+        return value if isinstance(value, str) and value else None
+
+    with _refusing_invalid(), _transaction() as session:
+        services = demo_services(
+            session,
+            SANDBOX_SERVICES,
+            secret=secret,
+            callback_url=lambda handle: f"{base}/{handle}",
+            keep_stored=callback_base is None,
+        )
+        counts = import_payload(
+            session,
+            build_demo_payload(services=services, orders=orders),
+            outbound_policy=policy,
+            replace_services=replace_services,
+        )
     _print_counts(counts)
+
+
+def _run_credentials(path: Path) -> dict[str, Any]:
+    """`cancelflow run`'s credentials file, or {} when there is none (or it cannot be read)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _print_counts(counts: dict[str, int]) -> None:
@@ -152,7 +201,8 @@ def submit(
         str | None, typer.Option(help="Idempotency id; a new UUID by default.")
     ] = None,
     wait: Annotated[
-        float, typer.Option(help="Seconds to wait for the request to be stored (0: don't).")
+        float,
+        typer.Option(help="Seconds to wait for the request to be stored or the message refused (0: don't)."),
     ] = 10.0,
 ) -> None:
     """Publish a `cancellations.submit` message, exactly as a storefront does."""
@@ -169,20 +219,37 @@ def submit(
         "holder_name": holder_name,
         "fully_refund_as_loyalty_money": loyalty,
     }
+    since = _database_now() if wait > 0 else None
     celery_app.send_task("cancellations.submit", kwargs={k: v for k, v in kwargs.items() if v is not None})
     console.print(f"submitted client_request_id={kwargs['client_request_id']}")
-    if wait > 0:
-        request_id = _wait_for_request(kwargs["client_request_id"], wait)
-        if request_id is None:
-            _fail("not stored yet: is a worker running? (the message stays queued)", code=2)
-        else:
-            show(request_id)
+    if since is None:
+        return
+    outcome = _wait_for_outcome(kwargs["client_request_id"], since, wait)
+    if outcome is None:
+        _fail("not stored yet: is a worker running? (the message stays queued)", code=2)
+    elif isinstance(outcome, int):
+        show(outcome)
+    else:
+        for field, messages in outcome.errors.items():
+            err.print(f"  {field}: {'; '.join(messages)}", highlight=False, markup=False)
+        _fail(f"the worker refused the message ({outcome.code}): {outcome.message}")
 
 
-def _wait_for_request(client_request_id: str, seconds: float) -> int | None:
+def _database_now() -> Any:
+    """The database's clock: a refusal recorded from then on answers this message, not an older one."""
+    from sqlalchemy import func, select
+
+    with _transaction() as session:
+        return session.scalar(select(func.now()))
+
+
+def _wait_for_outcome(client_request_id: str, since: Any, seconds: float) -> int | RejectedMessage | None:
+    """The id of the stored request, or the worker's recorded refusal, as soon as either exists; None on
+    timeout."""
     from sqlalchemy import select
 
     from cancelflow.models import CancellationRequest
+    from cancelflow.services.intake import rejection_since
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -192,9 +259,12 @@ def _wait_for_request(client_request_id: str, seconds: float) -> int | None:
                     CancellationRequest.client_request_id == client_request_id
                 )
             ).first()
-        if found is not None:
-            return int(found)
-        time.sleep(0.3)
+            if found is not None:
+                return int(found)
+            refused = rejection_since(session, client_request_id, since)
+            if refused is not None:
+                return refused
+        time.sleep(0.2)
     return None
 
 
@@ -231,9 +301,9 @@ def show(request_id: int) -> None:
         Event,
         FulfillmentOrder,
         MoneyTransaction,
-        WorkflowStep,
     )
     from cancelflow.services.iban import mask
+    from cancelflow.services.step_view import steps_of
 
     with _transaction() as session:
         request = session.get(CancellationRequest, request_id)
@@ -256,15 +326,13 @@ def show(request_id: int) -> None:
                 f"{plan.refund_target.value}  deadline {plan.deadline_at}  {plan.failure_reason or ''}"
             )
             table = Table("step", "kind", "status", "attempt", "next attempt", "last error")
-            for step in session.scalars(
-                select(WorkflowStep).where(WorkflowStep.request_id == request_id).order_by(WorkflowStep.id)
-            ):
+            for step in steps_of(session, [request_id]).get(request_id, []):
                 table.add_row(
                     str(step.id),
                     step.kind.value,
                     step.status.value,
                     str(step.attempt),
-                    str(step.next_attempt_at)[:19],
+                    str(step.next_attempt_at or "")[:19],
                     (step.last_error or "")[:60],
                 )
             console.print(table)

@@ -31,6 +31,7 @@ from rich.console import Console
 
 from cancelflow.config import get_settings
 from cancelflow.config.embedded import EmbeddedServices, EmbeddedServicesError, resolve_urls
+from cancelflow.config.stack import remove_state, write_state
 from cancelflow.private_files import open_private, private_dir
 
 if TYPE_CHECKING:
@@ -203,16 +204,18 @@ def load_demo_and_tokens(
             from cancelflow.integrations.outbound import OutboundPolicy
             from cancelflow.services import demo, importer
 
-            services = {
-                handle: {
-                    "secret": creds["services"][handle]["secret"],
-                    "callback_url": callback_url(settings, handle),
-                }
-                for handle in SANDBOX_SERVICES
-            }
+            # The sandbox is started with the secrets in creds: the stored services get them back, even
+            # with requests in flight (without them, those requests could never be answered).
+            services = demo.demo_services(
+                session,
+                SANDBOX_SERVICES,
+                secret=lambda handle: str(creds["services"][handle]["secret"]),
+                callback_url=lambda handle: callback_url(settings, handle),
+                keep_stored=False,
+            )
             payload = demo.build_demo_payload(services=services, orders=DEMO_ORDERS)
             policy = OutboundPolicy(parse_allow_list(outbound_allow(settings)))
-            counts = importer.import_payload(session, payload, outbound_policy=policy)
+            counts = importer.import_payload(session, payload, outbound_policy=policy, replace_services=True)
             session.flush()
         ensure_token(session, name="cancelflow-run staff", kind="staff", key=creds["staff_token"])
         ensure_token(
@@ -481,8 +484,26 @@ def _signals_raise() -> Iterator[Callable[[], None]]:
             signal.signal(sig, handler)
 
 
-def _example_ids(database_url: str) -> tuple[int | None, int | None]:
-    """An order item still cancellable and a `cancel` reason, so the printed curl works as is."""
+EXAMPLE_ITEMS: Final = 4  # one order item per printed command that creates a request
+
+
+@dataclass(frozen=True)
+class Example:
+    """Ids the printed commands use, so each works as printed: distinct items still cancellable."""
+
+    items: tuple[int, ...] = ()
+    reason: int | None = None
+
+    def item(self, n: int) -> str:
+        return str(self.items[n]) if n < len(self.items) else "<order_item_id>"
+
+    @property
+    def reason_s(self) -> str:
+        return str(self.reason) if self.reason is not None else "<reason_id>"
+
+
+def _example_ids(database_url: str) -> Example:
+    """Order items still cancellable (one per creating command) and a `cancel` reason."""
     try:
         from sqlalchemy import select
 
@@ -490,21 +511,54 @@ def _example_ids(database_url: str) -> tuple[int | None, int | None]:
         from cancelflow.models import CancellationReason, OrderItem
 
         with transaction(database_url) as session:
-            item = session.scalar(
+            items = session.scalars(
                 select(OrderItem.id)
                 .where(OrderItem.requested_quantity < OrderItem.quantity)
                 .order_by(OrderItem.id)
-                .limit(1)
-            )
+                .limit(EXAMPLE_ITEMS)
+            ).all()
             reason = session.scalar(
                 select(CancellationReason.id)
                 .where(CancellationReason.cancellation_type == "cancel", CancellationReason.is_active)
                 .order_by(CancellationReason.id)
                 .limit(1)
             )
-        return item, reason
+        return Example(tuple(int(i) for i in items), reason)
     except Exception:  # noqa: BLE001 -- only decorates the summary; placeholders are printed instead
-        return None, None
+        return Example()
+
+
+def project_root() -> Path | None:
+    """The source checkout this package runs from (where pyproject.toml is), or None for an installed one."""
+    root = Path(__file__).resolve().parent.parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def venv_bin() -> Path:
+    """Where `cancelflow` and the Python that has cancelflow installed are: the checkout's `.venv/bin`, else
+    the directory of this interpreter."""
+    root = project_root()
+    if root is not None and (root / ".venv" / "bin" / "cancelflow").exists():
+        return root / ".venv" / "bin"
+    return Path(sys.executable).parent
+
+
+def shown_path(path: Path, cwd: Path | None = None) -> str:
+    """`path` as typed in a shell started in `cwd`: relative below it, else absolute."""
+    cwd = Path.cwd() if cwd is None else cwd
+    try:
+        return str(path.relative_to(cwd))
+    except ValueError:
+        return str(path)
+
+
+def command_prefix(data_dir: Path, cwd: Path | None = None) -> str:
+    """What a printed command needs in front to find this stack: nothing when run from `cwd` with the
+    default data dir, else `CANCELFLOW_DATA_DIR=…`."""
+    cwd = Path.cwd() if cwd is None else cwd
+    if data_dir.resolve() == (cwd / ".cancelflow").resolve():
+        return ""
+    return f"CANCELFLOW_DATA_DIR={shlex.quote(str(data_dir))} "
 
 
 def print_summary(
@@ -513,13 +567,19 @@ def print_summary(
     creds: Mapping[str, Any],
     *,
     log_dir: Path,
-    example: tuple[int | None, int | None] = (None, None),
-    embedded_urls: tuple[str, str] | None = None,
+    data_dir: Path,
+    example: Example = Example(),
+    cwd: Path | None = None,
     storefront_broker: str | None = None,
 ) -> None:
-    """The URLs, credentials and commands to try; ``embedded_urls`` adds the `export` other shells need."""
+    """The URLs, credentials and commands to try.
+
+    Every command runs as printed in a new shell in `cwd` (the directory `make run` was started in): no venv
+    to activate and nothing to export, since the CLI finds this stack through its state file in `data_dir`.
+    """
     base = api_url(settings)
     staff = creds["staff_token"]
+    storefront = creds["storefront_token"]
     handle = next(iter(SANDBOX_SERVICES))
     flower_host = _connect_host(settings.flower_address)
     if ":" in flower_host:
@@ -530,7 +590,7 @@ def print_summary(
         ("Flower", f"http://{flower_host}:{settings.flower_port}/"),
         ("Flower login", f"{settings.flower_user} / {flower_password(settings, creds)}"),
         ("Staff token", staff),
-        ("Storefront token", creds["storefront_token"]),
+        ("Storefront token", storefront),
         *([("Storefront broker", storefront_broker)] if storefront_broker else []),
         (f"Fulfillment token ({handle})", creds["services"][handle]["token"]),
         ("Logs", str(log_dir)),
@@ -541,37 +601,43 @@ def print_summary(
         # soft_wrap: tokens are never cut or folded, so they can be copied from any terminal width.
         console.print(f"  [bold]{label:<{width}}[/bold]  {value}", soft_wrap=True, highlight=False)
 
-    item, reason = example
-    item_s = str(item) if item is not None else "<order_item_id>"
-    reason_s = str(reason) if reason is not None else "<reason_id>"
-    body = f'{{"order_item": {item_s}, "reason": {reason_s}, "cancellation_type": "cancel", "quantity": 1}}'
-    celery_kwargs = (
-        f"client_request_id='try-1', order_item={item_s}, quantity=1, reason={reason_s}, "
-        "cancellation_type='cancel'"
-    )
+    reason = example.reason_s
+
+    def body(n: int) -> str:
+        return f'{{"order_item": {example.item(n)}, "reason": {reason}, "cancellation_type": "cancel", "quantity": 1}}'
 
     def show(line: str) -> None:
         console.print(line, soft_wrap=True, highlight=False, markup=False)
 
+    bin_dir = venv_bin()
+    prefix = command_prefix(data_dir, cwd)
+    cancelflow = prefix + shlex.quote(shown_path(bin_dir / "cancelflow", cwd))
+    python = prefix + shlex.quote(shown_path(bin_dir / "python", cwd))
+    where = Path.cwd() if cwd is None else cwd
+    celery_kwargs = (
+        f"client_request_id='try-{secrets.token_hex(4)}', order_item={example.item(3)}, quantity=1, "
+        f"reason={reason}, cancellation_type='cancel'"
+    )
+
     console.print("[bold]Try it[/bold]")
+    show(f"  (each command runs as printed from {where} in any terminal; no venv to activate)")
     show(f"  curl -H 'Authorization: Token {staff}' {base}/api/v1/cancellation_requests/")
     show(
         f"  curl -X POST -H 'Authorization: Token {staff}' -H 'Content-Type: application/json' "
-        f"-d '{body}' {base}/api/v1/cancellation_requests/"
+        f"-d '{body(0)}' {base}/api/v1/cancellation_requests/"
+    )
+    show("  As a storefront, over HTTP (its token acts for every channel):")
+    show(
+        f"    curl -X POST -H 'Authorization: Token {storefront}' -H 'Content-Type: application/json' "
+        f"-d '{body(1)}' {base}/api/v1/cancellation_requests/"
     )
     show("  As a storefront, through the broker (the `cancellations.submit` message):")
-    if embedded_urls is not None:
-        database_url, broker_url = embedded_urls
-        show("    # in another terminal, point cancelflow at the embedded servers first:")
-        show(
-            f"    export CANCELFLOW_DATABASE_URL={shlex.quote(database_url)} "
-            f"CANCELFLOW_BROKER_URL={shlex.quote(broker_url)}"
-        )
-    show(f"    cancelflow submit --order-item {item_s} --reason {reason_s} --quantity 1")
+    show(f"    {cancelflow} submit --order-item {example.item(2)} --reason {reason} --quantity 1")
     show(
-        '    python -c "from cancelflow.worker.app import celery_app; '
+        f'    {python} -c "from cancelflow.worker.app import celery_app; '
         f"celery_app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}))\""
     )
+    show(f"  Then: {cancelflow} show ID  ·  {cancelflow} --help")
     console.print("[dim]Ctrl-C stops everything.[/dim]")
 
 
@@ -624,8 +690,11 @@ class _Started:
 
     supervisor: Supervisor | None = None
     services: EmbeddedServices | None = None
+    state_dir: Path | None = None
 
     def stop(self, console: Console) -> None:
+        if self.state_dir is not None:
+            remove_state(self.state_dir)
         try:
             if self.supervisor is not None and self.supervisor.children:
                 console.print("stopping the children…")
@@ -656,14 +725,14 @@ def _run(
         return 1
     started.services = services
     if services is None:
-        console.print(
-            "Using the configured PostgreSQL and broker (CANCELFLOW_DATABASE_URL / CANCELFLOW_BROKER_URL)."
+        _line(
+            console,
+            "Using the configured PostgreSQL and broker (CANCELFLOW_DATABASE_URL / CANCELFLOW_BROKER_URL).",
         )
     else:
-        console.print(f"Using the embedded servers under {data_dir}:", highlight=False)
-    console.print(
-        f"  database: {_safe_url(database_url)}\n  broker:   {_safe_url(broker_url)}", highlight=False
-    )
+        _line(console, f"Using the embedded servers under {data_dir}:")
+    _line(console, f"  database: {_safe_url(database_url)}")
+    _line(console, f"  broker:   {_safe_url(broker_url)}")
 
     console.print("Migrating…")
     migrate(database_url)
@@ -671,7 +740,7 @@ def _run(
     creds = load_or_create_credentials(data_dir / CREDENTIALS_FILE)
     counts = load_demo_and_tokens(database_url, creds, settings, with_demo=with_demo)
     if with_demo:
-        console.print(f"Demo data loaded: {counts}", highlight=False)
+        _line(console, f"Demo data loaded: {counts}")
     sandbox_config = write_sandbox_config(data_dir / SANDBOX_CONFIG_FILE, creds, settings)
     storefront_broker = storefront_broker_url(console, settings, broker_url, data_dir / CREDENTIALS_FILE)
     # The API's links (`next`, job URLs) point where this run serves it, whatever Host a client sends.
@@ -709,16 +778,24 @@ def _run(
 
     example = _example_ids(database_url)
     get_engine(database_url).dispose()  # the supervisor itself needs no connections from here on
+    # Other terminals' commands find the stack through this file; `_Started.stop` removes it.
+    started.state_dir = data_dir
+    write_state(data_dir, database_url=database_url, broker_url=broker_url, api_url=api_url(settings))
     print_summary(
         console,
         settings,
         creds,
         log_dir=log_dir,
+        data_dir=data_dir,
         example=example,
-        embedded_urls=(database_url, broker_url) if services is not None else None,
         storefront_broker=storefront_broker,
     )
     return supervise(console, supervisor, services)
+
+
+def _line(console: Console, text: str) -> None:
+    """One line as is: a long URL or path stays on its line (and copyable) at any terminal width."""
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
 def _safe_url(url: str) -> str:

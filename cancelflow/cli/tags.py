@@ -92,8 +92,11 @@ def _start(job_id: uuid.UUID, *, inline: bool, chunk_size: int) -> None:
             try:
                 bulk.drive(job_id, transaction, chunk_size=chunk_size)
             except Exception as exc:  # noqa: BLE001 - recorded on the job row, which `follow` reports
-                with transaction() as session:
-                    bulk.mark_failed(session, job_id, f"{type(exc).__name__}: {exc}")
+                try:
+                    with transaction() as session:
+                        bulk.mark_failed(session, job_id, f"{type(exc).__name__}: {exc}")
+                except Exception:  # noqa: BLE001 - the database itself is away: `follow` reports that
+                    return
 
         threading.Thread(target=run, name=f"bulk-{job_id}", daemon=True).start()
         return
@@ -155,5 +158,14 @@ def bulk_remove(
 @tags_app.command("resume")
 def resume(job_id: uuid.UUID, inline: Inline = False, chunk_size: Chunk = 5000) -> None:
     """Continue a job after its last committed chunk (a lost message, a crashed worker)."""
+    from cancelflow.db import transaction
+    from cancelflow.errors import NotFound
+    from cancelflow.services import bulk
+
+    try:
+        with transaction() as session:
+            bulk.get_job(session, job_id)  # before any thread or message: a clear error if it is not there
+    except NotFound as exc:
+        _fail(exc.message)
     _start(job_id, inline=inline, chunk_size=chunk_size)
     follow(job_id)

@@ -6,12 +6,16 @@ import functools
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cancelflow.config.allowlist import AllowRule, parse_allow_list
+from cancelflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from cancelflow.config.stack import StackState
 
 
 def _seconds(value: Any) -> Any:
@@ -119,18 +123,28 @@ class Settings(BaseSettings):
         return self.embedded or self.database_url is None or self.broker_url is None
 
     def require_database_url(self) -> str:
-        if self.database_url is None:
-            raise RuntimeError(
-                "CANCELFLOW_DATABASE_URL is not set; start through `cancelflow run` for the embedded default"
-            )
-        return self.database_url
+        """The configured database, else the one of the `cancelflow run` using this data dir."""
+        if self.database_url is not None:
+            return self.database_url
+        return self._running_stack("CANCELFLOW_DATABASE_URL").database_url
 
     def require_broker_url(self) -> str:
-        if self.broker_url is None:
-            raise RuntimeError(
-                "CANCELFLOW_BROKER_URL is not set; start through `cancelflow run` for the embedded default"
+        """The configured broker, else the one of the `cancelflow run` using this data dir."""
+        if self.broker_url is not None:
+            return self.broker_url
+        return self._running_stack("CANCELFLOW_BROKER_URL").broker_url
+
+    def _running_stack(self, variable: str) -> StackState:
+        from cancelflow.config.stack import read_running
+
+        state = read_running(self.data_dir)
+        if state is None:
+            where = self.data_dir.expanduser().absolute()
+            raise ConfigurationError(
+                f"{variable} is not set and no `cancelflow run` (`make run`) is running with its data in "
+                f"{where}: start one there, run this command from its directory, or set {variable}"
             )
-        return self.broker_url
+        return state
 
 
 @functools.cache

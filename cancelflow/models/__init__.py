@@ -21,6 +21,7 @@ from cancelflow.models.catalog import (
 )
 from cancelflow.models.fulfillment import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.jobs import BulkJob, ExportFormat, ExportJob, JobStatus
+from cancelflow.models.rejections import RejectedMessage
 from cancelflow.models.tags import CancellationRequestTag, Tag
 from cancelflow.models.users import IdempotencyKey, User
 from cancelflow.models.webhooks import (
@@ -57,6 +58,7 @@ __all__ = [
     "Order",
     "OrderItem",
     "Payment",
+    "RejectedMessage",
     "Tag",
     "User",
     "WebhookAttempt",

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import random
+import secrets
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cancelflow.models import FulfillmentService
 
 FIRST_NAMES = ["Ayşe", "Mehmet", "Elif", "Can", "Zeynep", "Deniz", "Bob", "Alice", "Jonas", "Marta"]
 LAST_NAMES = ["Yılmaz", "Kaya", "Demir", "Şahin", "Norman", "Schmidt", "García", "Rossi"]
@@ -18,10 +25,50 @@ PRODUCTS = [
 ]
 
 
+def demo_services(
+    session: Session,
+    handles: Iterable[str],
+    *,
+    secret: Callable[[str], str | None],
+    callback_url: Callable[[str], str],
+    keep_stored: bool,
+) -> dict[str, dict[str, Any]]:
+    """The demo's fulfillment services (handle -> id, secret, callback_url), matched to stored ones by handle.
+
+    A stored service keeps its id, so the demo never renames a service someone imported under the same id.
+    With `keep_stored` it also keeps its secret and callback URL (loading the demo into a running stack
+    leaves the services it talks to as they are); otherwise `secret(handle)` and `callback_url(handle)` win.
+    A new service gets `secret(handle)`, or a random secret when that is None, and the next free id.
+    """
+    wanted = sorted(handles)
+    stored = {
+        row.handle: row
+        for row in session.scalars(select(FulfillmentService).where(FulfillmentService.handle.in_(wanted)))
+    }
+    next_id = int(session.scalar(select(func.coalesce(func.max(FulfillmentService.id), 0))) or 0) + 1
+    services: dict[str, dict[str, Any]] = {}
+    for handle in wanted:
+        row = stored.get(handle)
+        if row is not None and keep_stored:
+            services[handle] = {"id": row.id, "secret": row.secret, "callback_url": row.callback_url}
+            continue
+        if row is not None:
+            service_id = row.id
+        else:
+            service_id, next_id = next_id, next_id + 1
+        services[handle] = {
+            "id": service_id,
+            "secret": secret(handle) or secrets.token_urlsafe(32),
+            "callback_url": callback_url(handle),
+        }
+    return services
+
+
 def build_demo_payload(
-    *, services: dict[str, dict[str, str]], orders: int = 50, seed: int = 7, first_id: int = 1000
+    *, services: Mapping[str, Mapping[str, Any]], orders: int = 50, seed: int = 7, first_id: int = 1000
 ) -> dict[str, Any]:
-    """Orders whose fulfillment orders are spread over `services` (handle -> secret, callback_url)."""
+    """Orders whose fulfillment orders are spread over `services` (handle -> secret, callback_url, and
+    optionally id: by default the services are numbered 1, 2, … in handle order)."""
     rng = random.Random(seed)
     handles = sorted(services)
     payload: dict[str, Any] = {
@@ -33,7 +80,7 @@ def build_demo_payload(
         ],
         "fulfillment_services": [
             {
-                "id": i + 1,
+                "id": services[handle].get("id", i + 1),
                 "handle": handle,
                 "name": handle.replace("-", " ").title(),
                 "callback_url": services[handle]["callback_url"],

@@ -3,22 +3,28 @@
 Reference data (channels, reasons, fulfillment services, customers) is upserted by id. Orders, their
 items, payment and fulfillment orders are inserted once and then belong to the workflow: importing the
 same file again changes nothing, and never rewinds a fulfillment order the workflow has moved.
+
+A fulfillment service with cancellation requests in flight keeps its handle, callback URL and secret
+unless the caller passes `replace_services`: changing them under a waiting request would send its next
+notification elsewhere or sign it with a secret the warehouse does not know. A handle another service
+already has is refused (not a unique-constraint failure).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
-from sqlalchemy import or_, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid
 from cancelflow.integrations.outbound import OutboundPolicy, refusal
 from cancelflow.models import (
+    CancellationPlan,
     CancellationReason,
     Channel,
     Customer,
@@ -30,7 +36,7 @@ from cancelflow.models import (
     Payment,
 )
 from cancelflow.models.base import Base
-from cancelflow.models.enums import CancellationType, FORequestStatus, FOStatus, PaymentMethod
+from cancelflow.models.enums import CancellationType, FORequestStatus, FOStatus, PaymentMethod, PlanStatus
 from cancelflow.models.fulfillment import GENERATED_ID_FLOOR
 
 Id = Annotated[int, Field(gt=0, lt=2**63)]
@@ -189,16 +195,22 @@ def _upsert(session: Session, model: type[Base], rows: Sequence[dict[str, Any]],
 
 
 def import_payload(
-    session: Session, payload: Mapping[str, Any], *, outbound_policy: OutboundPolicy | None = None
+    session: Session,
+    payload: Mapping[str, Any],
+    *,
+    outbound_policy: OutboundPolicy | None = None,
+    replace_services: bool = False,
 ) -> dict[str, int]:
     """Load the payload; returns how many rows of each kind were written (0 for an unchanged re-import).
 
     `outbound_policy`: where callback URLs may point (default: the configured one).
+    `replace_services`: allow changing the handle, callback URL or secret of a fulfillment service that has
+    cancellation requests in flight (refused otherwise).
     """
     data = parse(payload)
     # Before anything is written: a bad payload writes nothing.
     _check_callbacks(data, outbound_policy or OutboundPolicy.from_settings())
-    _check_references(session, data)
+    _check_references(session, data, replace_services=replace_services)
     counts: dict[str, int] = {}
     counts["channels"] = _upsert(session, Channel, [c.model_dump() for c in data.channels], update=True)
     counts["cancellation_reasons"] = _upsert(
@@ -339,8 +351,9 @@ def _check_callbacks(data: ImportPayload, policy: OutboundPolicy) -> None:
         raise Invalid("invalid import payload", field_errors=errors, code="invalid_import")
 
 
-def _check_references(session: Session, data: ImportPayload) -> None:
+def _check_references(session: Session, data: ImportPayload, *, replace_services: bool) -> None:
     errors: dict[str, list[str]] = {}
+    _check_services(session, data, errors, replace_services=replace_services)
     handles = {s.handle for s in data.fulfillment_services} | set(
         session.scalars(select(FulfillmentService.handle)).all()
     )
@@ -380,6 +393,61 @@ def _check_references(session: Session, data: ImportPayload) -> None:
     _check_ownership(session, data, errors)
     if errors:
         raise Invalid("invalid import payload", field_errors=errors, code="invalid_import")
+
+
+# Fields whose change repoints or re-keys a service: where its notifications go and how they are signed.
+_SERVICE_IDENTITY: Final = ("handle", "callback_url", "secret")
+_PLAN_DONE: Final = (PlanStatus.completed, PlanStatus.rejected)
+
+
+def _check_services(
+    session: Session, data: ImportPayload, errors: dict[str, list[str]], *, replace_services: bool
+) -> None:
+    """A handle belongs to one service; a service with requests in flight keeps its identity unless asked."""
+    if not data.fulfillment_services:
+        return
+    ids = [s.id for s in data.fulfillment_services]
+    handles = [s.handle for s in data.fulfillment_services]
+    stored = {
+        row.id: row
+        for row in session.scalars(
+            select(FulfillmentService).where(
+                or_(FulfillmentService.id.in_(ids), FulfillmentService.handle.in_(handles))
+            )
+        )
+    }
+    owner_of = {row.handle: row.id for row in stored.values()}
+    in_flight = dict(
+        session.execute(
+            select(FulfillmentOrder.fulfillment_service_id, func.count(FulfillmentOrder.id))
+            .join(CancellationPlan, CancellationPlan.id == FulfillmentOrder.cancellation_plan_id)
+            .where(
+                FulfillmentOrder.fulfillment_service_id.in_(ids), CancellationPlan.status.not_in(_PLAN_DONE)
+            )
+            .group_by(FulfillmentOrder.fulfillment_service_id)
+        ).all()
+    )
+    for k, service in enumerate(data.fulfillment_services):
+        owner = owner_of.get(service.handle, service.id)
+        if owner != service.id:
+            errors.setdefault(f"fulfillment_services.{k}.handle", []).append(
+                f"handle already used by fulfillment service {owner}"
+            )
+        row = stored.get(service.id)
+        if row is None or replace_services or not in_flight.get(service.id):
+            continue
+        wanted = {
+            "handle": service.handle,
+            "callback_url": str(service.callback_url).rstrip("/"),
+            "secret": service.secret,
+        }
+        for name in _SERVICE_IDENTITY:
+            if getattr(row, name) != wanted[name]:
+                errors.setdefault(f"fulfillment_services.{k}.{name}", []).append(
+                    f"fulfillment service {row.id} ({row.handle}) has {in_flight[service.id]} fulfillment "
+                    f"orders in cancellation requests still running; changing its {name} would break them "
+                    "(import with replace_services to change it anyway)"
+                )
 
 
 def _check_ownership(session: Session, data: ImportPayload, errors: dict[str, list[str]]) -> None:

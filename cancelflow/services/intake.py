@@ -1,9 +1,9 @@
 """Intake: turn a storefront's cancellation message into a request, once per client_request_id.
 
-A message that cannot name a real order item or reason stores nothing and raises `Invalid` (the caller
-logs it with the client_request_id). A message about a real item that breaks a business rule (too many
-items, a bad IBAN, no bank account for a bank refund) is stored as `rejected` with a machine-readable
-code, so the storefront can see why.
+A message that cannot name a real order item or reason stores no request and raises `Invalid`; the caller
+logs it and keeps the refusal with `record_rejection` (a `rejected_messages` row by client_request_id). A
+message about a real item that breaks a business rule (too many items, a bad IBAN, no bank account for a bank
+refund) is stored as a `rejected` request with a machine-readable code. Either way the storefront can see why.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid
@@ -24,6 +25,7 @@ from cancelflow.models import (
     Order,
     OrderItem,
     Payment,
+    RejectedMessage,
 )
 from cancelflow.models.enums import CancellationType, RefundTarget, RejectionCode, RequestStatus, StepKind
 from cancelflow.services import iban as iban_checks
@@ -198,3 +200,52 @@ _BY_CLIENT_ID = select(CancellationRequest).where(
 
 def _by_client_id(session: Session, client_request_id: str) -> CancellationRequest | None:
     return session.scalars(_BY_CLIENT_ID, {"client_request_id": client_request_id}).one_or_none()
+
+
+def _storable(value: str) -> str:
+    """Text PostgreSQL can hold: NUL and lone surrogates become U+FFFD (the refusal must be recordable)."""
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
+
+
+def record_rejection(
+    session: Session, raw: Mapping[str, Any], *, code: str, message: str, errors: Mapping[str, list[str]]
+) -> RejectedMessage | None:
+    """Keep why a message was refused before it became a request, under its client_request_id.
+
+    None when the message has no usable client_request_id (nothing to find it by: the log has it).
+    """
+    client_request_id = raw.get("client_request_id")
+    if not isinstance(client_request_id, str):
+        return None
+    key = client_request_id.strip()
+    if not 1 <= len(key) <= 200 or _storable(key) != key:
+        return None
+    values = {
+        "client_request_id": key,
+        "code": _storable(code)[:60],
+        "message": _storable(message),
+        "errors": {_storable(f): [_storable(m) for m in msgs] for f, msgs in errors.items()},
+        "times": 1,
+    }
+    stmt = insert(RejectedMessage).values(values)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["client_request_id"],
+        set_={
+            "code": stmt.excluded.code,
+            "message": stmt.excluded.message,
+            "errors": stmt.excluded.errors,
+            "times": RejectedMessage.times + 1,
+            "rejected_at": func.now(),
+        },
+    ).returning(RejectedMessage)
+    row: RejectedMessage = session.scalars(upsert).one()
+    return row
+
+
+def rejection_since(session: Session, client_request_id: str, since: Any) -> RejectedMessage | None:
+    """The refusal of this client_request_id recorded at or after `since` (a database timestamp), if any."""
+    return session.scalars(
+        select(RejectedMessage).where(
+            RejectedMessage.client_request_id == client_request_id, RejectedMessage.rejected_at >= since
+        )
+    ).one_or_none()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
+from cancelflow.errors import TransientError
+
 log = logging.getLogger(__name__)
 
 _PENDING_KEY = "cancelflow.pending_sends"
@@ -60,7 +62,16 @@ def _send_after_commit(session: Session) -> None:
     for send in sends:
         try:
             _sender(send)
-        except Exception:  # the broker is down: the step row is due, the sweeper re-sends it
+        except TransientError as exc:  # the broker is down; the step row is due: the sweeper re-sends it
+            # One line, no traceback: a broker that does not answer is an operating condition, not a bug.
+            log.warning(
+                "send of %s%s failed after commit (%s: %s); the sweeper will retry",
+                send.task,
+                send.args,
+                type(exc).__name__,
+                exc,
+            )
+        except Exception:  # anything else is unexpected, but the row is due all the same: the sweeper resends
             log.exception("send of %s%s failed after commit; the sweeper will retry", send.task, send.args)
 
 

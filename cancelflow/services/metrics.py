@@ -10,16 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cancelflow.models import CancellationPlan, CancellationRequest, MoneyTransaction, WorkflowStep
-from cancelflow.models.enums import PlanStatus, RequestStatus, StepKind, StepStatus
+from cancelflow.models import (
+    CancellationPlan,
+    CancellationRequest,
+    DeliveryStatus,
+    MoneyTransaction,
+    WebhookDelivery,
+    WorkflowStep,
+)
+from cancelflow.models.enums import PlanStatus, RefundTarget, RequestStatus, StepKind, StepStatus
 from cancelflow.services.clock import now
-
-WEBHOOK_DELIVERIES_TABLE = "webhook_deliveries"
 
 
 def _gauge(
@@ -32,13 +37,14 @@ def _gauge(
 
 
 def collect_from(session: Session) -> list[Metric]:
-    """Every gauge, read in `session`; statuses with no rows are reported as 0 so series never vanish."""
+    """Every family, read in `session`, each with all its label values from the start: a status with no
+    rows is reported as 0, so no series appears late or vanishes."""
     metrics: list[Metric] = []
 
     requests = dict(
-        session.execute(select(CancellationRequest.status, func.count()).group_by(CancellationRequest.status))
-        .tuples()
-        .all()
+        session.execute(
+            select(CancellationRequest.status, func.count()).group_by(CancellationRequest.status)
+        ).all()
     )
     metrics.append(
         _gauge(
@@ -50,9 +56,7 @@ def collect_from(session: Session) -> list[Metric]:
     )
 
     plans = dict(
-        session.execute(select(CancellationPlan.status, func.count()).group_by(CancellationPlan.status))
-        .tuples()
-        .all()
+        session.execute(select(CancellationPlan.status, func.count()).group_by(CancellationPlan.status)).all()
     )
     metrics.append(
         _gauge(
@@ -69,7 +73,7 @@ def collect_from(session: Session) -> list[Metric]:
             select(WorkflowStep.status, WorkflowStep.kind, func.count()).group_by(
                 WorkflowStep.status, WorkflowStep.kind
             )
-        ).tuples()
+        )
     }
     metrics.append(
         _gauge(
@@ -93,46 +97,41 @@ def collect_from(session: Session) -> list[Metric]:
     age.add_metric([], max(0.0, (now() - oldest).total_seconds()) if oldest is not None else 0.0)
     metrics.append(age)
 
-    money = GaugeMetricFamily(
-        "cancelflow_money_moved_total",
+    # Money only ever moves out, so this is a counter (a `_total` name promises one). Each target is shown
+    # for every currency a plan has, at 0 until money moves, so the series exist before the first refund.
+    currency = func.upper(MoneyTransaction.currency)
+    moved = {
+        (target, code): total
+        for target, code, total in session.execute(
+            select(MoneyTransaction.target, currency, func.sum(MoneyTransaction.amount)).group_by(
+                MoneyTransaction.target, currency
+            )
+        )
+    }
+    currencies = set(session.scalars(select(func.upper(CancellationPlan.currency)).distinct()))
+    currencies |= {code for _, code in moved}
+    money = CounterMetricFamily(
+        "cancelflow_money_moved",
         "Sum of the money moved back to customers, by refund target and currency.",
         labels=["target", "currency"],
     )
-    for target, currency, total in session.execute(
-        select(
-            MoneyTransaction.target, MoneyTransaction.currency, func.sum(MoneyTransaction.amount)
-        ).group_by(MoneyTransaction.target, MoneyTransaction.currency)
-    ).tuples():
-        money.add_metric([target.value, currency.upper()], float(total or 0))
+    for target in RefundTarget:
+        for code in sorted(currencies):
+            money.add_metric([target.value, code], float(moved.get((target, code)) or 0))
     metrics.append(money)
 
-    metrics.extend(_webhook_deliveries(session))
-    return metrics
-
-
-def _webhook_deliveries(session: Session) -> list[Metric]:
-    """Deliveries by outcome, once the outbox table exists (it arrives with the webhooks migration)."""
-    connection = session.connection()
-    if not inspect(connection).has_table(WEBHOOK_DELIVERIES_TABLE):
-        return []
-    columns = {c["name"] for c in inspect(connection).get_columns(WEBHOOK_DELIVERIES_TABLE)}
-    outcome = next((c for c in ("outcome", "status", "result") if c in columns), None)
-    if outcome is None:
-        return []
-    from sqlalchemy import column, table
-
-    deliveries = table(WEBHOOK_DELIVERIES_TABLE, column(outcome))
-    rows = session.execute(
-        select(deliveries.c[outcome], func.count()).group_by(deliveries.c[outcome])
-    ).tuples()
-    return [
+    deliveries = dict(
+        session.execute(select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)).all()
+    )
+    metrics.append(
         _gauge(
             "cancelflow_webhook_deliveries",
             "Webhook deliveries by status (pending, failed, delivered, dead).",
             ["outcome"],
-            iter([(value if value is not None else "unknown", n) for value, n in rows]),
+            iter([(s.value, deliveries.get(s, 0)) for s in DeliveryStatus]),
         )
-    ]
+    )
+    return metrics
 
 
 class DatabaseCollector(Collector):

@@ -22,6 +22,15 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
     ref = client_request_id if isinstance(client_request_id, str) else repr(client_request_id)[:100]
     if args:
         log.warning("cancellation message rejected", client_request_id=ref, reason="positional arguments")
+        _keep_rejection(
+            self,
+            kwargs,
+            Invalid(
+                "malformed cancellation message",
+                field_errors={"non_field_errors": ["Arguments must be passed by keyword."]},
+                code="invalid_message",
+            ),
+        )
         return "invalid"
     try:
         with self.session() as session:
@@ -35,6 +44,7 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
             code=exc.code,
             errors=exc.field_errors or exc.message,
         )
+        _keep_rejection(self, kwargs, exc)
         return "invalid"
     except (OperationalError, IntegrityError) as exc:
         # The database is away, or a twin message with the same client_request_id won a race.
@@ -47,6 +57,17 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
         created=result.created,
     )
     return status
+
+
+def _keep_rejection(task: DbTask, kwargs: dict[str, Any], exc: Invalid) -> None:
+    """Record the refusal where the storefront can read it (by client_request_id); the log line stays."""
+    try:
+        with task.session() as session:
+            intake.record_rejection(
+                session, kwargs, code=exc.code, message=exc.message, errors=exc.field_errors
+            )
+    except (OperationalError, IntegrityError) as db_error:  # the database is away: the log line has it
+        log.warning("cancellation message rejection not recorded", error=str(db_error))
 
 
 @celery_app.task(name="cancellations.validate", base=DbTask, bind=True)

@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery, signals
 
 from cancelflow.config import get_settings
+from cancelflow.errors import TransientError
 from cancelflow.services import jobs
 from cancelflow.worker import metrics as _metrics  # noqa: F401  (connects the task-latency signals)
 from cancelflow.worker import privacy as _privacy  # noqa: F401  (masks received arguments)
@@ -35,7 +36,13 @@ celery_app.steps["consumer"].add(IntakeGuard)
 
 
 def send(send: jobs.Send) -> None:
-    celery_app.send_task(send.task, args=list(send.args), countdown=send.countdown)
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    try:
+        celery_app.send_task(send.task, args=list(send.args), countdown=send.countdown)
+    except (OperationalError, RedisConnectionError, ConnectionError) as exc:
+        raise TransientError(f"the broker does not answer: {exc}", code="broker_unavailable") from exc
 
 
 def install_sender() -> None:

@@ -89,8 +89,12 @@ def _use_multiprocess_dir() -> Path:
 
 
 @signals.worker_init.connect
-def _serve_metrics(**_: Any) -> None:
-    """Main worker process, before the pool forks: serve the pool's histograms when a port is set."""
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    """Main worker process, before the pool forks: serve the pool's histograms when a port is set.
+
+    Every task the worker knows gets its (empty) series at once, so the family and each label value are
+    there from the first scrape rather than from each task's first run.
+    """
     global _multiprocess_dir
     port = get_settings().worker_metrics_port
     if port is None:
@@ -100,9 +104,20 @@ def _serve_metrics(**_: Any) -> None:
     _multiprocess_dir = _use_multiprocess_dir()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    task_duration()  # created now so that every forked child inherits the multiprocess store
+    histogram = task_duration()  # created now so that every forked child inherits the multiprocess store
+    for name in _task_names(sender):
+        histogram.labels(task=name)
     forged_tasks()
     start_http_server(port, registry=registry)
+
+
+def _task_names(worker: Any) -> list[str]:
+    """The names of cancelflow's tasks registered in the worker's app (Celery's own left out)."""
+    app = getattr(worker, "app", None)
+    if app is None:
+        return []
+    app.loader.import_default_modules()
+    return sorted(name for name in app.tasks if not name.startswith("celery."))
 
 
 @signals.worker_shutdown.connect

@@ -333,7 +333,7 @@ class TestUpdate:
         assert approved.json()["status"] == "approved"
         detailed = client.get(f"{BASE}{body['id']}/detailed/", headers=staff).json()
         assert detailed["plan"]["status"] == "waiting"
-        assert [s["kind"] for s in detailed["plan"]["steps"]] == ["route"]
+        assert [s["kind"] for s in detailed["plan"]["steps"]] == ["validate", "route"]
         for change in ({"quantity": 2}, {"fully_refund_as_loyalty_money": True}, {"status": "waiting"}):
             refused = client.patch(f"{BASE}{body['id']}/", headers=staff, json=change)
             assert refused.status_code == 400, change

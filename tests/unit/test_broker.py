@@ -19,11 +19,17 @@ from cancelflow.worker.config import celery_config
         ("redis://127.0.0.1:6379/0", broker.NAME, "redis://127.0.0.1:6379/0"),
         # kombu would take the transport from the scheme: the worker gets the socket URL with this one.
         ("redis+socket:///tmp/r.sock", broker.SOCKET_NAME, "socket:///tmp/r.sock"),
-        ("rediss://cache.example:6380/0", None, "rediss://cache.example:6380/0"),  # TLS: kombu's own transport
+        (
+            "rediss://cache.example:6380/0",
+            None,
+            "rediss://cache.example:6380/0",
+        ),  # TLS: kombu's own transport
         ("amqp://guest:guest@127.0.0.1:5672//", None, "amqp://guest:guest@127.0.0.1:5672//"),
     ],
 )
-def test_the_transport_is_chosen_for_plain_redis_urls(url: str, transport: str | None, celery_url: str) -> None:
+def test_the_transport_is_chosen_for_plain_redis_urls(
+    url: str, transport: str | None, celery_url: str
+) -> None:
     config = celery_config(Settings(database_url="postgresql://x@127.0.0.1/x", broker_url=url))
     assert config.get("broker_transport") == transport
     assert config["broker_url"] == celery_url
