@@ -18,6 +18,7 @@ from cancelflow.api import jobs as jobs_api
 from cancelflow.api import tags as tags_api
 from cancelflow.api import users as users_api
 from cancelflow.api import webhooks as webhooks_api
+from cancelflow.api.limits import BodyLimitMiddleware
 from cancelflow.config import get_settings
 from cancelflow.config.logging import configure_logging
 
@@ -93,6 +94,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     docs.install(app)
+    app.add_middleware(BodyLimitMiddleware)  # body sizes checked before any body is read (api.limits)
     app.add_middleware(fulfillment.ShopifyVersionHeaderMiddleware)
     for router in routers():
         app.include_router(router)

@@ -15,6 +15,10 @@ streamed in the response (200, `Content-Disposition: attachment`), from a server
 constant memory. Above it, an export job is queued and the answer is **202** `{"id", "url"}`:
 `GET /api/v1/exports/{id}/` shows its progress and `GET /api/v1/exports/{id}/download/` serves the file
 once `status` is `done`. The exported fields are listed in `services.exports`.
+
+A token may have `CANCELFLOW_EXPORT_JOBS_PER_TOKEN` export jobs queued or running (beyond: **429**
+`too_many_jobs` with `Retry-After`); a finished job's file is deleted `CANCELFLOW_EXPORT_RETENTION` after it
+finished, and its download is then a **410** `export_expired`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.config import get_settings
 from cancelflow.db import get_engine, transaction
-from cancelflow.errors import Conflict, Invalid, NotFound
+from cancelflow.errors import Conflict, Gone, Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import exports
@@ -69,14 +73,21 @@ def export_response(
     export_format: str | ExportFormat,
     *,
     channel_id: int | None = None,
+    token_id: int | None = None,
 ) -> Response:
-    """The detailed list as a file (streamed), or 202 and an export job when it has too many rows."""
+    """The detailed list as a file (streamed), or 202 and an export job when it has too many rows
+    (429 when `token_id` has as many export jobs queued or running as it may)."""
     fmt = parse_format(export_format)
     with transaction() as session:
         total = exports.count_rows(session, filters, channel_id=channel_id)
         if total > get_settings().export_sync_max_rows:
             job = exports.create_job(
-                session, fmt, filters=filters.as_params(), channel_id=channel_id, total=total
+                session,
+                fmt,
+                filters=filters.as_params(),
+                channel_id=channel_id,
+                total=total,
+                token_id=token_id,
             )
             job_id = job.id
         else:
@@ -173,17 +184,23 @@ def get_export(job_id: JobId, request: Request, principal: AkinonCaller) -> Expo
     "/{id}/download/",
     response_class=FileResponse,
     summary="Download an export file",
-    description="The file of a finished export job. **409** while the job is not `done`. Staff token, or "
-    "the storefront token of the channel whose export started it.",
+    description="The file of a finished export job. **409** while the job is not `done`; **410** once the "
+    "file was deleted, `CANCELFLOW_EXPORT_RETENTION` after the job finished (status `expired`). Staff token, "
+    "or the storefront token of the channel whose export started it.",
     responses={
         200: {"content": {media: {} for media in exports.MEDIA_TYPES.values()}, "description": "The file."},
         409: {"description": "The export is not finished."},
+        410: {"description": "The export expired: its file was deleted after the retention period."},
     },
 )
 def download_export(job_id: JobId, principal: AkinonCaller) -> FileResponse:
     with transaction() as session:
         job = _visible_job(session, job_id, principal)
         status, file_path, fmt, name = job.status, job.file_path, job.format, exports.file_name(job)
+    if status == JobStatus.expired:
+        raise Gone(
+            f"export {job_id} expired: its file was deleted after the retention period", code="export_expired"
+        )
     if status != JobStatus.done or not file_path:
         raise Conflict(f"export {job_id} is {status.value}, not done", code="export_not_ready")
     path = FsPath(file_path)
