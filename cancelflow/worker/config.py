@@ -10,7 +10,6 @@ from cancelflow.config.settings import Settings
 from cancelflow.worker import broker as broker_transport
 
 QUEUES = ("default", "route", "money", "bulk")
-EXPORT_EXPIRY_INTERVAL = 60.0  # seconds between sweeps for export files past their retention
 
 ROUTES = {
     "cancellations.route": {"queue": "route"},
@@ -89,8 +88,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Export files past CANCELFLOW_EXPORT_RETENTION (queue `bulk`: its worker holds the files).
             "exports.expire": {
                 "task": "exports.expire",
-                "schedule": EXPORT_EXPIRY_INTERVAL,
-                "options": {"expires": EXPORT_EXPIRY_INTERVAL},
+                "schedule": settings.sweep_interval.total_seconds(),
+                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
             },
         },
     }
