@@ -26,15 +26,15 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
 from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
 from cancelflow.api.errors import AKINON_RESPONSES
@@ -65,6 +65,12 @@ def parse_format(value: str | ExportFormat) -> ExportFormat:
 
 def _attachment(name: str) -> dict[str, str]:
     return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+
+def _read_and_close(handle: BinaryIO, size: int = 64 * 1024) -> Iterator[bytes]:
+    with handle:
+        while data := handle.read(size):
+            yield data
 
 
 def export_response(
@@ -100,20 +106,22 @@ def export_response(
     engine = get_engine()
     stmt = exports.export_select(filters, channel_id=channel_id, typed=fmt == ExportFormat.json)
     if fmt == ExportFormat.xlsx:
-        # xlsxwriter needs a seekable file: write it (constant memory) then stream it and delete it.
+        # xlsxwriter needs a seekable file: write it (constant memory), open it, and unlink it before the
+        # response starts, so nothing is left in the temporary directory even when the client goes away
+        # mid-download (the data lives as long as the open handle).
         handle, raw_path = tempfile.mkstemp(prefix="cf-export-", suffix=".xlsx")
         os.close(handle)
         path = FsPath(raw_path)
         try:
             exports.write_xlsx(exports.stream_batches(engine, stmt), path)
-        except BaseException:
+            opened = path.open("rb")
+        finally:
             path.unlink(missing_ok=True)
-            raise
-        return FileResponse(
-            path,
+        size = os.fstat(opened.fileno()).st_size
+        return StreamingResponse(
+            _read_and_close(opened),
             media_type=exports.MEDIA_TYPES[fmt],
-            filename=name,
-            background=BackgroundTask(path.unlink, missing_ok=True),
+            headers={**_attachment(name), "Content-Length": str(size)},
         )
     batches = exports.stream_batches(engine, stmt)
     body = exports.csv_chunks(batches) if fmt == ExportFormat.csv else exports.json_chunks(batches)
