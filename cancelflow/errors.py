@@ -54,6 +54,25 @@ class Refused(CancelflowError):
         self.kind = kind
 
 
+class Gone(CancelflowError):
+    """The resource existed and was removed on purpose (an expired export file): HTTP 410."""
+
+    code = "gone"
+
+
+class TooManyJobs(CancelflowError):
+    """The caller already has as many background jobs queued or running as it may: HTTP 429.
+
+    `retry_after`: seconds after which trying again is reasonable (the `Retry-After` header).
+    """
+
+    code = "too_many_jobs"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 30) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class TransientError(CancelflowError):
     """Worth retrying with backoff: a timeout, a connection error, a 5xx, a lock held elsewhere.
 

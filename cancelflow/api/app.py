@@ -18,6 +18,7 @@ from cancelflow.api import jobs as jobs_api
 from cancelflow.api import tags as tags_api
 from cancelflow.api import users as users_api
 from cancelflow.api import webhooks as webhooks_api
+from cancelflow.api.limits import BodyLimitMiddleware
 from cancelflow.api.security_headers import SecurityHeadersMiddleware
 from cancelflow.api.throttling import install as install_throttling
 from cancelflow.config import get_settings
@@ -96,6 +97,7 @@ def create_app() -> FastAPI:
     errors.install(app)
     install_throttling(app)
     docs.install(app)
+    app.add_middleware(BodyLimitMiddleware)  # body sizes checked before any body is read (api.limits)
     app.add_middleware(fulfillment.ShopifyVersionHeaderMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     for router in routers():

@@ -687,6 +687,10 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
                 },
             },
             202: {"description": "With `export_format`: too many rows, an export job was queued."},
+            429: {
+                "description": "With `export_format`: the token has as many export jobs queued or running "
+                "as it may (`CANCELFLOW_EXPORT_JOBS_PER_TOKEN`); see `Retry-After`."
+            },
         },
         openapi_extra={"parameters": [*PAGE_PARAMETERS, EXPORT_PARAMETER, *queries.openapi_parameters()]},
     )
@@ -701,7 +705,13 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
                     "exports unavailable",
                     field_errors={"export_format": ["Exports are not available on this server."]},
                 ) from None
-            return export_response(request, filters, export_format, channel_id=scope.channel_id)
+            return export_response(
+                request,
+                filters,
+                export_format,
+                channel_id=scope.channel_id,
+                token_id=scope.principal.token_id,
+            )
         with transaction() as session:
             page = queries.list_requests(
                 session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before

@@ -23,8 +23,10 @@ from cancelflow.errors import (
     CancelflowError,
     Conflict,
     Forbidden,
+    Gone,
     Invalid,
     NotFound,
+    TooManyJobs,
     TransientError,
 )
 from cancelflow.models.transitions import InvalidTransition
@@ -126,6 +128,17 @@ def cancelflow_error(request: Request, exc: Exception) -> JSONResponse:
         if as_shopify:
             return shopify(403, exc.message)
         return akinon(403, {"detail": exc.message, "code": "permission_denied"})
+    if isinstance(exc, Gone):
+        return (
+            shopify(410, exc.message)
+            if as_shopify
+            else akinon(410, {"detail": exc.message, "code": exc.code})
+        )
+    if isinstance(exc, TooManyJobs):
+        headers = {"Retry-After": str(exc.retry_after)}
+        if as_shopify:
+            return shopify(429, exc.message, headers)
+        return akinon(429, {"detail": exc.message, "code": exc.code}, headers)
     if isinstance(exc, Conflict | AlreadyHandled):
         return (
             shopify(422, exc.message)

@@ -15,6 +15,10 @@ streamed in the response (200, `Content-Disposition: attachment`), from a server
 constant memory. Above it, an export job is queued and the answer is **202** `{"id", "url"}`:
 `GET /api/v1/exports/{id}/` shows its progress and `GET /api/v1/exports/{id}/download/` serves the file
 once `status` is `done`. The exported fields are listed in `services.exports`.
+
+A token may have `CANCELFLOW_EXPORT_JOBS_PER_TOKEN` export jobs queued or running (beyond: **429**
+`too_many_jobs` with `Retry-After`); a finished job's file is deleted `CANCELFLOW_EXPORT_RETENTION` after it
+finished, and its download is then a **410** `export_expired`.
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
 from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
 from cancelflow.api.cancellation_requests import VIEW_IBAN
@@ -39,7 +43,7 @@ from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.config import get_settings
 from cancelflow.config.logging import mask_text
 from cancelflow.db import get_engine, transaction
-from cancelflow.errors import Conflict, Invalid, NotFound
+from cancelflow.errors import Conflict, Gone, Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import exports
@@ -66,20 +70,33 @@ def _attachment(name: str) -> dict[str, str]:
     return {"Content-Disposition": f'attachment; filename="{name}"'}
 
 
+def _read_and_close(handle: BinaryIO, size: int = 64 * 1024) -> Iterator[bytes]:
+    with handle:
+        while data := handle.read(size):
+            yield data
+
+
 def export_response(
     request: Request,
     filters: RequestFilters,
     export_format: str | ExportFormat,
     *,
     channel_id: int | None = None,
+    token_id: int | None = None,
 ) -> Response:
-    """The detailed list as a file (streamed), or 202 and an export job when it has too many rows."""
+    """The detailed list as a file (streamed), or 202 and an export job when it has too many rows
+    (429 when `token_id` has as many export jobs queued or running as it may)."""
     fmt = parse_format(export_format)
     with transaction() as session:
         total = exports.count_rows(session, filters, channel_id=channel_id)
         if total > get_settings().export_sync_max_rows:
             job = exports.create_job(
-                session, fmt, filters=filters.as_params(), channel_id=channel_id, total=total
+                session,
+                fmt,
+                filters=filters.as_params(),
+                channel_id=channel_id,
+                total=total,
+                token_id=token_id,
             )
             job_id = job.id
         else:
@@ -92,20 +109,22 @@ def export_response(
     engine = get_engine()
     stmt = exports.export_select(filters, channel_id=channel_id, typed=fmt == ExportFormat.json)
     if fmt == ExportFormat.xlsx:
-        # xlsxwriter needs a seekable file: write it (constant memory) then stream it and delete it.
+        # xlsxwriter needs a seekable file: write it (constant memory), open it, and unlink it before the
+        # response starts, so nothing is left in the temporary directory even when the client goes away
+        # mid-download (the data lives as long as the open handle).
         handle, raw_path = tempfile.mkstemp(prefix="cf-export-", suffix=".xlsx")
         os.close(handle)
         path = FsPath(raw_path)
         try:
             exports.write_xlsx(exports.stream_batches(engine, stmt), path)
-        except BaseException:
+            opened = path.open("rb")
+        finally:
             path.unlink(missing_ok=True)
-            raise
-        return FileResponse(
-            path,
+        size = os.fstat(opened.fileno()).st_size
+        return StreamingResponse(
+            _read_and_close(opened),
             media_type=exports.MEDIA_TYPES[fmt],
-            filename=name,
-            background=BackgroundTask(path.unlink, missing_ok=True),
+            headers={**_attachment(name), "Content-Length": str(size)},
         )
     batches = exports.stream_batches(engine, stmt)
     body = exports.csv_chunks(batches) if fmt == ExportFormat.csv else exports.json_chunks(batches)
@@ -195,17 +214,23 @@ def get_export(job_id: JobId, request: Request, principal: AkinonCaller) -> Expo
     "/{id}/download/",
     response_class=FileResponse,
     summary="Download an export file",
-    description="The file of a finished export job. **409** while the job is not `done`. Staff token, or "
-    "the storefront token of the channel whose export started it.",
+    description="The file of a finished export job. **409** while the job is not `done`; **410** once the "
+    "file was deleted, `CANCELFLOW_EXPORT_RETENTION` after the job finished (status `expired`). Staff token, "
+    "or the storefront token of the channel whose export started it.",
     responses={
         200: {"content": {media: {} for media in exports.MEDIA_TYPES.values()}, "description": "The file."},
         409: {"description": "The export is not finished."},
+        410: {"description": "The export expired: its file was deleted after the retention period."},
     },
 )
 def download_export(job_id: JobId, principal: AkinonCaller) -> FileResponse:
     with transaction() as session:
         job = _visible_job(session, job_id, principal)
         status, file_path, fmt, name = job.status, job.file_path, job.format, exports.file_name(job)
+    if status == JobStatus.expired:
+        raise Gone(
+            f"export {job_id} expired: its file was deleted after the retention period", code="export_expired"
+        )
     if status != JobStatus.done or not file_path:
         raise Conflict(f"export {job_id} is {status.value}, not done", code="export_not_ready")
     path = FsPath(file_path)

@@ -81,13 +81,7 @@ async def tag_keys_param(request: Request) -> list[str]:
                 keys = [v for v in value if isinstance(v, str) and v]
     if not keys:
         raise Invalid("key is required", field_errors={"key": ["This field is required."]}, code="required")
-    too_long = [k for k in keys if len(k) > TAG_KEY_MAX_LENGTH]
-    if too_long:
-        raise Invalid(
-            "key too long",
-            field_errors={"key": [f"Ensure this field has no more than {TAG_KEY_MAX_LENGTH} characters."]},
-        )
-    return tags.unique_keys(keys)
+    return tags.check_key_limits(keys, field="key")
 
 
 def _no_channel() -> int | None:
@@ -266,14 +260,19 @@ def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIR
     ) -> dict[str, Any]:
         return _tagged(request, principal, keys, channel_id, exclude=True)
 
-    def _bulk(request: Request, body: BulkTagsBody, channel_id: int | None, op: bulk.Op) -> Response:
+    def _bulk(
+        request: Request, body: BulkTagsBody, principal: Principal, channel_id: int | None, op: bulk.Op
+    ) -> Response:
+        bulk.check_ids(body.objects)  # as sent, duplicates included
         ids = sorted(set(body.objects))
         if len(ids) <= bulk.SYNC_MAX_IDS:
             with transaction() as session:
                 bulk.apply_to_ids(session, op, ids, body.keys, channel_id=channel_id)
             return Response(status_code=204)
         with transaction() as session:
-            job = bulk.create_job(session, op, body.keys, ids=ids, channel_id=channel_id)
+            job = bulk.create_job(
+                session, op, body.keys, ids=ids, channel_id=channel_id, token_id=principal.token_id
+            )
             job_id = job.id
         send("tags.bulk", job_id)
         accepted = JobAccepted(id=job_id, url=absolute(request, f"/api/v1/bulk_jobs/{job_id}/"))
@@ -283,10 +282,17 @@ def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIR
         'Body `{{"objects": [ids], "keys": [...]}}` (`ids` is accepted for `objects`). Up to '
         f"{bulk.SYNC_MAX_IDS} ids are {{verb}} in one statement: **204** no content. More ids become a "
         'background job: **202** `{{"id", "url"}}`; poll `url` (`GET /api/v1/bulk_jobs/{{id}}/`) '
-        "until `status` is `done`. Unknown ids are skipped. Staff token."
+        "until `status` is `done`. Unknown ids are skipped. Staff token. Limits: at most "
+        "`CANCELFLOW_BULK_MAX_IDS` ids and `CANCELFLOW_TAG_KEYS_PER_CALL` keys (400 `max_length`), no request "
+        "above `CANCELFLOW_TAGS_PER_REQUEST` tags (400 `too_many_tags`), at most "
+        "`CANCELFLOW_BULK_JOBS_PER_TOKEN` jobs of the token queued or running (429 `too_many_jobs`, "
+        "`Retry-After`); a refused call writes nothing."
     )
     accepted: dict[int | str, dict[str, Any]] = {
         202: {"model": JobAccepted, "description": "More ids than the synchronous limit: a job was queued."},
+        429: {
+            "description": "The token has as many bulk jobs queued or running as it may; see `Retry-After`."
+        },
         **NO_CONTENT,
     }
 
@@ -304,7 +310,7 @@ def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIR
         principal: AkinonStaff,
         channel_id: scoped,
     ) -> Response:
-        return _bulk(request, body, channel_id, "add")
+        return _bulk(request, body, principal, channel_id, "add")
 
     @router.post(
         "/bulk_remove_tags/",
@@ -320,7 +326,7 @@ def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIR
         principal: AkinonStaff,
         channel_id: scoped,
     ) -> Response:
-        return _bulk(request, body, channel_id, "remove")
+        return _bulk(request, body, principal, channel_id, "remove")
 
     return router
 

@@ -1,11 +1,11 @@
 """`cancelflow run` (what `make run` starts): one supervisor for the whole local stack.
 
 It resolves the database and broker (configured, or the embedded PostgreSQL and Redis under data_dir),
-migrates, loads the demo data and API tokens idempotently, then starts the API, a worker, beat, Flower
-and the two sandbox services as child processes, each in its own process group with its log under
-``<data_dir>/logs``. If a child dies it reports it and stops everything; Ctrl-C or SIGTERM stops the
-children (SIGTERM, then SIGKILL after 15 s) and then the embedded servers. Running it again reuses the
-credentials and the data.
+migrates, loads the demo data and API tokens idempotently, then starts the API, two workers (one for the
+`bulk` queue alone), beat, Flower and the two sandbox services as child processes, each in its own
+process group with its log under ``<data_dir>/logs``. If a child dies it reports it and stops everything;
+Ctrl-C or SIGTERM stops the children (SIGTERM, then SIGKILL after 15 s) and then the embedded servers.
+Running it again reuses the credentials and the data.
 """
 
 from __future__ import annotations
@@ -298,7 +298,16 @@ def child_specs(
             "worker",
             [
                 *celery, "worker", "--loglevel", "INFO", "--concurrency", "2",
-                "-Q", "default,route,money,bulk,intake", "-n", "worker1@%h",
+                "-Q", "default,route,money,intake", "-n", "worker1@%h",
+            ],
+        ),
+        # Exports and bulk tagging in a pool of their own: a long export can never hold the processes
+        # that refunds and routing need (DESIGN-NOTES 2026-11-30).
+        ChildSpec(
+            "worker-bulk",
+            [
+                *celery, "worker", "--loglevel", "INFO", "--concurrency", "1",
+                "-Q", "bulk", "-n", "worker-bulk1@%h",
             ],
         ),
         ChildSpec(

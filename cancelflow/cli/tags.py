@@ -115,10 +115,17 @@ def _bulk(
     bad = [k for k in keys if not 1 <= len(k) <= TAG_KEY_MAX_LENGTH]
     if bad:
         _fail(f"tag keys must be 1..{TAG_KEY_MAX_LENGTH} characters: {bad[0]!r}", 2)
+    from cancelflow.errors import Invalid
+
     selection = parse_filters(filters)
-    with transaction() as session:
-        job = bulk.create_job(session, "add" if op == "add" else "remove", keys, filters=selection)
-        job_id, total = job.id, job.total
+    try:
+        with transaction() as session:
+            job = bulk.create_job(session, "add" if op == "add" else "remove", keys, filters=selection)
+            job_id, total = job.id, job.total
+    except Invalid as exc:  # a limit (keys, tags per request, rows): nothing was stored
+        for field, messages in exc.field_errors.items():
+            err.print(f"  {field}: {'; '.join(messages)}")
+        _fail(f"{exc.message} ({exc.code})")
     console.print(f"job {job_id}: {op} {', '.join(keys)} on {total} requests")
     _start(job_id, inline=inline, chunk_size=chunk_size)
     if wait or inline:

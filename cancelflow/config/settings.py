@@ -107,6 +107,28 @@ class Settings(BaseSettings):
     # export job whose file is downloaded when done.
     export_sync_max_rows: int = 10_000
 
+    # Limits: every caller-sized input and every background job is bounded (README "Limits").
+    # Request bodies: without valid credentials a body may not exceed body_max_bytes_unauthenticated (checked
+    # from Content-Length before anything is read, and while reading a body without one); with them,
+    # body_max_bytes.
+    body_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    body_max_bytes_unauthenticated: int = Field(default=64 * 1024, ge=1024)
+    # Tags: keys named in one call (add_tags, remove_tags, bulk_*_tags, filter_by_tags), the length of a
+    # key (at most the column's 100), and the distinct keys one cancellation request may carry.
+    tag_keys_per_call: int = Field(default=50, ge=1)
+    tag_key_max_length: int = Field(default=100, ge=1, le=100)
+    tags_per_request: int = Field(default=100, ge=1)
+    # Bulk tagging: ids in one bulk call, and requests a filter-selected bulk job may match.
+    bulk_max_ids: int = Field(default=10_000, ge=1)
+    bulk_max_rows: int = Field(default=100_000, ge=1)
+    # Export and bulk-tag jobs a token may have queued or running at once (beyond: 429).
+    export_jobs_per_token: int = Field(default=2, ge=1)
+    bulk_jobs_per_token: int = Field(default=2, ge=1)
+    # Files of finished export jobs are deleted this long after the job finished (the job reads `expired`).
+    export_retention: Duration = timedelta(days=7)
+    # PostgreSQL statement_timeout of every export and bulk-tag statement (each cursor fetch, each chunk).
+    job_statement_timeout: Duration = timedelta(minutes=2)
+
     # Shop identity echoed in fulfillment-order payloads
     shop_id: int = 1
 

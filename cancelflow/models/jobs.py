@@ -19,6 +19,8 @@ class JobStatus(StrEnum):
     running = "running"
     done = "done"
     failed = "failed"
+    # An export whose file was deleted after the retention period (CANCELFLOW_EXPORT_RETENTION).
+    expired = "expired"
 
 
 class ExportFormat(StrEnum):

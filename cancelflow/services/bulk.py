@@ -6,6 +6,11 @@ set, from the CLI) the work is a `BulkJob` row, run by the `tags.bulk` task in c
 above `last_id`, committed together with the progress update. A crash loses at most the chunk in flight;
 the next run (the redelivered message, or `cancelflow tags resume`) continues from the committed `last_id`.
 Two runners of one job serialise on the job row's lock, so no chunk is ever done twice or skipped.
+
+Limits (settings, README "Limits"): at most `bulk_max_ids` ids in one call, at most `bulk_max_rows`
+requests matched by a filter-selected job, the tag limits of `services.tags`, at most
+`bulk_jobs_per_token` active jobs per API token (`services.limits`), and every chunk statement under the
+`job_statement_timeout`. Everything is checked before the job or any tag is written.
 """
 
 from __future__ import annotations
@@ -19,15 +24,27 @@ from typing import Any, Literal
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
-from cancelflow.errors import NotFound
+from cancelflow.config import get_settings
+from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import BulkJob, CancellationRequest, JobStatus
-from cancelflow.services import tags
+from cancelflow.services import limits, tags
 
 SYNC_MAX_IDS = 1000
 CHUNK_SIZE = 25_000
 Op = Literal["add", "remove"]
 KINDS: dict[Op, str] = {"add": "tags.bulk_add", "remove": "tags.bulk_remove"}
 UnitOfWork = Callable[[], AbstractContextManager[Session]]
+
+
+def check_ids(ids: Sequence[int], *, field: str = "objects") -> None:
+    """Invalid (400) for more than `bulk_max_ids` ids in one call (counted as sent)."""
+    limit = get_settings().bulk_max_ids
+    if len(ids) > limit:
+        raise Invalid(
+            "too many ids",
+            field_errors={field: [f"Ensure this field has no more than {limit} elements."]},
+            code="max_length",
+        )
 
 
 def apply(session: Session, op: Op, selection: Select[int], keys: Sequence[str]) -> int:
@@ -41,6 +58,8 @@ def apply_to_ids(
     session: Session, op: Op, ids: Sequence[int], keys: Sequence[str], *, channel_id: int | None = None
 ) -> int:
     """The synchronous path (a few ids): unknown ids and ids of other channels are ignored."""
+    check_ids(ids)
+    keys = tags.check_key_limits(keys)
     return apply(session, op, tags.requests_by_ids(ids, channel_id=channel_id), keys)
 
 
@@ -66,21 +85,37 @@ def create_job(
     ids: Sequence[int] | None = None,
     filters: dict[str, Any] | None = None,
     channel_id: int | None = None,
+    token_id: int | None = None,
 ) -> BulkJob:
-    """A pending job over explicit ids or a filter.
+    """A pending job over explicit ids or a filter, or Invalid / TooManyJobs with nothing stored.
 
     `total` is the size of a filter's selection now; for explicit ids it is how many were given (reading
     100,000 ids twice would cost a third of the job) and becomes the number of existing requests when the
-    job finishes, since unknown ids drop out.
+    job finishes, since unknown ids drop out. `token_id`: the API token that asks, counted against its
+    `bulk_jobs_per_token` (None from the CLI).
     """
-    params: dict[str, Any] = {"op": op, "keys": tags.unique_keys(keys), "channel_id": channel_id}
+    params: dict[str, Any] = {"op": op, "keys": tags.check_key_limits(keys), "channel_id": channel_id}
+    if token_id is not None:
+        params["token_id"] = token_id
+    limits.set_statement_timeout(session)  # the selection's count and the tag-cap check below
     if ids is not None:
+        check_ids(ids)
         params["ids"] = sorted(set(ids))
         total = len(params["ids"])
     else:
         params["filters"] = dict(filters or {})
         selection = selection_of(params)  # validates the filters before anything is stored
         total = session.scalar(select(func.count()).select_from(selection.subquery())) or 0
+        limit = get_settings().bulk_max_rows
+        if total > limit:
+            raise Invalid(
+                f"the filters select {total} requests; a bulk job may act on at most {limit} "
+                "(CANCELFLOW_BULK_MAX_ROWS): narrow the filters",
+                code="too_many_rows",
+            )
+    if op == "add":
+        tags.check_tag_cap(session, selection_of(params), params["keys"])
+    limits.claim_job_slot(session, BulkJob, token_id)
     if op == "add":
         tags.ensure_tags(session, params["keys"])
     job = BulkJob(id=uuid.uuid4(), kind=KINDS[op], status=JobStatus.pending, total=total, params=params)
@@ -115,6 +150,7 @@ def run_chunk(
     status, last_id = row
     if status in (JobStatus.done, JobStatus.failed):
         return False
+    limits.set_statement_timeout(session)
     if params is None:
         stored: dict[str, Any] = session.scalar(select(BulkJob.params).where(BulkJob.id == job_id)) or {}
         params = stored
@@ -133,6 +169,9 @@ def run_chunk(
         chunk_source = selection_of(params).where(CancellationRequest.id > last_id)
         new_last = None
         finished = False
+    if op == "add":
+        # Checked at creation; checked again per chunk for keys added to these requests since.
+        tags.check_tag_cap(session, chunk_source.order_by(CancellationRequest.id).limit(chunk_size), keys)
     chunk = chunk_source.order_by(CancellationRequest.id).limit(chunk_size).cte("chunk")
     # The write and the chunk's bounds come from one statement, so from one snapshot.
     bounds = session.execute(
@@ -221,6 +260,7 @@ __all__ = [
     "Op",
     "apply",
     "apply_to_ids",
+    "check_ids",
     "create_job",
     "drive",
     "get_job",

@@ -7,6 +7,9 @@ IBAN, tags joined), so writers only copy values. Rows come from a server-side cu
 
 Small exports stream in the HTTP response; above `settings.export_sync_max_rows` rows an `ExportJob` is
 created and the `exports.run` task writes `<data_dir>/exports/<id>.<ext>`, which the API then serves.
+Every statement runs under the `job_statement_timeout`; a token may have `export_jobs_per_token` jobs
+queued or running; the beat task `exports.expire` deletes a finished job's file `export_retention` after
+it finished and marks the job `expired`.
 
 Export fields (the order of CSV / XLSX columns and of JSON object keys):
 """
@@ -20,6 +23,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +54,7 @@ from cancelflow.models import (
     Tag,
 )
 from cancelflow.private_files import create_private, open_private
+from cancelflow.services import limits
 
 if TYPE_CHECKING:
     from cancelflow.services.queries import RequestFilters
@@ -228,6 +233,7 @@ def stream_batches(engine: Engine, stmt: Select[Any], *, batch: int = BATCH_ROWS
         # A cursor is planned for its first 10% of rows by default (nested loops); an export reads them
         # all, so plan it as COPY would be planned (hash joins).
         connection.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+        limits.set_statement_timeout(connection)  # each fetch, so a runaway export fails, never hogs
         result = connection.execution_options(stream_results=True, max_row_buffer=batch).execute(stmt)
         try:
             # SQLAlchemy reads one row ahead to set up a server-side result; take it from its buffer first.
@@ -340,13 +346,17 @@ def write_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
     # Names, e-mails and (masked) IBANs: the file is the owner's alone, like the credentials.
-    if export_format == ExportFormat.xlsx:
-        write_xlsx(counted(), create_private(partial))
-    else:
-        chunks = csv_chunks(counted()) if export_format == ExportFormat.csv else json_chunks(counted())
-        with open_private(partial) as out:
-            for chunk in chunks:
-                out.write(chunk)
+    try:
+        if export_format == ExportFormat.xlsx:
+            write_xlsx(counted(), create_private(partial))
+        else:
+            chunks = csv_chunks(counted()) if export_format == ExportFormat.csv else json_chunks(counted())
+            with open_private(partial) as out:
+                for chunk in chunks:
+                    out.write(chunk)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no half file is left behind for the retention sweep to miss
+        raise
     os.replace(partial, path)
     return written
 
@@ -365,13 +375,20 @@ def create_job(
     filters: dict[str, Any],
     channel_id: int | None = None,
     total: int = 0,
+    token_id: int | None = None,
 ) -> ExportJob:
+    """A pending export job; TooManyJobs (nothing stored) when `token_id` has `export_jobs_per_token`
+    jobs queued or running already."""
+    limits.claim_job_slot(session, ExportJob, token_id)
+    params: dict[str, Any] = {"filters": filters, "channel_id": channel_id}
+    if token_id is not None:
+        params["token_id"] = token_id
     job = ExportJob(
         id=uuid.uuid4(),
         format=export_format,
         status=JobStatus.pending,
         total=total,
-        params={"filters": filters, "channel_id": channel_id},
+        params=params,
     )
     session.add(job)
     session.flush()
@@ -390,7 +407,7 @@ def claim_job(session: Session, job_id: uuid.UUID) -> ExportJob | None:
     job = session.scalars(select(ExportJob).where(ExportJob.id == job_id).with_for_update()).one_or_none()
     if job is None:
         raise NotFound(f"export {job_id} not found")
-    if job.status in (JobStatus.done, JobStatus.failed):
+    if job.status in (JobStatus.done, JobStatus.failed, JobStatus.expired):
         return None
     job.status = JobStatus.running
     job.done = 0
@@ -418,6 +435,32 @@ def fail_job(session: Session, job_id: uuid.UUID, error: str) -> None:
     )
 
 
+EXPIRE_BATCH = 500
+
+
+def expire_jobs(session: Session, *, retention: timedelta, batch: int = EXPIRE_BATCH) -> int:
+    """Delete the files of export jobs that finished more than `retention` ago and mark them `expired`;
+    returns how many. Rows are taken `FOR UPDATE SKIP LOCKED`, so overlapping sweeps share the work. A
+    file is unlinked before its row commits: a failed commit leaves a `done` job whose file is gone (its
+    download says so) and the next sweep marks it."""
+    jobs = list(
+        session.scalars(
+            select(ExportJob)
+            .where(ExportJob.status == JobStatus.done, ExportJob.finished_at < func.now() - retention)
+            .order_by(ExportJob.finished_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for job in jobs:
+        if job.file_path:
+            Path(job.file_path).unlink(missing_ok=True)
+        job.status = JobStatus.expired
+        job.file_path = None
+    session.flush()
+    return len(jobs)
+
+
 def file_name(job: ExportJob) -> str:
     return f"cancellation_requests_{job.id}.{job.format.value}"
 
@@ -434,6 +477,7 @@ __all__ = [
     "count_rows",
     "create_job",
     "csv_chunks",
+    "expire_jobs",
     "export_select",
     "exports_dir",
     "fail_job",

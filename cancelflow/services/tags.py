@@ -1,7 +1,11 @@
 """Tags on cancellation requests: read, add and remove keys on one request, or on many with one statement.
 
-Keys are free strings of 1..100 characters, stored as given (case-sensitive); adding a key a request
-already has, or removing one it lacks, is a no-op. Every write is one set-based statement.
+Keys are free strings of 1..`tag_key_max_length` characters, stored as given (case-sensitive); adding a key
+a request already has, or removing one it lacks, is a no-op. Every write is one set-based statement.
+
+Limits (settings, README "Limits"), checked here for every caller: at most `tag_keys_per_call` distinct keys
+per call, and at most `tags_per_request` distinct keys on one request after an add; an add that would exceed
+it is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session
 
-from cancelflow.errors import NotFound
+from cancelflow.config import get_settings
+from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import CancellationRequest, CancellationRequestTag, Tag
 
 if TYPE_CHECKING:
@@ -36,6 +41,58 @@ if TYPE_CHECKING:
 def unique_keys(keys: Iterable[str]) -> list[str]:
     """The keys once each, in the order given (duplicates in one call are ignored)."""
     return list(dict.fromkeys(keys))
+
+
+def check_key_limits(keys: Sequence[str], *, field: str = "keys") -> list[str]:
+    """The distinct keys, or Invalid (400) when there are more than `tag_keys_per_call` of them or one is
+    longer than `tag_key_max_length`. Every API and CLI path that names keys passes here first."""
+    settings = get_settings()
+    distinct = unique_keys(keys)
+    if len(distinct) > settings.tag_keys_per_call:
+        raise Invalid(
+            "too many tag keys",
+            field_errors={
+                field: [f"Ensure this field has no more than {settings.tag_keys_per_call} elements."]
+            },
+            code="max_length",
+        )
+    if any(len(key) > settings.tag_key_max_length for key in distinct):
+        raise Invalid(
+            "tag key too long",
+            field_errors={
+                field: [f"Ensure this field has no more than {settings.tag_key_max_length} characters."]
+            },
+            code="max_length",
+        )
+    return distinct
+
+
+def check_tag_cap(session: Session, request_ids: Select[int], keys: Sequence[str]) -> None:
+    """Invalid (400) if adding `keys` would leave any selected request with more than `tags_per_request`
+    distinct keys: its keys other than these, plus these, are counted before anything is written."""
+    cap = get_settings().tags_per_request
+    keys = unique_keys(keys)
+    chosen = request_ids.subquery("capped")
+    others = (
+        select(func.count())
+        .select_from(CancellationRequestTag)
+        .where(
+            CancellationRequestTag.request_id == chosen.c[0],
+            CancellationRequestTag.tag_id.not_in(select(Tag.id).where(Tag.key == any_(keys_array(keys)))),
+        )
+        .scalar_subquery()
+    )
+    over = session.scalar(select(chosen.c[0]).where(others + len(keys) > cap).limit(1))
+    if over is not None:
+        raise Invalid(
+            "too many tags on one request",
+            field_errors={
+                "keys": [
+                    f"A cancellation request may carry at most {cap} tags; request {over} would have more."
+                ]
+            },
+            code="too_many_tags",
+        )
 
 
 def get_request(session: Session, request_id: int, *, channel_id: int | None = None) -> CancellationRequest:
@@ -78,10 +135,13 @@ def _unnest_text(keys: Sequence[str]) -> ColumnElement[str]:
 
 
 def add_to_selection(session: Session, request_ids: Select[int], keys: Sequence[str]) -> int:
-    """Tag every request the `request_ids` select yields with every key; returns the links inserted."""
+    """Tag every request the `request_ids` select yields with every key; returns the links inserted.
+
+    Refused (Invalid, nothing written) when a request would carry more than `tags_per_request` keys."""
     keys = unique_keys(keys)
     if not keys:
         return 0
+    check_tag_cap(session, request_ids, keys)
     ensure_tags(session, keys)
     chosen = request_ids.subquery("chosen")
     rows = select(chosen.c[0], Tag.id).select_from(chosen.join(Tag, Tag.key == any_(keys_array(keys))))
@@ -121,12 +181,14 @@ def requests_by_ids(ids: Sequence[int], *, channel_id: int | None = None) -> Sel
 
 def add(session: Session, request_id: int, keys: Sequence[str], *, channel_id: int | None = None) -> None:
     """Add keys to one request (404 if it does not exist)."""
+    keys = check_key_limits(keys)
     get_request(session, request_id, channel_id=channel_id)
     add_to_selection(session, select(literal(request_id, BigInteger)), keys)
 
 
 def remove(session: Session, request_id: int, keys: Sequence[str], *, channel_id: int | None = None) -> None:
     """Remove keys from one request (404 if it does not exist)."""
+    keys = check_key_limits(keys)
     get_request(session, request_id, channel_id=channel_id)
     remove_from_selection(session, select(literal(request_id, BigInteger)), keys)
 
@@ -144,6 +206,8 @@ def has_any_tag(keys: Sequence[str]) -> ColumnElement[bool]:
 __all__ = [
     "add",
     "add_to_selection",
+    "check_key_limits",
+    "check_tag_cap",
     "ensure_tags",
     "get_request",
     "has_any_tag",

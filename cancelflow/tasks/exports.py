@@ -13,7 +13,7 @@ from cancelflow.db import get_engine, transaction
 from cancelflow.errors import NotFound, Refused
 from cancelflow.models import ExportFormat
 from cancelflow.private_files import private_dir
-from cancelflow.services import exports, task_ids
+from cancelflow.services import exports, limits, task_ids
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
 
@@ -63,6 +63,18 @@ def run_export(self: DbTask, job_id: str) -> str:
         log.warning("export job vanished")  # deleted since it was queued: nothing to do
         return "missing"
     except (SoftTimeLimitExceeded, DBAPIError) as exc:
+        if limits.is_statement_timeout(exc):
+            # Retrying runs the same query into the same timeout: the job fails, saying why.
+            log.warning("export stopped by the statement timeout", error=f"{type(exc).__name__}: {exc}")
+            with transaction() as session:
+                exports.fail_job(session, job_uuid, limits.timeout_message())
+            return "failed"
+        if self.request.retries >= (self.max_retries or 0):
+            # Out of retries: the job must not stay `running` (it would hold one of its token's job slots).
+            log.warning("export interrupted too often, failing", error=f"{type(exc).__name__}: {exc}")
+            with transaction() as session:
+                exports.fail_job(session, job_uuid, f"{type(exc).__name__}: {exc}")
+            return "failed"
         log.warning("export interrupted, retrying", error=f"{type(exc).__name__}: {exc}")
         raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
     except Exception as exc:  # bad params or a bug: the job row tells the operator, no retry
@@ -74,3 +86,11 @@ def run_export(self: DbTask, job_id: str) -> str:
         structlog.contextvars.clear_contextvars()
     log.info("export done", rows=rows, path=str(path))
     return "done"
+
+
+@celery_app.task(name="exports.expire", base=DbTask, bind=True)
+def expire(self: DbTask) -> int:
+    """Beat: delete the files of export jobs finished longer than `export_retention` ago (queue `bulk`,
+    whose worker holds the export files); the jobs then read `expired` and their download is a 410."""
+    with self.session() as session:
+        return exports.expire_jobs(session, retention=get_settings().export_retention)

@@ -8,7 +8,7 @@ from sqlalchemy.exc import DBAPIError
 
 from cancelflow.db import transaction
 from cancelflow.errors import NotFound, Refused
-from cancelflow.services import bulk, task_ids
+from cancelflow.services import bulk, limits, task_ids
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
 
@@ -35,6 +35,18 @@ def run_bulk(self: DbTask, job_id: str) -> str:
         log.warning("bulk job vanished")  # deleted since it was queued: nothing to do
         return "missing"
     except (SoftTimeLimitExceeded, DBAPIError) as exc:
+        if limits.is_statement_timeout(exc):
+            # The same chunk would run into the same timeout: the job fails, saying why (committed chunks stay).
+            log.warning("bulk job stopped by the statement timeout", error=f"{type(exc).__name__}: {exc}")
+            with transaction() as session:
+                bulk.mark_failed(session, job_uuid, limits.timeout_message())
+            return "failed"
+        if self.request.retries >= (self.max_retries or 0):
+            # Out of retries: the job must not stay `running` (it would hold one of its token's job slots).
+            log.warning("bulk job interrupted too often, failing", error=f"{type(exc).__name__}: {exc}")
+            with transaction() as session:
+                bulk.mark_failed(session, job_uuid, f"{type(exc).__name__}: {exc}")
+            return "failed"
         # Every committed chunk stays done; the next run starts after the job's last_id.
         log.warning("bulk job interrupted, resuming", error=f"{type(exc).__name__}: {exc}")
         raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc

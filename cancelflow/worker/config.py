@@ -90,5 +90,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.sweep_interval.total_seconds(),
                 "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
             },
+            # Export files past CANCELFLOW_EXPORT_RETENTION (queue `bulk`: its worker holds the files).
+            "exports.expire": {
+                "task": "exports.expire",
+                "schedule": settings.sweep_interval.total_seconds(),
+                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
+            },
         },
     }
