@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     tags_per_request: int = Field(default=100, ge=1)
     # Bulk tagging: ids in one bulk call, and requests a filter-selected bulk job may match.
     bulk_max_ids: int = Field(default=10_000, ge=1)
-    bulk_max_rows: int = Field(default=100_000, ge=1)
+    bulk_max_rows: int = Field(default=5_000_000, ge=1)
     # Export and bulk-tag jobs a token may have queued or running at once (beyond: 429).
     export_jobs_per_token: int = Field(default=2, ge=1)
     bulk_jobs_per_token: int = Field(default=2, ge=1)
