@@ -19,9 +19,12 @@ from cancelflow.cli import exports as cli_exports
 from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
+from cancelflow.cli.textcheck import TextCheckedGroup
 from cancelflow.cli.webhooks import webhooks_app
 
-app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True)
+app = typer.Typer(
+    cls=TextCheckedGroup, help="cancelflow: order-cancellation workflows.", no_args_is_help=True
+)
 tokens_app = typer.Typer(
     help="API tokens for staff, storefronts and fulfillment services.", no_args_is_help=True
 )
@@ -73,7 +76,9 @@ def import_file(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False
     from cancelflow.services.importer import import_payload
 
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        _fail(f"{path} is not UTF-8 text: {exc}")
     except json.JSONDecodeError as exc:
         _fail(f"{path} is not valid JSON: {exc}")
     try:

@@ -8,6 +8,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from cancelflow.errors import PermanentError, TransientError
+from cancelflow.textcheck import storable
 
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
@@ -16,7 +17,7 @@ def classify(response: httpx.Response, what: str) -> None:
     """Raise TransientError for 5xx and retryable 4xx, PermanentError for other 4xx; return on 2xx."""
     if response.is_success:
         return
-    body = response.text[:300]
+    body = storable(response.text[:300])  # recorded on the step: the far side's text, made storable
     if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:
         raise TransientError(
             f"{what}: HTTP {response.status_code} {body}",

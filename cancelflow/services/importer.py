@@ -16,6 +16,7 @@ from sqlalchemy import or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from cancelflow import textcheck
 from cancelflow.errors import Invalid
 from cancelflow.models import (
     CancellationReason,
@@ -158,6 +159,7 @@ class ImportPayload(_In):
 
 
 def parse(payload: Mapping[str, Any]) -> ImportPayload:
+    textcheck.refuse(payload, message="invalid import payload", code="invalid_import")
     try:
         return ImportPayload.model_validate(payload)
     except ValidationError as exc:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from cancelflow import textcheck
 from cancelflow.errors import Invalid
 from cancelflow.models import (
     CancellationReason,
@@ -60,6 +61,8 @@ class IntakeResult:
 
 def parse(raw: Mapping[str, Any]) -> SubmitMessage:
     """Validate the message shape; raise Invalid with per-field errors."""
+    # Before anything reads it: text PostgreSQL cannot store (NUL, lone surrogates) is a malformed message.
+    textcheck.refuse(raw, message="malformed cancellation message", code="invalid_message")
     try:
         # JSON mode: enum values arrive as strings from any language's publisher.
         return SubmitMessage.model_validate_json(_to_json(raw))

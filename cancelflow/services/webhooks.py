@@ -61,6 +61,7 @@ from cancelflow.models import (
 from cancelflow.models.enums import PlanStatus, RequestStatus
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
+from cancelflow.textcheck import storable
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +441,7 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
         )
         status_code = response.status_code
         if not response.is_success:
-            error = f"HTTP {status_code}: {response.text[:300]}"
+            error = f"HTTP {status_code}: {storable(response.text[:300])}"
             wait = retry_after(response.headers.get("Retry-After"))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # no answer: recorded as a failed attempt
         error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -1,0 +1,42 @@
+"""Refuse text PostgreSQL cannot store, on every route, before auth, validation or a handler runs.
+
+An app-wide dependency: it sees the route's decoded path parameters, every query parameter (declared
+or read by hand, like the django-filter names), every header and the JSON body. A refusal is `Invalid`,
+mapped by `api.errors` to the path's dialect (Akinon 400, Shopify 422), naming the field; nothing runs
+after it, so nothing is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+
+from fastapi import Request
+
+from cancelflow import textcheck
+from cancelflow.errors import Invalid
+
+# Only a body with one of these JSON escapes can decode to NUL or a lone surrogate: raw control bytes are
+# not JSON, and a body that is not UTF-8 does not decode. The rest is never parsed twice.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+MESSAGE = "text that cannot be stored"
+
+
+async def refuse_bad_text(request: Request) -> None:
+    found: list[textcheck.BadText] = []
+    for name, value in request.path_params.items():
+        if isinstance(value, str):
+            found += textcheck.find(value, name)
+    for name, value in request.query_params.multi_items():
+        found += textcheck.find({name: value})
+    for raw_name, raw_value in request.headers.raw:
+        if b"\x00" in raw_value:  # header bytes are latin-1: NUL is the only character to refuse
+            found.append(textcheck.BadText(raw_name.decode("latin-1"), textcheck.NUL_MESSAGE))
+    body = await request.body()
+    if body and _SUSPECT_ESCAPE.search(body):
+        # Not JSON (or not UTF-8): the route's own parsing answers that.
+        with contextlib.suppress(ValueError):
+            found += textcheck.find(json.loads(body))
+    if found:
+        raise Invalid(MESSAGE, field_errors=textcheck.field_errors(found[: textcheck.MAX_REPORTED]))
