@@ -17,9 +17,11 @@ from fastapi import Request
 from cancelflow import textcheck
 from cancelflow.errors import Invalid
 
-# Only a body with one of these JSON escapes can decode to NUL or a lone surrogate: raw control bytes are
-# not JSON, and a body that is not UTF-8 does not decode. The rest is never parsed twice.
+# A UTF-8 body can only decode to NUL or a lone surrogate through one of these JSON escapes (raw control
+# bytes are not JSON): the rest is never parsed twice. UTF-16 and UTF-32 JSON, which `json.loads` also
+# reads, can carry lone surrogates unescaped, so such a body is always looked at.
 _SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_ASCII_COMPATIBLE = frozenset({"utf-8", "utf-8-sig"})
 MESSAGE = "text that cannot be stored"
 
 
@@ -34,7 +36,7 @@ async def refuse_bad_text(request: Request) -> None:
         if b"\x00" in raw_value:  # header bytes are latin-1: NUL is the only character to refuse
             found.append(textcheck.BadText(raw_name.decode("latin-1"), textcheck.NUL_MESSAGE))
     body = await request.body()
-    if body and _SUSPECT_ESCAPE.search(body):
+    if body and (json.detect_encoding(body) not in _ASCII_COMPATIBLE or _SUSPECT_ESCAPE.search(body)):
         # Not JSON (or not UTF-8): the route's own parsing answers that.
         with contextlib.suppress(ValueError):
             found += textcheck.find(json.loads(body))

@@ -284,3 +284,20 @@ def test_every_interface_of_the_schema_is_covered() -> None:
     assert "key" in queries[("get", "/api/v1/cancellation_requests/filter_by_tags/")]
     assert "key" in queries[("get", "/api/v1/channel/{channel_id}/cancellation_requests/exclude_by_tags/")]
     assert "order_number" in queries[("get", "/api/v1/cancellation_requests/")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32"])
+def test_a_json_body_in_utf16_or_utf32_is_checked_too(
+    client: TestClient, seeded: Seeded, encoding: str
+) -> None:
+    """`json.loads` reads these encodings, where a lone surrogate needs no escape at all."""
+    body = '{"key": "tag\ud800"}'.encode(encoding, "surrogatepass")
+    before = row_counts()
+    response = client.post(
+        f"/api/v1/cancellation_requests/{seeded.path_values['id']}/add_tag/",
+        headers={**seeded.headers, "Content-Type": "application/json"},
+        content=body,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["key"] == ["Surrogate characters are not allowed: U+D800."]
+    assert row_counts() == before
