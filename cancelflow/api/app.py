@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from cancelflow import __version__
 from cancelflow.api import cancellation_requests, docs, errors, fulfillment, health, metrics, orders
 from cancelflow.api import exports as exports_api
 from cancelflow.api import jobs as jobs_api
 from cancelflow.api import tags as tags_api
+from cancelflow.api import textcheck as textcheck_api
 from cancelflow.api import users as users_api
 from cancelflow.api import webhooks as webhooks_api
 from cancelflow.api.limits import BodyLimitMiddleware
@@ -34,7 +35,8 @@ Order-cancellation workflow service.
   every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`.
   {fulfillment.OUTGOING_REQUESTS_NOTE}
 
-Malformed JSON is a 400 in both dialects.
+Malformed JSON is a 400 in both dialects. Text anywhere in a request (body, query, path, headers) must
+not contain NUL or unpaired surrogates (`\\u0000`, `\\ud800`): a 400 (Shopify: 422) naming the field.
 """
 
 
@@ -93,6 +95,8 @@ def create_app() -> FastAPI:
         openapi_url="/api/schema/",
         docs_url=None,  # served by api.docs from local files: no CDN needed
         redoc_url=None,
+        # Before every route's own dependencies (auth included): text that cannot be stored goes no further.
+        dependencies=[Depends(textcheck_api.refuse_bad_text)],
     )
     errors.install(app)
     install_throttling(app)

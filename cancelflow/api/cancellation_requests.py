@@ -29,7 +29,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -72,16 +72,9 @@ RequestId = Annotated[int, Path(gt=0, le=MAX_ID, description="Unique identifier 
 ChannelId = Annotated[int, Path(gt=0, le=MAX_ID, description="The sales channel's id.")]
 
 
-def _no_nul(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the driver.
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Description = Annotated[str | None, Field(max_length=2000), AfterValidator(_no_nul)]
-IbanIn = Annotated[str | None, Field(max_length=64), AfterValidator(_no_nul)]
-HolderIn = Annotated[str | None, Field(max_length=200), AfterValidator(_no_nul)]
+Description = Annotated[str | None, Field(max_length=2000)]
+IbanIn = Annotated[str | None, Field(max_length=64)]
+HolderIn = Annotated[str | None, Field(max_length=200)]
 IdIn = Annotated[int, Field(gt=0, le=MAX_ID)]
 QuantityIn = Annotated[int, Field(gt=0, le=1_000_000)]
 

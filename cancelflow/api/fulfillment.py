@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
@@ -169,17 +169,10 @@ class FulfillmentOrderList(BaseModel):
     fulfillment_orders: list[FulfillmentOrderOut]
 
 
-def _no_nul(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the driver.
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 class CancellationRequestIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    message: Annotated[str | None, Field(max_length=5000), AfterValidator(_no_nul)] = Field(
+    message: Annotated[str | None, Field(max_length=5000)] = Field(
         default=None, description="The reason for the request, or for accepting / rejecting it."
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -14,7 +13,7 @@ from sqlalchemy import select
 from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.db import transaction
-from cancelflow.errors import Invalid, NotFound
+from cancelflow.errors import NotFound
 from cancelflow.models import FulfillmentOrder, Order, OrderItem, Payment
 from cancelflow.models.enums import PaymentMethod
 from cancelflow.services import importer
@@ -30,21 +29,6 @@ class ImportResult(BaseModel):
             "example": {"channels": 0, "orders": 1, "order_items": 2, "fulfillment_orders": 1}
         },
     )
-
-
-def _nul_paths(value: Any, path: str = "") -> Iterator[str]:
-    if isinstance(value, str):
-        if "\x00" in value:
-            yield path
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            name = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                yield name
-            yield from _nul_paths(item, name)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _nul_paths(item, f"{path}.{index}" if path else str(index))
 
 
 @router.post(
@@ -75,9 +59,6 @@ def import_orders(
     ] = False,
 ) -> ImportResult:
     data = payload.model_dump(mode="json")
-    bad = {path: ["must not contain NUL characters"] for path in _nul_paths(data)}
-    if bad:
-        raise Invalid("invalid import payload", field_errors=bad, code="invalid")
     with transaction() as session:
         counts = importer.import_payload(session, data, replace_services=replace_services)
     if not any(counts.values()):

@@ -22,13 +22,19 @@ from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
 from cancelflow.cli.guard import GuardedGroup
+from cancelflow.cli.textcheck import TextCheckedGroup
 from cancelflow.cli.webhooks import webhooks_app
 
 if TYPE_CHECKING:
     from cancelflow.models import RejectedMessage
 
-# GuardedGroup: a configuration or connection problem is one line and exit code 2, never a traceback.
-app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True, cls=GuardedGroup)
+
+class RootGroup(TextCheckedGroup, GuardedGroup):
+    """Arguments that cannot be stored are a usage error; a configuration or connection problem is one line
+    and exit code 2, never a traceback."""
+
+
+app = typer.Typer(help="cancelflow: order-cancellation workflows.", no_args_is_help=True, cls=RootGroup)
 tokens_app = typer.Typer(
     help="API tokens for staff, storefronts and fulfillment services.", no_args_is_help=True
 )
@@ -89,7 +95,9 @@ def import_file(
     from cancelflow.services.importer import import_payload
 
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        _fail(f"{path} is not UTF-8 text: {exc}")
     except json.JSONDecodeError as exc:
         _fail(f"{path} is not valid JSON: {exc}")
     with _refusing_invalid(), _transaction() as session:

@@ -16,7 +16,9 @@ err = Console(stderr=True)
 def _password(given: str | None) -> str:
     if given is not None:
         return given
-    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+    from cancelflow.cli.textcheck import checked_prompt
+
+    return checked_prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
 def _fail(message: str) -> None:

@@ -11,6 +11,7 @@ import httpx
 from cancelflow.config import get_settings
 from cancelflow.integrations.http import post_json
 from cancelflow.integrations.payments import Movement
+from cancelflow.textcheck import storable
 
 
 class BankTransfer(Protocol):
@@ -43,5 +44,6 @@ class HttpBankTransfer:
         )
         data = response.json()
         return Movement(
-            external_id=str(data["id"]), replayed=response.headers.get("Idempotent-Replayed") == "true"
+            external_id=storable(str(data["id"])),
+            replayed=response.headers.get("Idempotent-Replayed") == "true",
         )

@@ -9,6 +9,7 @@ import httpx
 
 from cancelflow.errors import PermanentError, TransientError
 from cancelflow.integrations.outbound import DestinationNotAllowed, failure_reason
+from cancelflow.textcheck import storable
 
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
@@ -21,7 +22,7 @@ def classify(response: httpx.Response, what: str, *, with_body: bool = True) -> 
     if response.is_success:
         return
     if with_body:
-        message = f"{what}: HTTP {response.status_code} {response.text[:300]}"
+        message = f"{what}: HTTP {response.status_code} {storable(response.text[:300])}"
     else:
         message = f"{what}: {failure_reason(status_code=response.status_code)}"
     if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:

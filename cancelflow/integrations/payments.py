@@ -11,6 +11,7 @@ import httpx
 
 from cancelflow.config import get_settings
 from cancelflow.integrations.http import post_json
+from cancelflow.textcheck import storable
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,5 +50,6 @@ class HttpPaymentGateway:
         )
         data = response.json()
         return Movement(
-            external_id=str(data["id"]), replayed=response.headers.get("Idempotent-Replayed") == "true"
+            external_id=storable(str(data["id"])),
+            replayed=response.headers.get("Idempotent-Replayed") == "true",
         )

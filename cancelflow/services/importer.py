@@ -21,6 +21,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from cancelflow import textcheck
 from cancelflow.errors import Invalid
 from cancelflow.integrations.outbound import OutboundPolicy, refusal
 from cancelflow.models import (
@@ -165,6 +166,7 @@ class ImportPayload(_In):
 
 
 def parse(payload: Mapping[str, Any]) -> ImportPayload:
+    textcheck.refuse(payload, message="invalid import payload", code="invalid_import")
     try:
         return ImportPayload.model_validate(payload)
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from cancelflow import textcheck
 from cancelflow.errors import Invalid
 from cancelflow.models import (
     CancellationReason,
@@ -62,6 +63,8 @@ class IntakeResult:
 
 def parse(raw: Mapping[str, Any]) -> SubmitMessage:
     """Validate the message shape; raise Invalid with per-field errors."""
+    # Before anything reads it: text PostgreSQL cannot store (NUL, lone surrogates) is a malformed message.
+    textcheck.refuse(raw, message="malformed cancellation message", code="invalid_message")
     try:
         # JSON mode: enum values arrive as strings from any language's publisher.
         return SubmitMessage.model_validate_json(_to_json(raw))
@@ -202,11 +205,6 @@ def _by_client_id(session: Session, client_request_id: str) -> CancellationReque
     return session.scalars(_BY_CLIENT_ID, {"client_request_id": client_request_id}).one_or_none()
 
 
-def _storable(value: str) -> str:
-    """Text PostgreSQL can hold: NUL and lone surrogates become U+FFFD (the refusal must be recordable)."""
-    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
-
-
 def record_rejection(
     session: Session, raw: Mapping[str, Any], *, code: str, message: str, errors: Mapping[str, list[str]]
 ) -> RejectedMessage | None:
@@ -218,13 +216,13 @@ def record_rejection(
     if not isinstance(client_request_id, str):
         return None
     key = client_request_id.strip()
-    if not 1 <= len(key) <= 200 or _storable(key) != key:
+    if not 1 <= len(key) <= 200 or textcheck.storable(key) != key:
         return None
     values = {
         "client_request_id": key,
-        "code": _storable(code)[:60],
-        "message": _storable(message),
-        "errors": {_storable(f): [_storable(m) for m in msgs] for f, msgs in errors.items()},
+        "code": textcheck.storable(code)[:60],
+        "message": textcheck.storable(message),
+        "errors": {textcheck.storable(f): [textcheck.storable(m) for m in msgs] for f, msgs in errors.items()},
         "times": 1,
     }
     stmt = insert(RejectedMessage).values(values)

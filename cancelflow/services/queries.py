@@ -63,13 +63,6 @@ _CURRENCY_TWINS: Final[Mapping[str, tuple[str, ...]]] = {
 # --- value types ----------------------------------------------------------------------------------------
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL: refuse it here instead of failing in the driver.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 def _utc(value: datetime) -> datetime:
     """A date-time without an offset is read as UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -95,7 +88,7 @@ def _lower_choice(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_nul)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 BigInt = Annotated[int, Field(ge=-MAX_BIGINT - 1, le=MAX_BIGINT)]
 Id = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 Stamp = Annotated[datetime, AfterValidator(_utc)]
@@ -384,7 +377,6 @@ def _schema(name: str) -> dict[str, Any]:
         return {"type": "boolean"}
     if annotation == (int | None):
         return {"type": "integer", "format": "int64"}
-    # NUL characters are refused with a 400 too (PostgreSQL text cannot hold them).
     return {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cancelflow.errors import Invalid
 from cancelflow.services import intake, workflow
+from cancelflow.textcheck import storable
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
 
@@ -19,7 +20,8 @@ log = structlog.get_logger(__name__)
 def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
     """Store a storefront's cancellation message as a request (kwargs only; see intake.SubmitMessage)."""
     client_request_id = kwargs.get("client_request_id")
-    ref = client_request_id if isinstance(client_request_id, str) else repr(client_request_id)[:100]
+    # Logged as sent, except text no log line can carry (NUL, lone surrogates), which is escaped.
+    ref = storable(client_request_id) if isinstance(client_request_id, str) else repr(client_request_id)[:100]
     if args:
         log.warning("cancellation message rejected", client_request_id=ref, reason="positional arguments")
         _keep_rejection(

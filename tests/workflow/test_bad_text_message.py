@@ -1,0 +1,127 @@
+"""`cancellations.submit` messages carrying text PostgreSQL cannot store, through a real worker.
+
+Every string field of the message schema (`intake.SubmitMessage`) gets NUL or a lone surrogate, drawn
+by Hypothesis; kombu's JSON carries them as `\\u0000` / `\\ud800` escapes, as any publisher's would. The
+task must finish with its "invalid" verdict (a logged rejection, no traceback, no retry) and write no row.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from cancelflow.services.intake import SubmitMessage
+from tests.api.test_bad_text import row_counts
+from tests.factories import load, order_payload
+from tests.harness import Proc, Stack, wait_for
+from tests.workflow.conftest import request_row
+
+pytestmark = pytest.mark.worker
+
+BAD = st.builds(
+    lambda a, c, b: a + c + b,
+    st.text(max_size=5),
+    st.one_of(st.just("\x00"), st.characters(categories=["Cs"])),
+    st.text(max_size=5),
+)
+
+
+def text_fields() -> list[str]:
+    schema = SubmitMessage.model_json_schema()
+
+    def is_text(node: dict[str, Any]) -> bool:
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        return node.get("type") == "string" or any(is_text(o) for o in node.get("anyOf", []))
+
+    return [name for name, prop in schema["properties"].items() if is_text(prop)]
+
+
+FIELDS = text_fields()
+
+
+@pytest.fixture(scope="module")
+def worker(database: str) -> Iterator[Proc]:
+    """Only a worker: nothing else may write while rows are counted."""
+    from tests.conftest import OUTPUT_DIR
+
+    workdir = OUTPUT_DIR / "stack-bad-text-message"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    stack = Stack(workdir)
+    try:
+        yield stack.start_worker()
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def order_item(database: str) -> int:
+    """An order with no payment: a well-formed message about it is stored, as a rejected request."""
+    order = order_payload()
+    del order["payment"]
+    load({"orders": [order]})
+    return int(order["items"][0]["id"])
+
+
+def verdict(worker: Proc, task_id: str) -> str:
+    """The worker's log line that ends this task: succeeded (with its return value), raised, or retried."""
+    pattern = re.compile(rf"cancellations\.submit\[{task_id}\] (succeeded|raised|retry)[^\n]*")
+    found = wait_for(
+        lambda: pattern.search(worker.log_text()), timeout=60, what=f"the worker's verdict on {task_id}"
+    )
+    return str(found.group(0))
+
+
+def publish(**kwargs: Any) -> str:
+    from cancelflow.worker.app import celery_app
+
+    return str(celery_app.send_task("cancellations.submit", kwargs=kwargs).id)
+
+
+def test_the_message_schema_has_the_reported_fields() -> None:
+    assert {"client_request_id", "description", "iban", "holder_name"} <= set(FIELDS)
+
+
+def test_a_well_formed_message_is_stored(worker: Proc, order_item: int) -> None:
+    """The control: the same message with good text does write, so "no row" below means refused."""
+    cid = f"good-{secrets.token_hex(6)}"
+    task_id = publish(client_request_id=cid, order_item=order_item, reason=1, description="fine")
+    assert "succeeded" in verdict(worker, task_id)
+    assert request_row(cid) is not None
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_text_that_cannot_be_stored_is_a_logged_rejection(worker: Proc, order_item: int, field: str) -> None:
+    before = row_counts()
+
+    @settings(
+        max_examples=3,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(value=BAD)
+    def check(value: str) -> None:
+        message: dict[str, Any] = {
+            "client_request_id": f"bad-{secrets.token_hex(6)}",
+            "order_item": order_item,
+            "reason": 1,
+            field: value,
+        }
+        task_id = publish(**message)
+        line = verdict(worker, task_id)
+        assert "succeeded" in line, line
+        assert "'invalid'" in line, line
+
+    check()
+    assert row_counts() == before
+    assert "Traceback" not in worker.log_text()
