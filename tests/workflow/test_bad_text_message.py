@@ -90,6 +90,28 @@ def test_the_message_schema_has_the_reported_fields() -> None:
     assert {"client_request_id", "description", "iban", "holder_name"} <= set(FIELDS)
 
 
+def stored_counts() -> dict[str, int]:
+    """Rows of every table but the record of refused messages (which a refusal is meant to write)."""
+    counts = row_counts()
+    counts.pop("rejected_messages", None)
+    return counts
+
+
+def rejection_codes(client_request_ids: list[str]) -> dict[str, str]:
+    from sqlalchemy import select
+
+    from cancelflow.db import transaction
+    from cancelflow.models import RejectedMessage
+
+    with transaction() as session:
+        rows = session.execute(
+            select(RejectedMessage.client_request_id, RejectedMessage.code).where(
+                RejectedMessage.client_request_id.in_(client_request_ids)
+            )
+        ).all()
+    return {str(cid): str(code) for cid, code in rows}
+
+
 def test_a_well_formed_message_is_stored(worker: Proc, order_item: int) -> None:
     """The control: the same message with good text does write, so "no row" below means refused."""
     cid = f"good-{secrets.token_hex(6)}"
@@ -100,7 +122,8 @@ def test_a_well_formed_message_is_stored(worker: Proc, order_item: int) -> None:
 
 @pytest.mark.parametrize("field", FIELDS)
 def test_text_that_cannot_be_stored_is_a_logged_rejection(worker: Proc, order_item: int, field: str) -> None:
-    before = row_counts()
+    before = stored_counts()
+    recorded: list[str] = []
 
     @settings(
         max_examples=3,
@@ -121,7 +144,11 @@ def test_text_that_cannot_be_stored_is_a_logged_rejection(worker: Proc, order_it
         line = verdict(worker, task_id)
         assert "succeeded" in line, line
         assert "'invalid'" in line, line
+        if field != "client_request_id":
+            recorded.append(message["client_request_id"])
 
     check()
-    assert row_counts() == before
+    # Nothing but the refusal itself: a rejected-message record under a storable client_request_id.
+    assert stored_counts() == before
+    assert rejection_codes(recorded) == dict.fromkeys(recorded, "invalid_message")
     assert "Traceback" not in worker.log_text()
