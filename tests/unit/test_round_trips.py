@@ -43,6 +43,30 @@ def sent(database: str) -> Iterator[list[jobs.Send]]:
     install_sender()
 
 
+@pytest.fixture
+def no_webhook_listeners(database: str) -> Iterator[None]:
+    """Counts without outbox writes: subscriptions other tests left active are paused for this test."""
+    from sqlalchemy import update
+
+    from cancelflow.models import WebhookSubscription
+
+    with transaction() as session:
+        paused = list(
+            session.scalars(
+                update(WebhookSubscription)
+                .where(WebhookSubscription.is_active)
+                .values(is_active=False)
+                .returning(WebhookSubscription.id)
+            )
+        )
+    yield
+    with transaction() as session:
+        session.execute(
+            update(WebhookSubscription).where(WebhookSubscription.id.in_(paused)).values(is_active=True)
+        )
+
+
+@pytest.mark.usefixtures("no_webhook_listeners")
 def test_statements_per_step_of_one_request(sent: list[jobs.Send]) -> None:
     svc = service_payload(secret=secrets.token_hex(8))
     order = order_payload(service_handle=svc["handle"], quantity=1)
