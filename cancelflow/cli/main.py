@@ -7,7 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -142,20 +142,22 @@ def demo(
 
     from cancelflow.cli.run import CREDENTIALS_FILE, SANDBOX_SERVICES
     from cancelflow.config import get_settings
-    from cancelflow.config.allowlist import parse_allow_rule
+    from cancelflow.config.allowlist import AllowRule, parse_allow_rule
     from cancelflow.integrations.outbound import OutboundPolicy
     from cancelflow.services.demo import build_demo_payload, demo_services
     from cancelflow.services.importer import import_payload
 
+    def destination(url: str) -> AllowRule:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        return parse_allow_rule(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
     settings = get_settings()
     base = (callback_base or f"http://127.0.0.1:{settings.sandbox_fulfillment_port}").rstrip("/")
     try:
-        parts = urlsplit(base)
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-        rule = parse_allow_rule(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        destination(base)
     except ValueError as exc:
         _fail(f"--callback-base: {exc}")
-    policy = OutboundPolicy.from_settings().including([rule])
     known = _run_credentials(settings.data_dir / CREDENTIALS_FILE).get("services", {})
 
     def secret(handle: str) -> str | None:
@@ -170,6 +172,13 @@ def demo(
             callback_url=lambda handle: f"{base}/{handle}",
             keep_stored=callback_base is None,
         )
+        # The operator's own destinations: the callback base given here, or the ones already stored (a
+        # running `make run` stack's sandbox, on a port this shell's settings may not know).
+        rules: dict[AllowRule, None] = {}
+        for service in services.values():
+            with suppress(ValueError):  # not a URL the import accepts: it says so itself
+                rules[destination(str(service["callback_url"]))] = None
+        policy = OutboundPolicy.from_settings().including(rules)
         counts = import_payload(
             session,
             build_demo_payload(services=services, orders=orders),

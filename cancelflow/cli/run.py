@@ -642,10 +642,20 @@ def print_summary(
     )
     show("  As a storefront, through the broker (the `cancellations.submit` message):")
     show(f"    {cancelflow} submit --order-item {example.item(2)} --reason {reason} --quantity 1")
-    show(
-        f'    {python} -c "from cancelflow.worker.app import celery_app; '
-        f"celery_app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}))\""
-    )
+    if storefront_broker:
+        # A storefront's own Celery client on its restricted broker user, set up as the README shows.
+        show(
+            f'    {python} -c "from celery import Celery; from kombu import Exchange, Queue; '
+            f"app = Celery(broker='{storefront_broker}'); "
+            "app.conf.task_queues = [Queue('intake', Exchange('intake', type='topic'), routing_key='intake', "
+            "no_declare=True)]; "
+            f"app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}), queue='intake')\""
+        )
+    else:
+        show(
+            f'    {python} -c "from cancelflow.worker.app import celery_app; '
+            f"celery_app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}))\""
+        )
     show(f"  Then: {cancelflow} show ID  ·  {cancelflow} --help")
     console.print("[dim]Ctrl-C stops everything.[/dim]")
 

@@ -222,7 +222,9 @@ def test_every_printed_command_works_as_printed(stack: Stack) -> None:
             found = re.search(r"request (\d+)", done.stdout)
             assert found, done.stdout
             created.append(int(found.group(1)))
-        else:  # the python -c send_task line: its message becomes a request
+        else:  # the python -c send_task line, on the storefront's restricted broker user: a request
+            assert f"Celery(broker='{row(banner, 'Storefront broker')}')" in command, command
+            assert "celery_app" not in command, command
             client_id = re.search(r"client_request_id='([^']+)'", command)
             assert client_id, command
 

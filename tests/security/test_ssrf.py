@@ -355,6 +355,29 @@ class TestRegistration:
             load({"fulfillment_services": [service_payload(callback_url="http://127.0.0.1:8102/x")]})
         assert "fulfillment_services.0.callback_url" in refused.value.field_errors
 
+    def test_demo_into_a_running_stack_keeps_its_stored_callbacks(
+        self, allow: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from typer.testing import CliRunner
+
+        from cancelflow.cli.main import app
+
+        # Given sandbox services stored on a loopback port (a `make run` stack's, chosen at its start) ...
+        loaded = CliRunner().invoke(
+            app, ["demo", "--orders", "1", "--callback-base", "http://127.0.0.1:8103"]
+        )
+        assert loaded.exit_code == 0, loaded.output
+        # ... when the demo is loaded again from a shell whose settings name another sandbox port
+        monkeypatch.setenv("CANCELFLOW_SANDBOX_FULFILLMENT_PORT", "8104")
+        get_settings.cache_clear()
+        again = CliRunner().invoke(app, ["demo", "--orders", "1"])
+        # Then the stored services keep their callbacks and the import accepts them
+        assert again.exit_code == 0, again.output
+        # ... while nothing else on loopback is opened
+        with pytest.raises(Invalid) as refused:
+            load({"fulfillment_services": [service_payload(callback_url="http://127.0.0.1:8104/x")]})
+        assert "fulfillment_services.0.callback_url" in refused.value.field_errors
+
     @staticmethod
     def _subscriptions(url: str) -> int:
         from cancelflow.db import transaction

@@ -337,8 +337,24 @@ def test_make_run_makes_the_storefront_user_on_the_embedded_redis_and_prints_its
         assert url.startswith("redis+socket://storefront:")
         assert run_mod.storefront_broker_url(console, settings, admin_url, creds_path) == url  # same next run
         assert creds_path.stat().st_mode & 0o077 == 0
-        run_mod.print_summary(console, settings, creds, log_dir=tmp_path, storefront_broker=url)
+        run_mod.print_summary(
+            console,
+            settings,
+            creds,
+            log_dir=tmp_path,
+            data_dir=tmp_path / "cf",
+            example=run_mod.Example((1, 2, 3, 4), 1),
+            storefront_broker=url,
+        )
         assert re.search(rf"Storefront broker +{re.escape(url)}\n", out.getvalue())
+        # The banner's Celery example publishes as printed, with that user, to the intake queue
+        [example] = [line.strip() for line in out.getvalue().splitlines() if " -c " in line]
+        assert f"Celery(broker='{url}')" in example
+        client = redis.Redis.from_url("unix://" + admin_url.split("://", 1)[1])
+        printed = subprocess.run(["bash", "-c", example], capture_output=True, text=True, check=False)
+        assert printed.returncode == 0, printed.stderr
+        assert client.llen(INTAKE_QUEUE) == 1
+        client.delete(INTAKE_QUEUE)
 
         storefront_app(url).send_task("cancellations.submit", kwargs={"client_request_id": "embedded-1"})
         with pytest.raises(Exception, match=r"(?i)permission"):

@@ -12,6 +12,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +56,7 @@ STOPS: tuple[tuple[StepKind, str], ...] = (
     (StepKind.close, "loyalty_money"),
 )
 STATUSES = (StepStatus.pending, StepStatus.done, StepStatus.dead, StepStatus.cancelled)
+PARKED = timedelta(days=365)  # a pending step of the world is never due while a test runs
 
 
 @dataclass
@@ -139,6 +141,16 @@ def build(sent: list[jobs.Send]) -> World:
     world.request_ids.append(_flow(sent, svc["handle"], None, "loyalty_money").request_id)
     sent.clear()
     with transaction() as session:
+        # Pending steps are parked far ahead: the world lives for the whole session, and the sweeper of a
+        # real worker another test starts on this database would otherwise run them (and move money).
+        session.execute(
+            update(WorkflowStep)
+            .where(
+                WorkflowStep.request_id.in_(world.request_ids),
+                WorkflowStep.status == StepStatus.pending,
+            )
+            .values(next_attempt_at=datetime.now(UTC) + PARKED)
+        )
         for step in session.scalars(
             select(WorkflowStep).where(WorkflowStep.request_id.in_(world.request_ids))
         ):
