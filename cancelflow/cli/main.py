@@ -7,7 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +21,7 @@ from cancelflow.cli import exports as cli_exports
 from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
-from cancelflow.cli.guard import GuardedGroup
+from cancelflow.cli.guard import GuardedGroup, print_error
 from cancelflow.cli.webhooks import webhooks_app
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -134,20 +134,22 @@ def demo(
 
     from cancelflow.cli.run import CREDENTIALS_FILE, SANDBOX_SERVICES
     from cancelflow.config import get_settings
-    from cancelflow.config.allowlist import parse_allow_rule
+    from cancelflow.config.allowlist import AllowRule, parse_allow_rule
     from cancelflow.integrations.outbound import OutboundPolicy
     from cancelflow.services.demo import build_demo_payload, demo_services
     from cancelflow.services.importer import import_payload
 
+    def rule_for(url: str) -> AllowRule:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        return parse_allow_rule(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
     settings = get_settings()
     base = (callback_base or f"http://127.0.0.1:{settings.sandbox_fulfillment_port}").rstrip("/")
     try:
-        parts = urlsplit(base)
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-        rule = parse_allow_rule(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        rule_for(base)
     except ValueError as exc:
         _fail(f"--callback-base: {exc}")
-    policy = OutboundPolicy.from_settings().including([rule])
     known = _run_credentials(settings.data_dir / CREDENTIALS_FILE).get("services", {})
 
     def secret(handle: str) -> str | None:
@@ -162,10 +164,16 @@ def demo(
             callback_url=lambda handle: f"{base}/{handle}",
             keep_stored=callback_base is None,
         )
+        # The callback URLs written are the chosen base, or those the services have already (kept as they
+        # are): both the operator's own, wherever `cancelflow run` put its sandbox.
+        rules = []
+        for service in services.values():
+            with suppress(ValueError):  # not a host a rule can name: the import's own check answers
+                rules.append(rule_for(str(service["callback_url"])))
         counts = import_payload(
             session,
             build_demo_payload(services=services, orders=orders),
-            outbound_policy=policy,
+            outbound_policy=OutboundPolicy.from_settings().including(rules),
             replace_services=replace_services,
         )
     _print_counts(counts)
