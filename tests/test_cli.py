@@ -91,3 +91,18 @@ def test_tokens_create_list_revoke() -> None:
     assert key not in listed.output
     assert runner.invoke(app, ["tokens", "revoke", name]).exit_code == 0
     assert runner.invoke(app, ["tokens", "revoke", name]).exit_code == 1
+
+
+def test_an_error_is_one_literal_line_whatever_it_quotes(tmp_path: Path) -> None:
+    # A long path: the message stays on one line, however narrow the terminal
+    deep = tmp_path / ("d" * 60) / "bad.json"
+    deep.parent.mkdir()
+    deep.write_text("{not json")
+    result = runner.invoke(app, ["import", str(deep)], terminal_width=60)
+    assert result.exit_code == 1
+    assert f"error: {deep} is not valid JSON" in result.output.splitlines()[0]
+    # A name that looks like console markup is printed as typed, not parsed (a closing tag broke it)
+    for name in ("[/bold]", "[red]x"):
+        revoked = runner.invoke(app, ["tokens", "revoke", name])
+        assert revoked.exit_code == 1, revoked.output
+        assert revoked.output.strip() == f"error: no active token named {name!r}", revoked.output

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from cancelflow.cli.guard import print_error
+
 webhooks_app = typer.Typer(
     help="Outbound webhooks to storefronts: subscriptions, deliveries, attempts.", no_args_is_help=True
 )
@@ -20,7 +22,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 
