@@ -314,6 +314,9 @@ def show(request_id: int) -> None:
     from cancelflow.services.step_view import steps_of
 
     with _transaction() as session:
+        # One snapshot for the whole picture: a request moving on meanwhile must not show its old status
+        # above the events of its new one.
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         request = session.get(CancellationRequest, request_id)
         if request is None:
             _fail(f"no cancellation request {request_id}")
