@@ -333,7 +333,9 @@ def test_a_command_started_elsewhere_finds_the_stack_of_its_checkout(
     # Given a `make run` of the checkout (this process stands for it) and a terminal in another directory
     checkout, elsewhere = tmp_path / "checkout", tmp_path / "home"
     elsewhere.mkdir()
-    write_state(checkout / ".cancelflow", database_url="postgresql://x/y", broker_url="redis://z", api_url="a")
+    write_state(
+        checkout / ".cancelflow", database_url="postgresql://x/y", broker_url="redis://z", api_url="a"
+    )
     monkeypatch.setattr(stack, "checkout_root", lambda: checkout)
     monkeypatch.chdir(elsewhere)
     for variable in ("CANCELFLOW_DATA_DIR", "CANCELFLOW_DATABASE_URL", "CANCELFLOW_BROKER_URL"):
