@@ -126,7 +126,7 @@ def deliveries(
                 d.status.value,
                 str(d.attempt),
                 str(d.last_status_code or ""),
-                str(d.next_attempt_at)[:19],
+                str(webhooks.next_attempt(d) or "")[:19],
                 str(d.event_id),
             )
     console.print(table)
