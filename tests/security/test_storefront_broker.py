@@ -337,7 +337,9 @@ def test_make_run_makes_the_storefront_user_on_the_embedded_redis_and_prints_its
         assert url.startswith("redis+socket://storefront:")
         assert run_mod.storefront_broker_url(console, settings, admin_url, creds_path) == url  # same next run
         assert creds_path.stat().st_mode & 0o077 == 0
-        run_mod.print_summary(console, settings, creds, log_dir=tmp_path, storefront_broker=url)
+        run_mod.print_summary(
+            console, settings, creds, log_dir=tmp_path, data_dir=tmp_path / "cf", storefront_broker=url
+        )
         assert re.search(rf"Storefront broker +{re.escape(url)}\n", out.getvalue())
 
         storefront_app(url).send_task("cancellations.submit", kwargs={"client_request_id": "embedded-1"})
