@@ -6,6 +6,7 @@ import json
 import secrets
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cancelflow.cli.main import app
@@ -91,3 +92,51 @@ def test_tokens_create_list_revoke() -> None:
     assert key not in listed.output
     assert runner.invoke(app, ["tokens", "revoke", name]).exit_code == 0
     assert runner.invoke(app, ["tokens", "revoke", name]).exit_code == 1
+
+
+def test_an_error_is_one_literal_line_whatever_it_quotes(tmp_path: Path) -> None:
+    # A long path: the message stays on one line, however narrow the terminal
+    deep = tmp_path / ("d" * 60) / "bad.json"
+    deep.parent.mkdir()
+    deep.write_text("{not json")
+    result = runner.invoke(app, ["import", str(deep)], terminal_width=60)
+    assert result.exit_code == 1
+    assert f"error: {deep} is not valid JSON" in result.output.splitlines()[0]
+    # A name that looks like console markup is printed as typed, not parsed (a closing tag broke it)
+    for name in ("[/bold]", "[red]x"):
+        revoked = runner.invoke(app, ["tokens", "revoke", name])
+        assert revoked.exit_code == 1, revoked.output
+        assert revoked.output.strip() == f"error: no active token named {name!r}", revoked.output
+
+
+def test_show_prints_one_snapshot_of_a_request_that_moves_on_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cancelflow.db import transaction
+    from cancelflow.models import Event
+    from cancelflow.services import intake, step_view
+
+    order = order_payload()
+    load({"orders": [order]})
+    with transaction() as session:
+        request_id = intake.submit(
+            session,
+            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
+        ).request.id
+    assert runner.invoke(app, ["approve", str(request_id)]).exit_code == 0
+
+    # While `show` is printing (after the request's status line), another transaction records a new event
+    real_steps_of = step_view.steps_of
+
+    def steps_then_a_change(session: object, ids: object) -> object:
+        found = real_steps_of(session, ids)  # type: ignore[arg-type]
+        with transaction() as other:
+            other.add(Event(entity="request", entity_id=request_id, kind="request.moved_on", data={}))
+        return found
+
+    monkeypatch.setattr(step_view, "steps_of", steps_then_a_change)
+    shown = runner.invoke(app, ["show", str(request_id)])
+    assert shown.exit_code == 0, shown.output
+    # Then what it prints is the request as it was when it started: not half old, half new
+    assert "request.moved_on" not in shown.output
+    assert "request.approved" in shown.output

@@ -46,6 +46,8 @@ ARGS: dict[str, list[str]] = {
 }
 # Commands that start servers of their own when nothing is configured: only the "database down" case.
 STARTS_SERVERS = {"run"}
+# Commands that use only the broker (no database): their case is a broker that does not answer.
+BROKER_ONLY = {"submit", "broker storefront-user"}
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "import.json"
 
 
@@ -126,10 +128,23 @@ def test_every_command_against_a_database_that_does_not_answer(
     monkeypatch.setenv("CANCELFLOW_DATA_DIR", str(tmp_path / "data"))
     runner = CliRunner()
     for command in all_commands():
-        if command == "submit":
-            continue  # publishes before it reads: covered by the broker test below
+        if command in BROKER_ONLY:
+            continue  # covered by the broker test below
         result = runner.invoke(app, argv(command, tmp_path))
         _assert_clean(command, result, "the database does not answer")
+
+
+@pytest.mark.timeout(300)
+def test_every_broker_command_against_a_broker_that_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_caches: None
+) -> None:
+    monkeypatch.setenv("CANCELFLOW_BROKER_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    monkeypatch.setenv("CANCELFLOW_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+    assert set(all_commands()) >= BROKER_ONLY
+    for command in sorted(BROKER_ONLY):
+        result = runner.invoke(app, argv(command, tmp_path))
+        _assert_clean(command, result, "the broker does not answer")
 
 
 def _entry_point(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -86,7 +86,9 @@ class DeliveryOut(BaseModel):
     request: int
     status: DeliveryStatus
     attempt: int
-    next_attempt_at: datetime
+    next_attempt_at: datetime | None = Field(
+        description="When a pending or failed delivery is tried next; null once delivered or dead."
+    )
     last_status_code: int | None
     last_error: str | None
     delivered_at: datetime | None
@@ -125,7 +127,7 @@ def _delivery(d: WebhookDelivery) -> DeliveryOut:
         request=d.request_id,
         status=d.status,
         attempt=d.attempt,
-        next_attempt_at=d.next_attempt_at,
+        next_attempt_at=webhooks.next_attempt(d),
         last_status_code=d.last_status_code,
         last_error=d.last_error,
         delivered_at=d.delivered_at,

@@ -25,13 +25,16 @@ def storefront_user(
     Uses CANCELFLOW_BROKER_URL with its administrative rights (Redis: ACL SETUSER; RabbitMQ: rabbitmqctl on
     this host) and prints the storefront's broker URL, password included, on standard output.
     """
+    from cancelflow.cli.guard import CONFIG_EXIT, explain
     from cancelflow.config import get_settings
     from cancelflow.worker.storefront_access import BrokerAccessError, ensure_storefront_user
 
     try:
         access = ensure_storefront_user(get_settings(), name, password or secrets.token_urlsafe(32))
     except BrokerAccessError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+        # A broker that does not answer is a connection problem like any other command's: exit code 2.
+        unreachable = explain(exc.__cause__) if exc.__cause__ is not None else None
+        err.print(f"[red]error:[/red] {unreachable or exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(CONFIG_EXIT if unreachable else 1) from exc
     err.print(f"broker user {access.username!r}: publishes to the intake exchange only", highlight=False)
     typer.echo(access.url)

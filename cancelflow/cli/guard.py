@@ -47,6 +47,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr, on one line whatever the terminal width, the message taken literally
+    (a path, a tag or a URL with brackets is not console markup)."""
+    Console(stderr=True).print(
+        Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True
+    )
+
+
 class GuardedGroup(TyperGroup):
     """The root command group: turns what `explain` knows into a clean error, whichever command raised it."""
 
@@ -57,6 +65,5 @@ class GuardedGroup(TyperGroup):
             message = explain(exc)
             if message is None:
                 raise
-            line = Text.assemble(("error:", "red"), " ", message)
-            Console(stderr=True).print(line, highlight=False, soft_wrap=True)
+            print_error(message)
             raise typer.Exit(CONFIG_EXIT) from None

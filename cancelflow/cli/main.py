@@ -21,7 +21,7 @@ from cancelflow.cli import exports as cli_exports
 from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
-from cancelflow.cli.guard import GuardedGroup
+from cancelflow.cli.guard import GuardedGroup, print_error
 from cancelflow.cli.textcheck import TextCheckedGroup
 from cancelflow.cli.webhooks import webhooks_app
 
@@ -51,7 +51,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -178,11 +178,10 @@ def demo(
         for service in services.values():
             with suppress(ValueError):  # not a URL the import accepts: it says so itself
                 rules[destination(str(service["callback_url"]))] = None
-        policy = OutboundPolicy.from_settings().including(rules)
         counts = import_payload(
             session,
             build_demo_payload(services=services, orders=orders),
-            outbound_policy=policy,
+            outbound_policy=OutboundPolicy.from_settings().including(rules),
             replace_services=replace_services,
         )
     _print_counts(counts)
@@ -323,6 +322,9 @@ def show(request_id: int) -> None:
     from cancelflow.services.step_view import steps_of
 
     with _transaction() as session:
+        # One snapshot for the whole picture: a request moving on meanwhile must not show its old status
+        # above the events of its new one.
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         request = session.get(CancellationRequest, request_id)
         if request is None:
             _fail(f"no cancellation request {request_id}")

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from cancelflow.cli.guard import print_error
+
 console = Console()
 err = Console(stderr=True)
 
@@ -37,7 +39,7 @@ def parse_duration(value: str) -> int:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 

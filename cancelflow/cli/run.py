@@ -31,7 +31,7 @@ from rich.console import Console
 
 from cancelflow.config import get_settings
 from cancelflow.config.embedded import EmbeddedServices, EmbeddedServicesError, resolve_urls
-from cancelflow.config.stack import remove_state, write_state
+from cancelflow.config.stack import checkout_root, remove_state, write_state
 from cancelflow.private_files import open_private, private_dir
 
 if TYPE_CHECKING:
@@ -539,8 +539,7 @@ def _example_ids(database_url: str) -> Example:
 
 def project_root() -> Path | None:
     """The source checkout this package runs from (where pyproject.toml is), or None for an installed one."""
-    root = Path(__file__).resolve().parent.parent.parent
-    return root if (root / "pyproject.toml").is_file() else None
+    return checkout_root()
 
 
 def venv_bin() -> Path:

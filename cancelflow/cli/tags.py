@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cancelflow.cli.guard import print_error
+
 console = Console()
 err = Console(stderr=True)
 tags_app = typer.Typer(help="Bulk tagging of cancellation requests.", no_args_is_help=True)
@@ -31,7 +33,7 @@ FilterOption = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 

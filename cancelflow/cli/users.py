@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cancelflow.cli.guard import print_error
+
 app = typer.Typer(help="Users who log in to the API (POST /api/v1/auth/login/).", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
@@ -22,7 +24,7 @@ def _password(given: str | None) -> str:
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(1)
 
 

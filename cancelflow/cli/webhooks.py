@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from cancelflow.cli.guard import print_error
+
 webhooks_app = typer.Typer(
     help="Outbound webhooks to storefronts: subscriptions, deliveries, attempts.", no_args_is_help=True
 )
@@ -20,7 +22,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -124,7 +126,7 @@ def deliveries(
                 d.status.value,
                 str(d.attempt),
                 str(d.last_status_code or ""),
-                str(d.next_attempt_at)[:19],
+                str(webhooks.next_attempt(d) or "")[:19],
                 str(d.event_id),
             )
     console.print(table)

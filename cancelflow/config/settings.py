@@ -157,9 +157,14 @@ class Settings(BaseSettings):
         return self._running_stack("CANCELFLOW_BROKER_URL").broker_url
 
     def _running_stack(self, variable: str) -> StackState:
-        from cancelflow.config.stack import read_running
+        from cancelflow.config import stack
 
-        state = read_running(self.data_dir)
+        state = stack.read_running(self.data_dir)
+        checkout = stack.checkout_root()
+        if state is None and "data_dir" not in self.model_fields_set and checkout is not None:
+            # The default data dir is relative to where a command runs; `make run` keeps its own in the
+            # checkout, so a command started elsewhere (its full path typed) finds that stack too.
+            state = stack.read_running(checkout / self.data_dir)
         if state is None:
             where = self.data_dir.expanduser().absolute()
             raise ConfigurationError(

@@ -30,6 +30,12 @@ class StackState:
     api_url: str
 
 
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from (where pyproject.toml is), or None for an installed one."""
+    root = Path(__file__).resolve().parent.parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
 def state_path(data_dir: Path) -> Path:
     return data_dir.expanduser() / STATE_FILE
 

@@ -20,6 +20,7 @@ from cancelflow.models import (
     CancellationRequest,
     DeliveryStatus,
     MoneyTransaction,
+    Order,
     WebhookDelivery,
     WorkflowStep,
 )
@@ -98,7 +99,8 @@ def collect_from(session: Session) -> list[Metric]:
     metrics.append(age)
 
     # Money only ever moves out, so this is a counter (a `_total` name promises one). Each target is shown
-    # for every currency a plan has, at 0 until money moves, so the series exist before the first refund.
+    # for every currency an order or a plan has, at 0 until money moves, so the series exist before the
+    # first request (a shop holds a handful of currencies; the distinct read is one pass over the orders).
     currency = func.upper(MoneyTransaction.currency)
     moved = {
         (target, code): total
@@ -108,7 +110,8 @@ def collect_from(session: Session) -> list[Metric]:
             )
         )
     }
-    currencies = set(session.scalars(select(func.upper(CancellationPlan.currency)).distinct()))
+    currencies = set(session.scalars(select(func.upper(Order.currency)).distinct()))
+    currencies |= set(session.scalars(select(func.upper(CancellationPlan.currency)).distinct()))
     currencies |= {code for _, code in moved}
     money = CounterMetricFamily(
         "cancelflow_money_moved",

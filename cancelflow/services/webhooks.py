@@ -611,6 +611,12 @@ def get_delivery(session: Session, delivery_id: int) -> WebhookDelivery:
     return delivery
 
 
+def next_attempt(delivery: WebhookDelivery) -> datetime | None:
+    """When an unfinished delivery is tried next; None once it is delivered or dead (the column then holds
+    only the last timer, which no attempt will follow)."""
+    return delivery.next_attempt_at if delivery.status in UNFINISHED else None
+
+
 def list_deliveries(
     session: Session,
     *,

@@ -30,6 +30,9 @@ from cancelflow.worker.config import INTAKE_QUEUE
 INTAKE_TASKS: Final = frozenset({"cancellations.submit"})
 # Celery's keys for the tasks a message asks the worker to send after it (protocol 2 embed, protocol 1 body).
 FOLLOW_UP_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
+# Why a message is refused: not an intake task, follow-up tasks attached, a body it cannot read, headers Celery
+# cannot take.
+REFUSAL_REASONS: Final = ("task", "follow_up", "body", "invalid")
 
 log = structlog.get_logger(__name__)
 _reject_log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ def refused_counter() -> Any:
             "Messages on the intake queue refused before running, by reason.",
             ["reason"],
         )
+        for reason in REFUSAL_REASONS:  # every series exists, at zero, before the first refusal
+            _refused.labels(reason=reason)
     return _refused
 
 

@@ -21,6 +21,7 @@ from celery import signals
 
 from cancelflow.config import get_settings
 from cancelflow.services.steps import TASK_FOR_KIND
+from cancelflow.worker.intake_guard import refused_counter
 
 _started: dict[str, float] = {}
 _histogram: Any = None
@@ -108,6 +109,7 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     for name in _task_names(sender):
         histogram.labels(task=name)
     forged_tasks()
+    refused_counter()
     start_http_server(port, registry=registry)
 
 

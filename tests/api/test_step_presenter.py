@@ -20,6 +20,7 @@ from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind, StepStatus
 from cancelflow.services import intake as intake_service
 from cancelflow.services import jobs, replay, steps, workflow
+from cancelflow.services.steps import TASK_FOR_KIND
 from cancelflow.services.tokens import create_token
 from tests.factories import load, order_payload
 
@@ -53,14 +54,19 @@ def request_with_a_replayed_step(sent: list[jobs.Send]) -> int:
             {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
         ).request.id
     with transaction() as session:
-        workflow.validate_step(session, steps.claim(session, step_of(request_id, StepKind.validate)))
+        workflow.validate_step(
+            session,
+            steps.claim(
+                session, step_of(request_id, StepKind.validate), task=TASK_FOR_KIND[StepKind.validate]
+            ),
+        )
     route = step_of(request_id, StepKind.route)
     with transaction() as session:
         steps.record_failure(session, route, "RuntimeError: gateway exploded", permanent=True)
     with transaction() as session:
         replay.replay_step(session, route, actor="test")
     with transaction() as session:
-        workflow.route_step(session, steps.claim(session, route))
+        workflow.route_step(session, steps.claim(session, route, task=TASK_FOR_KIND[StepKind.route]))
     return request_id
 
 

@@ -323,3 +323,29 @@ def test_state_file_is_ignored_once_its_run_is_gone(tmp_path: Path) -> None:
     assert read_running(tmp_path) is None
     with pytest.raises(ConfigurationError, match="no `cancelflow run`"):
         Settings(data_dir=tmp_path, broker_url=None).require_broker_url()
+
+
+def test_a_command_started_elsewhere_finds_the_stack_of_its_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cancelflow.config import Settings, stack
+    from cancelflow.config.stack import write_state
+    from cancelflow.errors import ConfigurationError
+
+    # Given a `make run` of the checkout (this process stands for it) and a terminal in another directory
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "home"
+    elsewhere.mkdir()
+    write_state(
+        checkout / ".cancelflow", database_url="postgresql://x/y", broker_url="redis://z", api_url="a"
+    )
+    monkeypatch.setattr(stack, "checkout_root", lambda: checkout)
+    monkeypatch.chdir(elsewhere)
+    for variable in ("CANCELFLOW_DATA_DIR", "CANCELFLOW_DATABASE_URL", "CANCELFLOW_BROKER_URL"):
+        monkeypatch.delenv(variable, raising=False)
+
+    # Then a command with the default data dir finds it (the full path to the checkout's cancelflow typed)
+    assert Settings().require_database_url() == "postgresql://x/y"
+    assert Settings().require_broker_url() == "redis://z"
+    # But a data dir given explicitly is the only place looked at
+    with pytest.raises(ConfigurationError, match="no `cancelflow run`"):
+        Settings(data_dir=elsewhere / ".cancelflow").require_database_url()

@@ -175,3 +175,32 @@ def test_demo_and_example_import_leave_a_running_stacks_services_alone(
     with transaction() as session:
         for svc in example["fulfillment_services"]:
             assert session.get_one(FulfillmentService, svc["id"]).handle == svc["handle"]
+
+
+def test_demo_into_a_run_whose_sandbox_is_on_another_port(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cancelflow.config import get_settings
+
+    # Given a running `cancelflow run` whose sandbox listens on a port this shell's settings do not name
+    creds = run_mod.load_or_create_credentials(tmp_path / run_mod.CREDENTIALS_FILE)
+    run_mod.load_demo_and_tokens(
+        database, creds, Settings(data_dir=tmp_path, sandbox_fulfillment_port=18_101)
+    )
+    before = _stored_services()
+    assert all(":18101/" in url for _, _, url in before.values()), before
+
+    # When `cancelflow demo` is run from another terminal (default settings: sandbox port 8101)
+    monkeypatch.delenv("CANCELFLOW_SANDBOX_FULFILLMENT_PORT", raising=False)
+    monkeypatch.setenv("CANCELFLOW_OUTBOUND_ALLOW", "")
+    monkeypatch.setenv("CANCELFLOW_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["demo"])
+    finally:
+        get_settings.cache_clear()
+
+    # Then the services it keeps as they are do not make the import refuse their (unchanged) callback URLs
+    assert result.exit_code == 0, result.output
+    assert _counts(result.output)["fulfillment_services"] == 0, result.output
+    assert _stored_services() == before

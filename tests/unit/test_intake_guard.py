@@ -57,6 +57,16 @@ def test_where_a_message_came_from(delivery_info: dict[str, Any], expected: bool
 )
 def test_what_an_intake_message_may_be(task: str, embed: dict[str, Any], reason: str | None) -> None:
     assert intake_guard.refusal(task, message(task, embed), None) == reason
+    assert reason is None or reason in intake_guard.REFUSAL_REASONS
+
+
+def test_the_refusal_counter_has_every_reason_before_the_first_refusal() -> None:
+    from prometheus_client import REGISTRY
+
+    intake_guard.refused_counter()
+    for reason in intake_guard.REFUSAL_REASONS:
+        found = REGISTRY.get_sample_value("cancelflow_intake_refused_total", {"reason": reason})
+        assert found is not None, reason
 
 
 def test_protocol_1_and_unreadable_bodies() -> None:

@@ -87,3 +87,15 @@ def test_money_moved_shows_every_target_at_zero_once_a_plan_has_a_currency(sessi
     kind, samples = scrape(session)["cancelflow_money_moved"]
     assert kind == "counter"
     assert sorted(s["target"] for s in samples if s["currency"] == "XTS") == sorted(RefundTarget)
+
+
+def test_money_moved_shows_every_target_at_zero_for_the_currency_of_an_order(session: Session) -> None:
+    # Given orders in a currency no request has been made for yet (a stack before its first request)
+    order = order_payload(currency="xba", service_handle=None)
+    import_payload(session, {**reference_payload(), "orders": [order]})
+    session.flush()
+
+    # Then the counter already has a zero series for each refund target in that currency
+    kind, samples = scrape(session)["cancelflow_money_moved"]
+    assert kind == "counter"
+    assert sorted(s["target"] for s in samples if s["currency"] == "XBA") == sorted(RefundTarget)

@@ -360,6 +360,22 @@ class TestDelivery:
         with pytest.raises(NotFound):
             webhooks.redeliver(session, 2**62)
 
+    def test_a_finished_delivery_shows_no_next_attempt(self, session: Session) -> None:
+        from cancelflow.api.webhooks import _delivery
+
+        # Given a delivery that died, was redelivered (a timer ahead) and then got through
+        delivery = self._one(session)
+        webhooks.deliver(session, delivery.id, client=_client(_answer(410)))
+        assert _delivery(delivery).next_attempt_at is None  # dead: nothing follows
+        webhooks.redeliver(session, delivery.id)
+        assert delivery.next_attempt_at > now()
+        assert _delivery(delivery).next_attempt_at == delivery.next_attempt_at  # pending: its timer
+        webhooks.deliver(session, delivery.id, client=_client(_answer(200)))
+        assert delivery.status == DeliveryStatus.delivered
+        # Then neither the API nor the CLI presents the old timer as a next attempt
+        assert _delivery(delivery).next_attempt_at is None
+        assert webhooks.next_attempt(delivery) is None
+
     def test_sweep_resends_due_retries_and_leaves_others(self, session: Session) -> None:
         due = self._one(session)
         later = self._one(session)

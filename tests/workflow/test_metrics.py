@@ -122,6 +122,12 @@ def test_gauges_and_task_histograms_after_a_flow(stack: Stack) -> None:
     # A task that did not run in this flow has its series too (every registered task, from the start)
     for never_ran in ("payments.bank_transfer", "exports.run"):
         assert value(worker, "cancelflow_task_duration_seconds_count", task=never_ran) >= 0
+    # So do the counters of refused messages, before any refusal
+    from cancelflow.worker.intake_guard import REFUSAL_REASONS
+
+    for reason in REFUSAL_REASONS:
+        assert value(worker, "cancelflow_intake_refused_total", reason=reason) >= 0
+    assert value(worker, "cancelflow_forged_tasks_total", task="payments.refund", reason="unknown_id") >= 0
     submit_count = value(worker, "cancelflow_task_duration_seconds_count", task="cancellations.submit")
     assert submit_count >= 2
     inf_bucket = value(
