@@ -264,7 +264,7 @@ class Stack:
                 "--concurrency",
                 str(concurrency or self.concurrency),
                 "-Q",
-                "default,route,money,bulk",
+                "default,route,money,bulk,webhooks,sweep",
                 "-n",
                 f"{name}-{os.getpid()}@%h",
                 "--without-gossip",

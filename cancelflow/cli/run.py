@@ -260,6 +260,16 @@ def child_specs(
                 "-Q", "default,route,money,bulk", "-n", "worker1@%h",
             ],
         ),
+        # Storefronts' receivers answer at their own pace: their deliveries never hold the steps' pool.
+        ChildSpec(
+            "worker-webhooks",
+            [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-Q", "webhooks", "-n", "webhooks@%h"],
+        ),
+        # Beat's sweeps on a pool of their own, so they run however deep any other queue is.
+        ChildSpec(
+            "worker-sweep",
+            [*celery, "worker", "--loglevel", "INFO", "--concurrency", "1", "-Q", "sweep", "-n", "sweep@%h"],
+        ),
         ChildSpec(
             "beat",
             [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],

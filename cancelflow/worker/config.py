@@ -9,7 +9,9 @@ from kombu import Exchange, Queue
 from cancelflow.config.settings import Settings
 from cancelflow.worker import broker as broker_transport
 
-QUEUES = ("default", "route", "money", "bulk")
+# `webhooks` and `sweep` are apart from the request's steps: a partner that answers slowly or not at all
+# fills only its own queue, and the sweeps never wait behind anyone's work.
+QUEUES = ("default", "route", "money", "bulk", "webhooks", "sweep")
 
 ROUTES = {
     "cancellations.route": {"queue": "route"},
@@ -18,7 +20,11 @@ ROUTES = {
     "loyalty.*": {"queue": "money"},
     "tags.*": {"queue": "bulk"},
     "exports.*": {"queue": "bulk"},
-    "webhooks.*": {"queue": "default"},
+    "webhooks.deliver": {"queue": "webhooks"},
+    # Exact names win over the patterns above: every beat sweep runs on its own queue.
+    "webhooks.sweep": {"queue": "sweep"},
+    "workflow.sweep_due": {"queue": "sweep"},
+    "fulfillment.chase_replies": {"queue": "sweep"},
 }
 
 

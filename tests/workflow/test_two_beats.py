@@ -43,7 +43,7 @@ def procs(database: str) -> Iterator[dict[str, Proc]]:
     running = {
         "worker": Proc(
             "worker",
-            [*CELERY, "worker", "--loglevel", "INFO", "--concurrency", "4", "-Q", "default",
+            [*CELERY, "worker", "--loglevel", "INFO", "--concurrency", "4", "-Q", "default,sweep",
              "-n", f"two-beats-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
             workdir / "logs" / "worker.log",
             env,
