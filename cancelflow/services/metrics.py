@@ -107,7 +107,33 @@ def collect_from(session: Session) -> list[Metric]:
     metrics.append(money)
 
     metrics.extend(_webhook_deliveries(session))
+    metrics.extend(_webhook_subscriptions(session))
     return metrics
+
+
+def _webhook_subscriptions(session: Session) -> list[Metric]:
+    """Active subscriptions, paused or not: a paused one means a storefront hears nothing until resumed."""
+    from cancelflow.models import WebhookSubscription
+
+    connection = session.connection()
+    columns = {c["name"] for c in inspect(connection).get_columns(WebhookSubscription.__tablename__)}
+    if "paused_at" not in columns:
+        return []
+    paused = WebhookSubscription.paused_at.is_not(None)
+    counts: dict[bool, int] = {
+        flag: n
+        for flag, n in session.execute(
+            select(paused, func.count()).where(WebhookSubscription.is_active).group_by(paused)
+        )
+    }
+    return [
+        _gauge(
+            "cancelflow_webhook_subscriptions",
+            "Active webhook subscriptions by status (paused: too many failed attempts in a row).",
+            ["status"],
+            iter([("active", counts.get(False, 0)), ("paused", counts.get(True, 0))]),
+        )
+    ]
 
 
 def _webhook_deliveries(session: Session) -> list[Metric]:
