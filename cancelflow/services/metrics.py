@@ -120,12 +120,9 @@ def _webhook_subscriptions(session: Session) -> list[Metric]:
     if "paused_at" not in columns:
         return []
     paused = WebhookSubscription.paused_at.is_not(None)
-    counts: dict[bool, int] = {
-        flag: n
-        for flag, n in session.execute(
-            select(paused, func.count()).where(WebhookSubscription.is_active).group_by(paused)
-        )
-    }
+    counts: dict[bool, int] = dict(
+        session.execute(select(paused, func.count()).where(WebhookSubscription.is_active).group_by(paused))
+    )
     return [
         _gauge(
             "cancelflow_webhook_subscriptions",

@@ -35,13 +35,16 @@ def _clear_sends(session: Session) -> None:
 
 
 class TestWaitingIsADatabaseTimer:
-    def test_a_failed_attempt_publishes_nothing_and_the_sweep_sends_it_when_due(self, session: Session) -> None:
-        subscription, first, _ = _two_of_one_request(session)
+    def test_a_failed_attempt_publishes_nothing_and_the_sweep_sends_it_when_due(
+        self, session: Session
+    ) -> None:
+        _subscription, first, _ = _two_of_one_request(session)
         _clear_sends(session)
         assert webhooks.deliver(session, first.id, client=_client(_refuse)) == "retry"
         # The backoff is the row's next_attempt_at, not a message with a countdown.
         assert _deliver_sends(session) == []
-        assert first.status == DeliveryStatus.failed and first.next_attempt_at > now()
+        assert first.status == DeliveryStatus.failed
+        assert first.next_attempt_at > now()
         first.next_attempt_at = now() - timedelta(seconds=1)
         session.flush()
         assert webhooks.sweep_due(session) >= 1
@@ -102,7 +105,9 @@ class TestPause:
         assert subscription.paused_at is not None
         assert "3 failed attempts in a row" in (subscription.pause_reason or "")
         events = session.scalars(
-            select(Event.kind).where(Event.entity == "webhook_subscription", Event.entity_id == subscription.id)
+            select(Event.kind).where(
+                Event.entity == "webhook_subscription", Event.entity_id == subscription.id
+            )
         ).all()
         assert events == ["webhook_subscription.paused"]
         [gauge] = metrics._webhook_subscriptions(session)
@@ -130,7 +135,9 @@ class TestPause:
         _clear_sends(session)
         webhooks.sweep_due(session)
         sent = _deliver_sends(session)
-        assert (first.id,) in sent and (fresh.id,) in sent and (second.id,) not in sent
+        assert (first.id,) in sent
+        assert (fresh.id,) in sent
+        assert (second.id,) not in sent
         assert webhooks.deliver(session, first.id, client=_client(_answer(200, calls))) == "delivered"
         assert webhooks.deliver(session, second.id, client=_client(_answer(200, calls))) == "delivered"
         kinds = session.scalars(
