@@ -121,7 +121,9 @@ def _webhook_subscriptions(session: Session) -> list[Metric]:
         return []
     paused = WebhookSubscription.paused_at.is_not(None)
     counts: dict[bool, int] = dict(
-        session.execute(select(paused, func.count()).where(WebhookSubscription.is_active).group_by(paused))
+        session.execute(
+            select(paused, func.count()).where(WebhookSubscription.is_active).group_by(paused)
+        ).all()
     )
     return [
         _gauge(
