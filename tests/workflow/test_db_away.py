@@ -3,11 +3,14 @@ the worker re-sends the message instead of leaving the step to the sweeper's red
 
 from __future__ import annotations
 
+import http.server
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import func, select, update
@@ -88,3 +91,71 @@ def test_a_step_failing_while_the_database_is_away_runs_when_it_returns(stack: S
     # Then the step runs once the database is back (not after the hour-long redelivery grace)
     wait_status(cid, "approved", "completed", timeout=30)
     assert "database is away; retrying the message" in worker.log_text()[before:]
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.received.append(self.headers.get("X-Cancelflow-Event-Id", ""))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        """Quiet: the test reads what was received, not the log."""
+
+
+def test_a_webhook_delivery_tried_while_the_database_is_away_goes_out_when_it_returns(stack: Stack) -> None:
+    from cancelflow.db import get_engine, transaction
+    from cancelflow.models import DeliveryStatus, WebhookDelivery
+    from cancelflow.services import intake, webhooks
+    from cancelflow.worker.app import celery_app
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # Given a delivery that is due to the sweeper only in an hour, and whose message was not sent
+        service = make_service(stack, policy="never")
+        with transaction() as session:
+            webhooks.create_subscription(
+                session, url=f"http://127.0.0.1:{server.server_address[1]}/hook", events=["plan.escalated"]
+            )
+            request = intake.submit(
+                session,
+                {
+                    "client_request_id": secrets.token_hex(8),
+                    "order_item": make_order(service)["items"][0]["id"],
+                    "reason": 1,
+                },
+            ).request
+            [delivery] = webhooks.emit(session, "plan.escalated", request.id)
+            delivery.next_attempt_at = delivery.next_attempt_at + timedelta(hours=1)
+            delivery_id = delivery.id
+            session.info.pop("cancelflow.pending_sends", None)
+        get_engine().dispose()
+        worker = stack.procs["worker"]
+        before = len(worker.log_text())
+        try:
+            # When the database refuses connections and the delivery's message arrives
+            _database_connections(False)
+            celery_app.send_task("webhooks.deliver", args=[delivery_id])
+            wait_for(
+                lambda: "OperationalError" in worker.log_text()[before:],
+                timeout=30,
+                what="a failed try of the delivery",
+            )
+        finally:
+            _database_connections(True)
+
+        # Then it is delivered once the database is back
+        def delivered() -> bool:
+            with transaction() as session:
+                row = session.get(WebhookDelivery, delivery_id)
+                return row is not None and row.status == DeliveryStatus.delivered
+
+        wait_for(delivered, timeout=30, what="the delivery delivered")
+        assert len(_Receiver.received) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
