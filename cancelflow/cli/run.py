@@ -1,9 +1,9 @@
 """`cancelflow run` (what `make run` starts): one supervisor for the whole local stack.
 
 It resolves the database and broker (configured, or the embedded PostgreSQL and Redis under data_dir),
-migrates, loads the demo data and API tokens idempotently, then starts the API, a worker, beat, Flower
-and the two sandbox services as child processes, each in its own process group with its log under
-``<data_dir>/logs``. If a child dies it reports it and stops everything; Ctrl-C or SIGTERM stops the
+migrates, loads the demo data and API tokens idempotently, then starts the API, the workers (the steps'
+queues, webhook deliveries, beat's sweeps), beat, Flower and the two sandbox services as child processes,
+each in its own process group with its log under ``<data_dir>/logs``. If a child dies it reports it and stops everything; Ctrl-C or SIGTERM stops the
 children (SIGTERM, then SIGKILL after 15 s) and then the embedded servers. Running it again reuses the
 credentials and the data.
 """
