@@ -1,10 +1,11 @@
 """Chaos, partner faults: a storefront's webhook receiver that refuses every connection and a fulfillment
 service that answers slowly must not slow anyone else's requests.
 
-Two runs of the same load on one stack with its own Redis. The baseline run: requests over HTTP for orders
-of a prompt fulfillment service. The faults run: the same, while a webhook subscription for every event
-points at a port with no server (kept unpaused for the whole run) and half as many requests again go to a
-service that accepts only after a delay. Request latency is measured in PostgreSQL (the `request.completed`
+Two runs of the same load on one stack with its own Redis, requests over HTTP at a steady pace. The baseline
+run: requests for orders of a prompt fulfillment service, every other one (while they last) for a second
+prompt service. The faults run: the same, while a webhook subscription for every event points at a port with
+no server (kept unpaused for the whole run) and the second service's share goes to a service that accepts
+only after a delay. Request latency is measured in PostgreSQL (the `request.completed`
 event minus the request's creation), for the prompt service's requests of each run; the faults run's p95
 must stay within 2x the baseline's (plus a small absolute slack, so a tiny baseline cannot make it flaky).
 """
@@ -12,6 +13,7 @@ must stay within 2x the baseline's (plus a small absolute slack, so a tiny basel
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ SLOW_SECONDS = 5.0
 RATIO = 2.0
 SLACK = 1.0
 BASE = "/api/v1/cancellation_requests/"
+STEP_QUEUES = ("default", "route", "money")
 # Requests arrive at a steady pace, so latency measures each request's path, not the backlog of a burst.
 PACE = 0.25
 
@@ -118,6 +121,17 @@ def _post(stack: Stack, headers: dict[str, str], orders: list[dict[str, Any]]) -
     return Run(accepted, errors, items)
 
 
+def _interleaved(measured: list[dict[str, Any]], others: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every other request is one of `others` while there are some."""
+    return [*(o for pair in zip(measured, others, strict=False) for o in pair), *measured[len(others) :]]
+
+
+def _latencies(run: Run, orders: list[dict[str, Any]]) -> list[float]:
+    """Latencies of the run's requests for `orders` only."""
+    items = {order["items"][0]["id"] for order in orders}
+    return [seconds for rid, seconds in run.completed().items() if run.items[rid] in items]
+
+
 def _p95(latencies: list[float]) -> float:
     return (
         statistics.quantiles(latencies, n=20, method="inclusive")[-1] if len(latencies) > 1 else latencies[0]
@@ -152,8 +166,23 @@ def _wait_completed(run: Run, timeout: float) -> None:
     )
 
 
+class DepthSampler(threading.Thread):
+    """The deepest each of the steps' queues got while it ran (sampled): what a request waits behind."""
+
+    def __init__(self, broker: RedisServer) -> None:
+        super().__init__(daemon=True)
+        self.client = broker.client()
+        self.deepest = dict.fromkeys(STEP_QUEUES, 0)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            for queue in STEP_QUEUES:
+                self.deepest[queue] = max(self.deepest[queue], int(self.client.llen(queue)))
+
+
 def test_a_dead_receiver_and_a_slow_service_cost_other_requests_nothing(
-    partner_stack: tuple[Stack, int], capsys: pytest.CaptureFixture[str]
+    partner_stack: tuple[Stack, int], chaos_redis: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cancelflow.db import transaction
     from cancelflow.services.tokens import create_token
@@ -164,10 +193,12 @@ def test_a_dead_receiver_and_a_slow_service_cost_other_requests_nothing(
         _, key = create_token(session, name=f"chaos-{uuid.uuid4().hex[:12]}", kind="staff")
     headers = {"Authorization": f"Token {key}"}
     prompt = make_service(stack, policy="accept")
+    other = make_service(stack, policy="accept")
     slow = make_service(stack, policy="accept_after", delay_seconds=SLOW_SECONDS)
 
-    # Given the latency of a run without faults
-    baseline = _post(stack, headers, [make_order(prompt) for _ in range(PROMPT)])
+    # Given the latency of the same load without faults (the slow service's share goes to a prompt one)
+    base_orders = [make_order(prompt) for _ in range(PROMPT)]
+    baseline = _post(stack, headers, _interleaved(base_orders, [make_order(other) for _ in range(SLOW)]))
     _wait_completed(baseline, timeout=120)
 
     # When a receiver that refuses connections subscribes to every event, and a slow service takes part
@@ -179,19 +210,18 @@ def test_a_dead_receiver_and_a_slow_service_cost_other_requests_nothing(
     assert response.status_code == 201, response.text
     prompt_orders = [make_order(prompt) for _ in range(PROMPT)]
     slow_orders = [make_order(slow) for _ in range(SLOW)]
-    # Interleaved: every other request goes to the slow service while there are some.
-    mixed = [
-        *(o for pair in zip(prompt_orders, slow_orders, strict=False) for o in pair),
-        *prompt_orders[SLOW:],
-    ]
-    faults = _post(stack, headers, mixed)
-    prompt_items = {order["items"][0]["id"] for order in prompt_orders}
-    prompt_ids = {rid for rid, item in faults.items.items() if item in prompt_items}
-    _wait_completed(faults, timeout=180)
+    sampler = DepthSampler(chaos_redis)
+    sampler.start()
+    faults = _post(stack, headers, _interleaved(prompt_orders, slow_orders))
+    try:
+        _wait_completed(faults, timeout=180)
+    finally:
+        sampler.done.set()
+        sampler.join()
 
     # Then nothing is lost or paid twice, no answer is a 5xx, and the prompt requests are as fast as before
-    base_latency = list(baseline.completed().values())
-    fault_latency = [s for rid, s in faults.completed().items() if rid in prompt_ids]
+    base_latency = _latencies(baseline, base_orders)
+    fault_latency = _latencies(faults, prompt_orders)
     accepted = len(baseline.accepted) + len(faults.accepted)
     completed = len(baseline.completed()) + len(faults.completed())
     duplicates = _duplicate_money(baseline.accepted + faults.accepted)
@@ -201,12 +231,13 @@ def test_a_dead_receiver_and_a_slow_service_cost_other_requests_nothing(
     summary = (
         f"partner faults: accepted={accepted} completed={completed} lost={accepted - completed} "
         f"duplicate_money={duplicates} 5xx={server_errors} p95={p95_faults:.2f}s "
-        f"baseline_p95={p95_base:.2f}s dead_receiver_attempts={attempts} slow_service_delay={SLOW_SECONDS}s"
+        f"baseline_p95={p95_base:.2f}s dead_receiver_attempts={attempts} slow_service_delay={SLOW_SECONDS}s "
+        f"deepest_step_queues={sampler.deepest}"
     )
     (OUTPUT_DIR / "chaos-partner-summary.txt").write_text(summary + "\n")
     with capsys.disabled():
         print(f"\n{summary}")
-    assert accepted == PROMPT * 2 + SLOW
+    assert accepted == 2 * (PROMPT + SLOW)
     assert completed == accepted
     assert duplicates == 0
     assert server_errors == 0
