@@ -74,6 +74,7 @@ from cancelflow.models.enums import PlanStatus, RequestStatus
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
+from cancelflow.services.redelivery import redelivery_wait
 
 log = logging.getLogger(__name__)
 
@@ -705,7 +706,10 @@ def sweep_due(session: Session, *, limit: int = 500) -> int:
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id.in_(due))
-        .values(status=DeliveryStatus.pending, next_attempt_at=stamp + get_settings().redelivery_grace)
+        .values(
+            status=DeliveryStatus.pending,
+            next_attempt_at=stamp + redelivery_wait(WebhookDelivery.modified_date, stamp),
+        )
     )
     for delivery_id in due:
         enqueue_after_commit(session, DELIVER_TASK, delivery_id)
