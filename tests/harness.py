@@ -98,6 +98,8 @@ class Stack:
     env_overrides: dict[str, str] = field(default_factory=dict)
     concurrency: int = 2
     procs: dict[str, Proc] = field(default_factory=dict)
+    # What the stack's worker consumes; a test may leave some queues to a worker of its own.
+    queues: str = "default,route,money,bulk,intake,webhooks,sweep"
 
     def __post_init__(self) -> None:
         self.api_port = free_port()
@@ -248,7 +250,9 @@ class Stack:
             wait_for(lambda u=url: _ok(u), timeout=60, what=url)  # type: ignore[misc]
         return self
 
-    def start_worker(self, name: str = "worker", concurrency: int | None = None) -> Proc:
+    def start_worker(
+        self, name: str = "worker", concurrency: int | None = None, queues: str | None = None
+    ) -> Proc:
         before = len(self.procs[name].log_text()) if name in self.procs else 0
         proc = self._proc(
             name,
@@ -264,7 +268,7 @@ class Stack:
                 "--concurrency",
                 str(concurrency or self.concurrency),
                 "-Q",
-                "default,route,money,bulk,intake",
+                queues or self.queues,
                 "-n",
                 f"{name}-{os.getpid()}@%h",
                 "--without-gossip",

@@ -310,7 +310,8 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
         )
     }
     assert list(specs) == [
-        "api", "worker", "worker-bulk", "beat", "flower", "sandbox-fulfillment", "sandbox-gateway",
+        "api", "worker", "worker-bulk", "worker-webhooks", "worker-sweep", "beat", "flower",
+        "sandbox-fulfillment", "sandbox-gateway",
     ]  # fmt: skip
     assert specs["api"] == [
         "/py", "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
@@ -318,6 +319,8 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert specs["worker"][-4:] == ["-Q", "default,route,money,intake", "-n", "worker1@%h"]
     assert specs["worker-bulk"][-6:] == ["--concurrency", "1", "-Q", "bulk", "-n", "worker-bulk1@%h"]
+    assert specs["worker-webhooks"][-4:] == ["-Q", "webhooks", "-n", "webhooks@%h"]
+    assert specs["worker-sweep"][-4:] == ["-Q", "sweep", "-n", "sweep@%h"]
     assert specs["beat"][-2:] == ["-s", str(tmp_path / "celerybeat-schedule")]
     assert specs["flower"][-3:] == ["--address=127.0.0.1", "--port=9555", "--max_tasks=123"]
     assert specs["sandbox-fulfillment"][-4:] == ["--port", "9101", "--config", str(tmp_path / "sb.json")]

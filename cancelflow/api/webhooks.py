@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
@@ -54,6 +54,15 @@ class SubscriptionOut(BaseModel):
     events: list[str]
     channel: int | None
     is_active: bool
+    status: Literal["active", "paused"] = Field(
+        description=(
+            "`paused` after `CANCELFLOW_WEBHOOK_PAUSE_AFTER` failed attempts in a row: its deliveries wait "
+            "until staff resume it (`POST /api/v1/webhooks/{id}/resume/`)."
+        )
+    )
+    consecutive_failures: int = Field(description="Failed attempts in a row; a delivered one resets it.")
+    paused_at: datetime | None
+    pause_reason: str | None = Field(description="How many attempts failed and the last short reason.")
     created_date: datetime
     modified_date: datetime
 
@@ -113,6 +122,10 @@ def _subscription(s: WebhookSubscription) -> SubscriptionOut:
         events=list(s.events),
         channel=s.channel_id,
         is_active=s.is_active,
+        status="paused" if s.paused_at is not None else "active",
+        consecutive_failures=s.consecutive_failures,
+        paused_at=s.paused_at,
+        pause_reason=s.pause_reason,
         created_date=s.created_date,
         modified_date=s.modified_date,
     )
@@ -189,6 +202,24 @@ def remove_subscription(subscription_id: Id, principal: AkinonStaff) -> Response
     with transaction() as session:
         webhooks.remove_subscription(session, subscription_id)
     return Response(status_code=204)
+
+
+@router.post(
+    "/{subscription_id}/resume/",
+    response_model=SubscriptionOut,
+    summary="Resume a paused subscription",
+    description=(
+        "A subscription is paused after `CANCELFLOW_WEBHOOK_PAUSE_AFTER` failed attempts in a row. Resuming "
+        "resets the count and makes its waiting deliveries due now, in order. A subscription that is not "
+        "paused is returned as it is. Staff token."
+    ),
+)
+def resume_subscription(subscription_id: Id, principal: AkinonStaff) -> SubscriptionOut:
+    with transaction() as session:
+        subscription = webhooks.resume_subscription(session, subscription_id)
+        session.flush()
+        session.refresh(subscription)
+        return _subscription(subscription)
 
 
 @router.get(

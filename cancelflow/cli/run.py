@@ -1,11 +1,11 @@
 """`cancelflow run` (what `make run` starts): one supervisor for the whole local stack.
 
 It resolves the database and broker (configured, or the embedded PostgreSQL and Redis under data_dir),
-migrates, loads the demo data and API tokens idempotently, then starts the API, two workers (one for the
-`bulk` queue alone), beat, Flower and the two sandbox services as child processes, each in its own
-process group with its log under ``<data_dir>/logs``. If a child dies it reports it and stops everything;
-Ctrl-C or SIGTERM stops the children (SIGTERM, then SIGKILL after 15 s) and then the embedded servers.
-Running it again reuses the credentials and the data.
+migrates, loads the demo data and API tokens idempotently, then starts the API, the workers (the steps'
+queues with intake; `bulk` alone; webhook deliveries; beat's sweeps), beat, Flower and the two sandbox
+services as child processes, each in its own process group with its log under ``<data_dir>/logs``. If a child
+dies it reports it and stops everything; Ctrl-C or SIGTERM stops the children (SIGTERM, then SIGKILL after
+15 s) and then the embedded servers. Running it again reuses the credentials and the data.
 """
 
 from __future__ import annotations
@@ -309,6 +309,16 @@ def child_specs(
                 *celery, "worker", "--loglevel", "INFO", "--concurrency", "1",
                 "-Q", "bulk", "-n", "worker-bulk1@%h",
             ],
+        ),
+        # Storefronts' receivers answer at their own pace: their deliveries never hold the steps' pool.
+        ChildSpec(
+            "worker-webhooks",
+            [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-Q", "webhooks", "-n", "webhooks@%h"],
+        ),
+        # Beat's sweeps on a pool of their own, so they run however deep any other queue is.
+        ChildSpec(
+            "worker-sweep",
+            [*celery, "worker", "--loglevel", "INFO", "--concurrency", "1", "-Q", "sweep", "-n", "sweep@%h"],
         ),
         ChildSpec(
             "beat",

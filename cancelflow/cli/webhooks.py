@@ -67,20 +67,45 @@ def add(
 
 @webhooks_app.command("list")
 def list_() -> None:
-    """Active subscriptions (secrets are not shown)."""
+    """Active subscriptions (secrets are not shown); a paused one says since when and why."""
     from cancelflow.services import webhooks
 
-    table = Table("id", "url", "events", "channel", "created")
+    table = Table("id", "url", "events", "channel", "status", "failures", "created")
+    paused: list[str] = []
     with _transaction() as session:
         for s in webhooks.list_subscriptions(session):
+            status = "active" if s.paused_at is None else f"paused since {str(s.paused_at)[:19]}"
             table.add_row(
                 str(s.id),
                 webhooks.display_url(s.url),
                 ",".join(s.events),
                 str(s.channel_id or "all"),
+                status,
+                str(s.consecutive_failures),
                 str(s.created_date)[:19],
             )
+            if s.paused_at is not None:
+                paused.append(f"subscription {s.id} paused: {s.pause_reason}")
     console.print(table)
+    for line in paused:
+        console.print(f"{line} (`cancelflow webhooks resume ID` sends its deliveries again)")
+
+
+@webhooks_app.command("resume")
+def resume(subscription_id: int) -> None:
+    """Resume a subscription paused after too many failures in a row; its waiting deliveries go out."""
+    from cancelflow.errors import NotFound
+    from cancelflow.models import WebhookSubscription
+    from cancelflow.services import webhooks
+
+    try:
+        with _transaction() as session:
+            existing = session.get(WebhookSubscription, subscription_id)
+            was = "resumed" if existing is not None and existing.paused_at is not None else "not paused"
+            webhooks.resume_subscription(session, subscription_id)
+    except NotFound as exc:
+        _fail(exc.message)
+    console.print(f"subscription {subscription_id}: {was}")
 
 
 @webhooks_app.command("remove")

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # (comma-separated addresses, networks, host names, each with an optional :port).
     outbound_allow: Annotated[tuple[AllowRule, ...], NoDecode, BeforeValidator(parse_allow_list)] = ()
     webhook_max_subscriptions_per_channel: int = 10
+    # A subscription whose receiver failed this many attempts in a row (no 2xx in between) is paused
+    # until staff resume it, as Shopify and Stripe stop endpoints that keep failing.
+    webhook_pause_after: int = Field(default=20, ge=1)
 
     # Connectors: "module:Class" import paths, so a real gateway plugs in by configuration.
     payment_connector: str = "cancelflow.integrations.payments:HttpPaymentGateway"

@@ -66,6 +66,11 @@ class WebhookSubscription(TimestampMixin, Base):
     # None: every channel.
     channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id"), nullable=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Failed attempts in a row across its deliveries; a delivered one resets it. At
+    # `settings.webhook_pause_after` the subscription is paused: its deliveries wait until staff resume it.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    pause_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class WebhookDelivery(TimestampMixin, Base):

@@ -22,6 +22,7 @@ from cancelflow.models import (
     MoneyTransaction,
     Order,
     WebhookDelivery,
+    WebhookSubscription,
     WorkflowStep,
 )
 from cancelflow.models.enums import PlanStatus, RefundTarget, RequestStatus, StepKind, StepStatus
@@ -132,6 +133,21 @@ def collect_from(session: Session) -> list[Metric]:
             "Webhook deliveries by status (pending, failed, delivered, dead).",
             ["outcome"],
             iter([(s.value, deliveries.get(s, 0)) for s in DeliveryStatus]),
+        )
+    )
+    # A paused subscription means its receiver hears nothing until staff resume it.
+    paused = WebhookSubscription.paused_at.is_not(None)
+    subscriptions: dict[bool, int] = dict(
+        session.execute(
+            select(paused, func.count()).where(WebhookSubscription.is_active).group_by(paused)
+        ).all()
+    )
+    metrics.append(
+        _gauge(
+            "cancelflow_webhook_subscriptions",
+            "Active webhook subscriptions by status (paused: too many failed attempts in a row).",
+            ["status"],
+            iter([("active", subscriptions.get(False, 0)), ("paused", subscriptions.get(True, 0))]),
         )
     )
     return metrics

@@ -26,6 +26,7 @@ from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
+from cancelflow.services.redelivery import redelivery_wait
 from cancelflow.services.task_ids import checked_int
 
 log = logging.getLogger(__name__)
@@ -278,11 +279,10 @@ def sweep_due(session: Session, *, limit: int = 500) -> int:
     ).all()
     if not due:
         return 0
-    grace = get_settings().redelivery_grace
     session.execute(
         update(WorkflowStep)
         .where(WorkflowStep.id.in_([row.id for row in due]))
-        .values(next_attempt_at=stamp + grace)
+        .values(next_attempt_at=stamp + redelivery_wait(WorkflowStep.modified_date, stamp))
     )
     for row in due:
         enqueue_after_commit(session, TASK_FOR_KIND[row.kind], row.id)

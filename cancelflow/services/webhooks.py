@@ -9,11 +9,22 @@ Writing
 Delivering
     `deliver()` claims the row (`FOR UPDATE SKIP LOCKED`) and POSTs the stored payload. Per request and
     subscription, deliveries go out in id order: while an older one is neither delivered nor dead, a
-    younger one waits (it is re-checked shortly, and the older one nudges it when it finishes). 2xx is
-    delivered; a 4xx other than 408/429 is dead at once (retrying cannot fix it); anything else (5xx,
-    3xx, 408, 429, no answer) is retried with exponential backoff and jitter until
-    `settings.step_max_attempts`, then dead. Every try is a `WebhookAttempt` row. `redeliver()` starts a
-    new attempt cycle by hand with the same event id.
+    younger one waits (the older one nudges it when it finishes; the sweep sends only the oldest
+    unfinished one of each request). 2xx is delivered; a 4xx other than 408/429 is dead at once
+    (retrying cannot fix it); anything else (5xx, 3xx, 408, 429, no answer) is retried with exponential
+    backoff and jitter until `settings.step_max_attempts`, then dead. Every try is a `WebhookAttempt`
+    row. `redeliver()` starts a new attempt cycle by hand with the same event id.
+
+Waiting
+    Nothing waits in the broker: a delivery that must wait (behind an older one, or for its backoff) is
+    a database timer, `next_attempt_at`, and `webhooks.sweep` sends it when due. A receiver that is slow
+    or dead therefore costs one message per due attempt on the `webhooks` queue, never a loop.
+
+Pausing
+    A subscription whose receiver failed `settings.webhook_pause_after` attempts in a row is paused (as
+    Shopify and Stripe stop endpoints that keep failing): its deliveries stay where they are and are not
+    tried, staff are told (an event, a warning, `paused_at` in listings, the subscription gauge), and
+    `resume_subscription()` sends them again. Outbox rows are still written while it is paused.
 
 Signing (Stripe-style; what a receiver checks)
     Headers: `X-Cancelflow-Event-Id` (the dedupe key, the same on every retry and redelivery),
@@ -43,7 +54,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 from sqlalchemy import ColumnElement, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import array
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from cancelflow.config import get_settings
 from cancelflow.errors import Invalid, NotFound
@@ -60,8 +71,10 @@ from cancelflow.models import (
     WebhookSubscription,
 )
 from cancelflow.models.enums import PlanStatus, RequestStatus
+from cancelflow.services import transitions
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
+from cancelflow.services.redelivery import redelivery_wait
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +89,8 @@ EVENT_TYPES: Final[frozenset[str]] = frozenset(
 # 4xx answers worth retrying: the receiver timed out reading, or asked us to slow down.
 RETRYABLE_4XX: Final = frozenset({408, 429})
 UNFINISHED: Final = (DeliveryStatus.pending, DeliveryStatus.failed)
-# A delivery waiting behind an older one for the same request is looked at again this soon.
+# A delivery waiting behind an older one being sent now is due to the sweep this soon after, should the
+# older one's nudge find it locked.
 ORDER_WAIT: Final = timedelta(seconds=1)
 # How early a retry message may arrive (clocks of different hosts) and still be taken as due.
 EARLY_TOLERANCE: Final = timedelta(seconds=0.5)
@@ -187,6 +201,87 @@ def remove_subscription(session: Session, subscription_id: int) -> None:
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound(f"no active webhook subscription {subscription_id}")
+
+
+def resume_subscription(session: Session, subscription_id: int) -> WebhookSubscription:
+    """Resume a paused subscription: its unfinished deliveries are due now (the sweep sends them)."""
+    subscription = session.scalars(
+        select(WebhookSubscription)
+        .where(WebhookSubscription.id == subscription_id, WebhookSubscription.is_active)
+        .with_for_update()
+    ).one_or_none()
+    if subscription is None:
+        raise NotFound(f"no active webhook subscription {subscription_id}")
+    if subscription.paused_at is None:
+        return subscription  # not paused: nothing to do
+    stamp = now()
+    paused_at = subscription.paused_at
+    subscription.paused_at = None
+    subscription.pause_reason = None
+    subscription.consecutive_failures = 0
+    subscription.modified_date = stamp
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.status.in_(UNFINISHED))
+        .values(next_attempt_at=stamp, modified_date=stamp)
+    )
+    transitions.record_event(
+        session,
+        "webhook_subscription",
+        subscription_id,
+        "webhook_subscription.resumed",
+        from_status="paused",
+        to_status="active",
+        data={"paused_at": paused_at.isoformat()},
+    )
+    session.flush()
+    log.warning("webhook subscription %s resumed", subscription_id)
+    return subscription
+
+
+def _count_failure(session: Session, subscription: WebhookSubscription, error: str | None) -> None:
+    """One more failed attempt in a row; pause the subscription when there have been too many."""
+    failures = session.scalar(
+        update(WebhookSubscription)
+        .where(WebhookSubscription.id == subscription.id)
+        .values(consecutive_failures=WebhookSubscription.consecutive_failures + 1)
+        .returning(WebhookSubscription.consecutive_failures)
+    )
+    limit = get_settings().webhook_pause_after
+    if failures is None or failures < limit:
+        return
+    reason = f"{failures} failed attempts in a row, the last: {error or 'no answer'}"[:500]
+    paused = session.execute(
+        update(WebhookSubscription)
+        .where(WebhookSubscription.id == subscription.id, WebhookSubscription.paused_at.is_(None))
+        .values(paused_at=now(), pause_reason=reason, modified_date=now())
+    )
+    if paused.rowcount == 0:  # type: ignore[attr-defined]
+        return  # already paused by a concurrent attempt
+    transitions.record_event(
+        session,
+        "webhook_subscription",
+        subscription.id,
+        "webhook_subscription.paused",
+        from_status="active",
+        to_status="paused",
+        data={"consecutive_failures": failures, "reason": reason},
+    )
+    log.warning(
+        "webhook subscription %s paused after %s failed attempts in a row; `cancelflow webhooks resume %s` "
+        "sends its deliveries again",
+        subscription.id,
+        failures,
+        subscription.id,
+    )
+
+
+def _count_success(session: Session, subscription: WebhookSubscription) -> None:
+    session.execute(
+        update(WebhookSubscription)
+        .where(WebhookSubscription.id == subscription.id, WebhookSubscription.consecutive_failures != 0)
+        .values(consecutive_failures=0)
+    )
 
 
 # --- writing the outbox ---------------------------------------------------------------------------------
@@ -308,8 +403,10 @@ def _fan_out(
     ]
     session.add_all(deliveries)
     session.flush()
+    paused = {s.id for s in subscriptions if s.paused_at is not None}
     for delivery in deliveries:
-        enqueue_after_commit(session, DELIVER_TASK, delivery.id)
+        if delivery.subscription_id not in paused:  # kept for when staff resume the subscription
+            enqueue_after_commit(session, DELIVER_TASK, delivery.id)
     return deliveries
 
 
@@ -455,19 +552,18 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
         delivery.modified_date = stamp
         _nudge_next(session, delivery)
         return "dead"
+    if subscription.paused_at is not None:
+        return "paused"  # not an attempt: the row waits, as it is, until staff resume the subscription
     blocker = older_unfinished(session, delivery)
     if blocker is not None:
-        # Not an attempt. A pending older one is going out now (its end nudges this one; the short look
-        # covers a nudge that found this row locked); a failed one is waiting for its own retry time.
+        # Not an attempt, and no message: the older one nudges this one when it is delivered or dead.
+        # Should that nudge find this row locked, the sweep sends it once the older one is done.
         if blocker.status == DeliveryStatus.pending:
             wait_until = stamp + ORDER_WAIT
         else:
             wait_until = max(stamp, blocker.next_attempt_at) + ORDER_WAIT
         delivery.next_attempt_at = wait_until
         delivery.modified_date = stamp
-        countdown = wait_until - stamp
-        if countdown <= get_settings().max_countdown:
-            enqueue_after_commit(session, DELIVER_TASK, delivery.id, countdown=countdown.total_seconds())
         return "waiting_for_older"
 
     attempt = delivery.attempt + 1
@@ -513,17 +609,19 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
     if outcome == AttemptOutcome.delivered:
         delivery.status = DeliveryStatus.delivered
         delivery.delivered_at = now()
-    elif outcome == AttemptOutcome.dead:
-        delivery.status = DeliveryStatus.dead
+        _count_success(session, subscription)
     else:
-        delay = backoff(attempt)
-        if wait is not None:  # a receiver that says when to come back (429, 503) is taken at its word
-            delay = max(delay, timedelta(seconds=wait))
-        delivery.status = DeliveryStatus.failed
-        delivery.next_attempt_at = now() + delay
-        if delay <= get_settings().max_countdown:
-            enqueue_after_commit(session, DELIVER_TASK, delivery.id, countdown=delay.total_seconds())
-        # else: a database timer; `webhooks.sweep` sends it when due
+        if outcome == AttemptOutcome.dead:
+            delivery.status = DeliveryStatus.dead
+        else:
+            delay = backoff(attempt)
+            if wait is not None:  # a receiver that says when to come back (429, 503) is taken at its word
+                delay = max(delay, timedelta(seconds=wait))
+            delivery.status = DeliveryStatus.failed
+            # A database timer, not a broker countdown: `webhooks.sweep` sends it when due.
+            delivery.next_attempt_at = now() + delay
+        if not refused:  # a destination outside the policy says nothing about the receiver
+            _count_failure(session, subscription, error)
     session.flush()
     if delivery.status in (DeliveryStatus.delivered, DeliveryStatus.dead):
         _nudge_next(session, delivery)
@@ -579,12 +677,27 @@ def sweep_due(session: Session, *, limit: int = 500) -> int:
         log.info("another webhook sweep holds the lock; skipping")
         return 0
     stamp = now()
+    older = aliased(WebhookDelivery)
     due = session.scalars(
         select(WebhookDelivery.id)
-        .where(WebhookDelivery.status.in_(UNFINISHED), WebhookDelivery.next_attempt_at <= stamp)
+        .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
+        .where(
+            WebhookDelivery.status.in_(UNFINISHED),
+            WebhookDelivery.next_attempt_at <= stamp,
+            WebhookSubscription.paused_at.is_(None),
+            # Only the oldest unfinished delivery of each request: the younger ones wait for its nudge.
+            ~select(older.id)
+            .where(
+                older.subscription_id == WebhookDelivery.subscription_id,
+                older.request_id == WebhookDelivery.request_id,
+                older.id < WebhookDelivery.id,
+                older.status.in_(UNFINISHED),
+            )
+            .exists(),
+        )
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=WebhookDelivery, skip_locked=True)
     ).all()
     if not due:
         return 0
@@ -593,7 +706,10 @@ def sweep_due(session: Session, *, limit: int = 500) -> int:
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id.in_(due))
-        .values(status=DeliveryStatus.pending, next_attempt_at=stamp + get_settings().redelivery_grace)
+        .values(
+            status=DeliveryStatus.pending,
+            next_attempt_at=stamp + redelivery_wait(WebhookDelivery.modified_date, stamp),
+        )
     )
     for delivery_id in due:
         enqueue_after_commit(session, DELIVER_TASK, delivery_id)
@@ -669,6 +785,7 @@ __all__ = [
     "on_transition",
     "redeliver",
     "remove_subscription",
+    "resume_subscription",
     "sign",
     "sweep_due",
     "verify_signature",

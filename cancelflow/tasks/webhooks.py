@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import OperationalError
+
 from cancelflow.errors import Refused
 from cancelflow.services import task_ids, webhooks
 from cancelflow.worker.app import celery_app
-from cancelflow.worker.base import DbTask
+from cancelflow.worker.base import DB_AWAY_FIRST_DELAY, DB_AWAY_MAX_DELAY, DB_AWAY_MAX_RETRIES, DbTask
 
 
-@celery_app.task(name="webhooks.deliver", base=DbTask, bind=True)
+@celery_app.task(name="webhooks.deliver", base=DbTask, bind=True, max_retries=DB_AWAY_MAX_RETRIES)
 def deliver(self: DbTask, delivery_id: int) -> str:
     """POST one outbox row to its subscriber; the service records the attempt and schedules a retry."""
     try:
         checked = task_ids.checked_int(self.name, delivery_id)
     except Refused as exc:
         return self.refuse(exc, delivery_id=task_ids.shown(delivery_id))
-    with self.session() as session:
-        return webhooks.deliver(session, checked)
+    try:
+        with self.session() as session:
+            return webhooks.deliver(session, checked)
+    except OperationalError as exc:
+        # The database is away: the row keeps its redelivery grace, so the message is sent again shortly
+        # (bounded) rather than left to the sweep.
+        countdown = min(DB_AWAY_MAX_DELAY, DB_AWAY_FIRST_DELAY * 2**self.request.retries)
+        raise self.retry(exc=exc, countdown=countdown) from exc
 
 
 @celery_app.task(name="webhooks.sweep", base=DbTask, bind=True)

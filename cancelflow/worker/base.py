@@ -22,6 +22,12 @@ log = structlog.get_logger(__name__)
 
 StepHandler = Callable[[Session, WorkflowStep], None]
 
+# While the database is away a step's message is re-sent after 0.5, 1, 2, 2, … seconds, up to this many
+# times (about five minutes); after that the sweeper re-sends the step once the redelivery grace is over.
+DB_AWAY_FIRST_DELAY = 0.5
+DB_AWAY_MAX_DELAY = 2.0
+DB_AWAY_MAX_RETRIES = 150
+
 
 class DbTask(Task):  # type: ignore[type-arg]
     abstract = True
@@ -78,10 +84,29 @@ class DbTask(Task):  # type: ignore[type-arg]
     def _failed(self, step_id: int, exc: BaseException, *, permanent: bool) -> str:
         error = f"{type(exc).__name__}: {exc}"
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        with self.session() as session:
-            status = steps.record_failure(
-                session, step_id, error, task=self.name, permanent=permanent, retry_after=retry_after
+        try:
+            with self.session() as session:
+                status = steps.record_failure(
+                    session, step_id, error, task=self.name, permanent=permanent, retry_after=retry_after
+                )
+        except DBAPIError as db_error:
+            # The database is away, so the failure cannot be recorded and the row keeps its redelivery
+            # grace. The message is the step's only fast path: send it again shortly (bounded), so that
+            # the step runs seconds after the database returns; past the bound the sweeper takes over.
+            retries = self.request.retries
+            if retries >= DB_AWAY_MAX_RETRIES:
+                log.error("step failed and the database is away; left to the sweeper", error=error)
+                raise
+            countdown = min(DB_AWAY_MAX_DELAY, DB_AWAY_FIRST_DELAY * 2**retries)
+            log.warning(
+                "step failed and the database is away; retrying the message",
+                error=error,
+                db_error=type(db_error).__name__,
+                retry_in=countdown,
             )
+            raise self.retry(
+                args=(step_id,), kwargs={}, countdown=countdown, max_retries=DB_AWAY_MAX_RETRIES
+            ) from db_error
         level = logging.ERROR if status.value == "dead" else logging.WARNING
         log.log(level, "step failed", error=error, permanent=permanent, step_status=status.value)
         return status.value

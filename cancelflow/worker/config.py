@@ -11,7 +11,9 @@ from cancelflow.worker import broker as broker_transport
 
 # The storefronts' queue; its exchange (of the same name) is the only one their broker user may write to.
 INTAKE_QUEUE = "intake"
-QUEUES = ("default", "route", "money", "bulk", INTAKE_QUEUE)
+# `webhooks` and `sweep` are apart from the request's steps: a partner that answers slowly or not at all
+# fills only its own queue, and the sweeps never wait behind anyone's work.
+QUEUES = ("default", "route", "money", "bulk", INTAKE_QUEUE, "webhooks", "sweep")
 
 ROUTES = {
     "cancellations.submit": {"queue": INTAKE_QUEUE},
@@ -21,7 +23,11 @@ ROUTES = {
     "loyalty.*": {"queue": "money"},
     "tags.*": {"queue": "bulk"},
     "exports.*": {"queue": "bulk"},
-    "webhooks.*": {"queue": "default"},
+    "webhooks.deliver": {"queue": "webhooks"},
+    # Exact names win over the patterns above: every beat sweep runs on its own queue.
+    "webhooks.sweep": {"queue": "sweep"},
+    "workflow.sweep_due": {"queue": "sweep"},
+    "fulfillment.chase_replies": {"queue": "sweep"},
 }
 
 

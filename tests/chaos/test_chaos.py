@@ -72,7 +72,7 @@ MAX_KILLS = 15
 GATEWAY_FAIL_RATE = 0.2
 # Seconds for everything after the stack is up; pytest-timeout (300 s, set-up included) is the backstop.
 BUDGET = 210.0
-QUEUES = ("default", "route", "money", "bulk", "intake")
+QUEUES = ("default", "route", "money", "bulk", "intake", "webhooks", "sweep")
 MONEY_KINDS = (StepKind.refund, StepKind.bank_transfer, StepKind.loyalty_credit)
 
 

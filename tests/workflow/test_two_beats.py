@@ -1,8 +1,8 @@
 """Two beats at once: sweeps are serialised by the advisory lock and never re-send a step twice.
 
-The worker here consumes only the `default` queue (where `workflow.sweep_due` runs); the steps under
-test are refunds, whose messages go to the `money` queue that nobody consumes, so every send a sweep
-makes stays in Redis where the test can count it. A long redelivery grace means a correct sweeper sends
+The worker here consumes only the `default` and `sweep` queues (`workflow.sweep_due` runs on the latter);
+the steps under test are refunds, whose messages go to the `money` queue that nobody consumes, so every send
+a sweep makes stays in Redis where the test can count it. A long redelivery grace means a correct sweeper sends
 each due step exactly once however many sweeps run; an overlapping pair of sweeps would send it twice.
 """
 
@@ -43,7 +43,7 @@ def procs(database: str) -> Iterator[dict[str, Proc]]:
     running = {
         "worker": Proc(
             "worker",
-            [*CELERY, "worker", "--loglevel", "INFO", "--concurrency", "4", "-Q", "default",
+            [*CELERY, "worker", "--loglevel", "INFO", "--concurrency", "4", "-Q", "default,sweep",
              "-n", f"two-beats-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
             workdir / "logs" / "worker.log",
             env,
