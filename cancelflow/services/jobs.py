@@ -43,6 +43,14 @@ def enqueue_after_commit(session: Session, task: str, *ids: int, countdown: floa
         pending.append(send)
 
 
+def send_now(send: Send) -> None:
+    """Send outside any transaction (no row to commit first); raises if the broker refuses it."""
+    if _sender is None:
+        log.warning("no job sender installed; %s%s not sent", send.task, send.args)
+        return
+    _sender(send)
+
+
 def pending_sends(session: Session) -> list[Send]:
     return list(session.info.get(_PENDING_KEY, []))
 
