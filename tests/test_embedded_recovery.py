@@ -62,9 +62,11 @@ def test_run_restarts_a_killed_postgres_then_a_killed_redis_and_keeps_the_childr
 
         assert proc.poll() is None, "".join(lines)
         assert all(psutil.pid_exists(pid) for pid in children)
-        output = "".join(lines)
-        assert "embedded PostgreSQL was down; running again" in output
-        assert "embedded Redis exited with -9; restarted it" in output
+        for said in (
+            "embedded PostgreSQL was down; running again",
+            "embedded Redis exited with -9; restarted it",
+        ):
+            wait_for(lambda said=said: said in _said(lines), timeout=30, what=f"{said!r} printed")
 
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -75,6 +77,11 @@ def test_run_restarts_a_killed_postgres_then_a_killed_redis_and_keeps_the_childr
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.returncode == 0, "".join(lines)
+
+
+def _said(lines: list[str]) -> str:
+    """What the supervisor printed, with the console's line wrapping undone."""
+    return " ".join("".join(lines).split())
 
 
 def _pg_answers(data_dir: Path) -> bool:
@@ -191,9 +198,12 @@ def test_the_real_stack_finishes_requests_in_flight_when_postgres_then_redis_is_
             raise
         assert proc.poll() is None, "".join(lines)
         assert not [status for status in statuses if status >= 500 and status != 503], statuses
-        output = "".join(lines)
-        assert "embedded PostgreSQL was down; running again" in output
-        assert "embedded Redis exited with -9; restarted it" in output
+        for said in (
+            "embedded PostgreSQL was down; running again",
+            "embedded Redis exited with -9; restarted it",
+        ):
+            wait_for(lambda said=said: said in _said(lines), timeout=30, what=f"{said!r} printed")
+        output = _said(lines)
         assert "exited with code" not in output, output  # no child died
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=90)
