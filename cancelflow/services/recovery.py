@@ -7,6 +7,9 @@ sweep right away (`workflow.sweep_due`), which re-sends those steps (`steps.swee
 with a sender (worker children, the API) notices on its own; the sweep's advisory lock and its re-stamp
 make the extra sweeps no-ops. A process that never connected before the restart has nothing to compare
 and asks for nothing: the beat's regular sweep still covers everything.
+
+A step whose first message could not be published after its commit (the broker is away) is marked due
+at once, so the sweeper sends it on its first run once the broker is back, not after the grace.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, update
 
 from cancelflow.services import jobs
 
@@ -61,3 +64,27 @@ def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         jobs.send_now(jobs.Send(SWEEP_TASK, ()))
     except Exception:  # the broker is away too: the beat's sweep will do it
         log.exception("could not ask for a sweep after the database restart")
+
+
+def _mark_unsent_steps_due(failed: list[jobs.Send]) -> None:
+    from cancelflow.db import transaction
+    from cancelflow.models import WorkflowStep
+    from cancelflow.models.enums import StepStatus
+    from cancelflow.services.clock import now
+    from cancelflow.services.steps import TASK_FOR_KIND
+
+    step_tasks = set(TASK_FOR_KIND.values())
+    # A retry's countdown send already has its due time in the row; only immediate sends are advanced.
+    ids = [s.args[0] for s in failed if s.task in step_tasks and s.args and s.countdown is None]
+    if not ids:
+        return
+    with transaction() as session:
+        session.execute(
+            update(WorkflowStep)
+            .where(WorkflowStep.id.in_(ids), WorkflowStep.status == StepStatus.pending)
+            .values(next_attempt_at=now())
+        )
+    log.info("%d steps not sent after commit are due for the sweeper now", len(ids))
+
+
+jobs.on_send_failure(_mark_unsent_steps_due)
