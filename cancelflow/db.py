@@ -24,6 +24,18 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def unavailable(exc: BaseException) -> bool:
+    """The database could not be reached (down, restarting, a dropped connection, an exhausted pool), as
+    opposed to a statement it refused: the same unit of work can succeed once it is back."""
+    import psycopg2
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    if isinstance(exc, OperationalError | PoolTimeoutError | psycopg2.OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 @functools.cache
 def get_engine(url: str | None = None) -> Engine:
     settings = get_settings()

@@ -11,13 +11,16 @@ import json
 import logging
 from typing import Any
 
+import psycopg2
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, RootModel
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cancelflow.db import unavailable
 from cancelflow.errors import (
     AlreadyHandled,
     CancelflowError,
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SHOPIFY_PREFIX = "/admin/api/"
 SHOPIFY_UNAUTHORIZED = "[API] Invalid API key or access token (unrecognized login or wrong password)"
+# Seconds a client waits before retrying while the database is away (it comes back, or a pool reconnects).
+DATABASE_RETRY_AFTER = "1"
 SHOPIFY_BASE_FIELD = "base"  # Rails' key for errors that belong to no field
 AKINON_NON_FIELD = "non_field_errors"
 _PARAM_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
@@ -255,6 +260,21 @@ def database_error(request: Request, exc: Exception) -> JSONResponse:
     return akinon(400, {AKINON_NON_FIELD: [message], "code": code})
 
 
+def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database is away: a 503 with `Retry-After` in the path's dialect, never a 500. Whatever this
+    request had written was rolled back whole (one transaction per unit of work), so a retry is safe."""
+    if not unavailable(exc):
+        # Handled here, so Starlette's server-error middleware never sees it: log it as it would.
+        log.error("unhandled database error on %s %s", request.method, request.url.path, exc_info=exc)
+        return server_error(request, exc)
+    log.warning("database unavailable: %s %s: %s", request.method, request.url.path, exc)
+    headers = {"Retry-After": DATABASE_RETRY_AFTER}
+    message = "The database is unavailable; retry shortly."
+    if is_shopify(request):
+        return shopify(503, message, headers)
+    return akinon(503, {"detail": message, "code": "database_unavailable"}, headers)
+
+
 def server_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette logs and re-raises after this; the body just keeps the dialect of the path.
     if is_shopify(request):
@@ -271,4 +291,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(IntegrityError, database_error)
     app.add_exception_handler(DataError, database_error)
+    # Connection loss, a restart, an exhausted pool; any other driver error stays a 500 (server_error).
+    app.add_exception_handler(DBAPIError, database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, database_unavailable)
+    app.add_exception_handler(psycopg2.OperationalError, database_unavailable)
     app.add_exception_handler(Exception, server_error)

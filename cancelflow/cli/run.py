@@ -839,15 +839,15 @@ def _safe_url(url: str) -> str:
 
 
 def supervise(console: Console, supervisor: Supervisor, services: EmbeddedServices | None) -> int:
-    """Block until a child or an embedded server dies (returns 1); signals unwind it from outside."""
+    """Block until a child dies (returns 1); signals unwind it from outside. An embedded server that
+    dies is started again on the same files, and the children, which reconnect, keep running."""
     while True:
         if dead := supervisor.dead():
             _report_dead(console, dead)
             return 1
-        if services is not None and (problems := services.problems()):
-            for problem in problems:
-                console.print(f"[red]{problem}[/red]", highlight=False)
-            return 1
+        if services is not None:
+            for line in services.revive():
+                console.print(f"[yellow]{line}[/yellow]", highlight=False)
         time.sleep(0.5)
 
 

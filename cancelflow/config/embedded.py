@@ -151,6 +151,36 @@ class EmbeddedServices:
                 found.append(f"embedded PostgreSQL is not running (log: {self.postgres_log})")
         return found
 
+    def revive(self) -> list[str]:
+        """Start again whichever server died since `start()`, on the same files and socket (so every
+        URL stays valid); adopt a postmaster restarted by someone else. One line per server seen down,
+        saying what was done; a start that fails is tried again on the next call."""
+        said: list[str] = []
+        proc = self._redis_proc
+        if proc is not None and proc.poll() is not None:
+            code = proc.returncode
+            self._redis_proc = None
+            try:
+                self._start_redis()
+            except (EmbeddedServicesError, OSError, subprocess.SubprocessError) as exc:
+                self._redis_proc = proc  # still dead: found again, and retried, on the next call
+                said.append(f"embedded Redis exited with {code}; could not restart it yet ({exc})")
+            else:
+                said.append(f"embedded Redis exited with {code}; restarted it (log: {self.redis_log})")
+        server = self._pg_server
+        if server is not None and not server.get_postmaster_info().is_running():
+            try:
+                with server._lock:  # pgserver's own inter-process lock around start-up
+                    server.ensure_postgres_running()  # adopts a running postmaster, else pg_ctl start
+            except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+                said.append(f"embedded PostgreSQL is down; could not restart it yet ({exc!r:.300})")
+            else:
+                pid = server.get_postmaster_info().pid
+                said.append(
+                    f"embedded PostgreSQL was down; running again (pid {pid}, log: {self.postgres_log})"
+                )
+        return said
+
     # -- the data-directory lock -------------------------------------------------------------------
 
     def _acquire_lock(self) -> None:

@@ -30,6 +30,13 @@ class Send:
 
 Sender = Callable[[Send], None]
 _sender: Sender | None = None
+# Told which sends failed after a commit (the broker is away), so the rows can be marked due at once.
+_failure_hooks: list[Callable[[list[Send]], None]] = []
+
+
+def on_send_failure(hook: Callable[[list[Send]], None]) -> None:
+    if hook not in _failure_hooks:
+        _failure_hooks.append(hook)
 
 
 def set_sender(sender: Sender | None) -> None:
@@ -43,6 +50,14 @@ def enqueue_after_commit(session: Session, task: str, *ids: int, countdown: floa
     send = Send(task, tuple(ids), countdown)
     if send not in pending:
         pending.append(send)
+
+
+def send_now(send: Send) -> None:
+    """Send outside any transaction (no row to commit first); raises if the broker refuses it."""
+    if _sender is None:
+        log.warning("no job sender installed; %s%s not sent", send.task, send.args)
+        return
+    _sender(send)
 
 
 def pending_sends(session: Session) -> list[Send]:
@@ -59,6 +74,7 @@ def _send_after_commit(session: Session) -> None:
     if _sender is None:
         log.warning("no job sender installed; %d sends left to the sweeper", len(sends))
         return
+    failed = []
     for send in sends:
         try:
             _sender(send)
@@ -73,6 +89,12 @@ def _send_after_commit(session: Session) -> None:
             )
         except Exception:  # anything else is unexpected, but the row is due all the same: the sweeper resends
             log.exception("send of %s%s failed after commit; the sweeper will retry", send.task, send.args)
+            failed.append(send)
+    for hook in _failure_hooks if failed else ():
+        try:
+            hook(failed)
+        except Exception:  # the database went too: the rows stay due after the redelivery grace
+            log.exception("could not mark %d unsent jobs due", len(failed))
 
 
 @event.listens_for(Session, "after_transaction_end")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -404,8 +404,11 @@ def claim_key(session: Session, *, token_id: int, key: str, scope: str, digest: 
     if row.request_hash != digest:
         return KeyClaim("mismatch", row.id)
     if row.response_status is None:
-        if row.created_date < now() - IN_FLIGHT_GRACE:
-            row.created_date = now()  # its process died mid-request: this request takes over
+        restarted = session.scalar(select(func.pg_postmaster_start_time()))
+        if row.created_date < now() - IN_FLIGHT_GRACE or (restarted and row.created_date < restarted):
+            # Its process died mid-request, or the database restarted under it (its work was rolled
+            # back, and it could not release the key): this request takes over.
+            row.created_date = now()
             session.flush()
             return KeyClaim("owned", row.id)
         return KeyClaim("in_flight", row.id)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -264,15 +264,26 @@ def fail_plan(session: Session, plan_id: int, reason: str) -> None:
 def sweep_due(session: Session, *, limit: int = 500) -> int:
     """Re-send every pending step whose time has come (a lost message, a retry, a waking timer).
 
+    Also every pending step whose message went out before the database server last started: a worker
+    that took that message while the server was away could neither run the step nor record the failure,
+    so the message is gone. Such a step is re-sent at once instead of after the redelivery grace; once
+    re-sent, its next send is stamped after the start, so each restart re-sends it only once.
+
     Runs under a transaction-scoped advisory lock: a second beat, or an overlapping sweep, does nothing.
     """
     if not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SWEEP_LOCK_KEY}).scalar():
         log.info("another sweep holds the lock; skipping")
         return 0
     stamp = now()
+    grace = get_settings().redelivery_grace
+    # next_attempt_at = last send + grace (create, sweep) or + backoff (retry): sent before the start.
+    sent_before_restart = WorkflowStep.next_attempt_at < func.pg_postmaster_start_time() + grace
     due = session.execute(
         select(WorkflowStep.id, WorkflowStep.kind)
-        .where(WorkflowStep.status == StepStatus.pending, WorkflowStep.next_attempt_at <= stamp)
+        .where(
+            WorkflowStep.status == StepStatus.pending,
+            or_(WorkflowStep.next_attempt_at <= stamp, sent_before_restart),
+        )
         .order_by(WorkflowStep.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

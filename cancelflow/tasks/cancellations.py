@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from cancelflow.db import unavailable
 from cancelflow.errors import Invalid
 from cancelflow.services import intake, workflow
 from cancelflow.textcheck import storable
@@ -48,8 +49,13 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
         )
         _keep_rejection(self, kwargs, exc)
         return "invalid"
-    except (OperationalError, IntegrityError) as exc:
-        # The database is away, or a twin message with the same client_request_id won a race.
+    except IntegrityError as exc:
+        # A twin message with the same client_request_id won a race: the retry finds its request.
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+    except DBAPIError as exc:
+        if not unavailable(exc):
+            raise
+        # The database is away (restarting, a dropped connection): the broker keeps the retry.
         raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
     log.info(
         "cancellation request stored",

@@ -10,6 +10,7 @@ from celery import Celery, signals
 from cancelflow.config import get_settings
 from cancelflow.errors import TransientError
 from cancelflow.services import jobs
+from cancelflow.services import recovery as _recovery  # noqa: F401  (sweeps at once after a DB restart)
 from cancelflow.worker import metrics as _metrics  # noqa: F401  (connects the task-latency signals)
 from cancelflow.worker import privacy as _privacy  # noqa: F401  (masks received arguments)
 from cancelflow.worker.intake_guard import IntakeGuard

@@ -1,0 +1,48 @@
+"""A step whose first message cannot be published after its commit (the broker is away) is due for the
+sweeper at once, not after the redelivery grace."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from cancelflow.db import transaction
+from cancelflow.models import WorkflowStep
+from cancelflow.models.enums import StepKind
+from cancelflow.services import jobs, steps
+from cancelflow.services import recovery as _recovery  # noqa: F401  (registers the failure hook)
+from cancelflow.services.clock import now
+
+
+@pytest.fixture
+def broker_away() -> Iterator[list[jobs.Send]]:
+    tried: list[jobs.Send] = []
+
+    def refuse(send: jobs.Send) -> None:
+        tried.append(send)
+        raise ConnectionRefusedError("broker is away")
+
+    previous = jobs._sender
+    jobs.set_sender(refuse)
+    yield tried
+    jobs.set_sender(previous)
+
+
+def _create_step() -> int:
+    with transaction() as session:
+        return steps.create(
+            session, request_id=None, kind=StepKind.validate, idempotency_key=f"unsent-{uuid.uuid4().hex}"
+        )
+
+
+def test_a_step_not_sent_after_commit_is_due_at_once(database: str, broker_away: list[jobs.Send]) -> None:
+    step_id = _create_step()
+
+    assert [send.args for send in broker_away] == [(step_id,)]
+    with transaction() as session:
+        step = session.scalars(select(WorkflowStep).where(WorkflowStep.id == step_id)).one()
+    # Without the hook it would wait the redelivery grace (next_attempt_at = created + grace).
+    assert step.next_attempt_at <= now()
