@@ -74,7 +74,7 @@ def _keep_rejection(task: DbTask, kwargs: dict[str, Any], exc: Invalid) -> None:
             intake.record_rejection(
                 session, kwargs, code=exc.code, message=exc.message, errors=exc.field_errors
             )
-    except (OperationalError, IntegrityError) as db_error:  # the database is away: the log line has it
+    except DBAPIError as db_error:  # the database is away: the log line has it
         log.warning("cancellation message rejection not recorded", error=str(db_error))
 
 
