@@ -42,6 +42,7 @@ ARGS: dict[str, list[str]] = {
     "webhooks remove": ["1"],
     "webhooks attempts": ["1"],
     "webhooks redeliver": ["1"],
+    "webhooks resume": ["1"],
     "export": ["-o", "<tmp>/out.csv"],
 }
 # Commands that start servers of their own when nothing is configured: only the "database down" case.
