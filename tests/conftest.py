@@ -164,6 +164,25 @@ def database() -> Iterator[str]:
         _drop_amqp_vhost()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_subscription_outlives_its_module(database: str) -> Iterator[None]:
+    """Webhook subscriptions a module left active are deactivated when it ends.
+
+    An active subscription makes every later transition write deliveries (to a receiver that is gone): later
+    modules would count rows, statements and latencies that are not theirs.
+    """
+    yield
+    from sqlalchemy import update
+
+    from cancelflow.db import transaction
+    from cancelflow.models import WebhookSubscription
+
+    with transaction() as db:
+        db.execute(
+            update(WebhookSubscription).where(WebhookSubscription.is_active).values(is_active=False)
+        )
+
+
 @pytest.fixture
 def session(database: str) -> Iterator[object]:
     """A session inside an outer transaction that is rolled back: nothing a unit test writes stays."""

@@ -141,6 +141,13 @@ def test_every_broker_command_against_a_broker_that_does_not_answer(
 ) -> None:
     monkeypatch.setenv("CANCELFLOW_BROKER_URL", f"redis://127.0.0.1:{closed_port()}/0")
     monkeypatch.setenv("CANCELFLOW_DATA_DIR", str(tmp_path / "data"))
+    # The process's Celery app may already hold a connection to a live broker (an earlier test's): the
+    # commands get an app configured from this test's environment, as a new process would.
+    from celery import Celery
+
+    fresh = Celery("cancelflow-broker-down", set_as_current=False)
+    fresh.config_from_object("cancelflow.worker.celeryconfig")
+    monkeypatch.setattr("cancelflow.worker.app.celery_app", fresh)
     runner = CliRunner()
     assert set(all_commands()) >= BROKER_ONLY
     for command in sorted(BROKER_ONLY):

@@ -29,6 +29,7 @@ FAMILIES = {
     "cancelflow_oldest_confirmation_waiting_seconds": ("gauge", set()),
     "cancelflow_money_moved": ("counter", {"target", "currency"}),
     "cancelflow_webhook_deliveries": ("gauge", {"outcome"}),
+    "cancelflow_webhook_subscriptions": ("gauge", {"status"}),
 }
 
 

@@ -12,7 +12,10 @@ from cancelflow.worker.app import celery_app
 from cancelflow.worker.config import QUEUES, celery_config
 
 STEP_TASKS = {"cancellations.submit", *TASK_FOR_KIND.values()}
-SWEEPS = {entry["task"] for entry in celery_config(get_settings())["beat_schedule"].values()}
+# Expiring export files runs where the files are, on the bulk worker; every other beat task is a sweep.
+SWEEPS = {entry["task"] for entry in celery_config(get_settings())["beat_schedule"].values()} - {
+    "exports.expire"
+}
 
 
 def _queue(task: str) -> str:
@@ -22,6 +25,10 @@ def _queue(task: str) -> str:
 def test_webhook_deliveries_have_a_queue_no_step_uses() -> None:
     assert _queue("webhooks.deliver") == "webhooks"
     assert "webhooks" not in {_queue(t) for t in STEP_TASKS}
+
+
+def test_export_expiry_runs_on_the_bulk_worker_that_holds_the_files() -> None:
+    assert _queue("exports.expire") == "bulk"
 
 
 def test_every_beat_sweep_runs_on_the_sweep_queue_alone() -> None:

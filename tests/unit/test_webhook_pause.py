@@ -110,7 +110,7 @@ class TestPause:
             )
         ).all()
         assert events == ["webhook_subscription.paused"]
-        [gauge] = metrics._webhook_subscriptions(session)
+        [gauge] = [m for m in metrics.collect_from(session) if m.name == "cancelflow_webhook_subscriptions"]
         assert {s.labels["status"]: s.value for s in gauge.samples}["paused"] >= 1
         # And its deliveries are neither tried nor swept, nor do new events publish anything
         calls: list[httpx.Request] = []

@@ -91,10 +91,10 @@ def test_the_message_schema_has_the_reported_fields() -> None:
 
 
 def stored_counts() -> dict[str, int]:
-    """Rows of every table but the record of refused messages (which a refusal is meant to write)."""
+    """Rows a message could write. Not the record of refused messages (which a refusal is meant to write), and
+    not the tables a worker moves other tests' requests through while this one runs (steps, plans, events)."""
     counts = row_counts()
-    counts.pop("rejected_messages", None)
-    return counts
+    return {table: counts[table] for table in ("cancellation_requests",) if table in counts}
 
 
 def rejection_codes(client_request_ids: list[str]) -> dict[str, str]:
