@@ -26,7 +26,7 @@ from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
-from cancelflow.services.redelivery import redelivery_wait
+from cancelflow.services.redelivery import REDELIVERY_BACKOFF_CAP, redelivery_wait
 from cancelflow.services.task_ids import checked_int
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,9 @@ def claim(session: Session, step_id: int, *, task: str) -> WorkflowStep:
     """
     kinds = kinds_for(task)
     step_id = checked_int(task, step_id)
-    due_by = now() + get_settings().redelivery_grace + EARLY_TOLERANCE
+    # A sweep that re-sends a row stamps its next re-send up to REDELIVERY_BACKOFF_CAP graces ahead; the message
+    # it sent must still find the row due, or a lost step would be re-sent and refused for ever.
+    due_by = now() + get_settings().redelivery_grace * (REDELIVERY_BACKOFF_CAP + 1) + EARLY_TOLERANCE
     step = session.scalars(
         _CLAIM, {"step_id": step_id, "kinds": sorted(kinds), "statuses": sorted(RUNNABLE), "due_by": due_by}
     ).one_or_none()
