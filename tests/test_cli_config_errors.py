@@ -145,8 +145,10 @@ def test_every_broker_command_against_a_broker_that_does_not_answer(
     # commands get an app configured from this test's environment, as a new process would.
     from celery import Celery
 
+    from cancelflow.worker.config import celery_config
+
     fresh = Celery("cancelflow-broker-down", set_as_current=False)
-    fresh.config_from_object("cancelflow.worker.celeryconfig")
+    fresh.conf.update(celery_config(get_settings()))
     monkeypatch.setattr("cancelflow.worker.app.celery_app", fresh)
     runner = CliRunner()
     assert set(all_commands()) >= BROKER_ONLY

@@ -771,8 +771,6 @@ def _run(
         _line(console, f"Demo data loaded: {counts}")
     sandbox_config = write_sandbox_config(data_dir / SANDBOX_CONFIG_FILE, creds, settings)
     storefront_broker = storefront_broker_url(console, settings, broker_url, data_dir / CREDENTIALS_FILE)
-    # The API's links (`next`, job URLs) point where this run serves it, whatever Host a client sends.
-    os.environ.setdefault("CANCELFLOW_PUBLIC_BASE_URL", api_url(settings))
 
     supervisor = Supervisor(
         specs_factory(
@@ -783,6 +781,9 @@ def _run(
             flower_password=flower_password(settings, creds),
         ),
         env={
+            # The API's links (`next`, job URLs) point where this run serves it, whatever Host a client
+            # sends; set for the children only, never in this process's own environment.
+            "CANCELFLOW_PUBLIC_BASE_URL": api_url(settings),
             **child_env(database_url, broker_url, data_dir=data_dir),
             "CANCELFLOW_OUTBOUND_ALLOW": outbound_allow(settings),
         },
