@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kombu.transport import redis as kombu_redis
+from redis import exceptions as redis_errors
 
 NAME = "cancelflow.worker.broker:Transport"
 SOCKET_NAME = "cancelflow.worker.broker:SocketTransport"
@@ -44,6 +45,16 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not self.pool:
             client = self._sync_client = super()._create_client()  # type: ignore[misc]
         return client
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # A channel closed after its connection was released (the consumer's clean-up when Redis went away)
+        # still restores its unacknowledged messages, which builds a new pool from the connection's URL; with
+        # the connection gone kombu failed with an AttributeError, which Celery takes for an unrecoverable
+        # error: the worker exited on a Redis restart. As a connection error it is ignored like the others,
+        # the consumer reconnects, and the messages come back through the visibility timeout.
+        if self.connection.client is None:
+            raise redis_errors.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
     def _brpop_read(self, **options: Any) -> Any:
         # A list entry that is not a message (not JSON, not UTF-8, a body that is not base64) made kombu raise

@@ -70,3 +70,35 @@ def test_a_channel_reuses_its_client_until_its_pool_is_replaced() -> None:
         message.ack()
         simple.clear()
         simple.close()
+
+
+def test_closing_a_channel_whose_connection_is_gone_is_a_connection_error_not_a_crash() -> None:
+    """When Redis restarts, Celery's consumer releases the connection and then closes its channels, which
+    restore their unacknowledged messages; the connection is gone by then. That must be an error the
+    consumer ignores (a broker connection error), not an AttributeError that stops the worker."""
+    from kombu.common import ignore_errors
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    url = os.environ["CANCELFLOW_BROKER_URL"]
+    if not url.startswith("redis://"):
+        pytest.skip("the Redis transport is only used with a redis:// broker")
+    queue = f"test-broker-{uuid.uuid4().hex}"
+    conn = Connection(url, transport=broker.NAME)
+    simple = conn.SimpleQueue(queue)
+    try:
+        simple.put({"n": 1})
+        unacked = simple.get(timeout=5)  # delivered, not acknowledged: the channel must restore it on close
+        channel = simple.channel
+        assert isinstance(channel, broker.Channel)
+        channel._disconnect_pools()  # the connection error
+        conn.transport.client = None  # and the connection released, as the consumer does before closing
+
+        with pytest.raises(RedisConnectionError):
+            channel._connparams()
+        assert RedisConnectionError in conn.connection_errors
+        ignore_errors(conn, channel.close)  # what the consumer calls: nothing escapes
+        assert channel.closed
+        assert unacked.payload == {"n": 1}
+    finally:
+        with Connection(url, transport=broker.NAME) as clean:
+            clean.SimpleQueue(queue).clear()
