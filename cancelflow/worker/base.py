@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from cancelflow.db import transaction
+from cancelflow.db import transaction, unavailable
 from cancelflow.errors import AlreadyHandled, CancelflowError, PermanentError, Refused, TransientError
 from cancelflow.models import WorkflowStep
 from cancelflow.models.transitions import InvalidTransition
@@ -90,6 +90,11 @@ class DbTask(Task):  # type: ignore[type-arg]
                     session, step_id, error, task=self.name, permanent=permanent, retry_after=retry_after
                 )
         except DBAPIError as db_error:
+            if not unavailable(db_error):
+                # A statement the database refused (a bug, a schema older than the code): re-sending the
+                # message would only repeat it, so the row keeps its redelivery grace for the sweeper.
+                log.error("step failed and its failure could not be recorded", error=error)
+                raise
             # The database is away, so the failure cannot be recorded and the row keeps its redelivery
             # grace. The message is the step's only fast path: send it again shortly (bounded), so that
             # the step runs seconds after the database returns; past the bound the sweeper takes over.
