@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import bindparam, func, or_, select, text, update
@@ -263,13 +263,14 @@ def fail_plan(session: Session, plan_id: int, reason: str) -> None:
     )
 
 
-def sweep_due(session: Session, *, limit: int = 500) -> int:
+def sweep_due(session: Session, *, limit: int = 500, lost_at: datetime | None = None) -> int:
     """Re-send every pending step whose time has come (a lost message, a retry, a waking timer).
 
     Also every pending step whose message went out before the database server last started: a worker
     that took that message while the server was away could neither run the step nor record the failure,
     so the message is gone. Such a step is re-sent at once instead of after the redelivery grace; once
-    re-sent, its next send is stamped after the start, so each restart re-sends it only once.
+    re-sent, its next send is stamped after the start, so each restart re-sends it only once. The same
+    for every step sent before `lost_at`, when the broker has lost its messages (`worker.broker_loss`).
 
     Runs under a transaction-scoped advisory lock: a second beat, or an overlapping sweep, does nothing.
     """
@@ -280,6 +281,8 @@ def sweep_due(session: Session, *, limit: int = 500) -> int:
     grace = get_settings().redelivery_grace
     # next_attempt_at = last send + grace (create, sweep) or + backoff (retry): sent before the start.
     sent_before_restart = WorkflowStep.next_attempt_at < func.pg_postmaster_start_time() + grace
+    if lost_at is not None:
+        sent_before_restart = or_(sent_before_restart, WorkflowStep.next_attempt_at < lost_at + grace)
     due = session.execute(
         select(WorkflowStep.id, WorkflowStep.kind)
         .where(

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from cancelflow.services import steps
+from cancelflow.services.clock import now
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
+from cancelflow.worker.broker_loss import broker_was_emptied
 
 
 @celery_app.task(name="workflow.sweep_due", base=DbTask, bind=True)
-def sweep_due(self: DbTask) -> int:
-    """Re-send due steps: lost messages, retries whose countdown was too long for the broker, timers."""
+def sweep_due(self: DbTask, broker_lost: bool = False) -> int:
+    """Re-send due steps: lost messages, retries whose countdown was too long for the broker, timers.
+
+    `broker_lost` (or a broker found emptied now): every step sent before now is re-sent at once."""
+    lost = broker_lost is True or broker_was_emptied(self.app)
     with self.session() as session:
-        return steps.sweep_due(session)
+        return steps.sweep_due(session, lost_at=now() if lost else None)
 
 
 @celery_app.task(name="workflow.ping", acks_late=True, ignore_result=True)

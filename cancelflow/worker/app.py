@@ -13,6 +13,7 @@ from cancelflow.services import jobs
 from cancelflow.services import recovery as _recovery  # noqa: F401  (sweeps at once after a DB restart)
 from cancelflow.worker import metrics as _metrics  # noqa: F401  (connects the task-latency signals)
 from cancelflow.worker import privacy as _privacy  # noqa: F401  (masks received arguments)
+from cancelflow.worker.broker_loss import BrokerLossCheck
 from cancelflow.worker.intake_guard import IntakeGuard
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ celery_app = Celery("cancelflow", include=TASK_MODULES, amqp="cancelflow.worker.
 celery_app.config_from_object("cancelflow.worker.celeryconfig")
 # What arrives on the storefronts' intake queue runs only if it is a submission (worker.intake_guard).
 celery_app.steps["consumer"].add(IntakeGuard)
+# A broker that comes back empty (a Redis restart, a flush) has its steps re-sent at once (worker.broker_loss).
+celery_app.steps["consumer"].add(BrokerLossCheck)
 
 
 def send(send: jobs.Send) -> None:

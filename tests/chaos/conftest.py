@@ -102,7 +102,9 @@ def chaos_stack(request: pytest.FixtureRequest, database: str, chaos_redis: Redi
     app = Celery("cancelflow-chaos", set_as_current=False)
     app.conf.update(celery_config(get_settings().model_copy(update={"broker_url": chaos_redis.url})))
     workdir = chaos_redis.proc.log_path.parent.parent
-    running = Stack(workdir, env_overrides={"CANCELFLOW_BROKER_URL": chaos_redis.url}, concurrency=4).start()
+    # A module may run its stack on other timers (STACK_ENV), e.g. the production redelivery grace.
+    env = {"CANCELFLOW_BROKER_URL": chaos_redis.url, **getattr(request.module, "STACK_ENV", {})}
+    running = Stack(workdir, env_overrides=env, concurrency=4).start()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("cancelflow.worker.app.celery_app", app)
         try:

@@ -27,8 +27,6 @@ import pytest
 from cancelflow.config.embedded import EmbeddedServices
 from tests.chaos.conftest import RedisServer
 from tests.chaos.test_chaos import (
-    Supervisor,
-    Tally,
     _last_status_events,
     _money_moved_events,
     _per_plan,
@@ -41,9 +39,11 @@ pytestmark = pytest.mark.worker
 
 LOAD_SECONDS = 14.0  # requests start over this long; the fault begins after a third of it
 OUTAGE_SECONDS = 4.0
-# Work in flight must finish this soon after the server is back. Generous for a loaded 2-core machine
-# working off the backlog the outage left, yet far below the 120 s grace a lost message would wait.
-RECOVERY_BOUND = 45.0
+# Work in flight when the server comes back finishes within this (the requirement; measured 3-4 s here),
+# far below the 120 s grace a message lost in the outage would wait.
+RECOVERY_BOUND = 10.0
+# And every request accepted during the phase, including those created after the fault, within this.
+SETTLE_BOUND = 45.0
 ORDERS = 48  # at most this many requests per phase
 HTTP_WORKERS = 2
 PACE = 1.0  # seconds between two requests of one HTTP client: the load lasts through the fault
@@ -200,11 +200,9 @@ def _run_phase(
     fault: Callable[[], None],
     recover: Callable[[], None],
     messages: bool = True,
-    revive_crashed: bool = False,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`revive_crashed`: restart a worker or beat that exits, as a process manager would, and count it
-    (a Redis connection loss can stop Celery's consumer); without it any exit fails the phase."""
+    """One fault under load; every process of the stack must live through it (none is restarted)."""
     service = make_service(stack, policy="accept")
     orders = [make_order(service, quantity=1, unit_price="12.34")["items"][0]["id"] for _ in range(ORDERS)]
     token_id, key = _staff_token()
@@ -219,10 +217,6 @@ def _run_phase(
     ]
     if messages:
         threads.append(threading.Thread(target=load.messages, args=(until,), daemon=True))
-    tally = Tally()
-    supervisor = Supervisor(stack, threading.Lock(), tally)
-    if revive_crashed:
-        supervisor.start()
     for thread in threads:
         thread.start()
     try:
@@ -247,7 +241,7 @@ def _run_phase(
         accepted = load.http_cids + load.message_cids
         wait_for(
             lambda: _completed(accepted) == len(accepted),
-            timeout=RECOVERY_BOUND + max(0.0, until - time.monotonic()),
+            timeout=SETTLE_BOUND + max(0.0, until - time.monotonic()),
             interval=0.5,
             what=f"{name}: the {len(accepted)} accepted requests completed",
         )
@@ -255,9 +249,6 @@ def _run_phase(
     except BaseException:
         print(stack.logs())
         raise
-    finally:
-        if revive_crashed:
-            supervisor.stop()
 
     # Nothing lost, nothing half-written, money moved once per plan, and the event log agrees.
     rows = _rows(accepted)
@@ -285,12 +276,11 @@ def _run_phase(
         f"{duplicates}, 5xx answers {fives}, 503 answers {load.statuses[503]}, error window {window:.1f}s, "
         f"p95 request latency {_p95(load.latencies):.2f}s, {len(in_flight)} in flight at recovery "
         f"finished {caught_up:.1f}s after it, all settled {settled:.1f}s after it, "
-        f"{len(tally.crashes)} worker/beat exits restarted"
-        + "".join(f"\n  {crash}" for crash in tally.crashes)
+        f"processes exited {[name for name, process in stack.procs.items() if not process.alive()]}"
     )
     from tests.conftest import OUTPUT_DIR
 
-    with (OUTPUT_DIR / "chaos-summary.txt").open("a") as out:
+    with (OUTPUT_DIR / "chaos-faults.txt").open("a") as out:
         out.write(summary + "\n")
     with capsys.disabled():
         print(f"\n{summary}")
@@ -305,8 +295,7 @@ def _run_phase(
     assert len(plan_ids) == len(accepted)
     assert _last_status_events("request", list(requests)) == requests
     assert _last_status_events("plan", list(plans)) == plans
-    if not revive_crashed:
-        assert all(process.alive() for process in stack.procs.values()), "a process died; none may restart"
+    assert all(process.alive() for process in stack.procs.values()), "a process died; none may restart"
 
 
 def _per_plan_counts(plan_ids: list[int]) -> dict[int, int]:
