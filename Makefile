@@ -27,8 +27,9 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Two workers (pytest-xdist), a test file whole to each: most of a file's time is spent waiting on its processes.
 pytest: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 # The end-to-end flows once more on RabbitMQ (quorum queues); they skip with a hint when 5672 is closed.
 pytest-rabbitmq: install

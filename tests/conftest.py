@@ -15,7 +15,14 @@ import pytest
 
 LOCAL_ADMIN_DB = os.environ.get("CANCELFLOW_TEST_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres")
 LOCAL_REDIS = os.environ.get("CANCELFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
-RUN_ID = uuid.uuid4().hex[:8]
+# Under pytest-xdist (`make test` runs two workers) every worker is a session of its own: its own database,
+# vhost and Redis db. The workers share the run's id, so their Redis dbs are picked apart, never by chance.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_RUN_BASE = int(os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:8], 16)
+RUN_ID = f"{(_RUN_BASE + WORKER) & 0xFFFFFFFF:08x}"
+# The session's broker db, and a spare one for a test's stack that must not share it (db 15 is the benchmarks').
+REDIS_DB = 1 + (_RUN_BASE + 2 * WORKER) % 14
+SPARE_REDIS_DB = 1 + (_RUN_BASE + 2 * WORKER + 1) % 14
 TEST_DB = f"cf_test_{RUN_ID}"
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
 
@@ -98,8 +105,7 @@ def _bootstrap() -> tuple[str, str, object | None]:
     """Decide the servers before any settings are read, and point CANCELFLOW_* at them."""
     if os.environ.get("CANCELFLOW_EMBEDDED") != "1" and _reachable():
         admin = LOCAL_ADMIN_DB
-        db_index = 1 + int(RUN_ID, 16) % 14  # db 15 is the benchmarks'
-        broker = f"{LOCAL_REDIS}/{db_index}"
+        broker = f"{LOCAL_REDIS}/{REDIS_DB}"
         embedded = None
     else:
         import tempfile
@@ -231,3 +237,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter.write_line("\n".join(lines), red=True, bold=True)
     if session.exitstatus == 0:
         session.exitstatus = 1
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`make test` runs two xdist workers: each test file goes whole to one worker (its module-scoped stack
+    starts once), and the chaos files go together to one worker, one after the other, so that two fault
+    phases never share the machine and measure each other."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/chaos" if path.startswith("tests/chaos/") else path
+
+    return FileScheduling(config, log)

@@ -87,9 +87,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         conftest._admin_execute(f'CREATE DATABASE "{name}"')
         base, _, query = conftest.ADMIN_URL.partition("?")
         database_url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-        index = 1 + int(conftest.RUN_ID, 16) % 14
         env["CANCELFLOW_DATABASE_URL"] = database_url
-        env["CANCELFLOW_BROKER_URL"] = f"{conftest.LOCAL_REDIS}/{index % 14 + 1}"  # not the session's db
+        env["CANCELFLOW_BROKER_URL"] = f"{conftest.LOCAL_REDIS}/{conftest.SPARE_REDIS_DB}"  # not the session's db
     gateway = free_port()
     env.update(
         {

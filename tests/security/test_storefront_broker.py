@@ -30,7 +30,7 @@ from cancelflow.config.settings import Settings
 from cancelflow.worker import broker as broker_transport
 from cancelflow.worker.config import INTAKE_QUEUE
 from cancelflow.worker.storefront_access import ensure_storefront_user
-from tests.conftest import BROKER_URL, DATABASE_URL, LOCAL_AMQP, LOCAL_REDIS, OUTPUT_DIR, RUN_ID
+from tests.conftest import BROKER_URL, DATABASE_URL, LOCAL_AMQP, LOCAL_REDIS, OUTPUT_DIR, REDIS_DB, RUN_ID
 from tests.factories import load, order_payload
 from tests.harness import Proc, Stack, wait_for
 
@@ -100,7 +100,7 @@ def setup(request: pytest.FixtureRequest, database: str) -> Iterator[Setup]:
     cleanup: list[Any] = []
     if kind == "redis":
         admin_url = (
-            BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{1 + int(RUN_ID, 16) % 14}"
+            BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{REDIS_DB}"
         )
         cleanup.append(lambda: redis.Redis.from_url(admin_url).execute_command("ACL", "DELUSER", user))
     else:
@@ -377,7 +377,7 @@ def test_the_cli_makes_the_storefront_user_and_prints_its_url(monkeypatch: pytes
     from cancelflow.config import get_settings
 
     admin_url = (
-        BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{1 + int(RUN_ID, 16) % 14}"
+        BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{REDIS_DB}"
     )
     monkeypatch.setenv("CANCELFLOW_BROKER_URL", admin_url)
     get_settings.cache_clear()
