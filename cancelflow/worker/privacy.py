@@ -52,8 +52,8 @@ class MaskingAMQP(AMQP):
         self,
         task_id: str,
         name: str,
-        args: tuple[Any, ...] | None = None,
-        kwargs: dict[str, Any] | None = None,
+        args: tuple[object, ...] | None = None,
+        kwargs: dict[str, object] | None = None,
         *rest: Any,
         **options: Any,
     ) -> task_message:
