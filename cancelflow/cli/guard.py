@@ -58,7 +58,7 @@ def print_error(message: str) -> None:
 class GuardedGroup(TyperGroup):
     """The root command group: turns what `explain` knows into a clean error, whichever command raised it."""
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Any) -> object:  # ctx: typer's own click Context
         try:
             return super().invoke(ctx)
         except Exception as exc:

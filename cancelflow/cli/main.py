@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -26,6 +26,8 @@ from cancelflow.cli.textcheck import TextCheckedGroup
 from cancelflow.cli.webhooks import webhooks_app
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from cancelflow.models import RejectedMessage
 
 
@@ -187,7 +189,7 @@ def demo(
     _print_counts(counts)
 
 
-def _run_credentials(path: Path) -> dict[str, Any]:
+def _run_credentials(path: Path) -> dict[str, object]:
     """`cancelflow run`'s credentials file, or {} when there is none (or it cannot be read)."""
     try:
         data = json.loads(path.read_text())
@@ -224,8 +226,9 @@ def submit(
     """Publish a `cancellations.submit` message, exactly as a storefront does."""
     from cancelflow.worker.app import celery_app
 
-    kwargs: dict[str, Any] = {
-        "client_request_id": client_request_id or str(uuid.uuid4()),
+    client_request_id = client_request_id or str(uuid.uuid4())
+    kwargs: dict[str, object] = {
+        "client_request_id": client_request_id,
         "order_item": order_item,
         "reason": reason,
         "quantity": quantity,
@@ -237,10 +240,10 @@ def submit(
     }
     since = _database_now() if wait > 0 else None
     celery_app.send_task("cancellations.submit", kwargs={k: v for k, v in kwargs.items() if v is not None})
-    console.print(f"submitted client_request_id={kwargs['client_request_id']}")
+    console.print(f"submitted client_request_id={client_request_id}")
     if since is None:
         return
-    outcome = _wait_for_outcome(kwargs["client_request_id"], since, wait)
+    outcome = _wait_for_outcome(client_request_id, since, wait)
     if outcome is None:
         _fail("not stored yet: is a worker running? (the message stays queued)", code=2)
     elif isinstance(outcome, int):
@@ -251,7 +254,7 @@ def submit(
         _fail(f"the worker refused the message ({outcome.code}): {outcome.message}")
 
 
-def _database_now() -> Any:
+def _database_now() -> datetime | None:
     """The database's clock: a refusal recorded from then on answers this message, not an older one."""
     from sqlalchemy import func, select
 
@@ -259,7 +262,9 @@ def _database_now() -> Any:
         return session.scalar(select(func.now()))
 
 
-def _wait_for_outcome(client_request_id: str, since: Any, seconds: float) -> int | RejectedMessage | None:
+def _wait_for_outcome(
+    client_request_id: str, since: datetime, seconds: float
+) -> int | RejectedMessage | None:
     """The id of the stored request, or the worker's recorded refusal, as soon as either exists; None on
     timeout."""
     from sqlalchemy import select

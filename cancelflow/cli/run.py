@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeGuard
 
 from rich.console import Console
 
@@ -72,11 +72,43 @@ class _StopSignalError(BaseException):
 # --------------------------------------------------------------------------------------------------
 
 
+class ServiceCredentials(TypedDict):
+    token: str
+    secret: str
+
+
+class Credentials(TypedDict):
+    """What ``credentials.json`` always holds (it may hold more, e.g. ``storefront_broker_password``)."""
+
+    staff_token: str
+    storefront_token: str
+    flower_password: str
+    services: dict[str, ServiceCredentials]
+
+
+_SECRETS: Final = ("staff_token", "storefront_token", "flower_password")
+_SERVICE_SECRETS: Final = ("token", "secret")
+
+
 def _new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def load_or_create_credentials(path: Path) -> dict[str, Any]:
+def _complete(creds: Mapping[str, object]) -> TypeGuard[Credentials]:
+    """Every secret a `cancelflow run` stack uses is there, a string."""
+    services = creds.get("services")
+    return (
+        all(isinstance(creds.get(key), str) for key in _SECRETS)
+        and isinstance(services, dict)
+        and all(
+            isinstance(entry := services.get(handle), dict)
+            and all(isinstance(entry.get(key), str) for key in _SERVICE_SECRETS)
+            for handle in SANDBOX_SERVICES
+        )
+    )
+
+
+def load_or_create_credentials(path: Path) -> Credentials:
     """Read ``credentials.json`` (mode 0600), filling in and saving whatever is missing.
 
     The first run creates every key; later runs reuse them, so the tokens a user copied keep working and
@@ -88,14 +120,14 @@ def load_or_create_credentials(path: Path) -> dict[str, Any]:
         if not isinstance(creds, dict):
             raise ValueError(f"{path}: expected a JSON object")
     changed = not path.exists()
-    for key in ("staff_token", "storefront_token", "flower_password"):
+    for key in _SECRETS:
         if not isinstance(creds.get(key), str) or not creds[key]:
             creds[key] = _new_secret()
             changed = True
     services = creds.setdefault("services", {})
     for handle in SANDBOX_SERVICES:
         entry = services.setdefault(handle, {})
-        for key in ("token", "secret"):
+        for key in _SERVICE_SECRETS:
             if not isinstance(entry.get(key), str) or not entry[key]:
                 entry[key] = _new_secret()
                 changed = True
@@ -103,10 +135,12 @@ def load_or_create_credentials(path: Path) -> dict[str, Any]:
         _write_private_json(path, creds)
     elif path.stat().st_mode & 0o077:
         path.chmod(0o600)
+    if not _complete(creds):  # filled in above: only a concurrent writer could leave a gap
+        raise ValueError(f"{path}: credentials missing")
     return creds
 
 
-def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:
+def _write_private_json(path: Path, data: Mapping[str, object]) -> None:
     """Write atomically, readable by the owner only from the first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -124,7 +158,7 @@ def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:
         raise
 
 
-def flower_password(settings: Settings, creds: Mapping[str, Any]) -> str:
+def flower_password(settings: Settings, creds: Credentials) -> str:
     if settings.flower_password is not None:
         return settings.flower_password.get_secret_value()
     return str(creds["flower_password"])
@@ -191,16 +225,16 @@ def outbound_allow(settings: Settings) -> str:
 
 
 def load_demo_and_tokens(
-    database_url: str, creds: Mapping[str, Any], settings: Settings, *, with_demo: bool = True
-) -> dict[str, Any]:
+    database_url: str, creds: Credentials, settings: Settings, *, with_demo: bool = True
+) -> dict[str, int]:
     """Upsert the demo data set and the tokens in ``creds``; safe to repeat (both are idempotent)."""
     from cancelflow.db import transaction
     from cancelflow.services.tokens import ensure_token
 
-    counts: dict[str, Any] = {}
+    counts: dict[str, int] = {}
     with transaction(database_url) as session:
         if with_demo:
-            from cancelflow.config.allowlist import parse_allow_list
+            from cancelflow.config.allowlist import parse_allow_entries
             from cancelflow.integrations.outbound import OutboundPolicy
             from cancelflow.services import demo, importer
 
@@ -214,7 +248,7 @@ def load_demo_and_tokens(
                 keep_stored=False,
             )
             payload = demo.build_demo_payload(services=services, orders=DEMO_ORDERS)
-            policy = OutboundPolicy(parse_allow_list(outbound_allow(settings)))
+            policy = OutboundPolicy(parse_allow_entries(outbound_allow(settings)))
             counts = importer.import_payload(session, payload, outbound_policy=policy, replace_services=True)
             session.flush()
         ensure_token(session, name="cancelflow-run staff", kind="staff", key=creds["staff_token"])
@@ -234,7 +268,7 @@ def load_demo_and_tokens(
     return counts
 
 
-def write_sandbox_config(path: Path, creds: Mapping[str, Any], settings: Settings) -> Path:
+def write_sandbox_config(path: Path, creds: Credentials, settings: Settings) -> Path:
     """The sandbox fulfillment service's configuration: where the shop is and how each service answers."""
     config = {
         "api_base_url": f"http://{_connect_host(settings.api_host)}:{settings.api_port}",
@@ -582,7 +616,7 @@ def command_prefix(data_dir: Path, cwd: Path | None = None) -> str:
 def print_summary(
     console: Console,
     settings: Settings,
-    creds: Mapping[str, Any],
+    creds: Credentials,
     *,
     log_dir: Path,
     data_dir: Path,

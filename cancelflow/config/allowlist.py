@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -80,10 +79,15 @@ def _port(entry: str, text: str) -> int:
     return int(text)
 
 
-def parse_allow_list(value: Any) -> Any:
+def parse_allow_entries(text: str) -> tuple[AllowRule, ...]:
+    """The rules of a comma-separated allow list (the environment's form)."""
+    return tuple(parse_allow_rule(part) for part in text.split(",") if part.strip())
+
+
+def parse_allow_list(value: object) -> object:
     """Settings validator: a comma-separated string (the environment) or a sequence of entries."""
     if isinstance(value, str):
-        value = [part for part in value.split(",") if part.strip()]
+        return parse_allow_entries(value)
     if isinstance(value, list | tuple):
         return tuple(v if isinstance(v, AllowRule) else parse_allow_rule(str(v)) for v in value)
     return value

@@ -25,10 +25,13 @@ import time
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 if TYPE_CHECKING:
+    from pgserver.postgres_server import PostgresServer
+    from redis.retry import Retry
+
     from cancelflow.config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class EmbeddedServices:
         self.database_url: str | None = None
         self.broker_url: str | None = None
         self._lock_fd: int | None = None
-        self._pg_server: Any = None
+        self._pg_server: PostgresServer | None = None
         self._redis_proc: subprocess.Popen[bytes] | None = None
         self._redis_socket: Path | None = None
 
@@ -325,7 +328,7 @@ class EmbeddedServices:
             proc.wait()
 
 
-def _get_pg_server(pgdata: Path) -> Any:
+def _get_pg_server(pgdata: Path) -> PostgresServer:
     """pgserver's handle: adopts a postmaster left running by a killed run, else initdb (once) + pg_ctl."""
     from pgserver.postgres_server import PostgresServer, get_server
 
@@ -415,7 +418,7 @@ def _wait_for_redis(proc: subprocess.Popen[bytes], sock: Path, log: Path) -> Non
         time.sleep(0.05)
 
 
-def _no_retry() -> Any:
+def _no_retry() -> Retry:
     """redis-py retries a dropped connection with backoff by default; SHUTDOWN drops it on purpose."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry

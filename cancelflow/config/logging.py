@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from cancelflow.config.settings import Settings
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED: Final = "<redacted>"
 # Keys whose values are personal data wherever they appear (log fields, nested dicts, reprs, bodies).
@@ -102,13 +105,13 @@ def mask_text(value: str) -> str:
     return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", value)
 
 
-def _personal(key: Any, value: Any) -> bool:
+def _personal(key: object, value: object) -> bool:
     if not isinstance(key, str) or key.lower() not in PERSONAL_KEYS or value in (None, "", b""):
         return False
     return not (key.lower() == "name" and isinstance(value, str) and _TASK_NAME.fullmatch(value))
 
 
-def mask_value(value: Any, _depth: int = 0) -> Any:
+def mask_value(value: object, _depth: int = 0) -> object:
     """`value` with personal data masked, recursively through dicts, lists, tuples and sets."""
     if isinstance(value, str):
         return mask_text(value)
@@ -124,7 +127,7 @@ def mask_value(value: Any, _depth: int = 0) -> Any:
     return value
 
 
-def _mask_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _mask_personal_data(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key, value in list(event_dict.items()):
         event_dict[key] = REDACTED if _personal(key, value) else mask_value(value)
     return event_dict
@@ -171,7 +174,7 @@ def _withhold_bodies(record: logging.LogRecord) -> str:
 
 
 def configure_logging(settings: Settings) -> None:
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -179,7 +182,7 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.format_exc_info,
         _mask_personal_data,
     ]
-    renderer: Any = (
+    renderer: Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_json
         else structlog.dev.ConsoleRenderer(colors=False)

@@ -6,7 +6,7 @@ import functools
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from cancelflow.config.stack import StackState
 
 
-def _seconds(value: Any) -> Any:
+def _seconds(value: object) -> object:
     """Durations in the environment may be plain seconds ("2.5") or ISO 8601 ("PT2.5S")."""
     if isinstance(value, str):
         try:

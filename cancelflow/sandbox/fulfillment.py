@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVarTuple
 
 import httpx
 import uvicorn
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 Policy = Literal["accept", "reject", "accept_after", "never", "fail_first"]
 Action = Literal["accepted", "rejected", "ignored", "failed"]
 Decision = Literal["accept", "reject"]
+Args = TypeVarTuple("Args")
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-Sha256"
 TOKEN_HEADER = "X-Shopify-Access-Token"  # noqa: S105 -- a header name, not a secret
@@ -132,7 +133,7 @@ def load_config(path: Path) -> SandboxConfig:
 @dataclass(frozen=True)
 class LogEntry:
     handle: str
-    fulfillment_order_id: Any
+    fulfillment_order_id: object  # as the API listed it; None when a pull failed
     action: Action
     status_code: int | None
     at: str
@@ -148,7 +149,7 @@ class _NotificationCounts:
 @dataclass(frozen=True)
 class Reply:
     status_code: int
-    body: dict[str, Any]
+    body: dict[str, object]
 
 
 class FulfillmentSandbox:
@@ -256,16 +257,16 @@ class FulfillmentSandbox:
 
     # ---- background work -------------------------------------------------------------------------
 
-    def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
+    def _spawn(self, fn: Callable[[*Args], None], *args: *Args) -> None:
         with self._lock:
             self._pending += 1
         try:
-            self._executor.submit(self._run, fn, *args)
+            self._executor.submit(lambda: self._run(fn, *args))
         except RuntimeError:  # executor shut down: the app is stopping
             self._done()
             raise
 
-    def _schedule(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
+    def _schedule(self, delay: float, fn: Callable[[*Args], None], *args: *Args) -> None:
         timer = threading.Timer(delay, self._run_timer)
         # The timer must know itself to deregister, so it is passed its own arguments after construction.
         timer.args = (timer, fn, *args)
@@ -275,12 +276,12 @@ class FulfillmentSandbox:
             self._timers.add(timer)
         timer.start()
 
-    def _run_timer(self, timer: threading.Timer, fn: Callable[..., None], *args: Any) -> None:
+    def _run_timer(self, timer: threading.Timer, fn: Callable[[*Args], None], *args: *Args) -> None:
         with self._lock:
             self._timers.discard(timer)
         self._run(fn, *args)
 
-    def _run(self, fn: Callable[..., None], *args: Any) -> None:
+    def _run(self, fn: Callable[[*Args], None], *args: *Args) -> None:
         try:
             fn(*args)
         except Exception:  # a worker must survive anything; logger.exception says why
@@ -365,7 +366,7 @@ class FulfillmentSandbox:
         handle: str,
         service: ServiceConfig,
         config: SandboxConfig,
-        fo_id: Any,
+        fo_id: object,
         decision: Decision,
         claim: tuple[str, str, str],
     ) -> None:
@@ -374,7 +375,7 @@ class FulfillmentSandbox:
         body = {"cancellation_request": {"message": service.message or _DEFAULT_MESSAGES[decision]}}
         try:
             try:
-                response = self._send("POST", url, service.token, json=body)
+                response = self._send("POST", url, service.token, json_body=body)
             except httpx.HTTPError as exc:
                 logger.warning("%s: %s of fulfillment order %s failed: %s", handle, decision, fo_id, exc)
                 self._record(handle, fo_id, "failed", None)
@@ -406,7 +407,15 @@ class FulfillmentSandbox:
                     while len(self._answered) > ANSWERED_MEMORY:
                         self._answered.popitem(last=False)
 
-    def _send(self, method: str, url: str, token: str, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        token: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: object = None,
+    ) -> httpx.Response:
         """One request, retried up to ``max_retries`` times on connection errors and 5xx.
 
         Returns the last response (possibly a 5xx once retries are exhausted) or raises the last
@@ -416,7 +425,7 @@ class FulfillmentSandbox:
         attempt = 0
         while True:
             try:
-                response = self._client.request(method, url, headers=headers, **kwargs)
+                response = self._client.request(method, url, headers=headers, params=params, json=json_body)
             except httpx.TransportError as exc:
                 if attempt >= self.max_retries or self._closing.is_set():
                     raise
@@ -429,7 +438,7 @@ class FulfillmentSandbox:
             self._closing.wait(self.retry_backoff * (2**attempt))
             attempt += 1
 
-    def _record(self, handle: str, fo_id: Any, action: Action, status_code: int | None) -> None:
+    def _record(self, handle: str, fo_id: object, action: Action, status_code: int | None) -> None:
         entry = LogEntry(handle, fo_id, action, status_code, datetime.now(UTC).isoformat())
         with self._lock:
             self._log.append(entry)

@@ -162,7 +162,7 @@ class Outcome:
     """What the HTTP layer should answer; produced by :meth:`GatewayState.submit`."""
 
     status_code: int
-    body: dict[str, Any]
+    body: dict[str, object]
     replayed: bool = False
     retry_after: int | None = None  # seconds, sent as Retry-After
 
@@ -401,7 +401,7 @@ def _movement(kind: MovementKind, key: str, request: RefundRequest | TransferReq
 # --------------------------------------------------------------------------------------------------
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def _body_schema(model: type[BaseModel]) -> dict[str, object]:
     # The write endpoints read the raw body themselves (the key must be checked first, and validation
     # errors must not echo the IBAN back), so the body schema is declared for the docs explicitly.
     return {

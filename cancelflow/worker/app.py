@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery, signals
 
@@ -58,14 +57,14 @@ install_sender()
 
 
 @signals.setup_logging.connect
-def _setup_logging(**_: Any) -> None:
+def _setup_logging(**_: object) -> None:
     from cancelflow.config.logging import configure_logging
 
     configure_logging(get_settings())
 
 
 @signals.worker_process_init.connect
-def _fresh_connections(**_: Any) -> None:
+def _fresh_connections(**_: object) -> None:
     # A forked child must never share the parent's pooled database connections.
     from cancelflow.db import get_engine
 

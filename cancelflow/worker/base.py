@@ -29,7 +29,7 @@ DB_AWAY_MAX_DELAY = 2.0
 DB_AWAY_MAX_RETRIES = 150
 
 
-class DbTask(Task):  # type: ignore[type-arg]
+class DbTask(Task[..., object]):
     abstract = True
     acks_late = True
     ignore_result = True

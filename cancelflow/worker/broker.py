@@ -20,11 +20,15 @@ import binascii
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kombu.transport import redis as kombu_redis
 from redis import exceptions as redis_errors
+
+if TYPE_CHECKING:
+    import redis
+    from kombu.message import Message
 
 NAME = "cancelflow.worker.broker:Transport"
 SOCKET_NAME = "cancelflow.worker.broker:SocketTransport"
@@ -36,17 +40,19 @@ UNREADABLE = (json.JSONDecodeError, UnicodeDecodeError, binascii.Error)
 
 
 class Channel(kombu_redis.Channel):
-    _sync_client: Any = None
+    # kombu's stubs leave out the channel's private methods that this class extends (hence the ignores below).
+    _sync_client: redis.Redis | None = None
 
-    def _create_client(self, asynchronous: bool = False) -> Any:
+    def _create_client(self, asynchronous: bool = False) -> redis.Redis:
         if asynchronous:
-            return super()._create_client(asynchronous=True)  # type: ignore[misc]
+            created: redis.Redis = super()._create_client(asynchronous=True)  # type: ignore[misc]
+            return created
         client = self._sync_client
         if client is None or client.connection_pool is not self.pool:
             client = self._sync_client = super()._create_client()  # type: ignore[misc]
         return client
 
-    def _connparams(self, asynchronous: bool = False) -> Any:
+    def _connparams(self, asynchronous: bool = False) -> dict[str, object]:
         # A channel closed after its connection was released (the consumer's clean-up when Redis went away)
         # still restores its unacknowledged messages, which builds a new pool from the connection's URL; with
         # the connection gone kombu failed with an AttributeError, which Celery takes for an unrecoverable
@@ -54,21 +60,28 @@ class Channel(kombu_redis.Channel):
         # the consumer reconnects, and the messages come back through the visibility timeout.
         if self.connection.client is None:
             raise redis_errors.ConnectionError("the broker connection is closed")
-        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+        params: dict[str, object] = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+        return params
 
-    def _brpop_read(self, **options: Any) -> Any:
+    def _brpop_read(self, **options: object) -> bool:
         # A list entry that is not a message (not JSON, not UTF-8, a body that is not base64) made kombu raise
         # out of the worker's event loop, which Celery treats as unrecoverable: one such push stopped the worker.
         # BRPOP has taken it off the list already and kombu has not recorded it, so it is reported and dropped.
         try:
-            return super()._brpop_read(**options)  # type: ignore[misc]
+            read: bool = super()._brpop_read(**options)  # type: ignore[misc]
+            return read
         except UNREADABLE as exc:
             log.error("unreadable broker message dropped: %s", str(exc)[:200])
             return False
 
     def basic_consume(
-        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str | None, **kwargs: Any
-    ) -> Any:
+        self,
+        queue: str,
+        no_ack: bool,
+        callback: Callable[[Message], object] | None,
+        consumer_tag: str | None,
+        **kwargs: object,
+    ) -> Any:  # kombu's stubs say the consumer tag (str); its Redis channel returns None
         result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         # kombu's per-queue callback turns the raw message into a Message and records it as unacknowledged;
         # the origin is fixed before either happens.
@@ -78,8 +91,10 @@ class Channel(kombu_redis.Channel):
         return result
 
 
-def _from_queue(queue: str, deliver: Callable[[Any], Any], *, restore_here: bool) -> Callable[[Any], Any]:
-    def from_queue(raw: Any) -> Any:
+def _from_queue(
+    queue: str, deliver: Callable[[object], object], *, restore_here: bool
+) -> Callable[[object], object]:
+    def from_queue(raw: object) -> object:
         properties = raw.get("properties") if isinstance(raw, dict) else None
         if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
             # kombu could not even record it; it has left the queue already, so it is only reported.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from kombu import Exchange, Queue
 
@@ -15,7 +15,54 @@ INTAKE_QUEUE = "intake"
 # fills only its own queue, and the sweeps never wait behind anyone's work.
 QUEUES = ("default", "route", "money", "bulk", INTAKE_QUEUE, "webhooks", "sweep")
 
-ROUTES = {
+
+class Route(TypedDict):
+    queue: str
+
+
+class TransportOptions(TypedDict, total=False):
+    confirm_publish: bool  # RabbitMQ
+    visibility_timeout: int  # Redis
+
+
+class BeatEntry(TypedDict):
+    task: str
+    schedule: float
+    options: dict[str, float]
+
+
+class CeleryConfig(TypedDict):
+    """The Celery settings cancelflow sets; Celery's own defaults hold for every other one."""
+
+    broker_url: str
+    broker_transport: NotRequired[str]
+    broker_connection_retry_on_startup: bool
+    broker_transport_options: TransportOptions
+    task_serializer: str
+    accept_content: list[str]
+    result_serializer: str
+    task_ignore_result: bool
+    result_backend: None
+    task_acks_late: bool
+    task_reject_on_worker_lost: bool
+    worker_prefetch_multiplier: int
+    task_soft_time_limit: int
+    task_time_limit: int
+    worker_soft_shutdown_timeout: float
+    worker_enable_soft_shutdown_on_idle: bool
+    task_default_queue: str
+    task_queues: list[Queue]
+    task_routes: dict[str, Route]
+    task_create_missing_queues: bool
+    worker_send_task_events: bool
+    task_send_sent_event: bool
+    worker_hijack_root_logger: bool
+    timezone: str
+    enable_utc: bool
+    beat_schedule: dict[str, BeatEntry]
+
+
+ROUTES: dict[str, Route] = {
     "cancellations.submit": {"queue": INTAKE_QUEUE},
     "cancellations.route": {"queue": "route"},
     "fulfillment.*": {"queue": "route"},
@@ -31,25 +78,24 @@ ROUTES = {
 }
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+def celery_config(settings: Settings) -> CeleryConfig:
     broker = settings.require_broker_url()
     amqp = broker.startswith(("amqp://", "amqps://", "pyamqp://"))
     queue_arguments = {"x-queue-type": "quorum"} if amqp else None
     # Quorum queues keep countdowns (retry backoff) out of the worker through RabbitMQ's native delayed
     # delivery, which routes by topic; with direct exchanges a countdown would block a pool process.
     exchange_type = "topic" if amqp else "direct"
-    transport_options: dict[str, Any] = {}
+    transport_options: TransportOptions = {}
     if amqp:
         transport_options["confirm_publish"] = True
     else:
         transport_options["visibility_timeout"] = int(settings.visibility_timeout.total_seconds())
-    extra: dict[str, Any] = {}
     served = broker_transport.celery_transport(broker)
+    transport: str | None = None
     if served is not None:
         # kombu's Redis transport, one client per channel, messages marked with the queue they came from.
-        broker, extra["broker_transport"] = served
-    return {
-        **extra,
+        broker, transport = served
+    config: CeleryConfig = {
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options,
@@ -104,3 +150,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    if transport is not None:
+        config["broker_transport"] = transport
+    return config

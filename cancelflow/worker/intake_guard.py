@@ -18,14 +18,19 @@ consumes the intake queue through another Redis transport cannot tell, and refus
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 from celery import bootsteps
 
 from cancelflow.worker import broker
 from cancelflow.worker.config import INTAKE_QUEUE
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from kombu import Connection
+    from kombu.message import Message
+    from prometheus_client import Counter
 
 INTAKE_TASKS: Final = frozenset({"cancellations.submit"})
 # Celery's keys for the tasks a message asks the worker to send after it (protocol 2 embed, protocol 1 body).
@@ -36,12 +41,25 @@ REFUSAL_REASONS: Final = ("task", "follow_up", "body", "invalid")
 
 log = structlog.get_logger(__name__)
 _reject_log = logging.getLogger(__name__)
-_refused: Any = None
-
-Strategy = Callable[..., Any]
+_refused: Counter | None = None
 
 
-def refused_counter() -> Any:
+class Strategy(Protocol):
+    """What Celery calls for each message of a task: (message, payload, ack, reject, callbacks)."""
+
+    def __call__(self, message: Message, payload: object, /, *args: object, **kwargs: object) -> object: ...
+
+
+class TaskConsumer(Protocol):
+    """The parts of Celery's consumer the guard reads and changes."""
+
+    app: Celery
+    connection: Connection
+    strategies: dict[str, Strategy]
+    connection_errors: tuple[type[BaseException], ...]
+
+
+def refused_counter() -> Counter:
     global _refused
     if _refused is None:
         from prometheus_client import Counter
@@ -56,12 +74,12 @@ def refused_counter() -> Any:
     return _refused
 
 
-def from_intake(message: Any) -> bool:
+def from_intake(message: Message) -> bool:
     info = message.delivery_info or {}
     return INTAKE_QUEUE in (info.get("exchange"), info.get(broker.SOURCE_QUEUE))
 
 
-def refusal(task_name: str, message: Any, payload: Any) -> str | None:
+def refusal(task_name: str, message: Message, payload: object) -> str | None:
     """Why an intake message must not run, or None if it may."""
     if task_name not in INTAKE_TASKS:
         return "task"
@@ -82,10 +100,21 @@ def refusal(task_name: str, message: Any, payload: Any) -> str | None:
     return None
 
 
-def guarded(
-    task_name: str, strategy: Strategy, connection_errors: tuple[type[BaseException], ...]
-) -> Strategy:
-    def guard(message: Any, payload: Any, *args: Any, **kwargs: Any) -> Any:
+class _Guarded:
+    """A task strategy that runs a message from any queue but intake as before, and an intake message only
+    when `refusal` finds nothing against it."""
+
+    intake_guarded: Final = True
+
+    def __init__(
+        self, task_name: str, strategy: Strategy, connection_errors: tuple[type[BaseException], ...]
+    ) -> None:
+        self.task_name = task_name
+        self.strategy = strategy
+        self.connection_errors = connection_errors
+
+    def __call__(self, message: Message, payload: object, /, *args: object, **kwargs: object) -> object:
+        task_name, strategy = self.task_name, self.strategy
         if not from_intake(message):
             return strategy(message, payload, *args, **kwargs)
         reason = refusal(task_name, message, payload)
@@ -104,14 +133,17 @@ def guarded(
             task_id=str(headers.get("id"))[:200],
         )
         refused_counter().labels(reason=reason).inc()
-        message.reject_log_error(_reject_log, connection_errors, requeue=False)
+        message.reject_log_error(_reject_log, self.connection_errors, requeue=False)
         return None
 
-    guard.intake_guarded = True  # type: ignore[attr-defined]
-    return guard
+
+def guarded(
+    task_name: str, strategy: Strategy, connection_errors: tuple[type[BaseException], ...]
+) -> Strategy:
+    return _Guarded(task_name, strategy, connection_errors)
 
 
-def check_transport(consumer: Any) -> None:
+def check_transport(consumer: TaskConsumer) -> None:
     """Refuse to consume the intake queue through a Redis transport that does not mark a message's queue."""
     queues = {q.name for q in consumer.app.amqp.queues.consume_from.values()}
     transport = consumer.connection.transport
@@ -131,7 +163,7 @@ class IntakeGuard(bootsteps.StartStopStep):
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
-    def start(self, c: Any) -> None:
+    def start(self, c: TaskConsumer) -> None:
         check_transport(c)
         for name, strategy in list(c.strategies.items()):
             if not getattr(strategy, "intake_guarded", False):

@@ -15,24 +15,27 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from celery import signals
+from celery import Celery, signals
 
 from cancelflow.config import get_settings
 from cancelflow.services.steps import TASK_FOR_KIND
 from cancelflow.worker.intake_guard import refused_counter
 
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
+
 _started: dict[str, float] = {}
-_histogram: Any = None
-_forged: Any = None
+_histogram: Histogram | None = None
+_forged: Counter | None = None
 
 # Every task that takes a row id (a step, a delivery, a job): each refuses an id that is not its own kind.
 ID_TASKS = (*dict.fromkeys(TASK_FOR_KIND.values()), "webhooks.deliver", "exports.run", "tags.bulk")
 _multiprocess_dir: Path | None = None
 
 
-def task_duration() -> Any:
+def task_duration() -> Histogram:
     """The histogram, created on first use: after `worker_init` chose the value store for the pool."""
     global _histogram
     if _histogram is None:
@@ -47,7 +50,7 @@ def task_duration() -> Any:
     return _histogram
 
 
-def forged_tasks() -> Any:
+def forged_tasks() -> Counter:
     """`cancelflow_forged_tasks_total{task,reason}`: messages refused for naming a row the task must not
     act on. Every (task, reason) pair is created at zero, so the series exist before the first refusal."""
     global _forged
@@ -85,12 +88,12 @@ def _use_multiprocess_dir() -> Path:
     else:
         path = Path(tempfile.mkdtemp(prefix="cancelflow-prometheus-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    values.ValueClass = values.get_value_class()
     return path
 
 
 @signals.worker_init.connect
-def _serve_metrics(sender: Any = None, **_: Any) -> None:
+def _serve_metrics(sender: object = None, **_: object) -> None:
     """Main worker process, before the pool forks: serve the pool's histograms when a port is set.
 
     Every task the worker knows gets its (empty) series at once, so the family and each label value are
@@ -104,7 +107,7 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
 
     _multiprocess_dir = _use_multiprocess_dir()
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    multiprocess.MultiProcessCollector(registry)
     histogram = task_duration()  # created now so that every forked child inherits the multiprocess store
     for name in _task_names(sender):
         histogram.labels(task=name)
@@ -113,9 +116,9 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     start_http_server(port, registry=registry)
 
 
-def _task_names(worker: Any) -> list[str]:
+def _task_names(worker: object) -> list[str]:
     """The names of cancelflow's tasks registered in the worker's app (Celery's own left out)."""
-    app = getattr(worker, "app", None)
+    app: Celery | None = getattr(worker, "app", None)
     if app is None:
         return []
     app.loader.import_default_modules()
@@ -123,29 +126,29 @@ def _task_names(worker: Any) -> list[str]:
 
 
 @signals.worker_shutdown.connect
-def _remove_multiprocess_dir(**_: Any) -> None:
+def _remove_multiprocess_dir(**_: object) -> None:
     # Only the directory this process made; a configured one belongs to the operator.
     if _multiprocess_dir is not None and _multiprocess_dir.name.startswith("cancelflow-prometheus-"):
         shutil.rmtree(_multiprocess_dir, ignore_errors=True)
 
 
 @signals.worker_process_shutdown.connect
-def _mark_child_dead(pid: int | None = None, **_: Any) -> None:
+def _mark_child_dead(pid: int | None = None, **_: object) -> None:
     if _multiprocess_dir is not None:
         from prometheus_client import multiprocess
 
         # Gauges of a dead child are dropped; its histogram samples stay counted (they are cumulative).
-        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid or os.getpid())
 
 
 @signals.task_prerun.connect
-def _task_started(task_id: str | None = None, **_: Any) -> None:
+def _task_started(task_id: str | None = None, **_: object) -> None:
     if task_id is not None:
         _started[task_id] = time.monotonic()
 
 
 @signals.task_postrun.connect
-def _task_finished(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+def _task_finished(task_id: str | None = None, task: object = None, **_: object) -> None:
     started = _started.pop(task_id, None) if task_id is not None else None
     if started is None or task is None:
         return

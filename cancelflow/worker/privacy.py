@@ -18,7 +18,7 @@ IBAN, a holder name and perhaps an e-mail address by contract. So:
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from celery import signals
 from celery.app.amqp import AMQP
@@ -26,6 +26,11 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from cancelflow.config.logging import REDACTED, mask_text, mask_value
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.app.amqp import task_message
+    from celery.worker.request import _InfoDict
 
 # Celery's defaults for the header reprs (`AMQP.argsrepr_maxsize`, `kwargsrepr_maxsize`).
 ARGSREPR_MAXSIZE: Final = 1024
@@ -35,7 +40,7 @@ _EVENT_TEXTS: Final = ("exception", "traceback", "result", "reason", "args", "kw
 __all__ = ["REDACTED", "MaskedRequest", "MaskingAMQP", "redacted_repr"]
 
 
-def redacted_repr(value: Any, maxsize: int) -> str:
+def redacted_repr(value: object, maxsize: int) -> str:
     """A repr of task arguments with personal values replaced, at any depth, and what is left masked."""
     return mask_text(saferepr(mask_value(value), maxsize))
 
@@ -44,8 +49,14 @@ class MaskingAMQP(AMQP):
     """The app's message factory: argument reprs are always redacted, whatever the caller passed."""
 
     def as_task_v2(
-        self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any
-    ) -> Any:
+        self,
+        task_id: str,
+        name: str,
+        args: tuple[object, ...] | None = None,
+        kwargs: dict[str, object] | None = None,
+        *rest: Any,
+        **options: Any,
+    ) -> task_message:
         options["argsrepr"] = redacted_repr(args if args is not None else (), self.argsrepr_maxsize)
         options["kwargsrepr"] = redacted_repr(kwargs if kwargs is not None else {}, self.kwargsrepr_maxsize)
         return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
@@ -66,21 +77,22 @@ class MaskedRequest(Request):
         self.request_dict["argsrepr"] = argsrepr
         self.request_dict["kwargsrepr"] = kwargsrepr
 
-    def send_event(self, type: str, **fields: Any) -> None:
+    def send_event(self, type: str, **fields: object) -> None:
         for key in _EVENT_TEXTS:
-            if isinstance(fields.get(key), str):
-                fields[key] = mask_text(fields[key])
+            text = fields.get(key)
+            if isinstance(text, str):
+                fields[key] = mask_text(text)
         super().send_event(type, **fields)
 
-    def info(self, safe: bool = False) -> Any:
+    def info(self, safe: bool = False) -> _InfoDict:
         """`inspect active/reserved/scheduled` (Flower's worker pages): the redacted reprs, always."""
         return super().info(safe=True)
 
 
 @signals.worker_init.connect
-def _mask_received_arguments(sender: Any = None, **_: Any) -> None:
+def _mask_received_arguments(sender: object = None, **_: object) -> None:
     """Before the consumer starts: every task's incoming messages become `MaskedRequest`s."""
-    app = getattr(sender, "app", None)
+    app: Celery | None = getattr(sender, "app", None)
     if app is None:
         return
     for task in app.tasks.values():

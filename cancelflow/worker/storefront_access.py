@@ -22,13 +22,16 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from kombu import Connection, Queue
 
 from cancelflow.config.settings import Settings
 from cancelflow.worker.config import INTAKE_QUEUE, celery_config
+
+if TYPE_CHECKING:
+    import redis
 
 DEFAULT_USER: Final = "storefront"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -90,7 +93,7 @@ def declare_intake(settings: Settings) -> None:
         queue.bind(conn.default_channel).declare()
 
 
-def _redis_client(url: str) -> Any:
+def _redis_client(url: str) -> redis.Redis:
     import redis
 
     if url.startswith("redis+socket://"):
