@@ -38,7 +38,7 @@ from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
 from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
-from cancelflow.errors import Conflict, Forbidden, Invalid, NotFound
+from cancelflow.errors import Forbidden, Invalid, NotFound
 from cancelflow.models import (
     CancellationPlan,
     CancellationReason,
@@ -58,7 +58,7 @@ from cancelflow.models.enums import (
     TokenKind,
 )
 from cancelflow.services import iban as iban_checks
-from cancelflow.services import queries, step_view
+from cancelflow.services import idempotency, queries, step_view
 from cancelflow.services import requests as requests_service
 from cancelflow.services.queries import RequestFilters
 
@@ -747,43 +747,29 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
         key = _idempotency_key(idempotency_key)
         data = body.model_dump(mode="json")
         token_id = scope.principal.token_id
-        claim: requests_service.KeyClaim | None = None
-        if key is not None:
-            scope_name = f"POST cancellation_requests channel={scope.channel_id or '*'}"
-            digest = requests_service.request_hash(scope_name, data)
-            with transaction() as session:
-                claim = requests_service.claim_key(
-                    session, token_id=token_id, key=key, scope=scope_name, digest=digest
-                )
-            if claim.state == "replay":
-                return JSONResponse(claim.body, status_code=claim.status or 201)
-            if claim.state == "mismatch":
-                return akinon(
-                    422,
-                    {
-                        "detail": f"{IDEMPOTENCY_HEADER} {key!r} was already used with another request body.",
-                        "code": "idempotency_key_reused",
-                    },
-                )
-            if claim.state == "in_flight":
-                raise Conflict(
-                    f"A request with {IDEMPOTENCY_HEADER} {key!r} is still in progress; retry later.",
-                    code="idempotency_key_in_flight",
-                )
-        client_request_id = _client_request_id(token_id, key)
         try:
-            with transaction() as session:
-                created, _ = requests_service.create(
-                    session, data, client_request_id=client_request_id, channel_id=scope.channel_id
-                )
-                payload = present(created, scope).model_dump(mode="json")
-                if claim is not None:
-                    requests_service.complete_key(session, claim.key_id, status=201, body=payload)
-        except BaseException:
-            if claim is not None:
+            with idempotency.keyed(
+                transaction,
+                token_id=token_id,
+                key=key,
+                scope=f"POST cancellation_requests channel={scope.channel_id or '*'}",
+                body=data,
+                default_status=201,
+                name=IDEMPOTENCY_HEADER,
+            ) as call:
+                if call.replay is not None:
+                    return JSONResponse(call.replay.body, status_code=call.replay.status)
                 with transaction() as session:
-                    requests_service.release_key(session, claim.key_id)
-            raise
+                    created, _ = requests_service.create(
+                        session,
+                        data,
+                        client_request_id=_client_request_id(token_id, key),
+                        channel_id=scope.channel_id,
+                    )
+                    payload = present(created, scope).model_dump(mode="json")
+                    call.complete(session, status=201, body=payload)
+        except idempotency.KeyReused as exc:
+            return akinon(422, {"detail": exc.message, "code": exc.code})
         return JSONResponse(payload, status_code=201)
 
     @router.get(
