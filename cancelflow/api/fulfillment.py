@@ -29,9 +29,9 @@ from cancelflow.errors import NotFound
 from cancelflow.models import (
     FulfillmentOrder,
 )
-from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind, StepKind
+from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
 from cancelflow.services import fulfillment_orders as fos
-from cancelflow.services import request_view, steps, workflow
+from cancelflow.services import request_view, workflow
 
 VERSIONS: Final = ("2020-01", "2020-04", "2020-07", "2020-10", "2021-01", "2021-04", "2021-07", "unstable")
 VERSION_HEADER: Final = "X-Shopify-API-Version"
@@ -327,20 +327,7 @@ def send_cancellation_request(
     body: CancellationRequestBody | None = None,
 ) -> FulfillmentOrderEnvelope:
     with transaction() as session:
-        fo = fos.get(session, fulfillment_order_id)
-        if fo is None:
-            raise NotFound("Not Found")
-        # The workflow's lock order: the order row, then the fulfillment order.
-        workflow.lock_order(session, fo.order_id)
-        session.refresh(fo, with_for_update=True)
-        merchant_request = fos.request_cancellation(session, fo, message=_message(body))
-        steps.create(
-            session,
-            request_id=None,
-            kind=StepKind.notify,
-            fulfillment_order_id=fo.id,
-            idempotency_key=f"fo:{fo.id}:notify:{merchant_request.id}",
-        )
+        fo = workflow.send_cancellation_request(session, fulfillment_order_id, message=_message(body))
         return _envelope(session, fo)
 
 

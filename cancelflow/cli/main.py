@@ -222,7 +222,7 @@ def submit(
     ] = 10.0,
 ) -> None:
     """Publish a `cancellations.submit` message, exactly as a storefront does."""
-    from cancelflow.worker.app import celery_app
+    from cancelflow.services import jobs
 
     kwargs: dict[str, Any] = {
         "client_request_id": client_request_id or str(uuid.uuid4()),
@@ -236,7 +236,11 @@ def submit(
         "fully_refund_as_loyalty_money": loyalty,
     }
     since = _database_now() if wait > 0 else None
-    celery_app.send_task("cancellations.submit", kwargs={k: v for k, v in kwargs.items() if v is not None})
+    jobs.send_now(
+        jobs.Send(
+            "cancellations.submit", (), kwargs=tuple((k, v) for k, v in kwargs.items() if v is not None)
+        )
+    )
     console.print(f"submitted client_request_id={kwargs['client_request_id']}")
     if since is None:
         return
@@ -292,18 +296,11 @@ def approve(request_id: int, actor: Annotated[str, typer.Option(help="Who approv
 
     try:
         with _transaction() as session:
-            _install_sender()
             plan = workflow.approve(session, workflow.get_request(session, request_id), actor=actor)
             plan_id = plan.id
     except CancelflowError as exc:
         _fail(exc.message)
     console.print(f"request {request_id} approved; plan {plan_id} is routing")
-
-
-def _install_sender() -> None:
-    from cancelflow.worker.app import install_sender
-
-    install_sender()
 
 
 @app.command()
@@ -370,7 +367,6 @@ def sweep() -> None:
     from cancelflow.services import steps
 
     with _transaction() as session:
-        _install_sender()
         count = steps.sweep_due(session)
     console.print(f"re-sent {count} due steps")
 
