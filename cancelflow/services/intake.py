@@ -4,6 +4,9 @@ A message that cannot name a real order item or reason stores no request and rai
 logs it and keeps the refusal with `record_rejection` (a `rejected_messages` row by client_request_id). A
 message about a real item that breaks a business rule (too many items, a bad IBAN, no bank account for a bank
 refund) is stored as a `rejected` request with a machine-readable code. Either way the storefront can see why.
+
+These rules are the only ones a new request meets (`check_new`): the REST API creates through `create` too,
+under the same single order lock, and turns a rejection into a 400 instead of storing it.
 """
 
 from __future__ import annotations
