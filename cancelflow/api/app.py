@@ -83,11 +83,8 @@ def _document_errors_as_served(app: FastAPI) -> None:
 
 
 def create_app() -> FastAPI:
-    from cancelflow.worker.app import install_sender
-
     settings = get_settings()
     configure_logging(settings)
-    install_sender()  # after-commit sends of this process go to Celery
     app = FastAPI(
         title="cancelflow",
         version=__version__,

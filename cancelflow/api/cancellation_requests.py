@@ -20,7 +20,6 @@ Status changes: there is no approve endpoint in seed 000; staff approve with `PA
 import hashlib
 import re
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +29,6 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cancelflow.api import links
@@ -38,15 +36,9 @@ from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
 from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
-from cancelflow.errors import Conflict, Forbidden, Invalid, NotFound
+from cancelflow.errors import Forbidden, Invalid, NotFound
 from cancelflow.models import (
-    CancellationPlan,
-    CancellationReason,
     CancellationRequest,
-    Customer,
-    MoneyTransaction,
-    Order,
-    OrderItem,
 )
 from cancelflow.models.enums import (
     CancellationType,
@@ -58,7 +50,7 @@ from cancelflow.models.enums import (
     TokenKind,
 )
 from cancelflow.services import iban as iban_checks
-from cancelflow.services import queries, step_view
+from cancelflow.services import idempotency, queries, request_view
 from cancelflow.services import requests as requests_service
 from cancelflow.services.queries import RequestFilters
 
@@ -407,106 +399,75 @@ def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOu
     )
 
 
-def _by_id(session: Session, model: Any, ids: set[int]) -> dict[int, Any]:
-    if not ids:
-        return {}
-    return {row.id: row for row in session.scalars(select(model).where(model.id.in_(ids)))}
-
-
 def present_detailed(
     session: Session, requests: Sequence[CancellationRequest], scope: Scope
 ) -> list[DetailedCancellationRequestOut]:
-    """Detailed payloads with a fixed number of queries, whatever the page size."""
-    orders = _by_id(session, Order, {r.order_id for r in requests})
-    items = _by_id(session, OrderItem, {r.order_item_id for r in requests})
-    reasons = _by_id(session, CancellationReason, {r.reason_id for r in requests})
-    customers = _by_id(session, Customer, {o.customer_id for o in orders.values()})
-    request_ids = [r.id for r in requests]
-    plans: dict[int, CancellationPlan] = {}
-    steps: dict[int, list[StepOut]] = defaultdict(list)
-    money: dict[int, list[MoneyTransactionOut]] = defaultdict(list)
-    if request_ids:
-        plans = {
-            p.request_id: p
-            for p in session.scalars(
-                select(CancellationPlan).where(CancellationPlan.request_id.in_(request_ids))
-            )
-        }
-        for request_id, views in step_view.steps_of(session, request_ids).items():
-            if (plan := plans.get(request_id)) is not None:
-                shown = [StepOut.model_validate(v, from_attributes=True) for v in views]
-                for step_out in shown:
-                    step_out.last_error = internal_text(step_out.last_error, scope)
-                steps[plan.id] = shown
-        plan_ids = [p.id for p in plans.values()]
-        if plan_ids:
-            for tx in session.scalars(
-                select(MoneyTransaction)
-                .where(MoneyTransaction.plan_id.in_(plan_ids))
-                .order_by(MoneyTransaction.id)
-            ):
-                money[tx.plan_id].append(MoneyTransactionOut.model_validate(tx, from_attributes=True))
-    out: list[DetailedCancellationRequestOut] = []
-    for r in requests:
-        order = orders[r.order_id]
-        customer = customers[order.customer_id]
-        plan = plans.get(r.id)
-        out.append(
-            DetailedCancellationRequestOut(
-                id=r.id,
-                uuid=r.uuid,
-                description=r.description,
-                cancellation_type=r.cancellation_type,
-                status=r.status,
-                iban=_iban(r.iban, scope),
-                holder_name=r.holder_name,
-                quantity=r.quantity,
-                fully_refund_as_loyalty_money=r.fully_refund_as_loyalty_money,
-                easy_return=None,
-                created_date=r.created_date,
-                modified_date=r.modified_date,
-                attributes=dict(r.attributes or {}),
-                rejection_code=r.rejection_code,
-                rejection_message=_reader_text(r.rejection_message, scope),
-                channel=r.channel_id,
-                order=OrderOut(
-                    id=order.id,
-                    number=order.number,
-                    channel=order.channel_id,
-                    currency=order.currency,
-                    shipping_option_slug=order.shipping_option_slug,
-                    tracking_number=order.tracking_number,
-                    created_date=order.created_date,
-                ),
-                order_item=OrderItemOut.model_validate(items[r.order_item_id], from_attributes=True),
-                customer=CustomerOut(
-                    id=customer.id,
-                    first_name=customer.first_name,
-                    last_name=customer.last_name,
-                    email=customer.email,
-                    channel=customer.channel_id,
-                ),
-                reason=ReasonOut.model_validate(reasons[r.reason_id], from_attributes=True),
-                plan=PlanOut(
-                    id=plan.id,
-                    status=plan.status,
-                    plan_type=plan.plan_type,
-                    amount=plan.amount,
-                    currency=plan.currency,
-                    refund_target=plan.refund_target,
-                    deadline_at=plan.deadline_at,
-                    escalated_at=plan.escalated_at,
-                    failure_reason=internal_text(plan.failure_reason, scope),
-                    created_date=plan.created_date,
-                    modified_date=plan.modified_date,
-                    steps=steps[plan.id],
-                    money_transactions=money[plan.id],
+    """Detailed payloads of `services.request_view`, with a fixed number of queries whatever the page size."""
+    return [_detailed(detail, scope) for detail in request_view.details(session, requests)]
+
+
+def _detailed(detail: request_view.RequestDetail, scope: Scope) -> DetailedCancellationRequestOut:
+    r, order, customer, plan = detail.request, detail.order, detail.customer, detail.plan
+    return DetailedCancellationRequestOut(
+        id=r.id,
+        uuid=r.uuid,
+        description=r.description,
+        cancellation_type=r.cancellation_type,
+        status=r.status,
+        iban=_iban(r.iban, scope),
+        holder_name=r.holder_name,
+        quantity=r.quantity,
+        fully_refund_as_loyalty_money=r.fully_refund_as_loyalty_money,
+        easy_return=None,
+        created_date=r.created_date,
+        modified_date=r.modified_date,
+        attributes=dict(r.attributes or {}),
+        rejection_code=r.rejection_code,
+        rejection_message=_reader_text(r.rejection_message, scope),
+        channel=r.channel_id,
+        order=OrderOut(
+            id=order.id,
+            number=order.number,
+            channel=order.channel_id,
+            currency=order.currency,
+            shipping_option_slug=order.shipping_option_slug,
+            tracking_number=order.tracking_number,
+            created_date=order.created_date,
+        ),
+        order_item=OrderItemOut.model_validate(detail.item, from_attributes=True),
+        customer=CustomerOut(
+            id=customer.id,
+            first_name=customer.first_name,
+            last_name=customer.last_name,
+            email=customer.email,
+            channel=customer.channel_id,
+        ),
+        reason=ReasonOut.model_validate(detail.reason, from_attributes=True),
+        plan=PlanOut(
+            id=plan.id,
+            status=plan.status,
+            plan_type=plan.plan_type,
+            amount=plan.amount,
+            currency=plan.currency,
+            refund_target=plan.refund_target,
+            deadline_at=plan.deadline_at,
+            escalated_at=plan.escalated_at,
+            failure_reason=internal_text(plan.failure_reason, scope),
+            created_date=plan.created_date,
+            modified_date=plan.modified_date,
+            steps=[
+                StepOut.model_validate(step, from_attributes=True).model_copy(
+                    update={"last_error": internal_text(step.last_error, scope)}
                 )
-                if plan is not None
-                else None,
-            )
+                for step in detail.steps
+            ],
+            money_transactions=[
+                MoneyTransactionOut.model_validate(tx, from_attributes=True) for tx in detail.money
+            ],
         )
-    return out
+        if plan is not None
+        else None,
+    )
 
 
 # --- pages --------------------------------------------------------------------------------------------
@@ -747,43 +708,29 @@ def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
         key = _idempotency_key(idempotency_key)
         data = body.model_dump(mode="json")
         token_id = scope.principal.token_id
-        claim: requests_service.KeyClaim | None = None
-        if key is not None:
-            scope_name = f"POST cancellation_requests channel={scope.channel_id or '*'}"
-            digest = requests_service.request_hash(scope_name, data)
-            with transaction() as session:
-                claim = requests_service.claim_key(
-                    session, token_id=token_id, key=key, scope=scope_name, digest=digest
-                )
-            if claim.state == "replay":
-                return JSONResponse(claim.body, status_code=claim.status or 201)
-            if claim.state == "mismatch":
-                return akinon(
-                    422,
-                    {
-                        "detail": f"{IDEMPOTENCY_HEADER} {key!r} was already used with another request body.",
-                        "code": "idempotency_key_reused",
-                    },
-                )
-            if claim.state == "in_flight":
-                raise Conflict(
-                    f"A request with {IDEMPOTENCY_HEADER} {key!r} is still in progress; retry later.",
-                    code="idempotency_key_in_flight",
-                )
-        client_request_id = _client_request_id(token_id, key)
         try:
-            with transaction() as session:
-                created, _ = requests_service.create(
-                    session, data, client_request_id=client_request_id, channel_id=scope.channel_id
-                )
-                payload = present(created, scope).model_dump(mode="json")
-                if claim is not None:
-                    requests_service.complete_key(session, claim.key_id, status=201, body=payload)
-        except BaseException:
-            if claim is not None:
+            with idempotency.keyed(
+                transaction,
+                token_id=token_id,
+                key=key,
+                scope=f"POST cancellation_requests channel={scope.channel_id or '*'}",
+                body=data,
+                default_status=201,
+                name=IDEMPOTENCY_HEADER,
+            ) as call:
+                if call.replay is not None:
+                    return JSONResponse(call.replay.body, status_code=call.replay.status)
                 with transaction() as session:
-                    requests_service.release_key(session, claim.key_id)
-            raise
+                    created, _ = requests_service.create(
+                        session,
+                        data,
+                        client_request_id=_client_request_id(token_id, key),
+                        channel_id=scope.channel_id,
+                    )
+                    payload = present(created, scope).model_dump(mode="json")
+                    call.complete(session, status=201, body=payload)
+        except idempotency.KeyReused as exc:
+            return akinon(422, {"detail": exc.message, "code": exc.code})
         return JSONResponse(payload, status_code=201)
 
     @router.get(

@@ -99,10 +99,10 @@ def export_response(
                 token_id=token_id,
             )
             job_id = job.id
+            send(session, "exports.run", job_id)
         else:
             job_id = None
     if job_id is not None:
-        send("exports.run", job_id)
         accepted = JobAccepted(id=job_id, url=absolute(request, f"/api/v1/exports/{job_id}/"))
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     name = f"cancellation_requests.{fmt.value}"

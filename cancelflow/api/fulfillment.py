@@ -8,7 +8,6 @@ seed's order, plus `merchant_requests`.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
@@ -29,14 +28,10 @@ from cancelflow.db import transaction
 from cancelflow.errors import NotFound
 from cancelflow.models import (
     FulfillmentOrder,
-    FulfillmentOrderLineItem,
-    FulfillmentService,
-    MerchantRequest,
-    OrderItem,
 )
-from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind, StepKind
+from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
 from cancelflow.services import fulfillment_orders as fos
-from cancelflow.services import steps, workflow
+from cancelflow.services import request_view, workflow
 
 VERSIONS: Final = ("2020-01", "2020-04", "2020-07", "2020-10", "2021-01", "2021-04", "2021-07", "unstable")
 VERSION_HEADER: Final = "X-Shopify-API-Version"
@@ -250,24 +245,29 @@ def _origin(data: dict[str, object]) -> Origin:
 
 
 def present(session: Session, orders: Sequence[FulfillmentOrder]) -> list[FulfillmentOrderOut]:
-    """The REST payloads of `orders`, in their order, with three queries whatever their number."""
+    """The REST payloads of `orders`, in their order (`services.request_view`: three queries whatever
+    their number)."""
     if not orders:
         return []
     shop_id = get_settings().shop_id
-    ids = [fo.id for fo in orders]
-    lines: dict[int, list[LineItem]] = defaultdict(list)
-    rows = session.execute(
-        select(FulfillmentOrderLineItem, OrderItem)
-        .join(OrderItem, OrderItem.id == FulfillmentOrderLineItem.order_item_id)
-        .where(
-            FulfillmentOrderLineItem.fulfillment_order_id.in_(ids),
-            # A split can leave a line with nothing on it; that quantity now lives on the new order.
-            FulfillmentOrderLineItem.quantity > 0,
-        )
-        .order_by(FulfillmentOrderLineItem.id)
-    )
-    for line, item in rows:
-        lines[line.fulfillment_order_id].append(
+    return [
+        _fulfillment_order(detail, shop_id) for detail in request_view.fulfillment_orders(session, orders)
+    ]
+
+
+def _fulfillment_order(detail: request_view.FulfillmentOrderDetail, shop_id: int) -> FulfillmentOrderOut:
+    fo = detail.fulfillment_order
+    return FulfillmentOrderOut(
+        id=fo.id,
+        shop_id=shop_id,
+        order_id=fo.order_id,
+        assigned_location_id=fo.assigned_location_id,
+        request_status=fo.request_status,
+        status=fo.status,
+        supported_actions=supported_actions(fo),
+        destination=_destination(fo.destination or {}),
+        origin=_origin(fo.origin or {}),
+        line_items=[
             LineItem(
                 id=line.id,
                 shop_id=shop_id,
@@ -278,51 +278,20 @@ def present(session: Session, orders: Sequence[FulfillmentOrder]) -> list[Fulfil
                 fulfillable_quantity=line.fulfillable_quantity,
                 variant_id=item.variant_id,
             )
-        )
-    service_ids = {fo.fulfillment_service_id for fo in orders if fo.fulfillment_service_id is not None}
-    handles: dict[int, str] = {}
-    if service_ids:
-        handles = dict(
-            session.execute(
-                select(FulfillmentService.id, FulfillmentService.handle).where(
-                    FulfillmentService.id.in_(service_ids)
-                )
-            ).all()
-        )
-    requests: dict[int, list[MerchantRequestOut]] = defaultdict(list)
-    for request in session.scalars(
-        select(MerchantRequest)
-        .where(MerchantRequest.fulfillment_order_id.in_(ids))
-        .order_by(MerchantRequest.id)
-    ):
-        requests[request.fulfillment_order_id].append(
+            for line, item in detail.lines
+        ],
+        outgoing_requests=[],
+        fulfillment_service_handle=detail.service_handle,
+        merchant_requests=[
             MerchantRequestOut(
                 message=request.message,
                 request_options=dict(request.request_options or {}),
                 kind=request.kind,
                 sent_at=request.sent_at,
             )
-        )
-    return [
-        FulfillmentOrderOut(
-            id=fo.id,
-            shop_id=shop_id,
-            order_id=fo.order_id,
-            assigned_location_id=fo.assigned_location_id,
-            request_status=fo.request_status,
-            status=fo.status,
-            supported_actions=supported_actions(fo),
-            destination=_destination(fo.destination or {}),
-            origin=_origin(fo.origin or {}),
-            line_items=lines[fo.id],
-            outgoing_requests=[],
-            fulfillment_service_handle=handles.get(fo.fulfillment_service_id)
-            if fo.fulfillment_service_id is not None
-            else None,
-            merchant_requests=requests[fo.id],
-        )
-        for fo in orders
-    ]
+            for request in detail.merchant_requests
+        ],
+    )
 
 
 def _envelope(session: Session, fo: FulfillmentOrder) -> FulfillmentOrderEnvelope:
@@ -358,20 +327,7 @@ def send_cancellation_request(
     body: CancellationRequestBody | None = None,
 ) -> FulfillmentOrderEnvelope:
     with transaction() as session:
-        fo = fos.get(session, fulfillment_order_id)
-        if fo is None:
-            raise NotFound("Not Found")
-        # The workflow's lock order: the order row, then the fulfillment order.
-        workflow.lock_order(session, fo.order_id)
-        session.refresh(fo, with_for_update=True)
-        merchant_request = fos.request_cancellation(session, fo, message=_message(body))
-        steps.create(
-            session,
-            request_id=None,
-            kind=StepKind.notify,
-            fulfillment_order_id=fo.id,
-            idempotency_key=f"fo:{fo.id}:notify:{merchant_request.id}",
-        )
+        fo = workflow.send_cancellation_request(session, fulfillment_order_id, message=_message(body))
         return _envelope(session, fo)
 
 

@@ -1,28 +1,27 @@
 """Progress of background jobs: `GET /api/v1/bulk_jobs/{id}/` (bulk tagging).
 
-Also the one place the API hands a job to Celery: after the job row is committed, so a worker never looks
-for a row that is not there yet. If the broker is away the job stays `pending` and
-`cancelflow tags resume JOB_ID` (or a re-sent message) runs it; every chunk is resumable.
+Also the one way the API hands a job to the workers: asked for in the transaction that writes the job row
+and sent after it commits (`enqueue_after_commit`), so a worker never looks for a row that is not there
+yet. If the broker is away the job stays `pending` and `cancelflow tags resume JOB_ID` (or a re-sent
+message) runs it; every chunk is resumable.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from cancelflow.api import links
 from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.db import transaction
 from cancelflow.models import BulkJob, JobStatus
-from cancelflow.services import bulk
-
-log = logging.getLogger(__name__)
+from cancelflow.services import bulk, jobs
 
 router = APIRouter(prefix="/api/v1/bulk_jobs", tags=["jobs"], responses=AKINON_RESPONSES)
 
@@ -65,14 +64,10 @@ class BulkJobOut(BaseModel):
         )
 
 
-def send(task: str, job_id: uuid.UUID) -> None:
-    """Queue `task(job_id)` now (the job row is committed). A failed send leaves the job pending."""
-    from cancelflow.worker.app import celery_app
-
-    try:
-        celery_app.send_task(task, args=[str(job_id)])
-    except Exception:  # broker down: the row says pending; an operator resumes it (module docstring)
-        log.exception("could not queue %s for job %s", task, job_id)
+def send(session: Session, task: str, job_id: uuid.UUID) -> None:
+    """Queue `task(job_id)` once this transaction (which writes the job row) commits. A failed send leaves
+    the job pending (module docstring)."""
+    jobs.enqueue_after_commit(session, task, str(job_id))
 
 
 def absolute(request: Request, path: str) -> str:

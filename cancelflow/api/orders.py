@@ -8,15 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.db import transaction
 from cancelflow.errors import NotFound
-from cancelflow.models import FulfillmentOrder, Order, OrderItem, Payment
 from cancelflow.models.enums import PaymentMethod
-from cancelflow.services import importer
+from cancelflow.services import importer, request_view
 from cancelflow.services.importer import ImportPayload
 
 router = APIRouter(prefix="/api/v1/orders", tags=["orders"], responses=AKINON_RESPONSES)
@@ -108,18 +106,10 @@ class OrderOut(BaseModel):
 )
 def get_order(order_id: Annotated[int, Path(gt=0, le=2**63 - 1)], principal: AkinonStaff) -> OrderOut:
     with transaction() as session:
-        order = session.get(Order, order_id)
-        if order is None:
+        detail = request_view.order(session, order_id)
+        if detail is None:
             raise NotFound(f"order {order_id} not found")
-        items = session.scalars(
-            select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id)
-        )
-        payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one_or_none()
-        fo_ids = session.scalars(
-            select(FulfillmentOrder.id)
-            .where(FulfillmentOrder.order_id == order.id)
-            .order_by(FulfillmentOrder.id)
-        ).all()
+        order, payment = detail.order, detail.payment
         return OrderOut(
             id=order.id,
             number=order.number,
@@ -140,14 +130,14 @@ def get_order(order_id: Annotated[int, Path(gt=0, le=2**63 - 1)], principal: Aki
                     variant_id=item.variant_id,
                     inventory_item_id=item.inventory_item_id,
                 )
-                for item in items
+                for item in detail.items
             ],
             payment=PaymentOut(
                 id=payment.id, method=payment.method, amount=payment.amount, reference=payment.reference
             )
             if payment is not None
             else None,
-            fulfillment_orders=list(fo_ids),
+            fulfillment_orders=detail.fulfillment_order_ids,
             created_date=order.created_date,
             modified_date=order.modified_date,
         )

@@ -274,7 +274,7 @@ def make_router(prefix: str, scope: Callable[..., int | None], tag: str) -> APIR
                 session, op, body.keys, ids=ids, channel_id=channel_id, token_id=principal.token_id
             )
             job_id = job.id
-        send("tags.bulk", job_id)
+            send(session, "tags.bulk", job_id)
         accepted = JobAccepted(id=job_id, url=absolute(request, f"/api/v1/bulk_jobs/{job_id}/"))
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 

@@ -24,7 +24,7 @@ def explain(exc: BaseException) -> str | None:
     from sqlalchemy.exc import InterfaceError, ProgrammingError
     from sqlalchemy.exc import OperationalError as DatabaseError
 
-    from cancelflow.errors import ConfigurationError
+    from cancelflow.errors import ConfigurationError, TransientError
 
     if isinstance(exc, ConfigurationError):
         return str(exc)
@@ -39,6 +39,8 @@ def explain(exc: BaseException) -> str | None:
         return "the database has no cancelflow schema yet: run `cancelflow migrate`"
     if isinstance(exc, (BrokerError, RedisConnectionError)):
         return f"the broker does not answer: {_first_line(exc)}"
+    if isinstance(exc, TransientError) and exc.code == "broker_unavailable":  # `jobs.send_now` said so
+        return _first_line(exc)
     return None
 
 

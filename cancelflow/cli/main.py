@@ -224,7 +224,7 @@ def submit(
     ] = 10.0,
 ) -> None:
     """Publish a `cancellations.submit` message, exactly as a storefront does."""
-    from cancelflow.worker.app import celery_app
+    from cancelflow.services import jobs
 
     client_request_id = client_request_id or str(uuid.uuid4())
     kwargs: dict[str, object] = {
@@ -239,7 +239,11 @@ def submit(
         "fully_refund_as_loyalty_money": loyalty,
     }
     since = _database_now() if wait > 0 else None
-    celery_app.send_task("cancellations.submit", kwargs={k: v for k, v in kwargs.items() if v is not None})
+    jobs.send_now(
+        jobs.Send(
+            "cancellations.submit", (), kwargs=tuple((k, v) for k, v in kwargs.items() if v is not None)
+        )
+    )
     console.print(f"submitted client_request_id={client_request_id}")
     if since is None:
         return
@@ -297,7 +301,6 @@ def approve(request_id: int, actor: Annotated[str, typer.Option(help="Who approv
 
     try:
         with _transaction() as session:
-            _install_sender()
             plan = workflow.approve(session, workflow.get_request(session, request_id), actor=actor)
             plan_id = plan.id
     except CancelflowError as exc:
@@ -305,38 +308,21 @@ def approve(request_id: int, actor: Annotated[str, typer.Option(help="Who approv
     console.print(f"request {request_id} approved; plan {plan_id} is routing")
 
 
-def _install_sender() -> None:
-    from cancelflow.worker.app import install_sender
-
-    install_sender()
-
-
 @app.command()
 def show(request_id: int) -> None:
     """A request with its plan, steps, fulfillment orders, money and events."""
-    from sqlalchemy import select
-
-    from cancelflow.models import (
-        CancellationPlan,
-        CancellationRequest,
-        Event,
-        FulfillmentOrder,
-        MoneyTransaction,
-    )
+    from cancelflow.services import request_view
     from cancelflow.services.iban import mask
-    from cancelflow.services.step_view import steps_of
 
     with _transaction() as session:
         # One snapshot for the whole picture: a request moving on meanwhile must not show its old status
         # above the events of its new one.
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        request = session.get(CancellationRequest, request_id)
-        if request is None:
+        picture = request_view.picture(session, request_id)
+        if picture is None:
             _fail(f"no cancellation request {request_id}")
-        assert request is not None
-        plan = session.scalars(
-            select(CancellationPlan).where(CancellationPlan.request_id == request_id)
-        ).first()
+        assert picture is not None
+        request, plan = picture.detail.request, picture.detail.plan
         console.print(
             f"[bold]request {request.id}[/bold] {request.status.value}  item {request.order_item_id} "
             f"x{request.quantity}  {request.cancellation_type.value}  iban {mask(request.iban)}  "
@@ -350,7 +336,7 @@ def show(request_id: int) -> None:
                 f"{plan.refund_target.value}  deadline {plan.deadline_at}  {plan.failure_reason or ''}"
             )
             table = Table("step", "kind", "status", "attempt", "next attempt", "last error")
-            for step in steps_of(session, [request_id]).get(request_id, []):
+            for step in picture.detail.steps:
                 table.add_row(
                     str(step.id),
                     step.kind.value,
@@ -360,25 +346,15 @@ def show(request_id: int) -> None:
                     (step.last_error or "")[:60],
                 )
             console.print(table)
-            for fo in session.scalars(
-                select(FulfillmentOrder).where(FulfillmentOrder.cancellation_plan_id == plan.id)
-            ):
+            for fo in picture.fulfillment_orders:
                 console.print(f"  fulfillment order {fo.id}: {fo.request_status.value}/{fo.status.value}")
-            for money in session.scalars(select(MoneyTransaction).where(MoneyTransaction.plan_id == plan.id)):
+            for money in picture.detail.money:
                 console.print(
                     f"  money {money.target.value} {money.amount} {money.currency} "
                     f"key={money.idempotency_key} ext={money.external_id}"
                 )
         events = Table("event", "entity", "kind", "from", "to", "at")
-        ids = [request.id]
-        for event in session.scalars(
-            select(Event)
-            .where(
-                ((Event.entity == "request") & Event.entity_id.in_(ids))
-                | ((Event.entity == "plan") & (Event.entity_id == (plan.id if plan else -1)))
-            )
-            .order_by(Event.id)
-        ):
+        for event in picture.events:
             events.add_row(
                 str(event.id),
                 event.entity,
@@ -396,7 +372,6 @@ def sweep() -> None:
     from cancelflow.services import steps
 
     with _transaction() as session:
-        _install_sender()
         count = steps.sweep_due(session)
     console.print(f"re-sent {count} due steps")
 

@@ -49,13 +49,6 @@ def _transaction() -> AbstractContextManager[Session]:
     return transaction()
 
 
-def _install_sender() -> None:
-    # Replays and resolutions enqueue their next tasks after commit: this process must reach the broker.
-    from cancelflow.worker.app import install_sender
-
-    install_sender()
-
-
 def _age(since: datetime | None, now: datetime) -> str:
     if since is None:
         return ""
@@ -127,7 +120,6 @@ def escalations_resolve(
         _fail(f"--action must be one of {', '.join(escalation.RESOLUTIONS)}", code=2)
     try:
         with _transaction() as session:
-            _install_sender()
             plan = escalation.resolve(session, request_id, action=action, actor=actor)
             status, deadline = plan.status.value, plan.deadline_at
     except CancelflowError as exc:
@@ -219,7 +211,6 @@ def replay(
         _fail("give exactly one of STEP_ID, --plan ID or --all-dead", code=2)
     try:
         with _transaction() as session:
-            _install_sender()
             if step_id is not None:
                 result = replays.replay_step(session, step_id, actor=actor)
             elif plan is not None:

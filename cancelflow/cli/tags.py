@@ -102,9 +102,10 @@ def _start(job_id: uuid.UUID, *, inline: bool, chunk_size: int) -> None:
 
         threading.Thread(target=run, name=f"bulk-{job_id}", daemon=True).start()
         return
-    from cancelflow.worker.app import celery_app
+    from cancelflow.services import jobs
 
-    celery_app.send_task("tags.bulk", args=[str(job_id)])
+    # The job row is committed: send now, so that a broker that does not answer is this command's error.
+    jobs.send_now(jobs.Send("tags.bulk", (str(job_id),)))
 
 
 def _bulk(

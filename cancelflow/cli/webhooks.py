@@ -32,13 +32,6 @@ def _transaction() -> AbstractContextManager[Session]:
     return transaction()
 
 
-def _install_sender() -> None:
-    # Deliveries asked for in this process go to the broker after commit, as in the API and worker.
-    from cancelflow.worker.app import install_sender
-
-    install_sender()
-
-
 @webhooks_app.command("add")
 def add(
     url: str,
@@ -188,7 +181,6 @@ def redeliver(delivery_id: int) -> None:
 
     try:
         with _transaction() as session:
-            _install_sender()
             webhooks.redeliver(session, delivery_id)
     except CancelflowError as exc:
         _fail(exc.message)

@@ -4,14 +4,17 @@ A message that cannot name a real order item or reason stores no request and rai
 logs it and keeps the refusal with `record_rejection` (a `rejected_messages` row by client_request_id). A
 message about a real item that breaks a business rule (too many items, a bad IBAN, no bank account for a bank
 refund) is stored as a `rejected` request with a machine-readable code. Either way the storefront can see why.
+
+These rules are the only ones a new request meets (`check_new`): the REST API creates through `create` too,
+under the same single order lock, and turns a rejection into a 400 instead of storing it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from sqlalchemy import bindparam, func, select, update
@@ -85,12 +88,31 @@ def _to_json(raw: Mapping[str, Any]) -> str:
         raise Invalid("message is not JSON-serialisable", code="invalid_message") from exc
 
 
-def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
-    """Create the request (waiting or rejected) once per client_request_id."""
-    message = parse(raw)
-    # One order at a time: every change to an order's requests and plans holds this row lock. The item,
-    # its order and the payment come with the lock, in one round trip.
-    row = session.execute(_ITEM_LOCKED, {"item_id": message.order_item}).one_or_none()
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a new request breaks a business rule: a machine-readable code, the field at fault, and the
+    sentence a storefront is shown. `detail` is the fact behind it (the IBAN's problem), for an entry point
+    that words the refusal its own way."""
+
+    code: RejectionCode
+    field: str
+    message: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LockedItem:
+    """An order item with its order (row-locked) and payment, as one creation sees them."""
+
+    item: OrderItem
+    order: Order
+    payment: Payment | None
+
+
+def lock_item(session: Session, item_id: int) -> LockedItem:
+    """Take the order lock for a new request on `item_id`: the item, its order and the payment come with
+    it in one round trip. Every change to an order's requests and plans holds this row lock."""
+    row = session.execute(_ITEM_LOCKED, {"item_id": item_id}).one_or_none()
     if row is None:
         raise Invalid(
             "unknown order item",
@@ -98,6 +120,67 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
             code="unknown_order_item",
         )
     item, order, payment = row
+    return LockedItem(item, order, payment)
+
+
+def check_new(
+    locked: LockedItem, *, quantity: int | None, iban: str | None, holder_name: str | None, loyalty: bool
+) -> Rejection | None:
+    """The business rules of a new request on a locked item: what is left to cancel, then the refund
+    account. None when the request may be created."""
+    remaining = locked.item.quantity - locked.item.requested_quantity
+    if remaining <= 0 or (quantity is not None and quantity > remaining):
+        return Rejection(
+            RejectionCode.quantity_exceeded,
+            "order_item" if remaining <= 0 else "quantity",
+            "nothing left to cancel on this order item"
+            if quantity is None
+            else "quantity is above what is still cancellable",
+        )
+    return check_refund_account(locked.payment, iban=iban, holder_name=holder_name, loyalty=loyalty)
+
+
+def check_refund_account(
+    payment: Payment | None, *, iban: str | None, holder_name: str | None, loyalty: bool
+) -> Rejection | None:
+    """Where the money would go: a valid IBAN if one is given (None: not given), a bank account for a
+    bank-transfer refund, a payment to refund unless the refund is loyalty money."""
+    if iban is not None and (problem := iban_checks.validate(iban)) is not None:
+        return Rejection(RejectionCode.invalid_iban, "iban", f"IBAN is invalid: {problem}", detail=problem)
+    if payment is None:
+        if loyalty:
+            return None
+        return Rejection(
+            RejectionCode.not_cancellable,
+            "fully_refund_as_loyalty_money",
+            "the order has no payment to refund",
+        )
+    if refund_target(loyalty=loyalty, payment_method=payment.method) == RefundTarget.bank_transfer and (
+        not iban or not (holder_name or "").strip()
+    ):
+        return Rejection(
+            RejectionCode.missing_bank_account, "iban", "a bank-transfer refund needs iban and holder_name"
+        )
+    return None
+
+
+Refuse = Callable[[Rejection, LockedItem], NoReturn]
+
+
+def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
+    """Create the request (waiting or rejected) once per client_request_id."""
+    message = parse(raw)
+    return create(session, lock_item(session, message.order_item), message)
+
+
+def create(
+    session: Session, locked: LockedItem, message: SubmitMessage, *, refuse: Refuse | None = None
+) -> IntakeResult:
+    """Create the request for `message` on an item whose order this transaction has locked.
+
+    A request that breaks a business rule is stored `rejected` with its code; with `refuse`, that function
+    is called instead (it raises) and nothing is stored.
+    """
     existing = _by_client_id(session, message.client_request_id)  # a repeat, or a twin that won the lock
     if existing is not None:
         return IntakeResult(existing, created=False)
@@ -108,6 +191,7 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
             field_errors={"reason": ["non-existent object"]},
             code="unknown_reason",
         )
+    item, order = locked.item, locked.order
     if message.channel is not None and message.channel != order.channel_id:
         raise Invalid(
             "order item belongs to another channel",
@@ -115,27 +199,16 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
             code="channel_mismatch",
         )
 
-    quantity = message.quantity if message.quantity is not None else item.quantity - item.requested_quantity
     iban = iban_checks.normalise(message.iban) if message.iban else None
     holder = message.holder_name.strip() if message.holder_name else None
-
-    rejection: tuple[RejectionCode, str] | None = None
-    if quantity <= 0:
-        rejection = (RejectionCode.quantity_exceeded, "nothing left to cancel on this order item")
-        quantity = item.quantity  # recorded as asked: the whole item
-    elif iban is not None and (problem := iban_checks.validate(iban)) is not None:
-        rejection = (RejectionCode.invalid_iban, f"IBAN is invalid: {problem}")
-        iban = None
-    elif (
-        payment is not None
-        and refund_target(loyalty=message.fully_refund_as_loyalty_money, payment_method=payment.method)
-        == RefundTarget.bank_transfer
-        and (iban is None or not holder)
-    ):
-        rejection = (RejectionCode.missing_bank_account, "a bank-transfer refund needs iban and holder_name")
-    elif payment is None and not message.fully_refund_as_loyalty_money:
-        rejection = (RejectionCode.not_cancellable, "the order has no payment to refund")
-
+    rejection = check_new(
+        locked,
+        quantity=message.quantity,
+        iban=iban,
+        holder_name=holder,
+        loyalty=message.fully_refund_as_loyalty_money,
+    )
+    quantity = message.quantity if message.quantity is not None else item.quantity - item.requested_quantity
     if rejection is None:
         # Reserve the quantity; the CHECK constraint and this guard keep active requests <= ordered.
         reserved = session.execute(
@@ -144,7 +217,16 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
             .values(requested_quantity=OrderItem.requested_quantity + quantity)
         ).rowcount  # type: ignore[attr-defined]
         if not reserved:
-            rejection = (RejectionCode.quantity_exceeded, "quantity is above what is still cancellable")
+            rejection = Rejection(
+                RejectionCode.quantity_exceeded, "quantity", "quantity is above what is still cancellable"
+            )
+    if rejection is not None and refuse is not None:
+        refuse(rejection, locked)
+    if rejection is not None:
+        if quantity <= 0:
+            quantity = item.quantity  # recorded as asked: the whole item
+        if rejection.code == RejectionCode.invalid_iban:
+            iban = None
 
     request = CancellationRequest(
         order_item_id=item.id,
@@ -159,8 +241,8 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
         quantity=quantity,
         fully_refund_as_loyalty_money=message.fully_refund_as_loyalty_money,
         client_request_id=message.client_request_id,
-        rejection_code=rejection[0].value if rejection else None,
-        rejection_message=rejection[1] if rejection else None,
+        rejection_code=rejection.code.value if rejection else None,
+        rejection_message=rejection.message if rejection else None,
         attributes={},
     )
     session.add(request)
@@ -184,7 +266,7 @@ def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
         log.info(
             "cancellation request %s rejected at intake: %s",
             message.client_request_id,
-            rejection[0].value,
+            rejection.code.value,
         )
     return IntakeResult(request, created=True)
 
@@ -195,6 +277,8 @@ _ITEM_LOCKED = (
     .outerjoin(Payment, Payment.order_id == Order.id)
     .where(OrderItem.id == bindparam("item_id"))
     .with_for_update(of=Order)
+    # What was read before the lock (an earlier statement of this transaction) is refreshed under it.
+    .execution_options(populate_existing=True)
 )
 _BY_CLIENT_ID = select(CancellationRequest).where(
     CancellationRequest.client_request_id == bindparam("client_request_id")
@@ -222,7 +306,9 @@ def record_rejection(
         "client_request_id": key,
         "code": textcheck.storable(code)[:60],
         "message": textcheck.storable(message),
-        "errors": {textcheck.storable(f): [textcheck.storable(m) for m in msgs] for f, msgs in errors.items()},
+        "errors": {
+            textcheck.storable(f): [textcheck.storable(m) for m in msgs] for f, msgs in errors.items()
+        },
         "times": 1,
     }
     stmt = insert(RejectedMessage).values(values)

@@ -1,15 +1,19 @@
 """Ask for follow-up work that is sent to the broker only once the transaction has committed.
 
-Services never import Celery: they name a task and the ids it needs. The process (worker, API, CLI)
-installs the sender once at start-up. A rollback drops everything that was asked for; a send that fails
-after commit is logged and left to the sweeper, which finds the due step row in the database.
+Services never import Celery: they name a task and the ids it needs. Sends go to the broker through
+`DEFAULT_SENDER` (the Celery app's `send`), looked up by name at the first send, so no entry point has to
+install anything; `set_sender` replaces it (tests, an embedding process). A rollback drops everything that
+was asked for; a send that fails after commit is logged and left to the sweeper, which finds the due step
+row in the database.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Final
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
@@ -23,12 +27,17 @@ _PENDING_KEY = "cancelflow.pending_sends"
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    """One task message: ids only (a step's, a job's), or the keyword fields of a published message."""
+
     task: str
-    args: tuple[int, ...]
+    args: tuple[int | str, ...]
     countdown: float | None = None
+    kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 Sender = Callable[[Send], None]
+# Where sends go unless `set_sender` says otherwise: "module:function", imported at the first send.
+DEFAULT_SENDER: Final = "cancelflow.worker.app:send"
 _sender: Sender | None = None
 # Told which sends failed after a commit (the broker is away), so the rows can be marked due at once.
 _failure_hooks: list[Callable[[list[Send]], None]] = []
@@ -40,12 +49,24 @@ def on_send_failure(hook: Callable[[list[Send]], None]) -> None:
 
 
 def set_sender(sender: Sender | None) -> None:
+    """Send through `sender` from now on; None goes back to `DEFAULT_SENDER`."""
     global _sender
     _sender = sender
 
 
-def enqueue_after_commit(session: Session, task: str, *ids: int, countdown: float | None = None) -> None:
-    """Send `task(*ids)` after this session's transaction commits; never if it rolls back."""
+def sender() -> Sender:
+    if _sender is not None:
+        return _sender
+    module, _, name = DEFAULT_SENDER.partition(":")
+    found: Sender = getattr(importlib.import_module(module), name)
+    return found
+
+
+def enqueue_after_commit(
+    session: Session, task: str, *ids: int | str, countdown: float | None = None
+) -> None:
+    """Send `task(*ids)` after this session's transaction commits; never if it rolls back. An id is a
+    row's integer key or, for a row keyed by UUID (a background job), its string."""
     pending: list[Send] = session.info.setdefault(_PENDING_KEY, [])
     send = Send(task, tuple(ids), countdown)
     if send not in pending:
@@ -54,10 +75,7 @@ def enqueue_after_commit(session: Session, task: str, *ids: int, countdown: floa
 
 def send_now(send: Send) -> None:
     """Send outside any transaction (no row to commit first); raises if the broker refuses it."""
-    if _sender is None:
-        log.warning("no job sender installed; %s%s not sent", send.task, send.args)
-        return
-    _sender(send)
+    sender()(send)
 
 
 def pending_sends(session: Session) -> list[Send]:
@@ -71,13 +89,11 @@ def _send_after_commit(session: Session) -> None:
     sends: list[Send] = session.info.pop(_PENDING_KEY, [])
     if not sends:
         return
-    if _sender is None:
-        log.warning("no job sender installed; %d sends left to the sweeper", len(sends))
-        return
+    send_one = sender()
     failed = []
     for send in sends:
         try:
-            _sender(send)
+            send_one(send)
         except TransientError as exc:  # the broker is down; the step row is due: the sweeper re-sends it
             # One line, no traceback: a broker that does not answer is an operating condition, not a bug.
             log.warning(

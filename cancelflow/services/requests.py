@@ -1,5 +1,5 @@
-"""What the cancellation-request REST API does beyond intake: create with HTTP rules, edit, approve by
-status, reject, and the bookkeeping of `Idempotency-Key`s.
+"""What the cancellation-request REST API does beyond intake: create (intake's rules, refused as a 400),
+edit, approve by status, reject. `Idempotency-Key`s are kept by `services.idempotency`.
 
 Every change runs under the order's row lock (the workflow's lock order: order, then request, plan,
 fulfillment orders). A change the state machine forbids, or an edit of a money-relevant field after
@@ -8,15 +8,10 @@ approval, raises `Invalid(code="invalid_transition")` and changes nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, NoReturn
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, NotFound
@@ -25,7 +20,6 @@ from cancelflow.models import (
     CancellationReason,
     CancellationRequest,
     FulfillmentOrder,
-    IdempotencyKey,
     OrderItem,
     Payment,
     WorkflowStep,
@@ -35,7 +29,6 @@ from cancelflow.models.enums import (
     FORequestStatus,
     FOStatus,
     PlanStatus,
-    RefundTarget,
     RejectionCode,
     RequestStatus,
     StepStatus,
@@ -44,8 +37,6 @@ from cancelflow.models.transitions import PLAN_TRANSITIONS, REQUEST_TRANSITIONS
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import iban as iban_checks
 from cancelflow.services import intake, transitions, workflow
-from cancelflow.services.clock import now
-from cancelflow.services.money import refund_target
 
 INVALID_TRANSITION: Final = "invalid_transition"
 # Fields whose change would alter what is cancelled or where the money goes: frozen once approved.
@@ -57,8 +48,6 @@ MONEY_FIELDS: Final = (
     "fully_refund_as_loyalty_money",
     "cancellation_type",
 )
-# A key whose request has not finished after this long is taken to belong to a process that died.
-IN_FLIGHT_GRACE: Final = timedelta(seconds=60)
 WITHDRAWN: Final = "withdrawn"
 
 
@@ -80,26 +69,18 @@ def get_visible(session: Session, request_id: int, *, channel_id: int | None) ->
 def create(
     session: Session, data: Mapping[str, Any], *, client_request_id: str, channel_id: int | None
 ) -> tuple[CancellationRequest, bool]:
-    """Create a request through intake, refusing with 400 what intake would store as rejected.
+    """Create a request through intake's rules, refusing with 400 what intake would store as rejected.
 
     Returns (request, created); `created` is False when `client_request_id` was seen before.
     """
-    item = session.get(OrderItem, data["order_item"]) if _is_id(data.get("order_item")) else None
-    if item is not None:
-        # Checks below and intake's reservation see the same state under the order lock.
-        order = workflow.lock_order(session, item.order_id)
-        session.refresh(item)
-        if channel_id is not None and order.channel_id != channel_id:
-            raise Invalid(
-                "order item of another channel",
-                field_errors={"order_item": [f'Invalid pk "{item.id}" - object does not exist.']},
-            )
-        seen = session.scalars(
-            select(CancellationRequest.id).where(CancellationRequest.client_request_id == client_request_id)
-        ).first()
-        if seen is None:
-            _check_new(session, item, data)
-    result = intake.submit(session, {**data, "client_request_id": client_request_id, "channel": channel_id})
+    message = intake.parse({**data, "client_request_id": client_request_id, "channel": channel_id})
+    locked = intake.lock_item(session, message.order_item)
+    if channel_id is not None and locked.order.channel_id != channel_id:
+        raise Invalid(
+            "order item of another channel",
+            field_errors={"order_item": [f'Invalid pk "{locked.item.id}" - object does not exist.']},
+        )
+    result = intake.create(session, locked, message, refuse=_refuse_new)
     return result.request, result.created
 
 
@@ -107,57 +88,49 @@ def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
-def _check_new(session: Session, item: OrderItem, data: Mapping[str, Any]) -> None:
-    remaining = item.quantity - item.requested_quantity
-    quantity = data.get("quantity")
-    if remaining <= 0:
-        raise Invalid(
-            "nothing left to cancel",
-            field_errors={"order_item": ["Nothing is left to cancel on this order item."]},
-        )
-    if quantity is not None and quantity > remaining:
-        raise Invalid(
+_BANK_ACCOUNT_NEEDED: Final = "A bank-transfer refund needs iban and holder_name."
+
+
+def _refusal(rejection: intake.Rejection, *, remaining: int = 0) -> Invalid:
+    """A rule's rejection as the API's 400, in the API's own words (`remaining`: still cancellable)."""
+    if rejection.code == RejectionCode.quantity_exceeded:
+        if remaining <= 0:
+            return Invalid(
+                "nothing left to cancel",
+                field_errors={"order_item": ["Nothing is left to cancel on this order item."]},
+            )
+        return Invalid(
             "quantity too high",
             field_errors={"quantity": [f"Ensure this value is less than or equal to {remaining}."]},
         )
-    _check_refund_account(
-        session,
-        order_id=item.order_id,
-        iban=data.get("iban"),
-        holder_name=data.get("holder_name"),
-        loyalty=bool(data.get("fully_refund_as_loyalty_money")),
+    if rejection.code == RejectionCode.invalid_iban:
+        return Invalid("invalid IBAN", field_errors={"iban": [f"Enter a valid IBAN: {rejection.detail}."]})
+    if rejection.code == RejectionCode.not_cancellable:
+        return Invalid(
+            "no payment to refund",
+            field_errors={
+                rejection.field: [
+                    "The order has no payment to refund; only a loyalty-money refund is possible."
+                ]
+            },
+        )
+    return Invalid(
+        "bank account needed",
+        field_errors={"iban": [_BANK_ACCOUNT_NEEDED], "holder_name": [_BANK_ACCOUNT_NEEDED]},
     )
+
+
+def _refuse_new(rejection: intake.Rejection, locked: intake.LockedItem) -> NoReturn:
+    raise _refusal(rejection, remaining=locked.item.quantity - locked.item.requested_quantity)
 
 
 def _check_refund_account(
     session: Session, *, order_id: int, iban: str | None, holder_name: str | None, loyalty: bool
 ) -> None:
-    if iban:
-        problem = iban_checks.validate(iban)
-        if problem is not None:
-            raise Invalid("invalid IBAN", field_errors={"iban": [f"Enter a valid IBAN: {problem}."]})
     payment = session.scalars(select(Payment).where(Payment.order_id == order_id)).one_or_none()
-    if payment is None and not loyalty:
-        raise Invalid(
-            "no payment to refund",
-            field_errors={
-                "fully_refund_as_loyalty_money": [
-                    "The order has no payment to refund; only a loyalty-money refund is possible."
-                ]
-            },
-        )
-    if (
-        payment is not None
-        and refund_target(loyalty=loyalty, payment_method=payment.method) == RefundTarget.bank_transfer
-        and (not iban or not (holder_name or "").strip())
-    ):
-        raise Invalid(
-            "bank account needed",
-            field_errors={
-                "iban": ["A bank-transfer refund needs iban and holder_name."],
-                "holder_name": ["A bank-transfer refund needs iban and holder_name."],
-            },
-        )
+    rejection = intake.check_refund_account(payment, iban=iban, holder_name=holder_name, loyalty=loyalty)
+    if rejection is not None:
+        raise _refusal(rejection)
 
 
 # --- update -----------------------------------------------------------------------------------------
@@ -366,65 +339,3 @@ def _cancel_open_steps(session: Session, request_id: int) -> None:
     ).all()
     for step in open_steps:
         transitions.move(session, step, StepStatus.cancelled, data={"reason": "request rejected"})
-
-
-# --- idempotency keys -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KeyClaim:
-    """The outcome of presenting an `Idempotency-Key`."""
-
-    state: Literal["owned", "replay", "mismatch", "in_flight"]
-    key_id: int
-    status: int | None = None
-    body: dict[str, object] | None = None
-
-
-def request_hash(scope: str, body: Mapping[str, Any]) -> str:
-    canonical = json.dumps({"scope": scope, "body": body}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def claim_key(session: Session, *, token_id: int, key: str, scope: str, digest: str) -> KeyClaim:
-    """Take the key for this request (commit before doing the work), or say why not."""
-    inserted = session.execute(
-        insert(IdempotencyKey)
-        .values(token_id=token_id, key=key, scope=scope, request_hash=digest)
-        .on_conflict_do_nothing(index_elements=[IdempotencyKey.token_id, IdempotencyKey.key])
-        .returning(IdempotencyKey.id)
-    ).scalar()
-    if inserted is not None:
-        return KeyClaim("owned", inserted)
-    row = session.scalars(
-        select(IdempotencyKey)
-        .where(IdempotencyKey.token_id == token_id, IdempotencyKey.key == key)
-        .with_for_update()
-    ).one()
-    if row.request_hash != digest:
-        return KeyClaim("mismatch", row.id)
-    if row.response_status is None:
-        restarted = session.scalar(select(func.pg_postmaster_start_time()))
-        if row.created_date < now() - IN_FLIGHT_GRACE or (restarted and row.created_date < restarted):
-            # Its process died mid-request, or the database restarted under it (its work was rolled
-            # back, and it could not release the key): this request takes over.
-            row.created_date = now()
-            session.flush()
-            return KeyClaim("owned", row.id)
-        return KeyClaim("in_flight", row.id)
-    return KeyClaim("replay", row.id, row.response_status, row.response_body)
-
-
-def complete_key(session: Session, key_id: int, *, status: int, body: dict[str, object]) -> None:
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.id == key_id)
-        .values(response_status=status, response_body=body, completed_at=now())
-    )
-
-
-def release_key(session: Session, key_id: int) -> None:
-    """The request failed before a response was stored: forget the key so a retry runs again."""
-    session.execute(
-        delete(IdempotencyKey).where(IdempotencyKey.id == key_id, IdempotencyKey.response_status.is_(None))
-    )

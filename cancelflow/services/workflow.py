@@ -342,6 +342,26 @@ def notify_step(session: Session, step: WorkflowStep) -> None:
 # --- replies ------------------------------------------------------------------------------------------
 
 
+def send_cancellation_request(session: Session, fo_id: int, *, message: str | None) -> FulfillmentOrder:
+    """Staff ask the fulfillment service to cancel a fulfillment order it accepted; the service is notified
+    after commit. NotFound for no such order; a state that does not allow it raises (see `fos`)."""
+    fo = fos.get(session, fo_id)
+    if fo is None:
+        raise NotFound("Not Found")
+    # The workflow's lock order: the order row, then the fulfillment order.
+    lock_order(session, fo.order_id)
+    session.refresh(fo, with_for_update=True)
+    merchant_request = fos.request_cancellation(session, fo, message=message)
+    steps.create(
+        session,
+        request_id=None,
+        kind=StepKind.notify,
+        fulfillment_order_id=fo.id,
+        idempotency_key=f"fo:{fo.id}:notify:{merchant_request.id}",
+    )
+    return fo
+
+
 @dataclass(frozen=True, slots=True)
 class ReplyOutcome:
     fulfillment_order: FulfillmentOrder

@@ -43,17 +43,17 @@ def send(send: jobs.Send) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     try:
-        celery_app.send_task(send.task, args=list(send.args), countdown=send.countdown)
+        celery_app.send_task(
+            send.task, args=list(send.args), kwargs=dict(send.kwargs) or None, countdown=send.countdown
+        )
     except (OperationalError, RedisConnectionError, ConnectionError) as exc:
         raise TransientError(f"the broker does not answer: {exc}", code="broker_unavailable") from exc
 
 
 def install_sender() -> None:
-    """Route every after-commit send of this process to the broker."""
-    jobs.set_sender(send)
-
-
-install_sender()
+    """Route the sends of this process to the broker again after a test replaced the sender (it is where
+    they go by default: `jobs.DEFAULT_SENDER`)."""
+    jobs.set_sender(None)
 
 
 @signals.setup_logging.connect

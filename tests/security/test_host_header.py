@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cancelflow.api import exports as exports_api
-from cancelflow.api import tags as tags_api
 from cancelflow.api.app import create_app
 from cancelflow.config import get_settings
 from cancelflow.db import transaction
-from cancelflow.services import bulk
+from cancelflow.services import bulk, jobs
 from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests
 
@@ -56,12 +54,15 @@ def public(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 @pytest.fixture
-def queued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Jobs are created but not handed to Celery (no worker here; only their URLs matter)."""
+def queued() -> Iterator[list[str]]:
+    """Jobs are created but not handed to Celery (no worker here; only their URLs matter): the tasks
+    their commits send are recorded instead."""
     sent: list[str] = []
-    monkeypatch.setattr(exports_api, "send", lambda task, job_id: sent.append(task))
-    monkeypatch.setattr(tags_api, "send", lambda task, job_id: sent.append(task))
-    return sent
+    jobs.set_sender(lambda send: sent.append(send.task))
+    try:
+        yield sent
+    finally:
+        jobs.set_sender(None)
 
 
 def assert_safe(url: str | None, public: str, path: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Conflict, Invalid
 from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
 from cancelflow.services import intake, workflow
+from cancelflow.services import requests as requests_service
 from cancelflow.services.jobs import pending_sends
 from tests.factories import VALID_IBAN, load, order_payload, reference_payload
 
@@ -87,6 +88,47 @@ class TestSubmit:
         spaced = " ".join(VALID_IBAN[i : i + 4] for i in range(0, len(VALID_IBAN), 4)).lower()
         result = intake.submit(session, _msg(order, iban=spaced, holder_name="Bob"))
         assert result.request.iban == VALID_IBAN
+
+
+class TestOneSetOfRules:
+    """The API and the message apply the same rules: the API refuses with a 400 and stores nothing, the
+    message stores the request rejected with the rule's code."""
+
+    @pytest.mark.parametrize(
+        ("method", "fields", "code", "http_field"),
+        [
+            ("card", {"quantity": 3}, "quantity_exceeded", "quantity"),
+            (
+                "cash_on_delivery",
+                {"iban": "DE89370400440532013001", "holder_name": "Bob"},
+                "invalid_iban",
+                "iban",
+            ),
+            ("cash_on_delivery", {}, "missing_bank_account", "holder_name"),
+        ],
+    )
+    def test_a_broken_rule_is_a_400_for_the_api_and_a_rejected_request_for_a_message(
+        self, session: Session, method: str, fields: dict[str, Any], code: str, http_field: str
+    ) -> None:
+        order = _order(session, quantity=2, method=method)
+        message = _msg(order, **fields)
+        item_id = order["items"][0]["id"]
+        with pytest.raises(Invalid) as refused:
+            requests_service.create(
+                session,
+                {k: v for k, v in message.items() if k != "client_request_id"},
+                client_request_id=message["client_request_id"],
+                channel_id=None,
+            )
+        assert http_field in refused.value.field_errors
+        assert session.query(CancellationRequest).filter_by(order_item_id=item_id).count() == 0
+        stored = intake.submit(session, message).request
+        assert (stored.status.value, stored.rejection_code) == ("rejected", code)
+
+    def test_what_is_cancelled_is_checked_before_where_the_money_goes(self, session: Session) -> None:
+        order = _order(session, quantity=1, method="cash_on_delivery")
+        result = intake.submit(session, _msg(order, quantity=2, iban="DE89370400440532013001"))
+        assert result.request.rejection_code == "quantity_exceeded"
 
 
 class TestApproval:

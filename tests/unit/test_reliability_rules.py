@@ -43,6 +43,25 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == [jobs.Send("cancellations.route", (7,))]
 
+    def test_a_job_keyed_by_uuid_is_sent_by_its_string(self, database: str) -> None:
+        import uuid
+
+        from cancelflow.db import new_session
+
+        sent = self._capture()
+        job_id = str(uuid.uuid4())
+        session = new_session()
+        try:
+            session.execute(text("SELECT 1"))
+            jobs.enqueue_after_commit(session, "tags.bulk", job_id)
+            session.rollback()  # what a rolled-back job row asked for is never sent
+            session.execute(text("SELECT 1"))
+            jobs.enqueue_after_commit(session, "exports.run", job_id)
+            session.commit()
+        finally:
+            session.close()
+        assert sent == [jobs.Send("exports.run", (job_id,))]
+
     def test_a_released_savepoint_is_not_a_commit(self, database: str) -> None:
         from cancelflow.db import new_session
 

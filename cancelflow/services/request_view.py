@@ -1,0 +1,221 @@
+"""What interfaces show of a request, an order and a fulfillment order: one read model, many shapes.
+
+The REST payloads, the fulfillment-order resource, the order view and `cancelflow show` (and any later
+page or GraphQL resolver) read through these functions and only shape what they return. Each reads a whole
+batch with a fixed number of queries, whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cancelflow.models import (
+    CancellationPlan,
+    CancellationReason,
+    CancellationRequest,
+    Customer,
+    Event,
+    FulfillmentOrder,
+    FulfillmentOrderLineItem,
+    FulfillmentService,
+    MerchantRequest,
+    MoneyTransaction,
+    Order,
+    OrderItem,
+    Payment,
+)
+from cancelflow.services.step_view import StepView, steps_of
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDetail:
+    """A request with its order, item, customer, reason and plan; `steps` (every step of the request,
+    validation included, oldest first) and `money` (the plan's transactions, oldest first)."""
+
+    request: CancellationRequest
+    order: Order
+    item: OrderItem
+    customer: Customer
+    reason: CancellationReason
+    plan: CancellationPlan | None
+    steps: list[StepView] = field(default_factory=list)
+    money: list[MoneyTransaction] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPicture:
+    """Everything about one request: its detail, the fulfillment orders of its plan and its events (the
+    request's and the plan's, in order)."""
+
+    detail: RequestDetail
+    fulfillment_orders: list[FulfillmentOrder]
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class FulfillmentOrderDetail:
+    """A fulfillment order with its non-empty lines (each with its order item), the handle of its
+    service and the requests sent to that service about it, oldest first."""
+
+    fulfillment_order: FulfillmentOrder
+    lines: list[tuple[FulfillmentOrderLineItem, OrderItem]]
+    service_handle: str | None
+    merchant_requests: list[MerchantRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderDetail:
+    """An order with its items (in id order), payment and fulfillment-order ids (in id order)."""
+
+    order: Order
+    items: list[OrderItem]
+    payment: Payment | None
+    fulfillment_order_ids: list[int]
+
+
+def _by_id(session: Session, model: type[M], ids: set[int]) -> dict[int, M]:
+    if not ids:
+        return {}
+    column: Any = model.id  # type: ignore[attr-defined]
+    return {row.id: row for row in session.scalars(select(model).where(column.in_(ids)))}  # type: ignore[attr-defined]
+
+
+def details(session: Session, requests: Sequence[CancellationRequest]) -> list[RequestDetail]:
+    """The detail of each request, in their order."""
+    orders = _by_id(session, Order, {r.order_id for r in requests})
+    items = _by_id(session, OrderItem, {r.order_item_id for r in requests})
+    reasons = _by_id(session, CancellationReason, {r.reason_id for r in requests})
+    customers = _by_id(session, Customer, {o.customer_id for o in orders.values()})
+    request_ids = [r.id for r in requests]
+    plans: dict[int, CancellationPlan] = {}
+    steps: dict[int, list[StepView]] = {}
+    money: dict[int, list[MoneyTransaction]] = defaultdict(list)
+    if request_ids:
+        plans = {
+            p.request_id: p
+            for p in session.scalars(
+                select(CancellationPlan).where(CancellationPlan.request_id.in_(request_ids))
+            )
+        }
+        steps = steps_of(session, request_ids)
+        plan_ids = [p.id for p in plans.values()]
+        if plan_ids:
+            for tx in session.scalars(
+                select(MoneyTransaction)
+                .where(MoneyTransaction.plan_id.in_(plan_ids))
+                .order_by(MoneyTransaction.id)
+            ):
+                money[tx.plan_id].append(tx)
+    out: list[RequestDetail] = []
+    for r in requests:
+        order = orders[r.order_id]
+        plan = plans.get(r.id)
+        out.append(
+            RequestDetail(
+                request=r,
+                order=order,
+                item=items[r.order_item_id],
+                customer=customers[order.customer_id],
+                reason=reasons[r.reason_id],
+                plan=plan,
+                steps=list(steps.get(r.id, [])),
+                money=money[plan.id] if plan is not None else [],
+            )
+        )
+    return out
+
+
+def picture(session: Session, request_id: int) -> RequestPicture | None:
+    """Everything about one request, or None if there is no such request."""
+    request = session.get(CancellationRequest, request_id)
+    if request is None:
+        return None
+    [detail] = details(session, [request])
+    plan = detail.plan
+    fulfillment_orders: list[FulfillmentOrder] = []
+    if plan is not None:
+        fulfillment_orders = list(
+            session.scalars(
+                select(FulfillmentOrder)
+                .where(FulfillmentOrder.cancellation_plan_id == plan.id)
+                .order_by(FulfillmentOrder.id)
+            )
+        )
+    events = session.scalars(
+        select(Event)
+        .where(
+            ((Event.entity == "request") & (Event.entity_id == request.id))
+            | ((Event.entity == "plan") & (Event.entity_id == (plan.id if plan else -1)))
+        )
+        .order_by(Event.id)
+    ).all()
+    return RequestPicture(detail, fulfillment_orders, list(events))
+
+
+def fulfillment_orders(session: Session, orders: Sequence[FulfillmentOrder]) -> list[FulfillmentOrderDetail]:
+    """The detail of each fulfillment order, in their order, with three queries whatever their number."""
+    if not orders:
+        return []
+    ids = [fo.id for fo in orders]
+    lines: dict[int, list[tuple[FulfillmentOrderLineItem, OrderItem]]] = defaultdict(list)
+    rows = session.execute(
+        select(FulfillmentOrderLineItem, OrderItem)
+        .join(OrderItem, OrderItem.id == FulfillmentOrderLineItem.order_item_id)
+        .where(
+            FulfillmentOrderLineItem.fulfillment_order_id.in_(ids),
+            # A split can leave a line with nothing on it; that quantity now lives on the new order.
+            FulfillmentOrderLineItem.quantity > 0,
+        )
+        .order_by(FulfillmentOrderLineItem.id)
+    )
+    for line, item in rows:
+        lines[line.fulfillment_order_id].append((line, item))
+    service_ids = {fo.fulfillment_service_id for fo in orders if fo.fulfillment_service_id is not None}
+    handles: dict[int, str] = {}
+    if service_ids:
+        handles = dict(
+            session.execute(
+                select(FulfillmentService.id, FulfillmentService.handle).where(
+                    FulfillmentService.id.in_(service_ids)
+                )
+            ).all()
+        )
+    requests: dict[int, list[MerchantRequest]] = defaultdict(list)
+    for request in session.scalars(
+        select(MerchantRequest)
+        .where(MerchantRequest.fulfillment_order_id.in_(ids))
+        .order_by(MerchantRequest.id)
+    ):
+        requests[request.fulfillment_order_id].append(request)
+    return [
+        FulfillmentOrderDetail(
+            fulfillment_order=fo,
+            lines=lines[fo.id],
+            service_handle=handles.get(fo.fulfillment_service_id)
+            if fo.fulfillment_service_id is not None
+            else None,
+            merchant_requests=requests[fo.id],
+        )
+        for fo in orders
+    ]
+
+
+def order(session: Session, order_id: int) -> OrderDetail | None:
+    """The order's detail, or None if there is no such order."""
+    found = session.get(Order, order_id)
+    if found is None:
+        return None
+    items = session.scalars(select(OrderItem).where(OrderItem.order_id == found.id).order_by(OrderItem.id))
+    payment = session.scalars(select(Payment).where(Payment.order_id == found.id)).one_or_none()
+    fo_ids: Iterable[int] = session.scalars(
+        select(FulfillmentOrder.id).where(FulfillmentOrder.order_id == found.id).order_by(FulfillmentOrder.id)
+    )
+    return OrderDetail(found, list(items), payment, list(fo_ids))
