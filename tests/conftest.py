@@ -220,6 +220,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=AMQP_SKIP_REASON))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Under an xdist worker schemathesis's per-operation tests collapse into one that runs nothing and passes.
+    if os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("schema_fuzz") is not None:
+        pytest.fail("schemathesis tests do not run under pytest-xdist: run them without -n (`make test` does)")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """CI (CANCELFLOW_FAIL_ON_SKIP=1) installs everything a test may need, so a skip there is a failure."""
     if os.environ.get("CANCELFLOW_FAIL_ON_SKIP") != "1":

@@ -10,13 +10,20 @@ from cancelflow.worker.broker_loss import broker_was_emptied
 
 
 @celery_app.task(name="workflow.sweep_due", base=DbTask, bind=True)
-def sweep_due(self: DbTask, broker_lost: bool = False) -> int:
+def sweep_due(self: DbTask) -> int:
     """Re-send due steps: lost messages, retries whose countdown was too long for the broker, timers.
 
-    `broker_lost` (or a broker found emptied now): every step sent before now is re-sent at once."""
-    lost = broker_lost is True or broker_was_emptied(self.app)
+    A broker found emptied (a flush) has every step sent before now re-sent at once too."""
+    lost = broker_was_emptied(self.app)
     with self.session() as session:
         return steps.sweep_due(session, lost_at=now() if lost else None)
+
+
+@celery_app.task(name="workflow.sweep_lost", base=DbTask, bind=True)
+def sweep_lost(self: DbTask) -> int:
+    """The broker came back empty (`worker.broker_loss`): re-send every step sent before now, and the due."""
+    with self.session() as session:
+        return steps.sweep_due(session, lost_at=now())
 
 
 @celery_app.task(name="workflow.ping", acks_late=True, ignore_result=True)

@@ -4,8 +4,8 @@ Redis without persistence comes back from a restart empty, and a flush empties i
 step was waiting for is gone, and the sweeper would only re-send each step once its redelivery grace
 (120 s by default) is over. So the broker carries a marker (`MARKER_KEY`), set when absent. A process that
 finds it absent knows the broker is new or has lost its contents, sets it again and asks for one sweep of
-every step sent before now (`workflow.sweep_due` with `broker_lost=True`): the steps whose messages may be
-gone are re-sent at once. Duplicates of messages that did survive are harmless (a step runs only once).
+every step sent before now (`workflow.sweep_lost`): the steps whose messages may be gone are re-sent at
+once. Duplicates of messages that did survive are harmless (a step runs only once).
 
 Two places look: a consumer step that runs each time the worker's consumer (re)connects, which sees a
 restart within a second of the broker's return, and the beat's regular sweep, which sees a flush. Only the
@@ -25,7 +25,7 @@ from kombu.transport import redis as kombu_redis
 log = structlog.get_logger(__name__)
 
 MARKER_KEY = "cancelflow:broker-marker"
-SWEEP_TASK = "workflow.sweep_due"
+SWEEP_TASK = "workflow.sweep_lost"
 
 
 def broker_was_emptied(app: Celery) -> bool:
@@ -40,7 +40,7 @@ def broker_was_emptied(app: Celery) -> bool:
 
 
 def ask_for_sweep(app: Celery) -> None:
-    app.send_task(SWEEP_TASK, kwargs={"broker_lost": True})
+    app.send_task(SWEEP_TASK)
 
 
 class BrokerLossCheck(bootsteps.StartStopStep):

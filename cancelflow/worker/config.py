@@ -74,6 +74,7 @@ ROUTES: dict[str, Route] = {
     # Exact names win over the patterns above: every beat sweep runs on its own queue.
     "webhooks.sweep": {"queue": "sweep"},
     "workflow.sweep_due": {"queue": "sweep"},
+    "workflow.sweep_lost": {"queue": "sweep"},
     "fulfillment.chase_replies": {"queue": "sweep"},
 }
 

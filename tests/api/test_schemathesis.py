@@ -28,6 +28,9 @@ from cancelflow.db import transaction
 from cancelflow.services.tokens import create_token
 from tests.factories import VALID_IBAN, load, order_payload, service_payload
 
+# Generated per operation at run time: runs in `make test`'s second, single-process pytest (see conftest).
+pytestmark = pytest.mark.schema_fuzz
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

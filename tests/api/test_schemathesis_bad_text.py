@@ -30,6 +30,9 @@ from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.services.tokens import create_token
 
+# Generated per operation at run time: runs in `make test`'s second, single-process pytest (see conftest).
+pytestmark = pytest.mark.schema_fuzz
+
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance]
 
 APP = create_app()  # settings only: no database is touched until a request is made

@@ -15,7 +15,7 @@ STEP_TASKS = {"cancellations.submit", *TASK_FOR_KIND.values()}
 # Expiring export files runs where the files are, on the bulk worker; every other beat task is a sweep.
 SWEEPS = {entry["task"] for entry in celery_config(get_settings())["beat_schedule"].values()} - {
     "exports.expire"
-}
+} | {"workflow.sweep_lost"}  # asked for by a worker that finds the broker emptied, not by beat
 
 
 def _queue(task: str) -> str:
