@@ -7,7 +7,7 @@ from sqlalchemy.exc import OperationalError
 from cancelflow.errors import Refused
 from cancelflow.services import task_ids, webhooks
 from cancelflow.worker.app import celery_app
-from cancelflow.worker.base import DB_AWAY_FIRST_DELAY, DB_AWAY_MAX_DELAY, DB_AWAY_MAX_RETRIES, DbTask
+from cancelflow.worker.base import DB_AWAY_MAX_RETRIES, DbTask
 
 
 @celery_app.task(name="webhooks.deliver", base=DbTask, bind=True, max_retries=DB_AWAY_MAX_RETRIES)
@@ -23,8 +23,7 @@ def deliver(self: DbTask, delivery_id: int) -> str:
     except OperationalError as exc:
         # The database is away: the row keeps its redelivery grace, so the message is sent again shortly
         # (bounded) rather than left to the sweep.
-        countdown = min(DB_AWAY_MAX_DELAY, DB_AWAY_FIRST_DELAY * 2**self.request.retries)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        self.retry_while_db_away(exc)
 
 
 @celery_app.task(name="webhooks.sweep", base=DbTask, bind=True)
