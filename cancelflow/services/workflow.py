@@ -15,9 +15,9 @@ from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from cancelflow import integrations
 from cancelflow.config import get_settings
 from cancelflow.errors import AlreadyHandled, Conflict, NotFound, PermanentError, Refused
-from cancelflow.integrations import connector
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
@@ -333,7 +333,7 @@ def notify_step(session: Session, step: WorkflowStep) -> None:
     if fo.request_status != FORequestStatus.cancellation_requested or service is None:
         steps.finish(session, step, {"skipped": fo.request_status.value})
         return
-    connector(get_settings().notifier_connector).notify(
+    integrations.notifier().notify(
         callback_url=service.callback_url, secret=service.secret, kind="CANCELLATION_REQUEST"
     )
     steps.finish(session, step, {"notified": service.handle})
@@ -515,13 +515,12 @@ def money_step(session: Session, step: WorkflowStep) -> None:
         steps.finish(session, step, {"external_id": existing.external_id, "already_recorded": True})
         _close_when_paid(session, plan)
         return
-    settings = get_settings()
     target = plan.refund_target
     replayed = False
     if target == RefundTarget.original_payment:
         if payment is None or not payment.reference:
             raise PermanentError(f"payment of order {order.number} has no reference to refund against")
-        movement = connector(settings.payment_connector).refund(
+        movement = integrations.payment_gateway().refund(
             payment_reference=payment.reference,
             amount=plan.amount,
             currency=plan.currency,
@@ -531,7 +530,7 @@ def money_step(session: Session, step: WorkflowStep) -> None:
     elif target == RefundTarget.bank_transfer:
         if not request.iban or not request.holder_name:
             raise PermanentError("bank transfer needs an IBAN and a holder name")
-        movement = connector(settings.bank_connector).transfer(
+        movement = integrations.bank_transfer().transfer(
             iban=request.iban,
             holder_name=request.holder_name,
             amount=plan.amount,
