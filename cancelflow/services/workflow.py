@@ -663,13 +663,3 @@ def close_step(session: Session, step: WorkflowStep) -> None:
             transitions.move(session, request, RequestStatus.completed)
     steps.finish(session, step, {"plan_status": plan.status.value})
 
-
-STEP_HANDLERS = {
-    StepKind.validate: validate_step,
-    StepKind.route: route_step,
-    StepKind.notify: notify_step,
-    StepKind.refund: money_step,
-    StepKind.bank_transfer: money_step,
-    StepKind.loyalty_credit: money_step,
-    StepKind.close: close_step,
-}
