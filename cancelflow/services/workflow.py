@@ -662,4 +662,3 @@ def close_step(session: Session, step: WorkflowStep) -> None:
         if request.status == RequestStatus.approved:
             transitions.move(session, request, RequestStatus.completed)
     steps.finish(session, step, {"plan_status": plan.status.value})
-

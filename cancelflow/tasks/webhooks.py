@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy.exc import OperationalError
 
 from cancelflow.errors import Refused
-from cancelflow.services import task_ids, webhooks
+from cancelflow.services import task_ids
+from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DB_AWAY_MAX_RETRIES, DbTask
 
@@ -19,7 +20,7 @@ def deliver(self: DbTask, delivery_id: int) -> str:
         return self.refuse(exc, delivery_id=task_ids.shown(delivery_id))
     try:
         with self.session() as session:
-            return webhooks.deliver(session, checked)
+            return webhook_delivery.deliver(session, checked)
     except OperationalError as exc:
         # The database is away: the row keeps its redelivery grace, so the message is sent again shortly
         # (bounded) rather than left to the sweep.
@@ -30,4 +31,4 @@ def deliver(self: DbTask, delivery_id: int) -> str:
 def sweep(self: DbTask) -> int:
     """Re-send deliveries whose time has come: lost messages, and retries too far off for a countdown."""
     with self.session() as session:
-        return webhooks.sweep_due(session)
+        return webhook_delivery.sweep_due(session)
