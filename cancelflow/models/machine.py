@@ -21,9 +21,12 @@ class Machine(Generic[S]):
     name: str
     table: Mapping[S, frozenset[S]]
 
+    def allows(self, current: S, target: S) -> bool:
+        return target in self.table[current]
+
     def require(self, current: S, target: S) -> None:
         """InvalidTransition unless the table allows `current -> target`."""
-        if target not in self.table[current]:
+        if not self.allows(current, target):
             raise InvalidTransition(self.name, current, target)
 
     def sources(self, target: S) -> tuple[S, ...]:
