@@ -90,10 +90,6 @@ class Answer:
     retry_after: float | None  # the receiver's Retry-After, in seconds
     duration_ms: int
 
-    @property
-    def is_success(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
 
 def post(
     url: str,

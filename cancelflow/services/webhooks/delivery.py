@@ -161,9 +161,8 @@ def deliver(session: Session, delivery_id: int, *, client: httpx.Client | None =
             _move(delivery, DeliveryStatus.dead, finished)
         else:
             delay = backoff(attempt)
-            if (
-                answer.retry_after is not None
-            ):  # a receiver that says when to come back (429, 503) is taken at its word
+            if answer.retry_after is not None:
+                # A receiver that says when to come back (429, 503) is taken at its word.
                 delay = max(delay, timedelta(seconds=answer.retry_after))
             _move(delivery, DeliveryStatus.failed, finished)
             # A database timer, not a broker countdown: `webhooks.sweep` sends it when due.
