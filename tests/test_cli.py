@@ -140,3 +140,37 @@ def test_show_prints_one_snapshot_of_a_request_that_moves_on_meanwhile(
     # Then what it prints is the request as it was when it started: not half old, half new
     assert "request.moved_on" not in shown.output
     assert "request.approved" in shown.output
+
+
+def test_users_deactivate_ends_logins_and_revokes_every_token() -> None:
+    from cancelflow.db import transaction
+    from cancelflow.errors import Invalid
+    from cancelflow.services import tokens, users
+    from cancelflow.services.throttle import Throttle
+
+    name = f"leaver-{secrets.token_hex(4)}"
+    password = "correct horse battery"
+    throttle = Throttle.from_uri("memory://")
+    assert runner.invoke(app, ["users", "create", name, "--password", password]).exit_code == 0
+    with transaction() as session:
+        keys = [
+            users.login(session, name, password, client="203.0.113.7", throttle=throttle)[1] for _ in "ab"
+        ]
+    with transaction() as session:
+        assert all(tokens.authenticate(session, key) is not None for key in keys)
+
+    result = runner.invoke(app, ["users", "deactivate", name])
+
+    assert result.exit_code == 0, result.output
+    assert "deactivated" in result.output
+    with transaction() as session:
+        assert [tokens.authenticate(session, key) for key in keys] == [None, None]
+        assert users.get_by_username(session, name).is_active is False  # type: ignore[union-attr]
+        with pytest.raises(Invalid):
+            users.login(session, name, password, client="203.0.113.7", throttle=throttle)
+
+
+def test_users_deactivate_an_unknown_user_fails() -> None:
+    result = runner.invoke(app, ["users", "deactivate", f"nobody-{secrets.token_hex(4)}"])
+    assert result.exit_code == 1
+    assert "no user named" in result.output

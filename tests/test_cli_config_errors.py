@@ -38,6 +38,7 @@ ARGS: dict[str, list[str]] = {
     "users create": ["someone", "--password", "a-long-password-1"],
     "users set-password": ["someone", "--password", "a-long-password-1"],
     "users set-permissions": ["someone"],
+    "users deactivate": ["someone"],
     "webhooks add": ["https://example.com/hook", "--events", "request.completed"],
     "webhooks remove": ["1"],
     "webhooks attempts": ["1"],

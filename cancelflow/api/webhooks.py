@@ -13,7 +13,8 @@ from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.db import transaction
 from cancelflow.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
-from cancelflow.services import webhooks
+from cancelflow.services.webhooks import delivery as webhook_delivery
+from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], responses=AKINON_RESPONSES)
 
@@ -118,7 +119,7 @@ class DeliveryList(BaseModel):
 def _subscription(s: WebhookSubscription) -> SubscriptionOut:
     return SubscriptionOut(
         id=s.id,
-        url=webhooks.display_url(s.url),
+        url=webhook_subscriptions.display_url(s.url),
         events=list(s.events),
         channel=s.channel_id,
         is_active=s.is_active,
@@ -140,7 +141,7 @@ def _delivery(d: WebhookDelivery) -> DeliveryOut:
         request=d.request_id,
         status=d.status,
         attempt=d.attempt,
-        next_attempt_at=webhooks.next_attempt(d),
+        next_attempt_at=webhook_delivery.next_attempt(d),
         last_status_code=d.last_status_code,
         last_error=d.last_error,
         delivered_at=d.delivered_at,
@@ -169,7 +170,7 @@ def _attempt(a: WebhookAttempt) -> AttemptOut:
 )
 def create_subscription(body: SubscriptionIn, principal: AkinonStaff) -> SubscriptionCreated:
     with transaction() as session:
-        subscription = webhooks.create_subscription(
+        subscription = webhook_subscriptions.create_subscription(
             session, url=body.url, events=body.events, channel_id=body.channel
         )
         session.refresh(subscription)
@@ -184,7 +185,7 @@ def create_subscription(body: SubscriptionIn, principal: AkinonStaff) -> Subscri
 )
 def list_subscriptions(principal: AkinonStaff) -> SubscriptionList:
     with transaction() as session:
-        results = [_subscription(s) for s in webhooks.list_subscriptions(session)]
+        results = [_subscription(s) for s in webhook_subscriptions.list_subscriptions(session)]
     return SubscriptionList(count=len(results), results=results)
 
 
@@ -200,7 +201,7 @@ def list_subscriptions(principal: AkinonStaff) -> SubscriptionList:
 )
 def remove_subscription(subscription_id: Id, principal: AkinonStaff) -> Response:
     with transaction() as session:
-        webhooks.remove_subscription(session, subscription_id)
+        webhook_subscriptions.remove_subscription(session, subscription_id)
     return Response(status_code=204)
 
 
@@ -216,7 +217,7 @@ def remove_subscription(subscription_id: Id, principal: AkinonStaff) -> Response
 )
 def resume_subscription(subscription_id: Id, principal: AkinonStaff) -> SubscriptionOut:
     with transaction() as session:
-        subscription = webhooks.resume_subscription(session, subscription_id)
+        subscription = webhook_subscriptions.resume_subscription(session, subscription_id)
         session.flush()
         session.refresh(subscription)
         return _subscription(subscription)
@@ -238,7 +239,7 @@ def list_deliveries(
     with transaction() as session:
         results = [
             _delivery(d)
-            for d in webhooks.list_deliveries(
+            for d in webhook_delivery.list_deliveries(
                 session, status=status, subscription_id=subscription, request_id=request, limit=limit
             )
         ]
@@ -253,8 +254,8 @@ def list_deliveries(
 )
 def get_delivery(delivery_id: Id, principal: AkinonStaff) -> DeliveryDetail:
     with transaction() as session:
-        delivery = webhooks.get_delivery(session, delivery_id)
-        attempts = [_attempt(a) for a in webhooks.list_attempts(session, delivery_id)]
+        delivery = webhook_delivery.get_delivery(session, delivery_id)
+        attempts = [_attempt(a) for a in webhook_delivery.list_attempts(session, delivery_id)]
         return DeliveryDetail(**_delivery(delivery).model_dump(), payload=delivery.payload, attempts=attempts)
 
 
@@ -270,7 +271,7 @@ def get_delivery(delivery_id: Id, principal: AkinonStaff) -> DeliveryDetail:
 )
 def redeliver(delivery_id: Id, principal: AkinonStaff) -> DeliveryOut:
     with transaction() as session:
-        delivery = webhooks.redeliver(session, delivery_id)
+        delivery = webhook_delivery.redeliver(session, delivery_id)
         session.flush()
         session.refresh(delivery)
         return _delivery(delivery)

@@ -111,6 +111,21 @@ def set_permissions(
     console.print(f"permissions of {username}: {', '.join(sorted(set(permission or []))) or '(none)'}")
 
 
+@app.command("deactivate")
+def deactivate(username: str) -> None:
+    """Deactivate a user: it can no longer log in, and its tokens are revoked now."""
+    from cancelflow.db import transaction
+    from cancelflow.errors import CancelflowError
+    from cancelflow.services import users
+
+    try:
+        with transaction() as session:
+            users.deactivate(session, username)
+    except CancelflowError as exc:
+        _fail(exc.message)
+    console.print(f"user {username} deactivated; its tokens are revoked")
+
+
 @app.command("list")
 def list_users() -> None:
     """List users (never their passwords)."""

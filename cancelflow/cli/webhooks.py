@@ -42,11 +42,11 @@ def add(
 ) -> None:
     """Subscribe URL to events; prints the subscription id and its signing secret (shown once)."""
     from cancelflow.errors import Invalid
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
     try:
         with _transaction() as session:
-            subscription = webhooks.create_subscription(
+            subscription = webhook_subscriptions.create_subscription(
                 session, url=url, events=events.split(","), channel_id=channel
             )
             subscription_id, secret = subscription.id, subscription.secret
@@ -61,16 +61,16 @@ def add(
 @webhooks_app.command("list")
 def list_() -> None:
     """Active subscriptions (secrets are not shown); a paused one says since when and why."""
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
     table = Table("id", "url", "events", "channel", "status", "failures", "created")
     paused: list[str] = []
     with _transaction() as session:
-        for s in webhooks.list_subscriptions(session):
+        for s in webhook_subscriptions.list_subscriptions(session):
             status = "active" if s.paused_at is None else f"paused since {str(s.paused_at)[:19]}"
             table.add_row(
                 str(s.id),
-                webhooks.display_url(s.url),
+                webhook_subscriptions.display_url(s.url),
                 ",".join(s.events),
                 str(s.channel_id or "all"),
                 status,
@@ -89,13 +89,13 @@ def resume(subscription_id: int) -> None:
     """Resume a subscription paused after too many failures in a row; its waiting deliveries go out."""
     from cancelflow.errors import NotFound
     from cancelflow.models import WebhookSubscription
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
     try:
         with _transaction() as session:
             existing = session.get(WebhookSubscription, subscription_id)
             was = "resumed" if existing is not None and existing.paused_at is not None else "not paused"
-            webhooks.resume_subscription(session, subscription_id)
+            webhook_subscriptions.resume_subscription(session, subscription_id)
     except NotFound as exc:
         _fail(exc.message)
     console.print(f"subscription {subscription_id}: {was}")
@@ -105,11 +105,11 @@ def resume(subscription_id: int) -> None:
 def remove(subscription_id: int) -> None:
     """Deactivate a subscription (its history stays; unfinished deliveries stop)."""
     from cancelflow.errors import NotFound
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
     try:
         with _transaction() as session:
-            webhooks.remove_subscription(session, subscription_id)
+            webhook_subscriptions.remove_subscription(session, subscription_id)
     except NotFound as exc:
         _fail(exc.message)
     console.print(f"removed subscription {subscription_id}")
@@ -124,7 +124,7 @@ def deliveries(
 ) -> None:
     """Deliveries, newest first."""
     from cancelflow.models import DeliveryStatus
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import delivery as webhook_delivery
 
     try:
         wanted = DeliveryStatus(status) if status is not None else None
@@ -133,7 +133,7 @@ def deliveries(
         return
     table = Table("id", "sub", "event", "request", "status", "attempt", "code", "next attempt", "event id")
     with _transaction() as session:
-        for d in webhooks.list_deliveries(
+        for d in webhook_delivery.list_deliveries(
             session, status=wanted, subscription_id=subscription, request_id=request, limit=limit
         ):
             table.add_row(
@@ -144,7 +144,7 @@ def deliveries(
                 d.status.value,
                 str(d.attempt),
                 str(d.last_status_code or ""),
-                str(webhooks.next_attempt(d) or "")[:19],
+                str(webhook_delivery.next_attempt(d) or "")[:19],
                 str(d.event_id),
             )
     console.print(table)
@@ -154,12 +154,12 @@ def deliveries(
 def attempts(delivery_id: int) -> None:
     """Every attempt of a delivery: when, how long, the answer."""
     from cancelflow.errors import NotFound
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import delivery as webhook_delivery
 
     table = Table("id", "at", "ms", "code", "outcome", "error")
     try:
         with _transaction() as session:
-            for a in webhooks.list_attempts(session, delivery_id):
+            for a in webhook_delivery.list_attempts(session, delivery_id):
                 table.add_row(
                     str(a.id),
                     str(a.attempted_at)[:23],
@@ -177,11 +177,11 @@ def attempts(delivery_id: int) -> None:
 def redeliver(delivery_id: int) -> None:
     """Deliver again by hand: a new attempt cycle with the same event id."""
     from cancelflow.errors import CancelflowError
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import delivery as webhook_delivery
 
     try:
         with _transaction() as session:
-            webhooks.redeliver(session, delivery_id)
+            webhook_delivery.redeliver(session, delivery_id)
     except CancelflowError as exc:
         _fail(exc.message)
     console.print(f"delivery {delivery_id} queued for redelivery")

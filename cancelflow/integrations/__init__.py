@@ -1,28 +1,70 @@
 """Connectors to the outside: fulfillment services, the payment gateway, the bank, loyalty.
 
-Each is a Protocol with an HTTP implementation; `load()` picks the one settings name, so a real
-gateway or service plugs in by configuration.
+Each is a Protocol with an HTTP implementation; settings name the implementation
+(`CANCELFLOW_PAYMENT_CONNECTOR`, …), so a real gateway or service plugs in by configuration. The accessors
+below return the configured connector typed by its protocol, and refuse one that does not implement it.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from collections.abc import Callable
+from typing import cast
+
+from cancelflow.config import get_settings
+from cancelflow.integrations.bank import BankTransfer
+from cancelflow.integrations.fulfillment import Notifier
+from cancelflow.integrations.payments import PaymentGateway
 
 
-def load(path: str) -> Any:
-    """Import `module:Attribute` and return it (a class or a factory)."""
+def load(path: str) -> Callable[[], object]:
+    """Import `module:Attribute` and return it (a class or a factory taking no argument)."""
     module_name, _, attr = path.partition(":")
     if not attr:
         raise ValueError(f"connector path {path!r} must look like 'package.module:ClassName'")
-    return getattr(importlib.import_module(module_name), attr)
+    factory = getattr(importlib.import_module(module_name), attr)
+    if not callable(factory):
+        raise TypeError(f"connector {path!r} is not a class or a factory")
+    return cast(Callable[[], object], factory)
 
 
-_instances: dict[str, Any] = {}
+_instances: dict[str, object] = {}
 
 
-def connector(path: str) -> Any:
+def connector(path: str) -> object:
     """One instance per configured connector path and process (connection pools are reused)."""
     if path not in _instances:
         _instances[path] = load(path)()
     return _instances[path]
+
+
+def _misconfigured(path: str, protocol: str) -> TypeError:
+    # A setting naming the wrong class fails loudly at its first use, not with an AttributeError mid-step.
+    return TypeError(f"connector {path!r} does not implement {protocol}")
+
+
+def payment_gateway() -> PaymentGateway:
+    path = get_settings().payment_connector
+    instance = connector(path)
+    if not isinstance(instance, PaymentGateway):
+        raise _misconfigured(path, "PaymentGateway")
+    return instance
+
+
+def bank_transfer() -> BankTransfer:
+    path = get_settings().bank_connector
+    instance = connector(path)
+    if not isinstance(instance, BankTransfer):
+        raise _misconfigured(path, "BankTransfer")
+    return instance
+
+
+def notifier() -> Notifier:
+    path = get_settings().notifier_connector
+    instance = connector(path)
+    if not isinstance(instance, Notifier):
+        raise _misconfigured(path, "Notifier")
+    return instance
+
+
+__all__ = ["bank_transfer", "connector", "load", "notifier", "payment_gateway"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
 
@@ -14,6 +14,7 @@ from cancelflow.integrations.payments import Movement
 from cancelflow.textcheck import storable
 
 
+@runtime_checkable
 class BankTransfer(Protocol):
     def transfer(
         self, *, iban: str, holder_name: str, amount: Decimal, currency: str, idempotency_key: str

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
 
@@ -22,6 +22,7 @@ def sign(secret: str, body: bytes) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
+@runtime_checkable
 class Notifier(Protocol):
     def notify(self, *, callback_url: str, secret: str, kind: str) -> None: ...
 

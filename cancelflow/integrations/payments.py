@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
 
@@ -20,6 +20,7 @@ class Movement:
     replayed: bool
 
 
+@runtime_checkable
 class PaymentGateway(Protocol):
     def refund(
         self, *, payment_reference: str, amount: Decimal, currency: str, idempotency_key: str

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid as uuid_lib
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from typing import Final
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from cancelflow.models.base import Base, TimestampMixin
 from cancelflow.models.catalog import enum_column
+from cancelflow.models.machine import Machine
 
 
 class JobStatus(StrEnum):
@@ -21,6 +24,18 @@ class JobStatus(StrEnum):
     failed = "failed"
     # An export whose file was deleted after the retention period (CANCELFLOW_EXPORT_RETENTION).
     expired = "expired"
+
+
+# Bulk tag jobs and exports share it. A crashed run claims its job again (running -> running); a bulk job
+# small enough finishes in its first chunk (pending -> done); only an export expires.
+JOB_TRANSITIONS: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
+    JobStatus.pending: frozenset({JobStatus.running, JobStatus.done, JobStatus.failed}),
+    JobStatus.running: frozenset({JobStatus.running, JobStatus.done, JobStatus.failed}),
+    JobStatus.done: frozenset({JobStatus.expired}),
+    JobStatus.failed: frozenset(),
+    JobStatus.expired: frozenset(),
+}
+JOB_MACHINE: Final = Machine("job", JOB_TRANSITIONS)
 
 
 class ExportFormat(StrEnum):
@@ -64,4 +79,4 @@ class ExportJob(TimestampMixin, Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-__all__ = ["BulkJob", "ExportFormat", "ExportJob", "JobStatus"]
+__all__ = ["JOB_MACHINE", "JOB_TRANSITIONS", "BulkJob", "ExportFormat", "ExportJob", "JobStatus"]

@@ -8,8 +8,10 @@ asks for its delivery only nudges it, and the beat sweep finds rows whose time h
 from __future__ import annotations
 
 import uuid as uuid_lib
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from typing import Final
 
 from sqlalchemy import (
     BigInteger,
@@ -29,6 +31,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from cancelflow.models.base import Base, TimestampMixin
 from cancelflow.models.catalog import enum_column
+from cancelflow.models.machine import Machine
 
 
 class DeliveryStatus(StrEnum):
@@ -37,6 +40,23 @@ class DeliveryStatus(StrEnum):
     failed = "failed"  # the last try failed; retried at next_attempt_at
     delivered = "delivered"
     dead = "dead"  # given up: a 4xx that retrying cannot fix, or the attempts ran out
+
+
+# Redelivery by hand starts a new cycle from any status; the sweep re-sends a pending row whose message was
+# lost; a failed row tried again may fail again.
+DELIVERY_TRANSITIONS: Final[Mapping[DeliveryStatus, frozenset[DeliveryStatus]]] = {
+    DeliveryStatus.pending: frozenset(
+        {DeliveryStatus.pending, DeliveryStatus.failed, DeliveryStatus.delivered, DeliveryStatus.dead}
+    ),
+    DeliveryStatus.failed: frozenset(
+        {DeliveryStatus.pending, DeliveryStatus.failed, DeliveryStatus.delivered, DeliveryStatus.dead}
+    ),
+    DeliveryStatus.delivered: frozenset({DeliveryStatus.pending}),
+    DeliveryStatus.dead: frozenset({DeliveryStatus.pending}),
+}
+DELIVERY_MACHINE: Final = Machine("webhook_delivery", DELIVERY_TRANSITIONS)
+# Still to be tried: at its next_attempt_at, or as soon as an older delivery of its request is done.
+UNFINISHED: Final = (DeliveryStatus.pending, DeliveryStatus.failed)
 
 
 class AttemptOutcome(StrEnum):
@@ -120,4 +140,13 @@ class WebhookAttempt(Base):
     outcome: Mapped[AttemptOutcome] = mapped_column(enum_column(AttemptOutcome, "webhook_attempt_outcome"))
 
 
-__all__ = ["AttemptOutcome", "DeliveryStatus", "WebhookAttempt", "WebhookDelivery", "WebhookSubscription"]
+__all__ = [
+    "DELIVERY_MACHINE",
+    "DELIVERY_TRANSITIONS",
+    "UNFINISHED",
+    "AttemptOutcome",
+    "DeliveryStatus",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookSubscription",
+]

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
 from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import BulkJob, CancellationRequest, JobStatus
-from cancelflow.services import limits, tags
+from cancelflow.models.jobs import JOB_MACHINE
+from cancelflow.services import limits, operator_jobs, tags
 
 SYNC_MAX_IDS = 1000
 CHUNK_SIZE = 25_000
@@ -149,7 +150,7 @@ def run_chunk(
     if row is None:
         raise NotFound(f"bulk job {job_id} not found")
     status, last_id = row
-    if status in (JobStatus.done, JobStatus.failed):
+    if not JOB_MACHINE.allows(status, JobStatus.running):
         return False
     limits.set_statement_timeout(session)
     if params is None:
@@ -184,14 +185,14 @@ def run_chunk(
     if new_last is None:
         new_last = bounds[0]
         finished = count < chunk_size
-    values: dict[str, Any] = {"done": BulkJob.done + count, "status": JobStatus.running}
+    values: dict[str, Any] = {"done": BulkJob.done + count}
     if new_last is not None:
         values["last_id"] = new_last
     if finished:
-        values.update(status=JobStatus.done, finished_at=func.now())
+        values["finished_at"] = func.now()
         if "ids" in params:
             values["total"] = BulkJob.done + count  # the ids that named requests
-    session.execute(update(BulkJob).where(BulkJob.id == job_id).values(**values))
+    operator_jobs.move(session, BulkJob, JobStatus.done if finished else JobStatus.running, job_id, **values)
     return not finished
 
 
@@ -222,11 +223,7 @@ def _write_cte(op: Op, ids: Select[int], keys: Sequence[str]) -> Any:
 
 
 def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:
-    session.execute(
-        update(BulkJob)
-        .where(BulkJob.id == job_id, BulkJob.status != JobStatus.done)
-        .values(status=JobStatus.failed, error=error[:2000], finished_at=func.now())
-    )
+    operator_jobs.move(session, BulkJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
 
 
 def drive(

@@ -56,9 +56,10 @@ from cancelflow.models.enums import (
     StepKind,
 )
 from cancelflow.services import fulfillment_orders as fos
-from cancelflow.services import steps, transitions, webhooks, workflow
+from cancelflow.services import steps, transitions, workflow
 from cancelflow.services.clock import now
 from cancelflow.services.importer import ReplyPolicyIn
+from cancelflow.services.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def _escalate(session: Session, plan: CancellationPlan, waiting: list[Waiting], 
         },
     )
     # Subscribed storefronts hear of it in the same transaction (outbox), ids and counts only.
-    webhooks.emit(
+    webhook_outbox.emit(
         session,
         "plan.escalated",
         plan.request_id,

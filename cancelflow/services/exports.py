@@ -53,8 +53,9 @@ from cancelflow.models import (
     OrderItem,
     Tag,
 )
+from cancelflow.models.jobs import JOB_MACHINE
 from cancelflow.private_files import create_private, open_private
-from cancelflow.services import limits
+from cancelflow.services import limits, operator_jobs
 
 if TYPE_CHECKING:
     from cancelflow.services.queries import RequestFilters
@@ -407,11 +408,9 @@ def claim_job(session: Session, job_id: uuid.UUID) -> ExportJob | None:
     job = session.scalars(select(ExportJob).where(ExportJob.id == job_id).with_for_update()).one_or_none()
     if job is None:
         raise NotFound(f"export {job_id} not found")
-    if job.status in (JobStatus.done, JobStatus.failed, JobStatus.expired):
+    if not JOB_MACHINE.allows(job.status, JobStatus.running):
         return None
-    job.status = JobStatus.running
-    job.done = 0
-    session.flush()
+    operator_jobs.move(session, ExportJob, JobStatus.running, job_id, done=0)
     return job
 
 
@@ -420,18 +419,21 @@ def record_progress(session: Session, job_id: uuid.UUID, done: int) -> None:
 
 
 def finish_job(session: Session, job_id: uuid.UUID, *, path: Path, rows: int) -> None:
-    session.execute(
-        update(ExportJob)
-        .where(ExportJob.id == job_id)
-        .values(status=JobStatus.done, file_path=str(path), done=rows, total=rows, finished_at=func.now())
+    operator_jobs.move(
+        session,
+        ExportJob,
+        JobStatus.done,
+        job_id,
+        file_path=str(path),
+        done=rows,
+        total=rows,
+        finished_at=func.now(),
     )
 
 
 def fail_job(session: Session, job_id: uuid.UUID, error: str) -> None:
-    session.execute(
-        update(ExportJob)
-        .where(ExportJob.id == job_id, ExportJob.status != JobStatus.done)
-        .values(status=JobStatus.failed, error=error[:2000], finished_at=func.now())
+    operator_jobs.move(
+        session, ExportJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now()
     )
 
 
@@ -455,9 +457,8 @@ def expire_jobs(session: Session, *, retention: timedelta, batch: int = EXPIRE_B
     for job in jobs:
         if job.file_path:
             Path(job.file_path).unlink(missing_ok=True)
-        job.status = JobStatus.expired
-        job.file_path = None
-    session.flush()
+    if jobs:
+        operator_jobs.move(session, ExportJob, JobStatus.expired, *(job.id for job in jobs), file_path=None)
     return len(jobs)
 
 

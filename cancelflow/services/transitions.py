@@ -28,8 +28,8 @@ from cancelflow.models.transitions import (
     STEP_TRANSITIONS,
     InvalidTransition,
 )
-from cancelflow.services import webhooks
 from cancelflow.services.clock import now
+from cancelflow.services.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _move_statement(model: type[Any], columns: tuple[str, ...], watched: bool) -
         .returning(table.c.id)
         .cte("moved")
     )
-    listened = webhooks.listening(bindparam("_kind", type_=String)).label("listened")
+    listened = webhook_outbox.listening(bindparam("_kind", type_=String)).label("listened")
     stmt = _with_event(moved, *([listened] if watched else []))
     _MOVE_STATEMENTS[key] = stmt
     return stmt
@@ -135,7 +135,7 @@ def move(
         raise InvalidTransition(machine, current, to)
     model = type(obj)
     stamp = now()
-    watched = machine in webhooks.MACHINES
+    watched = machine in webhook_outbox.MACHINES
     kind = f"{machine}.{to.value}"
     row = (
         session.connection()
@@ -166,7 +166,7 @@ def move(
         set_committed_value(obj, name, value)
     if watched and row.listened:
         # The outbox row for subscribed storefronts commits (or rolls back) with the change itself.
-        webhooks.on_transition(session, machine, obj, current, to)
+        webhook_outbox.on_transition(session, machine, obj, current, to)
     return True
 
 

@@ -128,12 +128,7 @@ def set_password(session: Session, username: str, password: str) -> User:
         raise NotFound(f"no user named {username!r}")
     _check_new_password(password)
     user.password_hash = hash_password(password)
-    session.execute(
-        update(ApiToken)
-        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=now())
-    )
-    session.flush()
+    _revoke_tokens(session, user)
     return user
 
 
@@ -206,14 +201,20 @@ def user_of_token(session: Session, token_id: int) -> tuple[ApiToken, User | Non
 
 
 def deactivate(session: Session, username: str) -> User:
+    """The user can no longer log in, and every token it holds is revoked now (sessions end at once)."""
     user = get_by_username(session, username)
     if user is None:
         raise NotFound(f"no user named {username!r}")
     user.is_active = False
+    _revoke_tokens(session, user)
+    return user
+
+
+def _revoke_tokens(session: Session, user: User) -> None:
+    """Revoke every live token of the user."""
     session.execute(
         update(ApiToken)
         .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
         .values(revoked_at=now())
     )
     session.flush()
-    return user

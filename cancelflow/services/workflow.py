@@ -15,9 +15,9 @@ from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from cancelflow import integrations
 from cancelflow.config import get_settings
 from cancelflow.errors import AlreadyHandled, Conflict, NotFound, PermanentError, Refused
-from cancelflow.integrations import connector
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
@@ -333,7 +333,7 @@ def notify_step(session: Session, step: WorkflowStep) -> None:
     if fo.request_status != FORequestStatus.cancellation_requested or service is None:
         steps.finish(session, step, {"skipped": fo.request_status.value})
         return
-    connector(get_settings().notifier_connector).notify(
+    integrations.notifier().notify(
         callback_url=service.callback_url, secret=service.secret, kind="CANCELLATION_REQUEST"
     )
     steps.finish(session, step, {"notified": service.handle})
@@ -535,13 +535,12 @@ def money_step(session: Session, step: WorkflowStep) -> None:
         steps.finish(session, step, {"external_id": existing.external_id, "already_recorded": True})
         _close_when_paid(session, plan)
         return
-    settings = get_settings()
     target = plan.refund_target
     replayed = False
     if target == RefundTarget.original_payment:
         if payment is None or not payment.reference:
             raise PermanentError(f"payment of order {order.number} has no reference to refund against")
-        movement = connector(settings.payment_connector).refund(
+        movement = integrations.payment_gateway().refund(
             payment_reference=payment.reference,
             amount=plan.amount,
             currency=plan.currency,
@@ -551,7 +550,7 @@ def money_step(session: Session, step: WorkflowStep) -> None:
     elif target == RefundTarget.bank_transfer:
         if not request.iban or not request.holder_name:
             raise PermanentError("bank transfer needs an IBAN and a holder name")
-        movement = connector(settings.bank_connector).transfer(
+        movement = integrations.bank_transfer().transfer(
             iban=request.iban,
             holder_name=request.holder_name,
             amount=plan.amount,
@@ -683,14 +682,3 @@ def close_step(session: Session, step: WorkflowStep) -> None:
         if request.status == RequestStatus.approved:
             transitions.move(session, request, RequestStatus.completed)
     steps.finish(session, step, {"plan_status": plan.status.value})
-
-
-STEP_HANDLERS = {
-    StepKind.validate: validate_step,
-    StepKind.route: route_step,
-    StepKind.notify: notify_step,
-    StepKind.refund: money_step,
-    StepKind.bank_transfer: money_step,
-    StepKind.loyalty_credit: money_step,
-    StepKind.close: close_step,
-}

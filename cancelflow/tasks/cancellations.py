@@ -51,12 +51,12 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
         return "invalid"
     except IntegrityError as exc:
         # A twin message with the same client_request_id won a race: the retry finds its request.
-        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+        self.retry_soon(exc)
     except DBAPIError as exc:
         if not unavailable(exc):
             raise
         # The database is away (restarting, a dropped connection): the broker keeps the retry.
-        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+        self.retry_soon(exc)
     log.info(
         "cancellation request stored",
         client_request_id=ref,

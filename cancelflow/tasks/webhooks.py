@@ -5,9 +5,10 @@ from __future__ import annotations
 from sqlalchemy.exc import OperationalError
 
 from cancelflow.errors import Refused
-from cancelflow.services import task_ids, webhooks
+from cancelflow.services import task_ids
+from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.worker.app import celery_app
-from cancelflow.worker.base import DB_AWAY_FIRST_DELAY, DB_AWAY_MAX_DELAY, DB_AWAY_MAX_RETRIES, DbTask
+from cancelflow.worker.base import DB_AWAY_MAX_RETRIES, DbTask
 
 
 @celery_app.task(name="webhooks.deliver", base=DbTask, bind=True, max_retries=DB_AWAY_MAX_RETRIES)
@@ -19,16 +20,15 @@ def deliver(self: DbTask, delivery_id: int) -> str:
         return self.refuse(exc, delivery_id=task_ids.shown(delivery_id))
     try:
         with self.session() as session:
-            return webhooks.deliver(session, checked)
+            return webhook_delivery.deliver(session, checked)
     except OperationalError as exc:
         # The database is away: the row keeps its redelivery grace, so the message is sent again shortly
         # (bounded) rather than left to the sweep.
-        countdown = min(DB_AWAY_MAX_DELAY, DB_AWAY_FIRST_DELAY * 2**self.request.retries)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        self.retry_while_db_away(exc)
 
 
 @celery_app.task(name="webhooks.sweep", base=DbTask, bind=True)
 def sweep(self: DbTask) -> int:
     """Re-send deliveries whose time has come: lost messages, and retries too far off for a countdown."""
     with self.session() as session:
-        return webhooks.sweep_due(session)
+        return webhook_delivery.sweep_due(session)

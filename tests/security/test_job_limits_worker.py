@@ -145,4 +145,4 @@ def test_a_bulk_chunk_over_the_statement_timeout_fails_the_job_and_writes_nothin
     assert job["done"] == 0
     for key in keys:
         assert tagged_ids(key) == set()
-    assert "bulk job interrupted, resuming" not in tiny_timeout_worker.procs["worker-timeout"].log_text()
+    assert "bulk job interrupted, retrying" not in tiny_timeout_worker.procs["worker-timeout"].log_text()

@@ -41,7 +41,9 @@ from cancelflow.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from cancelflow.services import intake, webhooks, workflow
+from cancelflow.services import intake, workflow
+from cancelflow.services.webhooks import delivery as webhook_delivery
+from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 from tests.conftest import DATABASE_URL
 from tests.factories import load, next_id, order_payload, reference_payload, service_payload
 
@@ -241,7 +243,9 @@ def _request(session: Session, channel: int) -> CancellationRequest:
 def _deliver_once(session: Session, urls: list[str], channel: int) -> list[WebhookAttempt]:
     """Subscribe each URL, approve one request so that each gets a delivery, deliver each once."""
     subscriptions = [
-        webhooks.create_subscription(session, url=url, events=["request.approved"], channel_id=channel)
+        webhook_subscriptions.create_subscription(
+            session, url=url, events=["request.approved"], channel_id=channel
+        )
         for url in urls
     ]
     request = _request(session, channel)
@@ -251,7 +255,7 @@ def _deliver_once(session: Session, urls: list[str], channel: int) -> list[Webho
         [delivery] = session.scalars(
             select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription.id)
         ).all()
-        webhooks.deliver(session, delivery.id)  # the real guarded client, as in the worker
+        webhook_delivery.deliver(session, delivery.id)  # the real guarded client, as in the worker
         [attempt] = session.scalars(
             select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery.id)
         ).all()
@@ -319,7 +323,7 @@ class TestRegistration:
         ],
     )
     def test_listing_masks_secrets_in_stored_urls(self, stored: str, listed: str) -> None:
-        assert webhooks.display_url(stored) == listed
+        assert webhook_subscriptions.display_url(stored) == listed
 
     def test_allowlist_opens_exactly_what_it_names(
         self, client: TestClient, staff: dict[str, str], allow: Callable[[str], None], channel: int
@@ -437,7 +441,7 @@ class TestSubscriptionCap:
             barrier.wait()
             try:
                 with transaction() as session:
-                    webhooks.create_subscription(
+                    webhook_subscriptions.create_subscription(
                         session, url=f"http://{PUBLIC_IP}/hook", events=["*"], channel_id=channel
                     )
                 outcomes.append("created")
@@ -508,7 +512,7 @@ class TestConnectTime:
         # Given subscriptions stored while loopback was allowed (or before the check existed)
         allow("127.0.0.1,::ffff:127.0.0.1")
         channel = new_channel()
-        subscription = webhooks.create_subscription(
+        subscription = webhook_subscriptions.create_subscription(
             session, url=url.format(port=receiver.port), events=["request.approved"], channel_id=channel
         )
         request = _request(session, channel)
@@ -518,7 +522,7 @@ class TestConnectTime:
         ).all()
         # When the worker delivers under the default policy
         allow("")
-        assert webhooks.deliver(session, delivery.id) == "dead"
+        assert webhook_delivery.deliver(session, delivery.id) == "dead"
         # Then nothing reached the receiver
         assert receiver.paths == []
         assert delivery.last_error == "destination not allowed"

@@ -76,14 +76,14 @@ def _transaction() -> Any:
 
 
 def test_webhook_to_loopback_is_refused_by_the_worker(stack: Stack, internal: tuple[list[str], int]) -> None:
-    from cancelflow.services import webhooks
+    from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
     seen, port = internal
     channel = next_id()
     load({"channels": [{"id": channel, "name": f"SSRF worker {channel}"}]})
     # Given a subscription stored while loopback was allowed (this process allows it; the worker does not)
     with _transaction() as session:
-        subscription = webhooks.create_subscription(
+        subscription = webhook_subscriptions.create_subscription(
             session, url=f"http://localhost:{port}/hook", events=["*"], channel_id=channel
         )
         subscription_id = subscription.id
@@ -122,7 +122,7 @@ def test_webhook_to_loopback_is_refused_by_the_worker(stack: Stack, internal: tu
         assert seen == []
     finally:
         with _transaction() as session:
-            webhooks.remove_subscription(session, subscription_id)
+            webhook_subscriptions.remove_subscription(session, subscription_id)
 
 
 def test_callback_url_to_loopback_is_refused_by_the_worker(

@@ -46,6 +46,15 @@ MONEY_KIND = {
     "original_payment": StepKind.refund,
     "bank_transfer": StepKind.bank_transfer,
 }
+# The service call each step's task makes (the notification's HTTP call is left out below).
+HANDLERS = {
+    StepKind.validate: workflow.validate_step,
+    StepKind.route: workflow.route_step,
+    StepKind.refund: workflow.money_step,
+    StepKind.bank_transfer: workflow.money_step,
+    StepKind.loyalty_credit: workflow.money_step,
+    StepKind.close: workflow.close_step,
+}
 STOPS: tuple[tuple[StepKind, str], ...] = (
     (StepKind.validate, "loyalty_money"),
     (StepKind.route, "loyalty_money"),
@@ -118,7 +127,7 @@ def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: st
                 assert fo_id is not None
                 workflow.answer_cancellation(session, fo_id, decision="accept", message=None, service_id=None)
             continue
-        flow.run(kind, workflow.STEP_HANDLERS[kind])
+        flow.run(kind, HANDLERS[kind])
     return flow
 
 

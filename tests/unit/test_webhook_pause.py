@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session
 
 from cancelflow.models import DeliveryStatus, Event, WebhookDelivery, WebhookSubscription
 from cancelflow.models.enums import PlanStatus
-from cancelflow.services import metrics, transitions, webhooks, workflow
+from cancelflow.services import metrics, transitions, workflow
 from cancelflow.services.clock import now
+from cancelflow.services.webhooks import delivery as webhook_delivery
+from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 from tests.unit.test_webhooks import _answer, _client, _deliver_sends, _deliveries, _request, _subscribe
 
 
@@ -40,32 +42,35 @@ class TestWaitingIsADatabaseTimer:
     ) -> None:
         _subscription, first, _ = _two_of_one_request(session)
         _clear_sends(session)
-        assert webhooks.deliver(session, first.id, client=_client(_refuse)) == "retry"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_refuse)) == "retry"
         # The backoff is the row's next_attempt_at, not a message with a countdown.
         assert _deliver_sends(session) == []
         assert first.status == DeliveryStatus.failed
         assert first.next_attempt_at > now()
         first.next_attempt_at = now() - timedelta(seconds=1)
         session.flush()
-        assert webhooks.sweep_due(session) >= 1
+        assert webhook_delivery.sweep_due(session) >= 1
         assert (first.id,) in _deliver_sends(session)
 
     def test_a_delivery_behind_an_older_one_publishes_nothing(self, session: Session) -> None:
         _, first, second = _two_of_one_request(session)
         _clear_sends(session)
-        assert webhooks.deliver(session, first.id, client=_client(_answer(500))) == "retry"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_answer(500))) == "retry"
         for _ in range(3):  # however often it is looked at, waiting never re-queues it
-            assert webhooks.deliver(session, second.id, client=_client(_answer(200))) == "waiting_for_older"
+            assert (
+                webhook_delivery.deliver(session, second.id, client=_client(_answer(200)))
+                == "waiting_for_older"
+            )
         assert _deliver_sends(session) == []
 
     def test_the_sweep_sends_only_the_oldest_unfinished_delivery_of_a_request(self, session: Session) -> None:
         _, first, second = _two_of_one_request(session)
-        assert webhooks.deliver(session, first.id, client=_client(_answer(500))) == "retry"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_answer(500))) == "retry"
         for delivery in (first, second):
             delivery.next_attempt_at = now() - timedelta(seconds=1)
         session.flush()
         _clear_sends(session)
-        webhooks.sweep_due(session)
+        webhook_delivery.sweep_due(session)
         sent = _deliver_sends(session)
         assert (first.id,) in sent
         assert (second.id,) not in sent  # it waits for the older one's nudge, not for a sweep loop
@@ -82,13 +87,13 @@ class TestPause:
     def _fail(self, session: Session, delivery: WebhookDelivery, times: int) -> None:
         for _ in range(times):
             delivery.next_attempt_at = now() - timedelta(seconds=1)
-            assert webhooks.deliver(session, delivery.id, client=_client(_refuse)) == "retry"
+            assert webhook_delivery.deliver(session, delivery.id, client=_client(_refuse)) == "retry"
 
     def test_a_success_in_between_resets_the_count(self, session: Session) -> None:
         subscription, first, second = _two_of_one_request(session)
         self._fail(session, first, 2)
         first.next_attempt_at = now() - timedelta(seconds=1)
-        assert webhooks.deliver(session, first.id, client=_client(_answer(200))) == "delivered"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_answer(200))) == "delivered"
         session.refresh(subscription)
         assert (subscription.consecutive_failures, subscription.paused_at) == (0, None)
         self._fail(session, second, 2)
@@ -116,10 +121,10 @@ class TestPause:
         calls: list[httpx.Request] = []
         first.next_attempt_at = now() - timedelta(seconds=1)
         session.flush()
-        assert webhooks.deliver(session, first.id, client=_client(_answer(200, calls))) == "paused"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_answer(200, calls))) == "paused"
         assert calls == []
         _clear_sends(session)
-        webhooks.sweep_due(session)
+        webhook_delivery.sweep_due(session)
         assert (first.id,) not in _deliver_sends(session)
         later = _request(session)
         workflow.approve(session, later, actor="test")
@@ -127,19 +132,21 @@ class TestPause:
         assert (fresh.id,) not in _deliver_sends(session)  # written, kept for the resume, not sent
 
         # When staff resume it
-        webhooks.resume_subscription(session, subscription.id)
+        webhook_subscriptions.resume_subscription(session, subscription.id)
         session.refresh(subscription)
         assert (subscription.paused_at, subscription.consecutive_failures) == (None, 0)
         # Then the sweep sends the waiting deliveries, oldest of each request first, and they go out
         session.refresh(first)
         _clear_sends(session)
-        webhooks.sweep_due(session)
+        webhook_delivery.sweep_due(session)
         sent = _deliver_sends(session)
         assert (first.id,) in sent
         assert (fresh.id,) in sent
         assert (second.id,) not in sent
-        assert webhooks.deliver(session, first.id, client=_client(_answer(200, calls))) == "delivered"
-        assert webhooks.deliver(session, second.id, client=_client(_answer(200, calls))) == "delivered"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_answer(200, calls))) == "delivered"
+        assert (
+            webhook_delivery.deliver(session, second.id, client=_client(_answer(200, calls))) == "delivered"
+        )
         kinds = session.scalars(
             select(Event.kind)
             .where(Event.entity == "webhook_subscription", Event.entity_id == subscription.id)
@@ -151,8 +158,8 @@ class TestPause:
         from cancelflow.errors import NotFound
 
         subscription = _subscribe(session, "*")
-        webhooks.remove_subscription(session, subscription.id)
+        webhook_subscriptions.remove_subscription(session, subscription.id)
         with pytest.raises(NotFound):
-            webhooks.resume_subscription(session, subscription.id)
+            webhook_subscriptions.resume_subscription(session, subscription.id)
         with pytest.raises(NotFound):
-            webhooks.resume_subscription(session, 2**62)
+            webhook_subscriptions.resume_subscription(session, 2**62)

@@ -16,6 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, NotFound
+from cancelflow.integrations import webhooks as webhook_http
 from cancelflow.models import (
     CancellationRequest,
     DeliveryStatus,
@@ -24,9 +25,12 @@ from cancelflow.models import (
     WebhookSubscription,
 )
 from cancelflow.models.enums import PlanStatus
-from cancelflow.services import intake, transitions, webhooks, workflow
+from cancelflow.services import intake, transitions, workflow
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import pending_sends
+from cancelflow.services.webhooks import delivery as webhook_delivery
+from cancelflow.services.webhooks import outbox as webhook_outbox
+from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 from tests.factories import VALID_IBAN, order_payload, reference_payload
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -51,7 +55,7 @@ def _request(session: Session, **kwargs: Any) -> CancellationRequest:
 
 
 def _subscribe(session: Session, *events: str, channel: int | None = None) -> WebhookSubscription:
-    return webhooks.create_subscription(
+    return webhook_subscriptions.create_subscription(
         session, url="http://127.0.0.1:9/hook", events=list(events), channel_id=channel
     )
 
@@ -86,13 +90,17 @@ def _deliver_sends(session: Session) -> list[tuple[int, ...]]:
 class TestSubscriptions:
     def test_create_validates_events_url_and_channel(self, session: Session) -> None:
         with pytest.raises(Invalid) as info:
-            webhooks.create_subscription(session, url="http://x.test/h", events=["request.exploded"])
+            webhook_subscriptions.create_subscription(
+                session, url="http://x.test/h", events=["request.exploded"]
+            )
         assert "events" in info.value.field_errors
         with pytest.raises(Invalid) as info:
-            webhooks.create_subscription(session, url="ftp://x.test/h", events=["*"])
+            webhook_subscriptions.create_subscription(session, url="ftp://x.test/h", events=["*"])
         assert "url" in info.value.field_errors
         with pytest.raises(Invalid) as info:
-            webhooks.create_subscription(session, url="http://x.test/h", events=["*"], channel_id=987654)
+            webhook_subscriptions.create_subscription(
+                session, url="http://x.test/h", events=["*"], channel_id=987654
+            )
         assert "channel" in info.value.field_errors
 
     def test_secrets_differ_and_remove_deactivates(self, session: Session) -> None:
@@ -100,10 +108,10 @@ class TestSubscriptions:
         b = _subscribe(session, "*")
         assert a.secret != b.secret
         assert a.secret.startswith("whsec_")
-        webhooks.remove_subscription(session, a.id)
-        assert a.id not in [s.id for s in webhooks.list_subscriptions(session)]
+        webhook_subscriptions.remove_subscription(session, a.id)
+        assert a.id not in [s.id for s in webhook_subscriptions.list_subscriptions(session)]
         with pytest.raises(NotFound):
-            webhooks.remove_subscription(session, a.id)
+            webhook_subscriptions.remove_subscription(session, a.id)
 
 
 class TestOutbox:
@@ -115,7 +123,7 @@ class TestOutbox:
         other_channel = _subscribe(session, "*", channel=2)
         other_event = _subscribe(session, "plan.failed")
         inactive = _subscribe(session, "*")
-        webhooks.remove_subscription(session, inactive.id)
+        webhook_subscriptions.remove_subscription(session, inactive.id)
 
         # When the request is approved
         workflow.approve(session, request, actor="test")
@@ -174,7 +182,7 @@ class TestOutbox:
         subscription = _subscribe(session, "*")
         workflow.approve(session, request, actor="test")
         [delivery] = _deliveries(session, subscription)
-        body = webhooks.encode(delivery.payload).decode()
+        body = webhook_http.encode(delivery.payload).decode()
         # …the payload does not
         for secret in (VALID_IBAN, "Alice", "Secretname", "alice.private", "Bob", "Norman", "iban", "holder"):
             assert secret.lower() not in body.lower(), secret
@@ -192,12 +200,12 @@ class TestOutbox:
         request = _request(session)
         subscription = _subscribe(session, "plan.escalated")
         workflow.approve(session, request, actor="test")
-        webhooks.emit(session, "plan.escalated", request.id, {"deadline_action": "escalate"})
+        webhook_outbox.emit(session, "plan.escalated", request.id, {"deadline_action": "escalate"})
         [delivery] = _deliveries(session, subscription)
         assert delivery.payload["data"]["deadline_action"] == "escalate"  # type: ignore[index]
         assert delivery.payload["data"]["plan"]["status"] == "waiting"  # type: ignore[index]
         with pytest.raises(ValueError, match="unknown webhook event type"):
-            webhooks.emit(session, "plan.exploded", request.id)
+            webhook_outbox.emit(session, "plan.exploded", request.id)
 
     def test_a_rolled_back_change_leaves_no_delivery(self, session: Session) -> None:
         request = _request(session)
@@ -223,9 +231,9 @@ class TestSignature:
     def test_round_trip(self) -> None:
         body = b'{"id":"e1","type":"request.completed"}'
         ts = int(time.time())
-        header = webhooks.sign("whsec_abc", ts, body)
+        header = webhook_http.sign("whsec_abc", ts, body)
         assert header.startswith(f"t={ts},v1=")
-        assert webhooks.verify_signature("whsec_abc", header, body)
+        assert webhook_http.verify_signature("whsec_abc", header, body)
 
     @pytest.mark.parametrize(
         ("secret", "body", "age"),
@@ -237,12 +245,12 @@ class TestSignature:
     )
     def test_rejects_wrong_secret_tampering_and_replay(self, secret: str, body: bytes, age: int) -> None:
         ts = int(time.time()) - age
-        header = webhooks.sign("whsec_abc", ts, b'{"id":"e1"}')
-        assert not webhooks.verify_signature(secret, header, body)
+        header = webhook_http.sign("whsec_abc", ts, b'{"id":"e1"}')
+        assert not webhook_http.verify_signature(secret, header, body)
 
     def test_rejects_garbage_header(self) -> None:
-        assert not webhooks.verify_signature("s", "v1=abc", b"{}")
-        assert not webhooks.verify_signature("s", "t=notanumber,v1=abc", b"{}")
+        assert not webhook_http.verify_signature("s", "v1=abc", b"{}")
+        assert not webhook_http.verify_signature("s", "t=notanumber,v1=abc", b"{}")
 
     def test_delivery_is_signed_over_the_raw_body(self, session: Session) -> None:
         request = _request(session)
@@ -250,14 +258,16 @@ class TestSignature:
         workflow.approve(session, request, actor="test")
         [delivery] = _deliveries(session, subscription)
         calls: list[httpx.Request] = []
-        assert webhooks.deliver(session, delivery.id, client=_client(_answer(204, calls))) == "delivered"
+        assert (
+            webhook_delivery.deliver(session, delivery.id, client=_client(_answer(204, calls))) == "delivered"
+        )
         [sent] = calls
         assert sent.headers["X-Cancelflow-Event-Id"] == str(delivery.event_id)
         assert sent.headers["X-Cancelflow-Event-Type"] == "request.approved"
         assert sent.headers["X-Cancelflow-Signature"].startswith(
             f"t={sent.headers['X-Cancelflow-Timestamp']},v1="
         )
-        assert webhooks.verify_signature(
+        assert webhook_http.verify_signature(
             subscription.secret, sent.headers["X-Cancelflow-Signature"], sent.content
         )
         assert json.loads(sent.content)["id"] == str(delivery.event_id)
@@ -272,7 +282,7 @@ class TestDelivery:
         return delivery
 
     def _attempts(self, session: Session, delivery: WebhookDelivery) -> list[WebhookAttempt]:
-        return webhooks.list_attempts(session, delivery.id)
+        return webhook_delivery.list_attempts(session, delivery.id)
 
     def test_server_error_is_retried_with_backoff_and_recorded(
         self, session: Session, monkeypatch: pytest.MonkeyPatch
@@ -283,7 +293,7 @@ class TestDelivery:
         monkeypatch.setattr(get_settings(), "retry_backoff_max", timedelta(minutes=5))
         delivery = self._one(session)
         before = now()
-        assert webhooks.deliver(session, delivery.id, client=_client(_answer(503))) == "retry"
+        assert webhook_delivery.deliver(session, delivery.id, client=_client(_answer(503))) == "retry"
         assert delivery.status == DeliveryStatus.failed
         assert delivery.attempt == 1
         assert delivery.last_status_code == 503
@@ -293,7 +303,7 @@ class TestDelivery:
         assert attempt.duration_ms >= 0
         assert "503" in (attempt.error or "")
         # a duplicate message before the backoff elapsed makes no attempt
-        assert webhooks.deliver(session, delivery.id, client=_client(_answer(200))) == "not_due"
+        assert webhook_delivery.deliver(session, delivery.id, client=_client(_answer(200))) == "not_due"
         assert len(self._attempts(session, delivery)) == 1
 
     def test_a_retry_after_from_the_receiver_is_waited_out(self, session: Session) -> None:
@@ -303,7 +313,7 @@ class TestDelivery:
         def slow_down(request: httpx.Request) -> httpx.Response:
             return httpx.Response(429, headers={"Retry-After": "120"})
 
-        assert webhooks.deliver(session, delivery.id, client=_client(slow_down)) == "retry"
+        assert webhook_delivery.deliver(session, delivery.id, client=_client(slow_down)) == "retry"
         assert delivery.next_attempt_at >= before + timedelta(seconds=120)  # backoff alone caps at 2 s here
 
     @pytest.mark.parametrize(
@@ -311,7 +321,7 @@ class TestDelivery:
     )
     def test_client_errors_die_except_408_and_429(self, session: Session, code: int, outcome: str) -> None:
         delivery = self._one(session)
-        assert webhooks.deliver(session, delivery.id, client=_client(_answer(code))) == outcome
+        assert webhook_delivery.deliver(session, delivery.id, client=_client(_answer(code))) == outcome
         assert delivery.status == (DeliveryStatus.dead if outcome == "dead" else DeliveryStatus.failed)
 
     def test_connection_error_is_a_failed_attempt_without_a_code(self, session: Session) -> None:
@@ -320,7 +330,7 @@ class TestDelivery:
         def refuse(request: httpx.Request) -> httpx.Response:
             raise httpx.ConnectError("refused", request=request)
 
-        assert webhooks.deliver(session, delivery.id, client=_client(refuse)) == "retry"
+        assert webhook_delivery.deliver(session, delivery.id, client=_client(refuse)) == "retry"
         [attempt] = self._attempts(session, delivery)
         assert attempt.status_code is None
         assert attempt.error == "unreachable"  # the same reason whatever the port did
@@ -333,65 +343,67 @@ class TestDelivery:
         outcomes = []
         for _ in range(3):
             delivery.next_attempt_at = now() - timedelta(seconds=1)
-            outcomes.append(webhooks.deliver(session, delivery.id, client=_client(_answer(500))))
+            outcomes.append(webhook_delivery.deliver(session, delivery.id, client=_client(_answer(500))))
         assert outcomes == ["retry", "retry", "dead"]
         assert delivery.status == DeliveryStatus.dead
-        assert webhooks.deliver(session, delivery.id, client=_client(_answer(200))) == "already_dead"
+        assert webhook_delivery.deliver(session, delivery.id, client=_client(_answer(200))) == "already_dead"
         assert len(self._attempts(session, delivery)) == 3
 
     def test_removed_subscription_stops_its_deliveries(self, session: Session) -> None:
         delivery = self._one(session)
-        webhooks.remove_subscription(session, delivery.subscription_id)
+        webhook_subscriptions.remove_subscription(session, delivery.subscription_id)
         calls: list[httpx.Request] = []
-        assert webhooks.deliver(session, delivery.id, client=_client(_answer(200, calls))) == "dead"
+        assert webhook_delivery.deliver(session, delivery.id, client=_client(_answer(200, calls))) == "dead"
         assert calls == []
 
     def test_redeliver_starts_a_new_cycle_with_the_same_event_id(self, session: Session) -> None:
         delivery = self._one(session)
-        webhooks.deliver(session, delivery.id, client=_client(_answer(410)))
+        webhook_delivery.deliver(session, delivery.id, client=_client(_answer(410)))
         event_id = delivery.event_id
-        webhooks.redeliver(session, delivery.id)
+        webhook_delivery.redeliver(session, delivery.id)
         assert (delivery.status, delivery.attempt, delivery.event_id) == (DeliveryStatus.pending, 0, event_id)
         assert (delivery.id,) in _deliver_sends(session)
         calls: list[httpx.Request] = []
-        assert webhooks.deliver(session, delivery.id, client=_client(_answer(200, calls))) == "delivered"
+        assert (
+            webhook_delivery.deliver(session, delivery.id, client=_client(_answer(200, calls))) == "delivered"
+        )
         assert calls[0].headers["X-Cancelflow-Event-Id"] == str(event_id)
         assert [a.outcome.value for a in self._attempts(session, delivery)] == ["dead", "delivered"]
         with pytest.raises(NotFound):
-            webhooks.redeliver(session, 2**62)
+            webhook_delivery.redeliver(session, 2**62)
 
     def test_a_finished_delivery_shows_no_next_attempt(self, session: Session) -> None:
         from cancelflow.api.webhooks import _delivery
 
         # Given a delivery that died, was redelivered (a timer ahead) and then got through
         delivery = self._one(session)
-        webhooks.deliver(session, delivery.id, client=_client(_answer(410)))
+        webhook_delivery.deliver(session, delivery.id, client=_client(_answer(410)))
         assert _delivery(delivery).next_attempt_at is None  # dead: nothing follows
-        webhooks.redeliver(session, delivery.id)
+        webhook_delivery.redeliver(session, delivery.id)
         assert delivery.next_attempt_at > now()
         assert _delivery(delivery).next_attempt_at == delivery.next_attempt_at  # pending: its timer
-        webhooks.deliver(session, delivery.id, client=_client(_answer(200)))
+        webhook_delivery.deliver(session, delivery.id, client=_client(_answer(200)))
         assert delivery.status == DeliveryStatus.delivered
         # Then neither the API nor the CLI presents the old timer as a next attempt
         assert _delivery(delivery).next_attempt_at is None
-        assert webhooks.next_attempt(delivery) is None
+        assert webhook_delivery.next_attempt(delivery) is None
 
     def test_sweep_resends_due_retries_and_leaves_others(self, session: Session) -> None:
         due = self._one(session)
         later = self._one(session)
         for delivery in (due, later):
-            webhooks.deliver(session, delivery.id, client=_client(_answer(500)))
+            webhook_delivery.deliver(session, delivery.id, client=_client(_answer(500)))
         due.next_attempt_at = now() - timedelta(seconds=1)
         later.next_attempt_at = now() + timedelta(hours=1)
         session.flush()
         session.info.pop("cancelflow.pending_sends", None)
-        assert webhooks.sweep_due(session) >= 1
+        assert webhook_delivery.sweep_due(session) >= 1
         sent = _deliver_sends(session)
         assert (due.id,) in sent
         assert (later.id,) not in sent
         session.refresh(due)
         assert due.status == DeliveryStatus.pending  # a message is on its way: not an early duplicate
-        assert webhooks.deliver(session, due.id, client=_client(_answer(200))) == "delivered"
+        assert webhook_delivery.deliver(session, due.id, client=_client(_answer(200))) == "delivered"
 
 
 class TestOrdering:
@@ -411,21 +423,21 @@ class TestOrdering:
         # When the younger one is tried first, nothing is sent and no attempt is counted
         calls: list[httpx.Request] = []
         client = _client(_answer(200, calls))
-        assert webhooks.deliver(session, second.id, client=client) == "waiting_for_older"
+        assert webhook_delivery.deliver(session, second.id, client=client) == "waiting_for_older"
         assert (calls, second.attempt, second.status) == ([], 0, DeliveryStatus.pending)
-        assert webhooks.deliver(session, other_delivery.id, client=client) == "delivered"
+        assert webhook_delivery.deliver(session, other_delivery.id, client=client) == "delivered"
 
         # When the older one fails, the younger one still waits
-        assert webhooks.deliver(session, first.id, client=_client(_answer(500))) == "retry"
-        assert webhooks.deliver(session, second.id, client=client) == "waiting_for_older"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_answer(500))) == "retry"
+        assert webhook_delivery.deliver(session, second.id, client=client) == "waiting_for_older"
         assert second.next_attempt_at > first.next_attempt_at
 
         # Then once the older one is delivered it nudges the younger, which goes out after it
         first.next_attempt_at = now() - timedelta(seconds=1)
         session.info.pop("cancelflow.pending_sends", None)
-        assert webhooks.deliver(session, first.id, client=client) == "delivered"
+        assert webhook_delivery.deliver(session, first.id, client=client) == "delivered"
         assert (second.id,) in _deliver_sends(session)
-        assert webhooks.deliver(session, second.id, client=client) == "delivered"
+        assert webhook_delivery.deliver(session, second.id, client=client) == "delivered"
         assert [c.headers["X-Cancelflow-Event-Type"] for c in calls] == [
             "request.approved",
             "request.approved",
@@ -438,5 +450,5 @@ class TestOrdering:
         plan = workflow.approve(session, request, actor="test")
         transitions.move(session, plan, PlanStatus.confirmed)
         first, second = _deliveries(session, subscription)
-        assert webhooks.deliver(session, first.id, client=_client(_answer(404))) == "dead"
-        assert webhooks.deliver(session, second.id, client=_client(_answer(200))) == "delivered"
+        assert webhook_delivery.deliver(session, first.id, client=_client(_answer(404))) == "dead"
+        assert webhook_delivery.deliver(session, second.id, client=_client(_answer(200))) == "delivered"

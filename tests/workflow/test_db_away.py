@@ -109,7 +109,9 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 def test_a_webhook_delivery_tried_while_the_database_is_away_goes_out_when_it_returns(stack: Stack) -> None:
     from cancelflow.db import get_engine, transaction
     from cancelflow.models import DeliveryStatus, WebhookDelivery
-    from cancelflow.services import intake, webhooks
+    from cancelflow.services import intake
+    from cancelflow.services.webhooks import outbox as webhook_outbox
+    from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
     from cancelflow.worker.app import celery_app
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
@@ -118,7 +120,7 @@ def test_a_webhook_delivery_tried_while_the_database_is_away_goes_out_when_it_re
         # Given a delivery that is due to the sweeper only in an hour, and whose message was not sent
         service = make_service(stack, policy="never")
         with transaction() as session:
-            webhooks.create_subscription(
+            webhook_subscriptions.create_subscription(
                 session, url=f"http://127.0.0.1:{server.server_address[1]}/hook", events=["plan.escalated"]
             )
             request = intake.submit(
@@ -129,7 +131,7 @@ def test_a_webhook_delivery_tried_while_the_database_is_away_goes_out_when_it_re
                     "reason": 1,
                 },
             ).request
-            [delivery] = webhooks.emit(session, "plan.escalated", request.id)
+            [delivery] = webhook_outbox.emit(session, "plan.escalated", request.id)
             delivery.next_attempt_at = delivery.next_attempt_at + timedelta(hours=1)
             delivery_id = delivery.id
             session.info.pop("cancelflow.pending_sends", None)

@@ -20,8 +20,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cancelflow.cli.main import app as cli_app
+from cancelflow.integrations.webhooks import verify_signature
 from cancelflow.models import WebhookAttempt, WebhookDelivery
-from cancelflow.services.webhooks import verify_signature
 from tests.factories import load, next_id
 from tests.harness import Stack, wait_for
 from tests.workflow.conftest import make_order, make_service, submit, wait_status
