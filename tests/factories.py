@@ -1,10 +1,31 @@
-"""Typed, keyword-only builders of import payloads with ids unique across the test run."""
+"""Typed, keyword-only builders of the rows tests need, with ids unique across the test run.
+
+Two kinds of builder live here, and each says which it is:
+- through the real services (`new_service`, `new_order` via the importer, `api_token` via the token
+  service): where a product rule applies to the row (import checks, key hashing, token kinds), the test gets
+  the row that rule made;
+- straight rows (`*_payload` dicts for tests that post them themselves, `captured_sender`): where the test is
+  about something else and only needs the data.
+"""
 
 from __future__ import annotations
 
 import itertools
 import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+from cancelflow.models import (
+    ApiToken,
+    CancellationRequest,
+    FulfillmentOrder,
+    FulfillmentService,
+    Order,
+    OrderItem,
+)
+from cancelflow.services import jobs
 
 _ids = itertools.count(random.randrange(10**9, 2 * 10**9, 10**5))
 VALID_IBAN = "DE89370400440532013000"
@@ -134,3 +155,143 @@ def load(payload: dict[str, Any]) -> dict[str, int]:
 
     with transaction() as session:
         return import_payload(session, {**reference_payload(), **payload})
+
+
+# --- rows built through the real services -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    """An order the importer wrote, with its items and fulfillment orders (detached, read-only)."""
+
+    order: Order
+    items: list[OrderItem]
+    fulfillment_orders: list[FulfillmentOrder]
+    payload: dict[str, Any]
+
+    @property
+    def id(self) -> int:
+        return self.order.id
+
+    @property
+    def item_id(self) -> int:
+        """The first item's id: what most cancellation requests name."""
+        return self.items[0].id
+
+
+def new_service(**kwargs: Any) -> FulfillmentService:
+    """A fulfillment service imported through the real import service (callback checks apply)."""
+    from cancelflow.db import transaction
+
+    payload = service_payload(**kwargs)
+    load({"fulfillment_services": [payload]})
+    with transaction() as session:
+        service = session.get_one(FulfillmentService, payload["id"])
+        session.expunge(service)
+    return service
+
+
+def new_order(*, service: FulfillmentService | None = None, **kwargs: Any) -> PlacedOrder:
+    """An order imported through the real import service; `kwargs` are those of `order_payload`."""
+    from sqlalchemy import select
+
+    from cancelflow.db import transaction
+
+    if service is not None:
+        kwargs["service_handle"] = service.handle
+    payload = order_payload(**kwargs)
+    load({"orders": [payload]})
+    with transaction() as session:
+        order = session.get_one(Order, payload["id"])
+        items = list(
+            session.scalars(select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id))
+        )
+        fos = list(
+            session.scalars(
+                select(FulfillmentOrder)
+                .where(FulfillmentOrder.order_id == order.id)
+                .order_by(FulfillmentOrder.id)
+            )
+        )
+        session.expunge_all()
+    return PlacedOrder(order, items, fos, payload)
+
+
+def new_request(order: PlacedOrder | None = None, **message: Any) -> CancellationRequest:
+    """A cancellation request submitted through the real intake service (waiting, or rejected by its rules).
+
+    Without `order`, a new one with no fulfillment service is imported first; `message` adds to or
+    overrides the storefront message (`client_request_id`, `order_item` and `reason` are filled in).
+    """
+    import secrets
+
+    from cancelflow.db import transaction
+    from cancelflow.services import intake
+
+    order = order or new_order()
+    raw = {"client_request_id": secrets.token_hex(8), "order_item": order.item_id, "reason": 1, **message}
+    with transaction() as session:
+        request = intake.submit(session, raw).request
+        session.flush()
+        session.expunge(request)
+    return request
+
+
+# Every token a test made through `api_token`; tests/conftest.py revokes them when their module ends.
+made_tokens: list[int] = []
+
+
+def api_token(
+    kind: str,
+    *,
+    name: str | None = None,
+    fulfillment_service_handle: str | None = None,
+    channel_id: int | None = None,
+    permissions: list[str] | None = None,
+) -> tuple[ApiToken, str]:
+    """A token made by the real token service (the key is hashed, the kind checked): (row, key)."""
+    from cancelflow.db import transaction
+    from cancelflow.services.tokens import create_token
+
+    with transaction() as session:
+        token, key = create_token(
+            session,
+            name=name or f"{kind}-{uuid.uuid4().hex[:12]}",
+            kind=kind,
+            fulfillment_service_handle=fulfillment_service_handle,
+            channel_id=channel_id,
+            permissions=permissions or (),
+        )
+        session.expunge(token)
+    made_tokens.append(token.id)
+    return token, key
+
+
+def token_key(kind: str, **kwargs: Any) -> str:
+    """The key of a new token (see `api_token`)."""
+    return api_token(kind, **kwargs)[1]
+
+
+def auth(key: str) -> dict[str, str]:
+    """The API's `Authorization` header for a token key."""
+    return {"Authorization": f"Token {key}"}
+
+
+def token_headers(kind: str, **kwargs: Any) -> dict[str, str]:
+    """Headers carrying a new token of `kind` (see `api_token`)."""
+    return auth(token_key(kind, **kwargs))
+
+
+# --- straight rows and stand-ins ------------------------------------------------------------------------------
+
+
+def captured_sender() -> Iterator[list[jobs.Send]]:
+    """Install a sender that keeps every after-commit send in a list; restore the broker sender after."""
+    captured: list[jobs.Send] = []
+    jobs.set_sender(captured.append)
+    try:
+        yield captured
+    finally:
+        from cancelflow.worker.app import install_sender
+
+        install_sender()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -239,15 +238,3 @@ def money(world: World) -> dict[int, list[tuple[str, Decimal]]]:
     for plan_id, key, amount in rows:
         found.setdefault(plan_id, []).append((key, amount))
     return found
-
-
-def captured_sender() -> Iterator[list[jobs.Send]]:
-    """Install a sender that keeps every after-commit send in a list; restore the broker sender after."""
-    captured: list[jobs.Send] = []
-    jobs.set_sender(captured.append)
-    try:
-        yield captured
-    finally:
-        from cancelflow.worker.app import install_sender
-
-        install_sender()
