@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,7 @@ from sqlalchemy import text
 from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models.base import Base
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload, service_payload
+from tests.factories import load, order_payload, service_payload, token_key
 
 APP = create_app()  # reads settings only (tests/conftest.py set them); no database until a request
 SCHEMA: dict[str, Any] = APP.openapi()
@@ -144,8 +142,8 @@ def seeded(database: str) -> Seeded:
     service = service_payload()
     order = order_payload(service_handle=service["handle"])
     load({"fulfillment_services": [service], "orders": [order]})
+    key = token_key("staff")
     with transaction() as session:
-        _, key = create_token(session, name=f"badtext-{uuid.uuid4().hex[:10]}", kind="staff")
         request_id = session.execute(
             text(
                 "INSERT INTO cancellation_requests (uuid, order_item_id, order_id, channel_id, reason_id, "

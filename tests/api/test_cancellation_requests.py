@@ -4,14 +4,12 @@ who may do what, and IBAN masking."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models import (
     CancellationPlan,
@@ -24,8 +22,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import FORequestStatus, PlanStatus, StepKind, StepStatus
 from cancelflow.services import steps, workflow
-from cancelflow.services.tokens import create_token
-from tests.factories import VALID_IBAN, load, order_payload, service_payload
+from tests.factories import VALID_IBAN, load, order_payload, service_payload, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -34,31 +31,14 @@ def channel_base(channel: int) -> str:
     return f"/api/v1/channel/{channel}/cancellation_requests/"
 
 
-def make_token(kind: str, **kwargs: Any) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, **kwargs)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def staff(database: str) -> dict[str, str]:
-    return make_token("staff")
-
-
 @pytest.fixture(scope="module")
 def iban_staff(database: str) -> dict[str, str]:
-    return make_token("staff", permissions=["view_iban"])
+    return token_headers("staff", permissions=["view_iban"])
 
 
 @pytest.fixture(scope="module")
 def storefront(database: str) -> dict[str, str]:
-    return make_token("storefront", channel_id=1)
+    return token_headers("storefront", channel_id=1)
 
 
 def new_order(**kwargs: Any) -> dict[str, Any]:
@@ -459,5 +439,5 @@ class TestWhoMayDoWhat:
     def test_fulfillment_service_token_is_refused(self, client: TestClient) -> None:
         service = service_payload()
         load({"fulfillment_services": [service]})
-        headers = make_token("fulfillment_service", fulfillment_service_handle=service["handle"])
+        headers = token_headers("fulfillment_service", fulfillment_service_handle=service["handle"])
         assert client.get(BASE, headers=headers).status_code == 403

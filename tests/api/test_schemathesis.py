@@ -8,7 +8,6 @@ active user.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -24,9 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from cancelflow.api.app import create_app
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
-from tests.factories import VALID_IBAN, load, order_payload, service_payload
+from tests.factories import VALID_IBAN, load, order_payload, service_payload, token_headers
 
 CHECKS = [
     not_a_server_error,
@@ -40,11 +37,7 @@ OPERATIONS = r"^/api/v1/(cancellation_requests/|channel/\{channel_id\}/cancellat
 
 @pytest.fixture(scope="module")
 def staff_headers(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(
-            session, name=f"fuzz-{uuid.uuid4().hex[:10]}", kind="staff", permissions=["view_iban"]
-        )
-    return {"Authorization": f"Token {key}"}
+    return token_headers("staff", permissions=["view_iban"])
 
 
 @pytest.fixture(scope="module")

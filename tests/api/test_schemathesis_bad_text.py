@@ -10,7 +10,6 @@ error, conform to the schema, and be a 4xx naming the request invalid (Akinon 40
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from cancelflow import textcheck
 from cancelflow.api.app import create_app
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
+from tests.factories import token_key
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance]
 
@@ -96,8 +94,7 @@ def flatmap_case(ctx: Any, case: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def headers(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"fuzz-text-{uuid.uuid4().hex[:10]}", kind="staff")
+    key = token_key("staff")
     return {"Authorization": f"Token {key}", "X-Shopify-Access-Token": key}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,10 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload
+from tests.factories import load, order_payload, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -70,16 +67,8 @@ def unique(prefix: str = "tag") -> str:
 
 
 @pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
 def auth(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    return {"Authorization": f"Token {key}"}
+    return token_headers("staff")
 
 
 class TestOneRequest:

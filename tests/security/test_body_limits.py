@@ -11,16 +11,14 @@ import json
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import uvicorn
 
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests, tags_in_db, unique
+from tests.factories import token_key
 from tests.harness import free_port
 
 BASE = "/api/v1/cancellation_requests/"
@@ -51,9 +49,7 @@ def server(database: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def token(database: str) -> str:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    return key
+    return token_key("staff")
 
 
 def raw_request(address: str, head: str, body_sent: bytes) -> tuple[int, dict[str, str], bytes]:

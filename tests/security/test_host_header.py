@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,12 +12,10 @@ from fastapi.testclient import TestClient
 
 from cancelflow.api import exports as exports_api
 from cancelflow.api import tags as tags_api
-from cancelflow.api.app import create_app
 from cancelflow.config import get_settings
-from cancelflow.db import transaction
 from cancelflow.services import bulk
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests
+from tests.factories import token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 EVIL = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
@@ -26,16 +23,8 @@ PUBLIC = "https://cancelflow.shop.example"
 
 
 @pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
 def staff(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"host-{uuid.uuid4().hex[:10]}", kind="staff")
-    return {"Authorization": f"Token {key}", **EVIL}
+    return {**token_headers("staff"), **EVIL}
 
 
 @pytest.fixture(scope="module")

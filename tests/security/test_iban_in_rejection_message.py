@@ -6,20 +6,15 @@ from __future__ import annotations
 import importlib.util
 import re
 import secrets
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from cancelflow.api.app import create_app
 from cancelflow.db import get_engine, transaction
 from cancelflow.services import intake
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload
+from tests.factories import load, order_payload, token_headers
 
 # Each is refused for a different schwifty reason; every schwifty message for them quoted the input.
 BAD_IBANS = [
@@ -43,18 +38,6 @@ def leaks(value: str, text_: str) -> bool:
     )
 
 
-def token(kind: str, **kwargs: Any) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, **kwargs)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
 @pytest.mark.parametrize("bad", BAD_IBANS)
 def test_storefront_message_with_a_bad_iban_is_rejected_without_quoting_it(
     client: TestClient, bad: str
@@ -76,7 +59,7 @@ def test_storefront_message_with_a_bad_iban_is_rejected_without_quoting_it(
     assert result.request.rejection_code == "invalid_iban"
     assert result.request.rejection_message.startswith("IBAN is invalid: ")
     assert not leaks(bad, result.request.rejection_message), result.request.rejection_message
-    for headers in (token("storefront", channel_id=1), token("staff")):
+    for headers in (token_headers("storefront", channel_id=1), token_headers("staff")):
         for path in (f"{request_id}/", f"{request_id}/detailed/"):
             response = client.get(f"/api/v1/cancellation_requests/{path}", headers=headers)
             assert response.status_code == 200, response.text
@@ -88,7 +71,7 @@ def test_api_refusal_of_a_bad_iban_does_not_echo_it(client: TestClient, bad: str
     order = order_payload(method="bank_transfer")
     load({"orders": [order]})
     body = {"order_item": order["items"][0]["id"], "reason": 1, "iban": bad, "holder_name": "Max"}
-    for headers in (token("storefront", channel_id=1), token("staff")):
+    for headers in (token_headers("storefront", channel_id=1), token_headers("staff")):
         response = client.post("/api/v1/cancellation_requests/", headers=headers, json=body)
         assert response.status_code == 400, response.text
         assert "iban" in response.json()
@@ -160,12 +143,13 @@ def test_a_rejection_message_written_elsewhere_is_masked_for_readers_without_vie
             "Already shipped to the account de89 3704 0044 0532 0130 00; ask max.geheim@example.org"
         )
         request_id = result.request.id
-    for headers in (token("storefront", channel_id=1), token("staff")):
+    for headers in (token_headers("storefront", channel_id=1), token_headers("staff")):
         shown = client.get(f"/api/v1/cancellation_requests/{request_id}/", headers=headers).json()
         assert shown["rejection_message"].startswith("Already shipped")
         assert not leaks("DE89370400440532013000", shown["rejection_message"])
         assert "max.geheim@" not in shown["rejection_message"]
     full = client.get(
-        f"/api/v1/cancellation_requests/{request_id}/", headers=token("staff", permissions=["view_iban"])
+        f"/api/v1/cancellation_requests/{request_id}/",
+        headers=token_headers("staff", permissions=["view_iban"]),
     ).json()
     assert "max.geheim@example.org" in full["rejection_message"]

@@ -5,29 +5,16 @@ joined to the token id into a `client_request_id` over its 200 characters, and t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models import CancellationRequest
-from tests.api.test_cancellation_requests import make_token, new_order
+from tests.api.test_cancellation_requests import new_order
 
 BASE = "/api/v1/cancellation_requests/"
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def staff(database: str) -> dict[str, str]:
-    return make_token("staff")
 
 
 def key_of(length: int) -> str:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests, tagged_ids, unique
+from tests.factories import token_headers
 from tests.harness import Stack, wait_for
 
 pytestmark = pytest.mark.worker
@@ -50,11 +48,7 @@ def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
 
 @pytest.fixture
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    with httpx.Client(
-        base_url=stack.api_url, headers={"Authorization": f"Token {key}"}, timeout=30
-    ) as client:
+    with httpx.Client(base_url=stack.api_url, headers=token_headers("staff"), timeout=30) as client:
         yield client
 
 
