@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,26 @@ import psutil
 
 T = TypeVar("T")
 PYTHON = sys.executable
+
+
+def clean_workdir(name: str) -> Path:
+    """An empty `test-output/<name>/` for a stack's files, left after the run for whoever debugs a failure."""
+    from tests.conftest import OUTPUT_DIR
+
+    workdir = OUTPUT_DIR / name
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    return workdir
+
+
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """Start every process of `stack`, and stop them all when the block ends, however it ends."""
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 
 from tests.api.test_tags import make_requests, tagged_ids, unique
 from tests.factories import token_headers
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, clean_workdir, running, wait_for
 
 pytestmark = pytest.mark.worker
 BASE = "/api/v1/cancellation_requests/"
@@ -27,23 +26,17 @@ BASE = "/api/v1/cancellation_requests/"
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
-    from tests.conftest import OUTPUT_DIR
-
-    workdir: Path = OUTPUT_DIR / "stack-security-job-limits"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    running = Stack(
+    workdir = clean_workdir("stack-security-job-limits")
+    stack = Stack(
         workdir,
         env_overrides={
             "CANCELFLOW_DATA_DIR": str(workdir / "data"),
             "CANCELFLOW_EXPORT_SYNC_MAX_ROWS": "0",  # every export is a job
             "CANCELFLOW_EXPORT_RETENTION": "1",
         },
-    ).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    )
+    with running(stack):
+        yield stack
 
 
 @pytest.fixture

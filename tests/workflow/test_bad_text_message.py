@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from cancelflow.services.intake import SubmitMessage
 from tests.api.test_bad_text import row_counts
 from tests.factories import load, order_payload
-from tests.harness import Proc, Stack, wait_for
+from tests.harness import Proc, Stack, clean_workdir, wait_for
 from tests.workflow.conftest import request_row
 
 pytestmark = pytest.mark.worker
@@ -50,12 +49,7 @@ FIELDS = text_fields()
 @pytest.fixture(scope="module")
 def worker(database: str) -> Iterator[Proc]:
     """Only a worker: nothing else may write while rows are counted."""
-    from tests.conftest import OUTPUT_DIR
-
-    workdir = OUTPUT_DIR / "stack-bad-text-message"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    stack = Stack(workdir)
+    stack = Stack(clean_workdir("stack-bad-text-message"))
     try:
         yield stack.start_worker()
     finally:
