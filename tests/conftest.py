@@ -271,7 +271,8 @@ def restored_logging() -> Iterator[None]:
     try:
         yield
     finally:
-        root.handlers[:], root.level = handlers, level
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.fixture

@@ -15,17 +15,23 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cancelflow.models import (
     ApiToken,
+    CancellationPlan,
     CancellationRequest,
     FulfillmentOrder,
     FulfillmentService,
     Order,
     OrderItem,
+    WorkflowStep,
 )
+from cancelflow.models.enums import StepKind
 from cancelflow.services import jobs
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _ids = itertools.count(random.randrange(10**9, 2 * 10**9, 10**5))
 VALID_IBAN = "DE89370400440532013000"
@@ -235,6 +241,42 @@ def new_request(order: PlacedOrder | None = None, **message: Any) -> Cancellatio
         session.flush()
         session.expunge(request)
     return request
+
+
+def approved_plan(
+    session: Session, *, service: dict[str, Any] | None = None, **order_kwargs: Any
+) -> CancellationPlan:
+    """Inside `session` (not committed): an order imported with `service` (a `service_payload`), a request
+    for its first item submitted, and approved: all through the real importer, intake and workflow."""
+    from cancelflow.services import intake, workflow
+    from cancelflow.services.importer import import_payload
+
+    order = order_payload(service_handle=service["handle"] if service else None, **order_kwargs)
+    payload: dict[str, Any] = {**reference_payload(), "orders": [order]}
+    if service is not None:
+        payload["fulfillment_services"] = [service]
+    import_payload(session, payload)
+    message = {"client_request_id": uuid.uuid4().hex[:12], "order_item": order["items"][0]["id"], "reason": 1}
+    request = intake.submit(session, message).request
+    return workflow.approve(session, request, actor="t")
+
+
+def routed_plan(session: Session, service: dict[str, Any]) -> CancellationPlan:
+    """`approved_plan`, then its route step run by the real handler: the service was asked to cancel."""
+    from cancelflow.services import workflow
+
+    plan = approved_plan(session, service=service)
+    workflow.route_step(session, step_of(session, plan, StepKind.route))
+    return plan
+
+
+def step_of(session: Session, plan: CancellationPlan, kind: StepKind) -> WorkflowStep:
+    """The plan's one step of `kind`."""
+    from sqlalchemy import select
+
+    return session.scalars(
+        select(WorkflowStep).where(WorkflowStep.plan_id == plan.id, WorkflowStep.kind == kind)
+    ).one()
 
 
 # Every token a test made through `api_token`; tests/conftest.py revokes them when their module ends.

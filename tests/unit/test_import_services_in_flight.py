@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,17 @@ from cancelflow.cli.main import app
 from cancelflow.config import Settings
 from cancelflow.db import transaction
 from cancelflow.errors import Invalid
-from cancelflow.models import FulfillmentService, WorkflowStep
-from cancelflow.models.enums import PlanStatus, StepKind
-from cancelflow.services import intake, workflow
+from cancelflow.models import FulfillmentService
+from cancelflow.models.enums import PlanStatus
 from cancelflow.services.importer import import_payload
-from tests.factories import order_payload, reference_payload, service_payload
+from tests.factories import routed_plan, service_payload
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "import.json"
 
 
 def plan_in_flight(session: Session, svc: dict[str, Any]) -> None:
     """A request whose fulfillment order at `svc` was asked to cancel: the plan waits for its reply."""
-    order = order_payload(service_handle=svc["handle"])
-    import_payload(session, {**reference_payload(), "fulfillment_services": [svc], "orders": [order]})
-    request = intake.submit(
-        session,
-        {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-    ).request
-    plan = workflow.approve(session, request, actor="t")
-    route = session.scalars(
-        select(WorkflowStep).where(WorkflowStep.plan_id == plan.id, WorkflowStep.kind == StepKind.route)
-    ).one()
-    workflow.route_step(session, route)
+    plan = routed_plan(session, svc)
     assert plan.status == PlanStatus.confirmation_waiting
 
 

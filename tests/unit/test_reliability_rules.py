@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import PermanentError, TransientError
 from cancelflow.models import CancellationPlan, Event, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
-from cancelflow.services import intake, jobs, steps, workflow
-from tests.factories import load, order_payload
+from cancelflow.services import intake, jobs, steps
+from tests.factories import approved_plan, load, order_payload, step_of
 
 
 class TestRule2EnqueueAfterCommit:
@@ -126,18 +126,8 @@ class TestRule4CeleryConfiguration:
 
 class TestRule5ErrorClassification:
     def _plan_with_route_step(self, session: Session) -> tuple[CancellationPlan, WorkflowStep]:
-        from cancelflow.services.importer import import_payload
-        from tests.factories import reference_payload
-
-        order = order_payload()
-        import_payload(session, {**reference_payload(), "orders": [order]})
-        request = intake.submit(
-            session,
-            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-        ).request
-        plan = workflow.approve(session, request, actor="t")
-        step = session.query(WorkflowStep).filter_by(plan_id=plan.id, kind=StepKind.route).one()
-        return plan, step
+        plan = approved_plan(session)
+        return plan, step_of(session, plan, StepKind.route)
 
     def test_transient_failure_backs_off_and_stays_pending(self, session: Session) -> None:
         _, step = self._plan_with_route_step(session)
