@@ -327,6 +327,30 @@ def token_headers(kind: str, **kwargs: Any) -> dict[str, str]:
 # --- straight rows and stand-ins ------------------------------------------------------------------------------
 
 
+def upgrade_once(revision_file: str) -> None:
+    """Run the `upgrade()` of `migrations/versions/<revision_file>.py` again on the test database.
+
+    For data migrations: the test plants the rows an older release wrote, then checks what the migration
+    makes of them (Alembic itself ran it on an empty database when the session started).
+    """
+    import importlib.util
+    from pathlib import Path
+
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    from cancelflow.db import get_engine
+
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / f"{revision_file}.py"
+    spec = importlib.util.spec_from_file_location(revision_file, path)
+    assert spec is not None
+    assert spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    with get_engine().begin() as connection, Operations.context(MigrationContext.configure(connection)):
+        migration.upgrade()
+
+
 def captured_sender() -> Iterator[list[jobs.Send]]:
     """Install a sender that keeps every after-commit send in a list; restore the broker sender after."""
     captured: list[jobs.Send] = []

@@ -46,6 +46,16 @@ def running(stack: Stack) -> Iterator[Stack]:
         stack.stop()
 
 
+def printed_counts(output: str) -> dict[str, int]:
+    """The `name │ number` rows of a table the CLI printed (import counts, for one)."""
+    counts = {}
+    for line in output.splitlines():
+        parts = [p.strip() for p in line.strip("│┃ ").split("│")]
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,18 +3,16 @@ the API error body, the stored row) ever gets the IBAN back from the refusal tex
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import secrets
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from cancelflow.db import get_engine, transaction
+from cancelflow.db import transaction
 from cancelflow.services import intake
-from tests.factories import load, order_payload, token_headers
+from tests.factories import load, order_payload, token_headers, upgrade_once
 
 # Each is refused for a different schwifty reason; every schwifty message for them quoted the input.
 BAD_IBANS = [
@@ -108,17 +106,7 @@ def test_stored_refusals_that_quote_the_iban_are_rewritten(database: str) -> Non
                     "message": message,
                 },
             ).scalar_one()
-    path = Path(__file__).resolve().parents[2] / "migrations/versions/20261130_scrub_iban_rejections.py"
-    spec = importlib.util.spec_from_file_location("scrub_iban_rejections", path)
-    assert spec is not None
-    assert spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
-    from alembic.operations import Operations
-    from alembic.runtime.migration import MigrationContext
-
-    with get_engine().begin() as connection, Operations.context(MigrationContext.configure(connection)):
-        migration.upgrade()
+    upgrade_once("20261130_scrub_iban_rejections")
     with transaction() as session:
         for message, expected in old.items():
             stored = session.execute(
