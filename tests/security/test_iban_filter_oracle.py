@@ -12,7 +12,7 @@ from schwifty import IBAN
 
 from cancelflow.db import transaction
 from cancelflow.services import exports
-from tests.factories import load, order_payload, token_headers
+from tests.factories import new_order, token_headers
 
 # An IBAN no other test stores, so that the match count is this module's own.
 VALID_IBAN = str(
@@ -34,9 +34,8 @@ STAFF_ONLY_PATHS = (
 
 @pytest.fixture(scope="module")
 def on_file(client: TestClient, database: str) -> int:
-    order = order_payload(method="bank_transfer", channel=1)
-    load({"orders": [order]})
-    body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    order = new_order(method="bank_transfer", channel=1)
+    body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     body |= {"iban": VALID_IBAN, "holder_name": "Max Mustermann"}
     response = client.post("/api/v1/cancellation_requests/", headers=token_headers("staff"), json=body)
     assert response.status_code == 201, response.text

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from cancelflow.db import transaction
 from cancelflow.services import intake
-from tests.factories import load, order_payload, token_headers, upgrade_once
+from tests.factories import new_order, token_headers, upgrade_once
 
 # Each is refused for a different schwifty reason; every schwifty message for them quoted the input.
 BAD_IBANS = [
@@ -40,14 +40,13 @@ def leaks(value: str, text_: str) -> bool:
 def test_storefront_message_with_a_bad_iban_is_rejected_without_quoting_it(
     client: TestClient, bad: str
 ) -> None:
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
+    order = new_order(method="bank_transfer")
     with transaction() as session:
         result = intake.submit(
             session,
             {
                 "client_request_id": secrets.token_hex(8),
-                "order_item": order["items"][0]["id"],
+                "order_item": order.item_id,
                 "reason": 1,
                 "iban": bad,
                 "holder_name": "Max Mustermann",
@@ -66,9 +65,8 @@ def test_storefront_message_with_a_bad_iban_is_rejected_without_quoting_it(
 
 @pytest.mark.parametrize("bad", BAD_IBANS)
 def test_api_refusal_of_a_bad_iban_does_not_echo_it(client: TestClient, bad: str) -> None:
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
-    body = {"order_item": order["items"][0]["id"], "reason": 1, "iban": bad, "holder_name": "Max"}
+    order = new_order(method="bank_transfer")
+    body = {"order_item": order.item_id, "reason": 1, "iban": bad, "holder_name": "Max"}
     for headers in (token_headers("storefront", channel_id=1), token_headers("staff")):
         response = client.post("/api/v1/cancellation_requests/", headers=headers, json=body)
         assert response.status_code == 400, response.text
@@ -78,8 +76,7 @@ def test_api_refusal_of_a_bad_iban_does_not_echo_it(client: TestClient, bad: str
 
 def test_stored_refusals_that_quote_the_iban_are_rewritten(database: str) -> None:
     """Rows written before the fix: the migration keeps the reason and drops the IBAN."""
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
+    order = new_order(method="bank_transfer")
     old = {
         "IBAN is invalid: Invalid characters in IBAN DE89-3704-0044-0532-0130-00": (
             "IBAN is invalid: only letters, digits and spaces are allowed"
@@ -100,8 +97,8 @@ def test_stored_refusals_that_quote_the_iban_are_rewritten(database: str) -> Non
                     "1, 'cancel', 'rejected', 1, false, :cid, 'invalid_iban', :message, '{}', 1) RETURNING id"
                 ),
                 {
-                    "item": order["items"][0]["id"],
-                    "order": order["id"],
+                    "item": order.item_id,
+                    "order": order.id,
                     "cid": secrets.token_hex(8),
                     "message": message,
                 },
@@ -120,12 +117,11 @@ def test_a_rejection_message_written_elsewhere_is_masked_for_readers_without_vie
     client: TestClient,
 ) -> None:
     """A fulfillment service's rejection message is its own text: shown, with IBANs and e-mails masked."""
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
+    order = new_order(method="bank_transfer")
     with transaction() as session:
         result = intake.submit(
             session,
-            {"client_request_id": secrets.token_hex(8), "order_item": order["items"][0]["id"], "reason": 1},
+            {"client_request_id": secrets.token_hex(8), "order_item": order.item_id, "reason": 1},
         )
         result.request.rejection_message = (
             "Already shipped to the account de89 3704 0044 0532 0130 00; ask max.geheim@example.org"

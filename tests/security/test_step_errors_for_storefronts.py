@@ -13,7 +13,7 @@ from sqlalchemy import select
 from cancelflow.db import transaction
 from cancelflow.models import CancellationRequest, WorkflowStep
 from cancelflow.services import steps, workflow
-from tests.factories import VALID_IBAN, load, order_payload, token_headers
+from tests.factories import VALID_IBAN, new_order, token_headers
 
 REMOTE_BODY = (
     'TransientError: gateway answered 502: {"trace": "pg-primary-3.internal:5432 timeout", '
@@ -24,9 +24,8 @@ REMOTE_BODY = (
 @pytest.fixture(scope="module")
 def failed_request(client: TestClient) -> int:
     """A bank-transfer request whose first step failed once, then for good (its plan failed)."""
-    order = order_payload(method="bank_transfer", channel=1)
-    load({"orders": [order]})
-    body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    order = new_order(method="bank_transfer", channel=1)
+    body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     body |= {"iban": VALID_IBAN, "holder_name": "Max Mustermann"}
     created = client.post("/api/v1/cancellation_requests/", headers=token_headers("staff"), json=body)
     assert created.status_code == 201, created.text

@@ -32,7 +32,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import StepKind, StepStatus
 from cancelflow.services import intake, jobs, steps, workflow
-from tests.factories import VALID_IBAN, load, order_payload, service_payload
+from tests.factories import VALID_IBAN, load, new_order, service_payload
 
 # Where each flow stops (the step left pending) and how its money is refunded.
 TARGET_MESSAGE: dict[str, dict[str, Any]] = {
@@ -95,11 +95,10 @@ class _Flow:
 def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: str) -> _Flow:
     """Drive one request until the step of kind `stop` is asked for (None: to the end)."""
     method = "cash_on_delivery" if target == "bank_transfer" else "card"
-    order = order_payload(service_handle=service, quantity=1, unit_price="19.90", method=method)
-    load({"orders": [order]})
+    order = new_order(service_handle=service, quantity=1, unit_price="19.90", method=method)
     flow = _Flow(sent)
     sent.clear()
-    message = {"client_request_id": secrets.token_hex(8), "order_item": order["items"][0]["id"], "reason": 1}
+    message = {"client_request_id": secrets.token_hex(8), "order_item": order.item_id, "reason": 1}
     message.update(TARGET_MESSAGE[target])
     with transaction() as session:
         flow.request_id = intake.submit(session, message).request.id

@@ -13,7 +13,7 @@ from cancelflow.errors import Conflict, Invalid
 from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
 from cancelflow.services import intake, workflow
 from cancelflow.services.jobs import pending_sends
-from tests.factories import VALID_IBAN, load, order_payload, reference_payload
+from tests.factories import VALID_IBAN, new_order, order_payload, reference_payload
 
 
 def _order(session: Session, **kwargs: Any) -> dict[str, Any]:
@@ -134,9 +134,7 @@ def test_concurrent_requests_never_exceed_ordered_quantity(database: str) -> Non
     """Rule 7: twelve racing submissions for one unit each, on an item of five: five win."""
     from cancelflow.db import transaction
 
-    order = order_payload(quantity=5)
-    load({"orders": [order]})
-    item_id = order["items"][0]["id"]
+    item_id = new_order(quantity=5).item_id
     barrier = threading.Barrier(12)
     outcomes: list[str] = []
 

@@ -14,7 +14,7 @@ from cancelflow.errors import PermanentError, TransientError
 from cancelflow.models import CancellationPlan, Event, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
 from cancelflow.services import intake, jobs, steps
-from tests.factories import approved_plan, load, order_payload, step_of
+from tests.factories import approved_plan, new_order, step_of
 
 
 class TestRule2EnqueueAfterCommit:
@@ -258,14 +258,13 @@ class TestRule6OneSweepAtATime:
     def test_a_second_sweep_does_nothing_while_the_first_holds_the_lock(self, database: str) -> None:
         from cancelflow.db import get_engine, transaction
 
-        order = order_payload()
-        load({"orders": [order]})
+        order = new_order()
         with transaction() as session:  # a pending step that is due
             intake.submit(
                 session,
                 {
                     "client_request_id": secrets.token_hex(6),
-                    "order_item": order["items"][0]["id"],
+                    "order_item": order.item_id,
                     "reason": 1,
                 },
             )
