@@ -46,6 +46,28 @@ def running(stack: Stack) -> Iterator[Stack]:
         stack.stop()
 
 
+@contextmanager
+def serving(app: Any, **config: Any) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port, in a thread of this process: its `host:port`.
+
+    For what the in-process TestClient cannot show: real sockets, real concurrency, raw HTTP.
+    """
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, interval=0.05, what="uvicorn started")
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def printed_counts(output: str) -> dict[str, int]:
     """The `name │ number` rows of a table the CLI printed (import counts, for one)."""
     counts = {}
