@@ -1,11 +1,16 @@
 """Typed, keyword-only builders of the rows tests need, with ids unique across the test run.
 
 Two kinds of builder live here, and each says which it is:
-- through the real services (`new_service`, `new_order` via the importer, `api_token` via the token
-  service): where a product rule applies to the row (import checks, key hashing, token kinds), the test gets
-  the row that rule made;
-- straight rows (`*_payload` dicts for tests that post them themselves, `captured_sender`): where the test is
-  about something else and only needs the data.
+- through the real services, returning the typed rows they wrote (`new_service`, `new_order` via the
+  importer; `new_request` via intake; `approved_plan`, `routed_plan` via intake and the workflow; `api_token`
+  via the token service): where a product rule applies to the row (import checks, quantities, transitions, key
+  hashing), the test gets the row that rule made, never one it could not make;
+- straight data (`*_payload` dicts, for the tests that post or import them themselves because the payload is
+  what they test; `captured_sender`, `upgrade_once`): where the test is about something else.
+
+Shared fixtures built on these (`client`, `staff`, `sent`, `json_logs`, token revocation) are in
+tests/conftest.py; helpers for real processes and sockets (`running`, `clean_workdir`, `serving`) in
+tests/harness.py.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import FORequestStatus, PlanStatus, StepKind, StepStatus
 from cancelflow.services import steps, workflow
-from tests.factories import VALID_IBAN, load, order_payload, service_payload, token_headers
+from tests.factories import VALID_IBAN, load, new_service, order_payload, service_payload, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -437,7 +437,6 @@ class TestWhoMayDoWhat:
         assert rejected.json()["status"] == "rejected"
 
     def test_fulfillment_service_token_is_refused(self, client: TestClient) -> None:
-        service = service_payload()
-        load({"fulfillment_services": [service]})
-        headers = token_headers("fulfillment_service", fulfillment_service_handle=service["handle"])
+        service = new_service()
+        headers = token_headers("fulfillment_service", fulfillment_service_handle=service.handle)
         assert client.get(BASE, headers=headers).status_code == 403

@@ -32,7 +32,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import StepKind, StepStatus
 from cancelflow.services import intake, jobs, steps, workflow
-from tests.factories import VALID_IBAN, load, new_order, service_payload
+from tests.factories import VALID_IBAN, new_order, new_service
 
 # Where each flow stops (the step left pending) and how its money is refunded.
 TARGET_MESSAGE: dict[str, dict[str, Any]] = {
@@ -122,12 +122,11 @@ def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: st
 
 def build(sent: list[jobs.Send]) -> World:
     """Every step kind in every status, plus a bulk job and an export job."""
-    svc = service_payload(secret=secrets.token_hex(8))
-    load({"fulfillment_services": [svc]})
+    service = new_service(secret=secrets.token_hex(8))
     world = World(sent=sent)
     for status in STATUSES:
         for stop, target in STOPS:
-            flow = _flow(sent, svc["handle"], stop, target)
+            flow = _flow(sent, service.handle, stop, target)
             step_id = flow.asked(stop)
             world.request_ids.append(flow.request_id)
             if status != StepStatus.pending:
@@ -136,7 +135,7 @@ def build(sent: list[jobs.Send]) -> World:
                         update(WorkflowStep).where(WorkflowStep.id == step_id).values(status=status)
                     )
     # One request paid and closed the ordinary way.
-    world.request_ids.append(_flow(sent, svc["handle"], None, "loyalty_money").request_id)
+    world.request_ids.append(_flow(sent, service.handle, None, "loyalty_money").request_id)
     sent.clear()
     with transaction() as session:
         # Pending steps are parked far ahead: the world lives for the whole session, and the sweeper of a

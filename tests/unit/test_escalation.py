@@ -456,16 +456,15 @@ class TestCli:
     def test_set_policy_command(self, database: str) -> None:
         from cancelflow.cli.main import app
         from cancelflow.db import transaction
-        from tests.factories import load
+        from tests.factories import new_service
 
-        svc = service_payload()
-        load({"fulfillment_services": [svc]})
+        service = new_service()
         result = CliRunner().invoke(
             app,
             [
                 "services",
                 "set-policy",
-                svc["handle"],
+                service.handle,
                 "--deadline",
                 "48h",
                 "--reminder-interval",
@@ -479,7 +478,7 @@ class TestCli:
         assert result.exit_code == 0, result.output
         with transaction() as s:
             service = s.scalars(
-                select(FulfillmentService).where(FulfillmentService.handle == svc["handle"])
+                select(FulfillmentService).where(FulfillmentService.handle == service.handle)
             ).one()
             assert (
                 service.reply_deadline_seconds,
@@ -487,6 +486,6 @@ class TestCli:
                 service.reminder_count,
                 service.deadline_action,
             ) == (172800, 21600, 3, "cancel_locally")
-        bad = CliRunner().invoke(app, ["services", "set-policy", svc["handle"], "--action", "shrug"])
+        bad = CliRunner().invoke(app, ["services", "set-policy", service.handle, "--action", "shrug"])
         assert bad.exit_code == 1
         assert "deadline_action" in bad.output
