@@ -36,6 +36,7 @@ from cancelflow.models.enums import StepKind
 from cancelflow.services import jobs
 
 if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
     from sqlalchemy.orm import Session
 
 _ids = itertools.count(random.randrange(10**9, 2 * 10**9, 10**5))
@@ -246,6 +247,22 @@ def new_request(order: PlacedOrder | None = None, **message: Any) -> Cancellatio
         session.flush()
         session.expunge(request)
     return request
+
+
+def bank_transfer_request_over_api(
+    client: TestClient,
+    headers: dict[str, str],
+    *,
+    iban: str = VALID_IBAN,
+    holder_name: str = "Max Mustermann",
+) -> int:
+    """A bank-transfer request for a new channel-1 order, created by `POST /api/v1/cancellation_requests/`
+    with `headers` (the API's validation, permissions and IBAN handling apply): its id."""
+    order = new_order(method="bank_transfer", channel=1)
+    body = {"order_item": order.item_id, "reason": 1, "quantity": 1, "iban": iban, "holder_name": holder_name}
+    response = client.post("/api/v1/cancellation_requests/", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
 
 
 def approved_plan(

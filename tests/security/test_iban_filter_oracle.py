@@ -12,7 +12,7 @@ from schwifty import IBAN
 
 from cancelflow.db import transaction
 from cancelflow.services import exports
-from tests.factories import new_order, token_headers
+from tests.factories import bank_transfer_request_over_api, token_headers
 
 # An IBAN no other test stores, so that the match count is this module's own.
 VALID_IBAN = str(
@@ -34,12 +34,7 @@ STAFF_ONLY_PATHS = (
 
 @pytest.fixture(scope="module")
 def on_file(client: TestClient, database: str) -> int:
-    order = new_order(method="bank_transfer", channel=1)
-    body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
-    body |= {"iban": VALID_IBAN, "holder_name": "Max Mustermann"}
-    response = client.post("/api/v1/cancellation_requests/", headers=token_headers("staff"), json=body)
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
+    return bank_transfer_request_over_api(client, token_headers("staff"), iban=VALID_IBAN)
 
 
 def join(path: str, query: str) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from cancelflow.db import transaction
 from cancelflow.models import CancellationRequest, WorkflowStep
 from cancelflow.services import steps, workflow
-from tests.factories import VALID_IBAN, new_order, token_headers
+from tests.factories import VALID_IBAN, bank_transfer_request_over_api, token_headers
 
 REMOTE_BODY = (
     'TransientError: gateway answered 502: {"trace": "pg-primary-3.internal:5432 timeout", '
@@ -24,12 +24,7 @@ REMOTE_BODY = (
 @pytest.fixture(scope="module")
 def failed_request(client: TestClient) -> int:
     """A bank-transfer request whose first step failed once, then for good (its plan failed)."""
-    order = new_order(method="bank_transfer", channel=1)
-    body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
-    body |= {"iban": VALID_IBAN, "holder_name": "Max Mustermann"}
-    created = client.post("/api/v1/cancellation_requests/", headers=token_headers("staff"), json=body)
-    assert created.status_code == 201, created.text
-    request_id = int(created.json()["id"])
+    request_id = bank_transfer_request_over_api(client, token_headers("staff"))
     with transaction() as session:
         plan = workflow.approve(session, session.get_one(CancellationRequest, request_id), actor="test")
         step_id = session.scalars(
