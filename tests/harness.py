@@ -68,6 +68,21 @@ def serving(app: Any, **config: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def repeatable_examples(max_examples: int) -> Any:
+    """Hypothesis settings for a test that pays for every example (a request, a process, a worker round trip):
+    the same examples on every run, no time limit, and a failure reported as drawn (shrinking would cost
+    more of them)."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+
+
 def printed_counts(output: str) -> dict[str, int]:
     """The `name │ number` rows of a table the CLI printed (import counts, for one)."""
     counts = {}

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -26,6 +26,7 @@ from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models.base import Base
 from tests.factories import load, order_payload, service_payload, token_key
+from tests.harness import repeatable_examples
 
 APP = create_app()  # reads settings only (tests/conftest.py set them); no database until a request
 SCHEMA: dict[str, Any] = APP.openapi()
@@ -243,13 +244,7 @@ def test_text_that_cannot_be_stored_is_refused_naming_the_field(
     expected = {n.lower() for n in (target.query or [target.name])}
     before = row_counts()
 
-    @settings(
-        max_examples=3,
-        deadline=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],  # a failure is reported as drawn: shrinking costs requests
-        suppress_health_check=list(HealthCheck),
-    )
+    @repeatable_examples(3)
     @given(value=values)
     def check(value: str) -> None:
         response = send(client, seeded, target, value)

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -24,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
 
 from cancelflow.api.app import create_app
 from tests.factories import VALID_IBAN, load, order_payload, service_payload, token_headers
+from tests.harness import repeatable_examples
 
 CHECKS = [
     not_a_server_error,
@@ -72,12 +72,6 @@ schema = schemathesis.openapi.from_asgi("/api/schema/", APP).include(path_regex=
 
 
 @schema.parametrize()
-@settings(
-    max_examples=25,
-    derandomize=True,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
+@repeatable_examples(25)
 def test_api_conforms_to_its_schema(case: Any, staff_headers: dict[str, str], seeded: None) -> None:
     case.call_and_validate(headers=staff_headers, checks=CHECKS)

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -27,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from cancelflow import textcheck
 from cancelflow.api.app import create_app
 from tests.factories import token_key
+from tests.harness import repeatable_examples
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance]
 
@@ -100,13 +100,7 @@ def headers(database: str) -> dict[str, str]:
 
 @schema.hooks.apply(flatmap_case)
 @schema.parametrize()
-@settings(
-    max_examples=3,
-    derandomize=True,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
+@repeatable_examples(3)
 def test_text_that_cannot_be_stored_is_never_a_server_error(case: Any, headers: dict[str, str]) -> None:
     response = case.call_and_validate(headers=headers, checks=CHECKS)
     injected = textcheck.find([case.body, case.query, case.path_parameters])

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cancelflow.services.intake import SubmitMessage
 from tests.api.test_bad_text import row_counts
 from tests.factories import load, order_payload
-from tests.harness import Proc, Stack, clean_workdir, wait_for
+from tests.harness import Proc, Stack, clean_workdir, repeatable_examples, wait_for
 from tests.workflow.conftest import request_row
 
 pytestmark = pytest.mark.worker
@@ -119,13 +119,7 @@ def test_text_that_cannot_be_stored_is_a_logged_rejection(worker: Proc, order_it
     before = stored_counts()
     recorded: list[str] = []
 
-    @settings(
-        max_examples=3,
-        deadline=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
+    @repeatable_examples(3)
     @given(value=BAD)
     def check(value: str) -> None:
         message: dict[str, Any] = {
