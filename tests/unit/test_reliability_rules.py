@@ -18,20 +18,9 @@ from tests.factories import approved_plan, new_order, step_of
 
 
 class TestRule2EnqueueAfterCommit:
-    def _capture(self) -> list[jobs.Send]:
-        sent: list[jobs.Send] = []
-        jobs.set_sender(sent.append)
-        return sent
-
-    def teardown_method(self) -> None:
-        from cancelflow.worker.app import install_sender
-
-        install_sender()
-
-    def test_sends_only_after_commit(self, database: str) -> None:
+    def test_sends_only_after_commit(self, sent: list[jobs.Send]) -> None:
         from cancelflow.db import new_session
 
-        sent = self._capture()
         session = new_session()
         try:
             jobs.enqueue_after_commit(session, "cancellations.route", 7)
@@ -43,10 +32,9 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == [jobs.Send("cancellations.route", (7,))]
 
-    def test_a_released_savepoint_is_not_a_commit(self, database: str) -> None:
+    def test_a_released_savepoint_is_not_a_commit(self, sent: list[jobs.Send]) -> None:
         from cancelflow.db import new_session
 
-        sent = self._capture()
         session = new_session()
         try:
             session.execute(text("SELECT 1"))
@@ -58,10 +46,9 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == [jobs.Send("cancellations.close", (3,))]
 
-    def test_rollback_drops_the_sends(self, database: str) -> None:
+    def test_rollback_drops_the_sends(self, sent: list[jobs.Send]) -> None:
         from cancelflow.db import new_session
 
-        sent = self._capture()
         session = new_session()
         try:
             jobs.enqueue_after_commit(session, "payments.refund", 1)
@@ -72,6 +59,7 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == []
 
+    @pytest.mark.usefixtures("sent")  # puts the broker sender back after the broken one below
     def test_failed_send_after_commit_is_left_to_the_sweeper(self, database: str) -> None:
         from cancelflow.db import new_session
 
