@@ -19,6 +19,7 @@ import itertools
 import random
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -203,49 +204,66 @@ def new_service(**kwargs: Any) -> FulfillmentService:
     return service
 
 
-def new_order(*, service: FulfillmentService | None = None, **kwargs: Any) -> PlacedOrder:
-    """An order imported through the real import service; `kwargs` are those of `order_payload`."""
+@contextmanager
+def _unit_of_work(session: Session | None) -> Iterator[Session]:
+    """`session` as it is (the caller's, often rolled back after the test), else a committed transaction
+    whose rows are handed back detached."""
+    if session is not None:
+        yield session
+        return
+    from cancelflow.db import transaction
+
+    with transaction() as own:
+        yield own
+        own.flush()
+        own.expunge_all()
+
+
+def new_order(
+    *, service: FulfillmentService | None = None, session: Session | None = None, **kwargs: Any
+) -> PlacedOrder:
+    """An order imported through the real import service, in `session` or committed on its own;
+    `kwargs` are those of `order_payload`. The rows handed back are a detached snapshot of the import."""
     from sqlalchemy import select
 
-    from cancelflow.db import transaction
+    from cancelflow.services.importer import import_payload
 
     if service is not None:
         kwargs["service_handle"] = service.handle
     payload = order_payload(**kwargs)
-    load({"orders": [payload]})
-    with transaction() as session:
-        order = session.get_one(Order, payload["id"])
+    with _unit_of_work(session) as db:
+        import_payload(db, {**reference_payload(), "orders": [payload]})
+        order = db.get_one(Order, payload["id"])
         items = list(
-            session.scalars(select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id))
+            db.scalars(select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id))
         )
         fos = list(
-            session.scalars(
+            db.scalars(
                 select(FulfillmentOrder)
                 .where(FulfillmentOrder.order_id == order.id)
                 .order_by(FulfillmentOrder.id)
             )
         )
-        session.expunge_all()
+        for row in (order, *items, *fos):
+            db.expunge(row)  # a snapshot: what the test's session loads later is loaded fresh
     return PlacedOrder(order, items, fos, payload)
 
 
-def new_request(order: PlacedOrder | None = None, **message: Any) -> CancellationRequest:
-    """A cancellation request submitted through the real intake service (waiting, or rejected by its rules).
+def new_request(
+    order: PlacedOrder | None = None, *, session: Session | None = None, **message: Any
+) -> CancellationRequest:
+    """A cancellation request submitted through the real intake service (waiting, or rejected by its rules),
+    in `session` or committed on its own.
 
     Without `order`, a new one with no fulfillment service is imported first; `message` adds to or
     overrides the storefront message (`client_request_id`, `order_item` and `reason` are filled in).
     """
-    import secrets
-
-    from cancelflow.db import transaction
     from cancelflow.services import intake
 
-    order = order or new_order()
-    raw = {"client_request_id": secrets.token_hex(8), "order_item": order.item_id, "reason": 1, **message}
-    with transaction() as session:
-        request = intake.submit(session, raw).request
-        session.flush()
-        session.expunge(request)
+    order = order or new_order(session=session)
+    raw = {"client_request_id": uuid.uuid4().hex[:16], "order_item": order.item_id, "reason": 1, **message}
+    with _unit_of_work(session) as db:
+        request = intake.submit(db, raw).request
     return request
 
 
@@ -270,16 +288,13 @@ def approved_plan(
 ) -> CancellationPlan:
     """Inside `session` (not committed): an order imported with `service` (a `service_payload`), a request
     for its first item submitted, and approved: all through the real importer, intake and workflow."""
-    from cancelflow.services import intake, workflow
+    from cancelflow.services import workflow
     from cancelflow.services.importer import import_payload
 
-    order = order_payload(service_handle=service["handle"] if service else None, **order_kwargs)
-    payload: dict[str, Any] = {**reference_payload(), "orders": [order]}
     if service is not None:
-        payload["fulfillment_services"] = [service]
-    import_payload(session, payload)
-    message = {"client_request_id": uuid.uuid4().hex[:12], "order_item": order["items"][0]["id"], "reason": 1}
-    request = intake.submit(session, message).request
+        import_payload(session, {**reference_payload(), "fulfillment_services": [service]})
+        order_kwargs["service_handle"] = service["handle"]
+    request = new_request(new_order(session=session, **order_kwargs), session=session)
     return workflow.approve(session, request, actor="t")
 
 

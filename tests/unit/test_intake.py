@@ -13,21 +13,13 @@ from cancelflow.errors import Conflict, Invalid
 from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
 from cancelflow.services import intake, workflow
 from cancelflow.services.jobs import pending_sends
-from tests.factories import VALID_IBAN, new_order, order_payload, reference_payload
+from tests.factories import VALID_IBAN, PlacedOrder, new_order
 
 
-def _order(session: Session, **kwargs: Any) -> dict[str, Any]:
-    from cancelflow.services.importer import import_payload
-
-    order = order_payload(**kwargs)
-    import_payload(session, {**reference_payload(), "orders": [order]})
-    return order
-
-
-def _msg(order: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+def _msg(order: PlacedOrder, **kwargs: Any) -> dict[str, Any]:
     return {
         "client_request_id": secrets.token_hex(8),
-        "order_item": order["items"][0]["id"],
+        "order_item": order.item_id,
         "reason": 1,
         **kwargs,
     }
@@ -35,23 +27,23 @@ def _msg(order: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 
 class TestSubmit:
     def test_valid_message_creates_waiting_request_and_asks_for_validation(self, session: Session) -> None:
-        order = _order(session, quantity=3)
+        order = new_order(session=session, quantity=3)
         result = intake.submit(session, _msg(order, quantity=2))
         assert result.created
         assert result.request.status.value == "waiting"
-        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 2
+        assert session.get_one(OrderItem, order.item_id).requested_quantity == 2
         [step] = session.query(WorkflowStep).filter_by(request_id=result.request.id).all()
         assert step.kind.value == "validate"
         assert [s.task for s in pending_sends(session)] == ["cancellations.validate"]
 
     def test_second_message_with_same_id_returns_the_first(self, session: Session) -> None:
-        order = _order(session)
+        order = new_order(session=session)
         message = _msg(order, quantity=1)
         first = intake.submit(session, message)
         second = intake.submit(session, message)
         assert not second.created
         assert second.request.id == first.request.id
-        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 1
+        assert session.get_one(OrderItem, order.item_id).requested_quantity == 1
 
     @pytest.mark.parametrize(
         "bad",
@@ -66,7 +58,7 @@ class TestSubmit:
         ],
     )
     def test_malformed_raises_invalid_and_stores_nothing(self, session: Session, bad: dict[str, Any]) -> None:
-        order = _order(session)
+        order = new_order(session=session)
         before = session.query(CancellationRequest).count()
         with pytest.raises(Invalid) as info:
             intake.submit(session, _msg(order, **bad))
@@ -74,16 +66,16 @@ class TestSubmit:
         assert session.query(CancellationRequest).count() == before
 
     def test_bad_iban_is_stored_rejected_without_the_iban(self, session: Session) -> None:
-        order = _order(session, method="cash_on_delivery")
+        order = new_order(session=session, method="cash_on_delivery")
         result = intake.submit(session, _msg(order, iban="DE89370400440532013001", holder_name="Bob"))
         assert result.request.status.value == "rejected"
         assert result.request.rejection_code == "invalid_iban"
         assert result.request.iban is None
-        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 0
+        assert session.get_one(OrderItem, order.item_id).requested_quantity == 0
         assert pending_sends(session) == []
 
     def test_iban_is_normalised(self, session: Session) -> None:
-        order = _order(session, method="bank_transfer")
+        order = new_order(session=session, method="bank_transfer")
         spaced = " ".join(VALID_IBAN[i : i + 4] for i in range(0, len(VALID_IBAN), 4)).lower()
         result = intake.submit(session, _msg(order, iban=spaced, holder_name="Bob"))
         assert result.request.iban == VALID_IBAN
@@ -91,7 +83,7 @@ class TestSubmit:
 
 class TestApproval:
     def test_approve_makes_plan_with_amount_and_target(self, session: Session) -> None:
-        order = _order(session, quantity=3, unit_price="19.99")
+        order = new_order(session=session, quantity=3, unit_price="19.99")
         request = intake.submit(session, _msg(order, quantity=3)).request
         plan = workflow.approve(session, request, actor="staff:alice")
         assert request.status.value == "approved"
@@ -103,7 +95,7 @@ class TestApproval:
         assert session.query(WorkflowStep).filter_by(plan_id=plan.id, kind="route").count() == 1
 
     def test_approving_twice_is_a_conflict(self, session: Session) -> None:
-        order = _order(session)
+        order = new_order(session=session)
         request = intake.submit(session, _msg(order)).request
         workflow.approve(session, request, actor="a")
         with pytest.raises(Conflict):
@@ -119,7 +111,7 @@ class TestApproval:
         monkeypatch.setenv("CANCELFLOW_APPROVAL_RULE", "manual")
         get_settings.cache_clear()
         try:
-            order = _order(session)
+            order = new_order(session=session)
             request = intake.submit(session, _msg(order)).request
             step_id = session.query(WorkflowStep).filter_by(request_id=request.id).one().id
             step = steps.claim(session, step_id, task="cancellations.validate")
