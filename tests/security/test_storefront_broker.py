@@ -30,9 +30,9 @@ from cancelflow.config.settings import Settings
 from cancelflow.worker import broker as broker_transport
 from cancelflow.worker.config import INTAKE_QUEUE
 from cancelflow.worker.storefront_access import ensure_storefront_user
-from tests.conftest import BROKER_URL, DATABASE_URL, LOCAL_AMQP, LOCAL_REDIS, RUN_ID
+from tests.conftest import BROKER_URL, DATABASE_URL, LOCAL_AMQP, LOCAL_REDIS, OUTPUT_DIR, RUN_ID
 from tests.factories import load, order_payload
-from tests.harness import Proc, Stack, clean_workdir, wait_for
+from tests.harness import Proc, Stack, wait_for
 
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
 
@@ -113,9 +113,11 @@ def setup(request: pytest.FixtureRequest, database: str) -> Iterator[Setup]:
         _ctl("set_permissions", "-p", vhost, admin, ".*", ".*", ".*")
         admin_url = f"{LOCAL_AMQP}/{vhost}"
         cleanup.append(lambda: _ctl("delete_user", user))
+    workdir = OUTPUT_DIR / f"storefront-broker-{kind}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     stack = Stack(
-        clean_workdir(f"storefront-broker-{kind}"),
-        env_overrides={"CANCELFLOW_BROKER_URL": admin_url, "CANCELFLOW_APPROVAL_RULE": "manual"},
+        workdir, env_overrides={"CANCELFLOW_BROKER_URL": admin_url, "CANCELFLOW_APPROVAL_RULE": "manual"}
     )
     try:
         worker = stack.start_worker()
