@@ -27,6 +27,7 @@ from cancelflow.models import (
     ApiToken,
     CancellationPlan,
     CancellationRequest,
+    Customer,
     FulfillmentOrder,
     FulfillmentService,
     Order,
@@ -178,6 +179,7 @@ class PlacedOrder:
     """An order the importer wrote, with its items and fulfillment orders (detached, read-only)."""
 
     order: Order
+    customer: Customer
     items: list[OrderItem]
     fulfillment_orders: list[FulfillmentOrder]
     payload: dict[str, Any]
@@ -234,6 +236,7 @@ def new_order(
     with _unit_of_work(session) as db:
         import_payload(db, {**reference_payload(), "orders": [payload]})
         order = db.get_one(Order, payload["id"])
+        customer = db.get_one(Customer, order.customer_id)
         items = list(
             db.scalars(select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id))
         )
@@ -244,9 +247,9 @@ def new_order(
                 .order_by(FulfillmentOrder.id)
             )
         )
-        for row in (order, *items, *fos):
+        for row in (order, customer, *items, *fos):
             db.expunge(row)  # a snapshot: what the test's session loads later is loaded fresh
-    return PlacedOrder(order, items, fos, payload)
+    return PlacedOrder(order, customer, items, fos, payload)
 
 
 def new_request(

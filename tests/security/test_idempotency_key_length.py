@@ -27,7 +27,7 @@ def test_every_allowed_key_length_creates_once(
 ) -> None:
     order = new_order()
     headers = {**staff, "Idempotency-Key": key_of(length)}
-    payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     first = client.post(BASE, headers=headers, json=payload)
     assert first.status_code == 201, first.text
     again = client.post(BASE, headers=headers, json=payload)
@@ -36,7 +36,7 @@ def test_every_allowed_key_length_creates_once(
         count = session.scalar(
             select(func.count())
             .select_from(CancellationRequest)
-            .where(CancellationRequest.order_id == order["id"])
+            .where(CancellationRequest.order_id == order.id)
         )
     assert count == 1
 
@@ -44,7 +44,7 @@ def test_every_allowed_key_length_creates_once(
 def test_two_long_keys_sharing_a_prefix_make_two_requests(client: TestClient, staff: dict[str, str]) -> None:
     order = new_order(quantity=2)
     prefix = key_of(199)
-    payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     ids = {
         client.post(BASE, headers={**staff, "Idempotency-Key": prefix + end}, json=payload).json()["id"]
         for end in "ab"
@@ -54,7 +54,7 @@ def test_two_long_keys_sharing_a_prefix_make_two_requests(client: TestClient, st
 
 def test_a_key_over_200_is_an_error_about_the_header(client: TestClient, staff: dict[str, str]) -> None:
     order = new_order()
-    payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     response = client.post(BASE, headers={**staff, "Idempotency-Key": key_of(201)}, json=payload)
     assert response.status_code == 400
     assert set(response.json()) == {"Idempotency-Key", "code"}
