@@ -2,9 +2,10 @@
 
 Two kinds of builder live here, and each says which it is:
 - through the real services, returning the typed rows they wrote (`new_service`, `new_order` via the
-  importer; `new_request` via intake; `approved_plan`, `routed_plan` via intake and the workflow; `api_token`
-  via the token service): where a product rule applies to the row (import checks, quantities, transitions, key
-  hashing), the test gets the row that rule made, never one it could not make;
+  importer; `new_request` via intake; `approved_plan`, `routed_plan` via intake and the workflow;
+  `bank_transfer_request_over_api` via the API; `api_token` via the token service): where a product rule
+  applies to the row (import checks, quantities, transitions, key hashing), the test gets the row that rule
+  made, never one it could not make;
 - straight data (`*_payload` dicts, for the tests that post or import them themselves because the payload is
   what they test; `captured_sender`, `upgrade_once`): where the test is about something else.
 
@@ -176,7 +177,8 @@ def load(payload: dict[str, Any]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class PlacedOrder:
-    """An order the importer wrote, with its items and fulfillment orders (detached, read-only)."""
+    """An order the importer wrote, with its customer, items and fulfillment orders (detached, read-only),
+    and the payload it was imported from."""
 
     order: Order
     customer: Customer
