@@ -6,12 +6,21 @@ embedded ones are started under a temporary directory, exactly as `make run` wou
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from cancelflow.services.jobs import Send
 
 LOCAL_ADMIN_DB = os.environ.get("CANCELFLOW_TEST_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres")
 LOCAL_REDIS = os.environ.get("CANCELFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -184,9 +193,92 @@ def no_subscription_outlives_its_module(database: str) -> Iterator[None]:
     from cancelflow.models import WebhookSubscription
 
     with transaction() as db:
+        db.execute(update(WebhookSubscription).where(WebhookSubscription.is_active).values(is_active=False))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_token_outlives_its_module(database: str) -> Iterator[None]:
+    """API tokens a module made through `tests.factories.api_token` are revoked when it ends.
+
+    Tokens are global state: a later module must not be able to authenticate with one of ours.
+    """
+    yield
+    from tests.factories import made_tokens
+
+    if not made_tokens:
+        return
+    from sqlalchemy import func, update
+
+    from cancelflow.db import transaction
+    from cancelflow.models import ApiToken
+
+    with transaction() as db:
         db.execute(
-            update(WebhookSubscription).where(WebhookSubscription.is_active).values(is_active=False)
+            update(ApiToken)
+            .where(ApiToken.id.in_(made_tokens), ApiToken.revoked_at.is_(None))
+            .values(revoked_at=func.now())
         )
+    made_tokens.clear()
+
+
+@pytest.fixture(scope="module")
+def client(database: str) -> Iterator[TestClient]:
+    """The API in-process for the module; the logging `create_app` configures is put back after."""
+    from fastapi.testclient import TestClient
+
+    from cancelflow.api.app import create_app
+
+    with restored_logging(), TestClient(create_app()) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def staff(database: str) -> dict[str, str]:
+    """Headers of a plain staff token (no extra permissions), made for the module."""
+    from tests.factories import token_headers
+
+    return token_headers("staff")
+
+
+@pytest.fixture
+def sent(database: str) -> Iterator[list[Send]]:
+    """Every after-commit send of the test, kept here instead of going to the broker."""
+    from tests.factories import captured_sender
+
+    yield from captured_sender()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The handler `configure_logging` installs, writing to a buffer instead of stderr."""
+    import structlog
+
+    from cancelflow.config.logging import configure_logging
+    from cancelflow.config.settings import Settings
+
+    config = structlog.get_config()
+    with restored_logging():
+        configure_logging(Settings(log_json=True, log_level="INFO"))
+        ours = logging.getLogger().handlers[0]
+        assert isinstance(ours, logging.StreamHandler)
+        buffer = io.StringIO()
+        ours.setStream(buffer)
+        try:
+            yield buffer
+        finally:
+            structlog.configure(**config)
+
+
+@contextmanager
+def restored_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level back as they were (the app configures them onto stderr)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.fixture

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,73 @@ import psutil
 
 T = TypeVar("T")
 PYTHON = sys.executable
+
+
+def clean_workdir(name: str) -> Path:
+    """An empty `test-output/<name>/` for a stack's files, left after the run for whoever debugs a failure."""
+    from tests.conftest import OUTPUT_DIR
+
+    workdir = OUTPUT_DIR / name
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    return workdir
+
+
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """Start every process of `stack`, and stop them all when the block ends, however it ends."""
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextmanager
+def serving(app: Any, **config: Any) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port, in a thread of this process: its `host:port`.
+
+    For what the in-process TestClient cannot show: real sockets, real concurrency, raw HTTP.
+    """
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, interval=0.05, what="uvicorn started")
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def repeatable_examples(max_examples: int) -> Any:
+    """Hypothesis settings for a test that pays for every example (a request, a process, a worker round trip):
+    the same examples on every run, no time limit, and a failure reported as drawn (shrinking would cost
+    more of them)."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def printed_counts(output: str) -> dict[str, int]:
+    """The `name │ number` rows of a table the CLI printed (import counts, for one)."""
+    counts = {}
+    for line in output.splitlines():
+        parts = [p.strip() for p in line.strip("│┃ ").split("│")]
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
 
 
 def free_port() -> int:

@@ -10,19 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cancelflow.cli.main import app
-from tests.factories import load, order_payload
+from tests.factories import new_request
+from tests.harness import printed_counts
 
 runner = CliRunner()
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "import.json"
-
-
-def _counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.splitlines():
-        parts = [p.strip() for p in line.strip("│┃ ").split("│")]
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_import_example_file_twice_changes_nothing_the_second_time() -> None:
@@ -30,8 +22,8 @@ def test_import_example_file_twice_changes_nothing_the_second_time() -> None:
     assert first.exit_code == 0, first.output
     second = runner.invoke(app, ["import", str(EXAMPLE)])
     assert second.exit_code == 0, second.output
-    assert _counts(second.output)
-    assert set(_counts(second.output).values()) == {0}
+    assert printed_counts(second.output)
+    assert set(printed_counts(second.output).values()) == {0}
 
 
 def test_import_reports_field_errors(tmp_path: Path) -> None:
@@ -54,21 +46,14 @@ def test_demo_is_deterministic() -> None:
     first = runner.invoke(app, ["demo", "--orders", "5"])
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, ["demo", "--orders", "5"])
-    assert set(_counts(again.output).values()) == {0}
+    assert set(printed_counts(again.output).values()) == {0}
 
 
 def test_approve_a_waiting_request_and_refuse_twice() -> None:
     from cancelflow.db import transaction
     from cancelflow.models import CancellationPlan
-    from cancelflow.services import intake
 
-    order = order_payload()
-    load({"orders": [order]})
-    with transaction() as session:
-        request_id = intake.submit(
-            session,
-            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-        ).request.id
+    request_id = new_request().id
     result = runner.invoke(app, ["approve", str(request_id), "--actor", "alice"])
     assert result.exit_code == 0, result.output
     with transaction() as session:
@@ -114,15 +99,9 @@ def test_show_prints_one_snapshot_of_a_request_that_moves_on_meanwhile(
 ) -> None:
     from cancelflow.db import transaction
     from cancelflow.models import Event
-    from cancelflow.services import intake, step_view
+    from cancelflow.services import step_view
 
-    order = order_payload()
-    load({"orders": [order]})
-    with transaction() as session:
-        request_id = intake.submit(
-            session,
-            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-        ).request.id
+    request_id = new_request().id
     assert runner.invoke(app, ["approve", str(request_id)]).exit_code == 0
 
     # While `show` is printing (after the request's status line), another transaction records a new event

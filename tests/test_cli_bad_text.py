@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 import typer
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cancelflow.cli.main import app
 from tests.api.test_bad_text import row_counts
 from tests.factories import order_payload
+from tests.harness import repeatable_examples
 
 runner = CliRunner()
 
@@ -58,13 +59,7 @@ BAD = st.builds(
 def test_every_command_refuses_an_argument_that_cannot_be_stored(path: tuple[str, ...]) -> None:
     before = row_counts()
 
-    @settings(
-        max_examples=3,
-        deadline=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
+    @repeatable_examples(3)
     @given(value=BAD, as_option=st.booleans())
     def check(value: str, as_option: bool) -> None:
         args = [*path, f"--name={value}"] if as_option else [*path, value]

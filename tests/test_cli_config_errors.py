@@ -207,20 +207,11 @@ def test_the_entry_point_prints_one_line_not_a_traceback(tmp_path: Path) -> None
 
 @pytest.mark.timeout(300)
 def test_a_command_whose_follow_up_message_cannot_be_sent_says_so_in_one_line(tmp_path: Path) -> None:
-    import secrets
 
-    from cancelflow.db import transaction
-    from cancelflow.services import intake
-    from tests.factories import load, order_payload
+    from tests.factories import new_request
 
     # Given a waiting request, and a broker that does not answer
-    order = order_payload()
-    load({"orders": [order]})
-    with transaction() as session:
-        request_id = intake.submit(
-            session,
-            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-        ).request.id
+    request_id = new_request().id
     env = _bare_env(
         CANCELFLOW_DATABASE_URL=os.environ["CANCELFLOW_DATABASE_URL"],
         CANCELFLOW_BROKER_URL=f"redis://127.0.0.1:{closed_port()}/0",

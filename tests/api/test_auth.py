@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from cancelflow.api.app import create_app
 from cancelflow.cli.main import app as cli
 from cancelflow.db import transaction
 from cancelflow.services import users
@@ -17,12 +15,6 @@ from cancelflow.services import users
 LOGIN = "/api/v1/auth/login/"
 ME = "/api/v1/active_user/"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
 
 
 def new_user(*permissions: str, password: str = "correct horse") -> str:

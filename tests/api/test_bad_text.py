@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,15 +18,15 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import text
 
 from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models.base import Base
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload, service_payload
+from tests.factories import load, order_payload, service_payload, token_key
+from tests.harness import repeatable_examples
 
 APP = create_app()  # reads settings only (tests/conftest.py set them); no database until a request
 SCHEMA: dict[str, Any] = APP.openapi()
@@ -144,8 +143,8 @@ def seeded(database: str) -> Seeded:
     service = service_payload()
     order = order_payload(service_handle=service["handle"])
     load({"fulfillment_services": [service], "orders": [order]})
+    key = token_key("staff")
     with transaction() as session:
-        _, key = create_token(session, name=f"badtext-{uuid.uuid4().hex[:10]}", kind="staff")
         request_id = session.execute(
             text(
                 "INSERT INTO cancellation_requests (uuid, order_item_id, order_id, channel_id, reason_id, "
@@ -245,13 +244,7 @@ def test_text_that_cannot_be_stored_is_refused_naming_the_field(
     expected = {n.lower() for n in (target.query or [target.name])}
     before = row_counts()
 
-    @settings(
-        max_examples=3,
-        deadline=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],  # a failure is reported as drawn: shrinking costs requests
-        suppress_health_check=list(HealthCheck),
-    )
+    @repeatable_examples(3)
     @given(value=values)
     def check(value: str) -> None:
         response = send(client, seeded, target, value)

@@ -4,14 +4,12 @@ who may do what, and IBAN masking."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models import (
     CancellationPlan,
@@ -24,8 +22,8 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import FORequestStatus, PlanStatus, StepKind, StepStatus
 from cancelflow.services import steps, workflow
-from cancelflow.services.tokens import create_token
-from tests.factories import VALID_IBAN, load, order_payload, service_payload
+from tests import factories
+from tests.factories import VALID_IBAN, PlacedOrder, new_service, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -34,43 +32,23 @@ def channel_base(channel: int) -> str:
     return f"/api/v1/channel/{channel}/cancellation_requests/"
 
 
-def make_token(kind: str, **kwargs: Any) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, **kwargs)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def staff(database: str) -> dict[str, str]:
-    return make_token("staff")
-
-
 @pytest.fixture(scope="module")
 def iban_staff(database: str) -> dict[str, str]:
-    return make_token("staff", permissions=["view_iban"])
+    return token_headers("staff", permissions=["view_iban"])
 
 
 @pytest.fixture(scope="module")
 def storefront(database: str) -> dict[str, str]:
-    return make_token("storefront", channel_id=1)
+    return token_headers("storefront", channel_id=1)
 
 
-def new_order(**kwargs: Any) -> dict[str, Any]:
+def new_order(**kwargs: Any) -> PlacedOrder:
     """An order of channel 1 (unless told) with a service that accepted its fulfillment order."""
-    service = service_payload()
-    order = order_payload(service_handle=service["handle"], **kwargs)
-    load({"fulfillment_services": [service], "orders": [order]})
-    return order
+    return factories.new_order(service=new_service(), **kwargs)
 
 
-def create(client: TestClient, headers: dict[str, str], order: dict[str, Any], **body: Any) -> Any:
-    payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1, **body}
+def create(client: TestClient, headers: dict[str, str], order: PlacedOrder, **body: Any) -> Any:
+    payload = {"order_item": order.item_id, "reason": 1, "quantity": 1, **body}
     response = client.post(BASE, headers=headers, json=payload)
     assert response.status_code == 201, response.text
     return response.json()
@@ -88,8 +66,8 @@ class TestCreateAndRead:
             client, staff, order, iban=VALID_IBAN, holder_name="Bob Norman", description="changed my mind"
         )
         assert body["status"] == "waiting"
-        assert body["order_item"] == order["items"][0]["id"]
-        assert body["order"] == order["id"]
+        assert body["order_item"] == order.item_id
+        assert body["order"] == order.id
         assert body["quantity"] == 1
         assert body["iban"] != VALID_IBAN
         assert body["iban"].endswith(VALID_IBAN[-4:])
@@ -97,16 +75,16 @@ class TestCreateAndRead:
         got = client.get(f"{BASE}{body['id']}/", headers=staff)
         assert got.status_code == 200
         assert got.json() == body
-        listed = client.get(BASE, headers=staff, params={"order": order["id"]}).json()
+        listed = client.get(BASE, headers=staff, params={"order": order.id}).json()
         assert listed["count"] == 1
         assert [r["id"] for r in listed["results"]] == [body["id"]]
         detailed = client.get(f"{BASE}{body['id']}/detailed/", headers=staff).json()
-        assert detailed["order"]["number"] == order["number"]
-        assert detailed["customer"]["email"] == order["customer"]["email"]
-        assert detailed["order_item"]["sku"] == order["items"][0]["sku"]
+        assert detailed["order"]["number"] == order.order.number
+        assert detailed["customer"]["email"] == order.customer.email
+        assert detailed["order_item"]["sku"] == order.items[0].sku
         assert detailed["reason"]["id"] == 1
         assert detailed["plan"] is None
-        assert requested(order["items"][0]["id"]) == 1
+        assert requested(order.item_id) == 1
 
     def test_iban_shown_only_to_staff_with_view_iban(
         self, client: TestClient, staff: dict[str, str], iban_staff: dict[str, str]
@@ -135,19 +113,19 @@ class TestCreateAndRead:
         self, client: TestClient, staff: dict[str, str], body: dict[str, Any], field: str
     ) -> None:
         order = new_order()
-        payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1, **body}
+        payload = {"order_item": order.item_id, "reason": 1, "quantity": 1, **body}
         response = client.post(BASE, headers=staff, json=payload)
         assert response.status_code == 400, response.text
         assert field in response.json()
         assert "code" in response.json()
         with transaction() as session:
             assert not session.scalars(
-                select(CancellationRequest).where(CancellationRequest.order_id == order["id"])
+                select(CancellationRequest).where(CancellationRequest.order_id == order.id)
             ).all()
 
     def test_bank_refund_without_account_is_400(self, client: TestClient, staff: dict[str, str]) -> None:
         order = new_order(method="cash_on_delivery")
-        response = client.post(BASE, headers=staff, json={"order_item": order["items"][0]["id"], "reason": 1})
+        response = client.post(BASE, headers=staff, json={"order_item": order.item_id, "reason": 1})
         assert response.status_code == 400
         assert set(response.json()) >= {"iban", "holder_name", "code"}
 
@@ -165,10 +143,8 @@ class TestCreateAndRead:
 class TestPagination:
     def test_pages_have_absolute_links(self, client: TestClient, staff: dict[str, str]) -> None:
         order = new_order(items=3, quantity=1)
-        ids = [
-            create(client, staff, order, order_item=item["id"], quantity=1)["id"] for item in order["items"]
-        ]
-        first = client.get(BASE, headers=staff, params={"order": order["id"], "limit": 2}).json()
+        ids = [create(client, staff, order, order_item=item.id, quantity=1)["id"] for item in order.items]
+        first = client.get(BASE, headers=staff, params={"order": order.id, "limit": 2}).json()
         assert first["count"] == 3
         assert [r["id"] for r in first["results"]] == sorted(ids, reverse=True)[:2]
         assert first["previous"] is None
@@ -178,7 +154,7 @@ class TestPagination:
         assert second["next"] is None
         assert second["previous"].startswith("/api/v1/cancellation_requests/")
         assert "page=" not in second["previous"]
-        beyond = client.get(BASE, headers=staff, params={"order": order["id"], "page": 9})
+        beyond = client.get(BASE, headers=staff, params={"order": order.id, "page": 9})
         assert beyond.status_code == 404
 
     def test_links_carry_the_keyset_and_agree_with_page_numbers(
@@ -186,9 +162,9 @@ class TestPagination:
     ) -> None:
         # Given 7 requests on one order, listed 2 to a page
         order = new_order(items=7, quantity=1)
-        for item in order["items"]:
-            create(client, staff, order, order_item=item["id"], quantity=1)
-        params = {"order": order["id"], "limit": 2}
+        for item in order.items:
+            create(client, staff, order, order_item=item.id, quantity=1)
+        params = {"order": order.id, "limit": 2}
         by_number = [
             [r["id"] for r in client.get(BASE, headers=staff, params={**params, "page": n}).json()["results"]]
             for n in (1, 2, 3, 4)
@@ -251,7 +227,7 @@ class TestIdempotency:
     def test_same_key_same_body_replays_one_row(self, client: TestClient, staff: dict[str, str]) -> None:
         order = new_order()
         key = {"Idempotency-Key": uuid.uuid4().hex}
-        payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+        payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
         first = client.post(BASE, headers={**staff, **key}, json=payload)
         again = client.post(BASE, headers={**staff, **key}, json=payload)
         assert first.status_code == again.status_code == 201
@@ -260,13 +236,13 @@ class TestIdempotency:
         assert other_body.status_code == 422
         assert other_body.json()["code"] == "idempotency_key_reused"
         with transaction() as session:
-            count = session.scalar(select(func.count()).where(CancellationRequest.order_id == order["id"]))
+            count = session.scalar(select(func.count()).where(CancellationRequest.order_id == order.id))
         assert count == 1
-        assert requested(order["items"][0]["id"]) == 1
+        assert requested(order.item_id) == 1
 
     def test_key_in_flight_is_409(self, client: TestClient, staff: dict[str, str]) -> None:
         order = new_order()
-        payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+        payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
         key = uuid.uuid4().hex
         first = client.post(BASE, headers={**staff, "Idempotency-Key": key}, json=payload)
         assert first.status_code == 201
@@ -285,14 +261,14 @@ class TestIdempotency:
     def test_failed_request_frees_its_key(self, client: TestClient, staff: dict[str, str]) -> None:
         order = new_order()
         key = {"Idempotency-Key": uuid.uuid4().hex}
-        payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 5}
+        payload = {"order_item": order.item_id, "reason": 1, "quantity": 5}
         assert client.post(BASE, headers={**staff, **key}, json=payload).status_code == 400
         retry = client.post(BASE, headers={**staff, **key}, json={**payload, "quantity": 1})
         assert retry.status_code == 201
 
     def test_malformed_key_is_400(self, client: TestClient, staff: dict[str, str]) -> None:
         order = new_order()
-        payload = {"order_item": order["items"][0]["id"], "reason": 1}
+        payload = {"order_item": order.item_id, "reason": 1}
         response = client.post(BASE, headers={**staff, "Idempotency-Key": "a b"}, json=payload)
         assert response.status_code == 400
         assert "Idempotency-Key" in response.json()
@@ -315,13 +291,13 @@ class TestUpdate:
         assert response.status_code == 200, response.text
         got = response.json()
         assert (got["quantity"], got["description"], got["iban"]) == (3, "new", VALID_IBAN)
-        assert requested(order["items"][0]["id"]) == 3
+        assert requested(order.item_id) == 3
         too_many = client.put(f"{BASE}{body['id']}/", headers=iban_staff, json={"quantity": 4})
         assert too_many.status_code == 400
         assert "quantity" in too_many.json()
         null = client.patch(f"{BASE}{body['id']}/", headers=iban_staff, json={"quantity": None})
         assert null.status_code == 400
-        assert requested(order["items"][0]["id"]) == 3
+        assert requested(order.item_id) == 3
 
     def test_approve_by_status_then_money_fields_are_frozen(
         self, client: TestClient, staff: dict[str, str]
@@ -363,7 +339,7 @@ class TestReject:
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "rejected"
         assert response.json()["rejection_code"] == "staff_rejected"
-        assert requested(order["items"][0]["id"]) == 0
+        assert requested(order.item_id) == 0
         again = client.post(f"{BASE}{body['id']}/reject/", headers=staff)
         assert again.status_code == 400
         assert again.json()["code"] == "invalid_transition"
@@ -415,7 +391,7 @@ class TestReject:
                 )
             ).all()
             assert open_steps == []
-        assert requested(order["items"][0]["id"]) == 0
+        assert requested(order.item_id) == 0
 
 
 class TestWhoMayDoWhat:
@@ -425,7 +401,7 @@ class TestWhoMayDoWhat:
         mine = new_order(channel=1)
         theirs = new_order(channel=2)
         created = client.post(
-            channel_base(1), headers=storefront, json={"order_item": mine["items"][0]["id"], "reason": 1}
+            channel_base(1), headers=storefront, json={"order_item": mine.item_id, "reason": 1}
         )
         assert created.status_code == 201, created.text
         other = create(client, staff, theirs)
@@ -436,7 +412,7 @@ class TestWhoMayDoWhat:
         listed = client.get(BASE, headers=storefront, params={"limit": 1000}).json()
         assert {r["channel"] for r in listed["results"]} == {1}
         wrong_channel = client.post(
-            BASE, headers=storefront, json={"order_item": theirs["items"][0]["id"], "reason": 1}
+            BASE, headers=storefront, json={"order_item": theirs.item_id, "reason": 1}
         )
         assert wrong_channel.status_code == 400
         rid = created.json()["id"]
@@ -457,7 +433,6 @@ class TestWhoMayDoWhat:
         assert rejected.json()["status"] == "rejected"
 
     def test_fulfillment_service_token_is_refused(self, client: TestClient) -> None:
-        service = service_payload()
-        load({"fulfillment_services": [service]})
-        headers = make_token("fulfillment_service", fulfillment_service_handle=service["handle"])
+        service = new_service()
+        headers = token_headers("fulfillment_service", fulfillment_service_handle=service.handle)
         assert client.get(BASE, headers=headers).status_code == 403

@@ -16,8 +16,7 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
 from cancelflow.api.app import create_app
-from cancelflow.db import transaction
-from cancelflow.services import tokens
+from tests.factories import token_key
 from tests.harness import free_port
 
 AKINON_LIST = "/api/v1/cancellation_requests/"
@@ -26,9 +25,7 @@ SHOPIFY_FO = "/admin/api/2021-07/fulfillment_orders/1.json"
 
 @pytest.fixture(scope="module")
 def staff_key(database: str) -> str:
-    with transaction() as session:
-        _, key = tokens.create_token(session, name=f"db-down-{free_port()}", kind="staff")
-    return key
+    return token_key("staff")
 
 
 @pytest.fixture

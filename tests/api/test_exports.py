@@ -24,6 +24,7 @@ from cancelflow.api.exports import export_response
 from cancelflow.db import transaction
 from cancelflow.services.exports import FIELD_NAMES
 from tests.api.test_tags import make_requests, unique
+from tests.factories import token_headers
 
 EXPORT = "/export/"
 
@@ -194,17 +195,6 @@ class TestCli:
 class TestExportJobAccess:
     """A storefront whose export became a job can follow the URL of its 202; nobody else's."""
 
-    @staticmethod
-    def token(kind: str, channel_id: int | None = None) -> dict[str, str]:
-        import secrets
-
-        from cancelflow.services.tokens import ensure_token
-
-        key = secrets.token_hex(20)
-        with transaction() as session:
-            ensure_token(session, name=unique("exp-token"), kind=kind, key=key, channel_id=channel_id)
-        return {"Authorization": f"Token {key}"}
-
     def test_storefront_sees_its_channel_jobs_only(self, database: str) -> None:
         from cancelflow.api.app import create_app
         from cancelflow.models import ExportFormat
@@ -216,16 +206,18 @@ class TestExportJobAccess:
         url = f"/api/v1/exports/{job_id}/"
         with TestClient(create_app()) as api:
             # Then channel 1's storefront and staff read it; the file is not ready yet (409)
-            own = api.get(url, headers=self.token("storefront", channel_id=1))
+            own = api.get(url, headers=token_headers("storefront", channel_id=1))
             assert own.status_code == 200, own.text
             assert own.json()["status"] == "pending"
-            assert api.get(url, headers=self.token("staff")).status_code == 200
+            assert api.get(url, headers=token_headers("staff")).status_code == 200
             assert (
-                api.get(f"{url}download/", headers=self.token("storefront", channel_id=1)).status_code == 409
+                api.get(f"{url}download/", headers=token_headers("storefront", channel_id=1)).status_code
+                == 409
             )
             # And another channel's storefront does not find it
-            other = api.get(url, headers=self.token("storefront", channel_id=2))
+            other = api.get(url, headers=token_headers("storefront", channel_id=2))
             assert other.status_code == 404
             assert (
-                api.get(f"{url}download/", headers=self.token("storefront", channel_id=2)).status_code == 404
+                api.get(f"{url}download/", headers=token_headers("storefront", channel_id=2)).status_code
+                == 404
             )

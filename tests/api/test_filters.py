@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,31 +10,19 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.errors import Invalid
 from cancelflow.models import CancellationPlan, CancellationRequest
 from cancelflow.services import queries, workflow
-from cancelflow.services.tokens import create_token
-from tests.factories import VALID_IBAN, load, order_payload, service_payload
+from tests.factories import VALID_IBAN, load, order_payload, service_payload, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
 
 @pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
 def staff(database: str) -> dict[str, str]:
-    with transaction() as session:
-        # `view_iban`: the `iban` filter is refused to other tokens (tests/security).
-        _, key = create_token(
-            session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff", permissions=["view_iban"]
-        )
-    return {"Authorization": f"Token {key}"}
+    # `view_iban`: the `iban` filter is refused to other tokens (tests/security).
+    return token_headers("staff", permissions=["view_iban"])
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,16 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from cancelflow.api.app import create_app
 from cancelflow.api.errors import SHOPIFY_UNAUTHORIZED
 from cancelflow.api.fulfillment import VERSIONS
 from cancelflow.config import get_settings
 from cancelflow.db import transaction
-from cancelflow.models import ApiToken, Event, FulfillmentOrder, WorkflowStep
+from cancelflow.models import Event, FulfillmentOrder, WorkflowStep
 from cancelflow.models.enums import StepStatus
 from cancelflow.services import jobs
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload, service_payload
+from tests.factories import load, order_payload, service_payload, token_key
 
 SEED_004 = Path(os.environ.get("CANCELFLOW_SEED_004", "/work/shared/seeds/004_e95165c092f787b2.txt"))
 SEED_LOCATION_ID = 48752903
@@ -48,16 +44,8 @@ class Service:
     token: str
 
 
-_created_tokens: list[int] = []
-
-
 def make_token(kind: str, *, handle: str | None = None) -> str:
-    with transaction() as session:
-        token, key = create_token(
-            session, name=f"api-{uuid.uuid4().hex[:8]}", kind=kind, fulfillment_service_handle=handle
-        )
-    _created_tokens.append(token.id)
-    return key
+    return token_key(kind, fulfillment_service_handle=handle)
 
 
 def make_service(**overrides: Any) -> Service:
@@ -116,26 +104,6 @@ def message(text: str) -> dict[str, Any]:
     return {"cancellation_request": {"message": text}}
 
 
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    # create_app configures logging onto this process's stderr (pytest's capture): put it back after.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with TestClient(create_app()) as test_client:
-            yield test_client
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        # Tokens are global state shared with later suites: leave none of ours usable.
-        with transaction() as session:
-            session.execute(
-                update(ApiToken)
-                .where(ApiToken.id.in_(_created_tokens), ApiToken.revoked_at.is_(None))
-                .values(revoked_at=func.now())
-            )
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _cancel_left_over_notifications(database: str) -> Iterator[None]:
     """No worker runs here: retire the notify steps these tests made, so a later worker skips them."""
@@ -165,19 +133,6 @@ def service(database: str) -> Service:
 @pytest.fixture(scope="module")
 def other_service(database: str) -> Service:
     return make_service()
-
-
-@pytest.fixture
-def sent() -> Iterator[list[jobs.Send]]:
-    """Record the after-commit sends instead of handing them to Celery."""
-    from cancelflow.worker.app import install_sender
-
-    recorded: list[jobs.Send] = []
-    jobs.set_sender(recorded.append)
-    try:
-        yield recorded
-    finally:
-        install_sender()
 
 
 # --- the seed's examples, field by field --------------------------------------------------------------------

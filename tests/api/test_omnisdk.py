@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-import uvicorn
 from omnisdk.omnitron.client import OmnitronApiClient
 from omnisdk.omnitron.endpoints import ChannelCancellationRequestEndpoint, OmnitronApiEndpoint
 from omnisdk.omnitron.models import CancellationRequest
@@ -19,7 +17,7 @@ from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.services import users
 from tests.factories import load, order_payload, service_payload
-from tests.harness import free_port, wait_for
+from tests.harness import serving
 
 
 class CancellationRequestEndpoint(OmnitronApiEndpoint):
@@ -31,14 +29,8 @@ class CancellationRequestEndpoint(OmnitronApiEndpoint):
 
 @pytest.fixture(scope="module")
 def base_url(database: str) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=20, what="uvicorn started")
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app()) as address:
+        yield f"http://{address}/"
 
 
 @pytest.fixture(scope="module")

@@ -3,58 +3,20 @@
 from __future__ import annotations
 
 import copy
-import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, update
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
-from cancelflow.models import ApiToken
-from cancelflow.services.tokens import create_token
-from tests.factories import next_id, order_payload, reference_payload, service_payload
+from tests.factories import auth, next_id, order_payload, reference_payload, service_payload, token_key
 
 ORDERS = "/api/v1/orders/"
 
 
-_created_tokens: list[int] = []
-
-
 def make_token(kind: str, *, handle: str | None = None) -> str:
-    with transaction() as session:
-        token, key = create_token(
-            session, name=f"api-{uuid.uuid4().hex[:8]}", kind=kind, fulfillment_service_handle=handle
-        )
-    _created_tokens.append(token.id)
-    return key
-
-
-def token(key: str) -> dict[str, str]:
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    # create_app configures logging onto this process's stderr (pytest's capture): put it back after.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with TestClient(create_app()) as test_client:
-            yield test_client
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        # Tokens are global state shared with later suites: leave none of ours usable.
-        with transaction() as session:
-            session.execute(
-                update(ApiToken)
-                .where(ApiToken.id.in_(_created_tokens), ApiToken.revoked_at.is_(None))
-                .values(revoked_at=func.now())
-            )
+    return token_key(kind, fulfillment_service_handle=handle)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +36,7 @@ def import_body(**order_kwargs: Any) -> dict[str, Any]:
 class TestImport:
     def test_import_then_reimport(self, client: TestClient, staff: str) -> None:
         body = import_body()
-        first = client.post(ORDERS, headers=token(staff), json=body)
+        first = client.post(ORDERS, headers=auth(staff), json=body)
         assert first.status_code == 201, first.text
         counts = first.json()["imported"]
         assert counts["orders"] == 1
@@ -83,16 +45,16 @@ class TestImport:
         assert counts["fulfillment_orders"] == 1
         assert counts["fulfillment_order_line_items"] == 2
         assert counts["fulfillment_services"] == 1
-        again = client.post(ORDERS, headers=token(staff), json=body)
+        again = client.post(ORDERS, headers=auth(staff), json=body)
         assert again.status_code == 200, again.text
         assert set(again.json()["imported"]) == set(counts)
         assert all(value == 0 for value in again.json()["imported"].values())
 
     def test_imported_order_can_be_read_back(self, client: TestClient, staff: str) -> None:
         body = import_body(unit_price="12.50")
-        assert client.post(ORDERS, headers=token(staff), json=body).status_code == 201
+        assert client.post(ORDERS, headers=auth(staff), json=body).status_code == 201
         order = body["orders"][0]
-        response = client.get(f"{ORDERS}{order['id']}/", headers=token(staff))
+        response = client.get(f"{ORDERS}{order['id']}/", headers=auth(staff))
         assert response.status_code == 200, response.text
         got = response.json()
         assert (got["id"], got["number"], got["channel"], got["customer"]) == (
@@ -109,13 +71,13 @@ class TestImport:
         assert got["fulfillment_orders"] == [order["fulfillment_orders"][0]["id"]]
 
     def test_unknown_order_is_404(self, client: TestClient, staff: str) -> None:
-        response = client.get(f"{ORDERS}{next_id()}/", headers=token(staff))
+        response = client.get(f"{ORDERS}{next_id()}/", headers=auth(staff))
         assert response.status_code == 404
         assert response.json() == {"detail": "Not found."}
 
     @pytest.mark.parametrize("bad_id", ["abc", "0", str(2**63)])
     def test_malformed_order_id_is_404(self, client: TestClient, staff: str, bad_id: str) -> None:
-        response = client.get(f"{ORDERS}{bad_id}/", headers=token(staff))
+        response = client.get(f"{ORDERS}{bad_id}/", headers=auth(staff))
         assert response.status_code == 404
         assert response.json() == {"detail": "Not found."}
 
@@ -124,7 +86,7 @@ class TestImport:
         order = body["orders"][0]
         del order["items"]
         order["currency"] = "euro"
-        response = client.post(ORDERS, headers=token(staff), json=body)
+        response = client.post(ORDERS, headers=auth(staff), json=body)
         assert response.status_code == 400
         errors = response.json()
         assert errors["code"] == "invalid"
@@ -135,13 +97,13 @@ class TestImport:
     def test_unknown_references_are_400(self, client: TestClient, staff: str) -> None:
         body = import_body(channel=987654)
         body["orders"][0]["customer"]["channel"] = 1
-        response = client.post(ORDERS, headers=token(staff), json=body)
+        response = client.post(ORDERS, headers=auth(staff), json=body)
         assert response.status_code == 400
         assert response.json()["orders.0.channel"] == ["non-existent object"]
         assert response.json()["code"] == "invalid_import"
         # A customer's unknown channel is named as a field error, before anything is written.
         body["orders"][0]["customer"]["channel"] = 987654
-        response = client.post(ORDERS, headers=token(staff), json=body)
+        response = client.post(ORDERS, headers=auth(staff), json=body)
         assert response.status_code == 400
         assert response.json()["code"] == "invalid_import"
         assert response.json()["orders.0.customer.channel"] == ["non-existent object"]
@@ -150,17 +112,17 @@ class TestImport:
         # Given an order whose customer is named by an id nobody imported
         body = import_body()
         body["orders"][0]["customer"] = next_id()
-        response = client.post(ORDERS, headers=token(staff), json=body)
+        response = client.post(ORDERS, headers=auth(staff), json=body)
         assert response.status_code == 400
         assert response.json()["code"] == "invalid_import"
         assert response.json()["orders.0.customer"] == ["non-existent object"]
 
     def test_duplicate_order_number_is_400(self, client: TestClient, staff: str) -> None:
         body = import_body()
-        assert client.post(ORDERS, headers=token(staff), json=body).status_code == 201
+        assert client.post(ORDERS, headers=auth(staff), json=body).status_code == 201
         clash = copy.deepcopy(import_body())
         clash["orders"][0]["number"] = body["orders"][0]["number"]
-        response = client.post(ORDERS, headers=token(staff), json=clash)
+        response = client.post(ORDERS, headers=auth(staff), json=clash)
         assert response.status_code == 400
         assert response.json()["code"] == "invalid_import"
         assert response.json()["orders.0.number"] == ["order number already used by another order"]
@@ -178,7 +140,7 @@ class TestImport:
     )
     def test_malformed_bodies_are_400_never_500(self, client: TestClient, staff: str, content: bytes) -> None:
         response = client.post(
-            ORDERS, headers={**token(staff), "Content-Type": "application/json"}, content=content
+            ORDERS, headers={**auth(staff), "Content-Type": "application/json"}, content=content
         )
         assert response.status_code == 400, response.text
         assert "code" in response.json()
@@ -186,13 +148,13 @@ class TestImport:
     def test_nul_characters_are_refused(self, client: TestClient, staff: str) -> None:
         body = import_body()
         body["orders"][0]["items"][0]["product_name"] = "bad\x00name"
-        response = client.post(ORDERS, headers=token(staff), json=body)
+        response = client.post(ORDERS, headers=auth(staff), json=body)
         assert response.status_code == 400
         assert "orders.0.items.0.product_name" in response.json()
 
     def test_malformed_json_uses_the_drf_parse_error(self, client: TestClient, staff: str) -> None:
         response = client.post(
-            ORDERS, headers={**token(staff), "Content-Type": "application/json"}, content=b"{not json"
+            ORDERS, headers={**auth(staff), "Content-Type": "application/json"}, content=b"{not json"
         )
         assert response.status_code == 400
         assert response.json()["code"] == "parse_error"
@@ -232,13 +194,11 @@ class TestAuth:
         from cancelflow.services.tokens import revoke
 
         name = f"api-{uuid.uuid4().hex[:8]}"
-        with transaction() as session:
-            created, key = create_token(session, name=name, kind="staff")
-        _created_tokens.append(created.id)
-        assert client.get(f"{ORDERS}{next_id()}/", headers=token(key)).status_code == 404
+        key = token_key("staff", name=name)
+        assert client.get(f"{ORDERS}{next_id()}/", headers=auth(key)).status_code == 404
         with transaction() as session:
             assert revoke(session, name)
-        assert client.get(f"{ORDERS}{next_id()}/", headers=token(key)).status_code == 401
+        assert client.get(f"{ORDERS}{next_id()}/", headers=auth(key)).status_code == 401
 
     @pytest.mark.parametrize("kind", ["storefront", "fulfillment_service"])
     def test_non_staff_tokens_are_403(self, client: TestClient, kind: str) -> None:
@@ -247,12 +207,12 @@ class TestAuth:
             body = import_body()
             handle = body["fulfillment_services"][0]["handle"]
             staff_key = make_token("staff")
-            assert client.post(ORDERS, headers=token(staff_key), json=body).status_code == 201
+            assert client.post(ORDERS, headers=auth(staff_key), json=body).status_code == 201
         key = make_token(kind, handle=handle)
-        response = client.post(ORDERS, headers=token(key), json=import_body())
+        response = client.post(ORDERS, headers=auth(key), json=import_body())
         assert response.status_code == 403
         assert response.json()["code"] == "permission_denied"
-        assert client.get(f"{ORDERS}1/", headers=token(key)).status_code == 403
+        assert client.get(f"{ORDERS}1/", headers=auth(key)).status_code == 403
 
 
 class TestApp:

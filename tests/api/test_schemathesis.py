@@ -8,13 +8,11 @@ active user.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -24,9 +22,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from cancelflow.api.app import create_app
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
-from tests.factories import VALID_IBAN, load, order_payload, service_payload
+from tests.factories import VALID_IBAN, load, order_payload, service_payload, token_headers
+from tests.harness import repeatable_examples
 
 # Generated per operation at run time: runs in `make test`'s second, single-process pytest (see conftest).
 pytestmark = pytest.mark.schema_fuzz
@@ -43,11 +40,7 @@ OPERATIONS = r"^/api/v1/(cancellation_requests/|channel/\{channel_id\}/cancellat
 
 @pytest.fixture(scope="module")
 def staff_headers(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(
-            session, name=f"fuzz-{uuid.uuid4().hex[:10]}", kind="staff", permissions=["view_iban"]
-        )
-    return {"Authorization": f"Token {key}"}
+    return token_headers("staff", permissions=["view_iban"])
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +75,6 @@ schema = schemathesis.openapi.from_asgi("/api/schema/", APP).include(path_regex=
 
 
 @schema.parametrize()
-@settings(
-    max_examples=25,
-    derandomize=True,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
+@repeatable_examples(25)
 def test_api_conforms_to_its_schema(case: Any, staff_headers: dict[str, str], seeded: None) -> None:
     case.call_and_validate(headers=staff_headers, checks=CHECKS)

@@ -10,13 +10,11 @@ error, conform to the schema, and be a 4xx naming the request invalid (Akinon 40
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -27,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
 
 from cancelflow import textcheck
 from cancelflow.api.app import create_app
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
+from tests.factories import token_key
+from tests.harness import repeatable_examples
 
 # Generated per operation at run time: runs in `make test`'s second, single-process pytest (see conftest).
 pytestmark = pytest.mark.schema_fuzz
@@ -99,20 +97,13 @@ def flatmap_case(ctx: Any, case: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def headers(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"fuzz-text-{uuid.uuid4().hex[:10]}", kind="staff")
+    key = token_key("staff")
     return {"Authorization": f"Token {key}", "X-Shopify-Access-Token": key}
 
 
 @schema.hooks.apply(flatmap_case)
 @schema.parametrize()
-@settings(
-    max_examples=3,
-    derandomize=True,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
+@repeatable_examples(3)
 def test_text_that_cannot_be_stored_is_never_a_server_error(case: Any, headers: dict[str, str]) -> None:
     response = case.call_and_validate(headers=headers, checks=CHECKS)
     injected = textcheck.find([case.body, case.query, case.path_parameters])

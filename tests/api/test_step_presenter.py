@@ -4,37 +4,20 @@
 from __future__ import annotations
 
 import re
-import secrets
-import uuid
-from collections.abc import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cancelflow.api.app import create_app
 from cancelflow.cli.main import app
 from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind, StepStatus
-from cancelflow.services import intake as intake_service
 from cancelflow.services import jobs, replay, steps, workflow
 from cancelflow.services.steps import TASK_FOR_KIND
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload
+from tests.factories import new_request
 
 BASE = "/api/v1/cancellation_requests/"
-
-
-@pytest.fixture
-def sent(database: str) -> Iterator[list[jobs.Send]]:
-    captured: list[jobs.Send] = []
-    jobs.set_sender(captured.append)
-    try:
-        yield captured
-    finally:
-        jobs.set_sender(None)
 
 
 def step_of(request_id: int, kind: StepKind) -> int:
@@ -46,13 +29,7 @@ def step_of(request_id: int, kind: StepKind) -> int:
 
 def request_with_a_replayed_step(sent: list[jobs.Send]) -> int:
     """Validated and approved; its route step died ("gateway exploded"), was replayed, then succeeded."""
-    order = order_payload(service_handle=None)
-    load({"orders": [order]})
-    with transaction() as session:
-        request_id = intake_service.submit(
-            session,
-            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-        ).request.id
+    request_id = new_request().id
     with transaction() as session:
         workflow.validate_step(
             session,
@@ -70,16 +47,14 @@ def request_with_a_replayed_step(sent: list[jobs.Send]) -> int:
     return request_id
 
 
-def test_show_and_detailed_present_the_same_steps(sent: list[jobs.Send]) -> None:
+def test_show_and_detailed_present_the_same_steps(
+    sent: list[jobs.Send], client: TestClient, staff: dict[str, str]
+) -> None:
     request_id = request_with_a_replayed_step(sent)
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:8]}", kind="staff")
-    headers = {"Authorization": f"Token {key}"}
 
     # The detailed list and the detailed request
-    with TestClient(create_app()) as client:
-        listed = client.get(f"{BASE}detailed/", headers=headers, params={"pk": request_id}).json()
-        one = client.get(f"{BASE}{request_id}/detailed/", headers=headers).json()
+    listed = client.get(f"{BASE}detailed/", headers=staff, params={"pk": request_id}).json()
+    one = client.get(f"{BASE}{request_id}/detailed/", headers=staff).json()
     api_steps = listed["results"][0]["plan"]["steps"]
     assert one["plan"]["steps"] == api_steps
     kinds = [s["kind"] for s in api_steps]
@@ -113,13 +88,7 @@ def test_show_and_detailed_present_the_same_steps(sent: list[jobs.Send]) -> None
 def test_a_dead_step_keeps_its_error_and_has_no_next_attempt(sent: list[jobs.Send]) -> None:
     from cancelflow.services.step_view import steps_of
 
-    order = order_payload(service_handle=None)
-    load({"orders": [order]})
-    with transaction() as session:
-        request_id = intake_service.submit(
-            session,
-            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-        ).request.id
+    request_id = new_request().id
     with transaction() as session:
         steps.record_failure(session, step_of(request_id, StepKind.validate), "boom", permanent=True)
     with transaction() as session:

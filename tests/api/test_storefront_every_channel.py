@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
-import uuid
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
 from fastapi.testclient import TestClient
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models import ExportFormat
 from cancelflow.services import exports
-from cancelflow.services.tokens import ensure_token
-from tests.factories import load, order_payload
+from tests.factories import new_order, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -24,35 +16,16 @@ def channel_base(channel: int) -> str:
     return f"/api/v1/channel/{channel}/cancellation_requests/"
 
 
-def token(kind: str, channel_id: int | None = None) -> dict[str, str]:
-    key = secrets.token_urlsafe(32)
-    with transaction() as session:
-        ensure_token(session, name=f"sf-{uuid.uuid4().hex[:12]}", kind=kind, key=key, channel_id=channel_id)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-def new_order(channel: int) -> dict[str, Any]:
-    order = order_payload(channel=channel)
-    load({"orders": [order]})
-    return order
-
-
 class TestStorefrontWithoutChannel:
     def test_lists_creates_and_reads_on_every_channel(self, client: TestClient) -> None:
         # Given a storefront token with no channel, and an order on each of two channels
-        storefront = token("storefront")
-        orders = {channel: new_order(channel) for channel in (1, 2)}
+        storefront = token_headers("storefront")
+        orders = {channel: new_order(channel=channel) for channel in (1, 2)}
 
         # When it creates a request on each channel, through the global route and through the twin
         created: dict[int, int] = {}
         for channel, order in orders.items():
-            body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+            body = {"order_item": order.item_id, "reason": 1, "quantity": 1}
             path = BASE if channel == 1 else channel_base(channel)
             response = client.post(path, headers=storefront, json=body)
             assert response.status_code == 201, response.text
@@ -91,12 +64,12 @@ class TestStorefrontWithoutChannel:
                 exports.create_job(session, ExportFormat.csv, filters={}, channel_id=channel, total=1).id
                 for channel in (1, 2, None)
             ]
-        storefront = token("storefront")
+        storefront = token_headers("storefront")
         for job_id in jobs:
             response = client.get(f"/api/v1/exports/{job_id}/", headers=storefront)
             assert response.status_code == 200, response.text
 
     def test_a_channel_token_keeps_to_its_channel(self, client: TestClient) -> None:
-        storefront = token("storefront", channel_id=1)
+        storefront = token_headers("storefront", channel_id=1)
         assert client.get(channel_base(1), headers=storefront).status_code == 200
         assert client.get(channel_base(2), headers=storefront).status_code == 403

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,10 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload
+from tests.factories import new_order, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 
@@ -23,9 +20,8 @@ def make_requests(
     n: int, *, status: str = "waiting", email: str | None = None, channel: int = 1
 ) -> list[int]:
     """n requests on one fresh order, inserted set-based (the list and tag code only reads them)."""
-    order = order_payload(email=email, channel=channel, quantity=5)
-    load({"orders": [order]})
-    item = order["items"][0]["id"]
+    order = new_order(email=email, channel=channel, quantity=5)
+    item = order.item_id
     with transaction() as session:
         rows = session.execute(
             text(
@@ -34,7 +30,7 @@ def make_requests(
                 "SELECT gen_random_uuid(), :item, :order, :channel, 1, 'cancel', :status, 1, false, '{}', 1 "
                 "FROM generate_series(1, :n) RETURNING id"
             ),
-            {"item": item, "order": order["id"], "channel": channel, "status": status, "n": n},
+            {"item": item, "order": order.id, "channel": channel, "status": status, "n": n},
         )
         return sorted(int(r[0]) for r in rows)
 
@@ -70,16 +66,8 @@ def unique(prefix: str = "tag") -> str:
 
 
 @pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
 def auth(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    return {"Authorization": f"Token {key}"}
+    return token_headers("staff")
 
 
 class TestOneRequest:

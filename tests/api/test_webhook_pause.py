@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from cancelflow.api.app import create_app
 from cancelflow.cli.main import app as cli_app
 from cancelflow.db import transaction
 from cancelflow.models import WebhookSubscription
 from cancelflow.services.clock import now
-from cancelflow.services.tokens import create_token
 
 BASE = "/api/v1/webhooks/"
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def staff(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    return {"Authorization": f"Token {key}"}
 
 
 def _paused_subscription(client: TestClient, staff: dict[str, str]) -> int:

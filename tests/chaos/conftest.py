@@ -12,7 +12,7 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.harness import Proc, Stack, free_port, wait_for
+from tests.harness import Proc, Stack, clean_workdir, free_port, wait_for
 
 
 def _redis_executable() -> str:
@@ -75,12 +75,7 @@ class RedisServer:
 
 @pytest.fixture(scope="module")
 def chaos_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
-    from tests.conftest import OUTPUT_DIR
-
-    workdir = OUTPUT_DIR / f"stack-{request.module.__name__.rsplit('.', 1)[-1]}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    server = RedisServer.create(workdir)
+    server = RedisServer.create(clean_workdir(f"stack-{request.module.__name__.rsplit('.', 1)[-1]}"))
     server.start()
     try:
         yield server

@@ -39,7 +39,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import FORequestStatus, PlanStatus, StepStatus
 from tests import conftest
-from tests.harness import free_port, wait_for
+from tests.harness import free_port, printed_counts, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 240.0
@@ -153,15 +153,6 @@ def row(banner: list[str], label: str) -> str:
     return found.strip()[len(label) :].strip()
 
 
-def counts(output: str) -> dict[str, int]:
-    found = {}
-    for line in output.splitlines():
-        parts = [p.strip() for p in line.strip("│┃ ").split("│")]
-        if len(parts) == 2 and parts[1].isdigit():
-            found[parts[0]] = int(parts[1])
-    return found
-
-
 def curl_status(command: str) -> tuple[int, str]:
     """Run a printed curl as printed, plus options that make its HTTP status visible."""
     done = sh(f"{command} -sS -w '\\n%{{http_code}}'")
@@ -262,7 +253,7 @@ def test_demo_data_loaded_into_the_running_stack_leaves_it_working(stack: Stack)
     for _ in range(2):
         loaded = sh(f"{cancelflow} demo")
         assert loaded.returncode == 0, loaded.stdout + loaded.stderr
-        assert counts(loaded.stdout)["fulfillment_services"] == 0, loaded.stdout
+        assert printed_counts(loaded.stdout)["fulfillment_services"] == 0, loaded.stdout
 
     with stack.session() as session:
         assert dict(session.execute(select(FulfillmentService.handle, FulfillmentService.secret)).all()) == (

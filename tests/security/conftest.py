@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from cancelflow.services import jobs
-from tests.security.world import World, build, captured_sender
+from tests.factories import captured_sender
+from tests.security.world import World, build
 
 
 @pytest.fixture(scope="session")
@@ -16,9 +14,3 @@ def world(database: str) -> World:
     for sent in captured_sender():
         return build(sent)
     raise AssertionError("unreachable")
-
-
-@pytest.fixture
-def sent(database: str) -> Iterator[list[jobs.Send]]:
-    """Every after-commit send of the test, kept here instead of going to the broker."""
-    yield from captured_sender()

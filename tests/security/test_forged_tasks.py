@@ -8,7 +8,6 @@ id of a refund step still retrying (it used to complete the plan and the request
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from sqlalchemy import select
 
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
-from tests.harness import Stack, free_port, wait_for
+from tests.harness import Stack, clean_workdir, free_port, running, wait_for
 from tests.workflow.conftest import (
     make_order,
     make_service,
@@ -37,14 +36,9 @@ pytestmark = pytest.mark.worker
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
     """The usual stack; its worker serves its metrics, and a failed step retries only minutes later."""
-    from tests.conftest import OUTPUT_DIR
-
-    workdir = OUTPUT_DIR / "stack-test_forged_tasks"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     port = free_port()
-    running = Stack(
-        workdir,
+    stack = Stack(
+        clean_workdir("stack-test_forged_tasks"),
         env_overrides={
             "CANCELFLOW_WORKER_METRICS_PORT": str(port),
             # A failed step waits minutes for its next try: a step caught retrying stays pending.
@@ -52,12 +46,9 @@ def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
             "CANCELFLOW_RETRY_BACKOFF_MAX": "600",
         },
     )
-    running.worker_metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    stack.worker_metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
+    with running(stack):
+        yield stack
 
 
 def forged_counts(stack: Stack) -> dict[tuple[str, str], float]:

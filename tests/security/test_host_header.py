@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cancelflow.api.app import create_app
 from cancelflow.config import get_settings
-from cancelflow.db import transaction
 from cancelflow.services import bulk, jobs
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests
+from tests.factories import token_headers
 
 BASE = "/api/v1/cancellation_requests/"
 EVIL = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
@@ -24,16 +22,8 @@ PUBLIC = "https://cancelflow.shop.example"
 
 
 @pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
 def staff(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"host-{uuid.uuid4().hex[:10]}", kind="staff")
-    return {"Authorization": f"Token {key}", **EVIL}
+    return {**token_headers("staff"), **EVIL}
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,14 @@ on the list, the detailed list, its exports and the tag lists, globally and on t
 from __future__ import annotations
 
 import secrets
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from schwifty import IBAN
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.services import exports
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload
+from tests.factories import bank_transfer_request_over_api, token_headers
 
 # An IBAN no other test stores, so that the match count is this module's own.
 VALID_IBAN = str(
@@ -37,27 +32,9 @@ STAFF_ONLY_PATHS = (
 )
 
 
-def token(kind: str, **kwargs: Any) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, **kwargs)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
 @pytest.fixture(scope="module")
 def on_file(client: TestClient, database: str) -> int:
-    order = order_payload(method="bank_transfer", channel=1)
-    load({"orders": [order]})
-    body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
-    body |= {"iban": VALID_IBAN, "holder_name": "Max Mustermann"}
-    response = client.post("/api/v1/cancellation_requests/", headers=token("staff"), json=body)
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
+    return bank_transfer_request_over_api(client, token_headers("staff"), iban=VALID_IBAN)
 
 
 def join(path: str, query: str) -> str:
@@ -66,7 +43,7 @@ def join(path: str, query: str) -> str:
 
 @pytest.mark.parametrize("kind", ["storefront", "staff"])
 def test_a_token_without_view_iban_cannot_test_a_guess(client: TestClient, on_file: int, kind: str) -> None:
-    headers = token("storefront", channel_id=1) if kind == "storefront" else token("staff")
+    headers = token_headers("storefront", channel_id=1) if kind == "storefront" else token_headers("staff")
     paths = PATHS + (STAFF_ONLY_PATHS if kind == "staff" else ())
     for path in paths:
         answers = []
@@ -84,7 +61,7 @@ def test_a_token_without_view_iban_cannot_test_a_guess(client: TestClient, on_fi
 
 
 def test_view_iban_staff_still_filter_by_iban(client: TestClient, on_file: int) -> None:
-    headers = token("staff", permissions=["view_iban"])
+    headers = token_headers("staff", permissions=["view_iban"])
     spaced = " ".join(VALID_IBAN[i : i + 4] for i in range(0, len(VALID_IBAN), 4)).lower()
     found = client.get(PATHS[0], params={"iban": spaced}, headers=headers).json()
     assert [r["id"] for r in found["results"]] == [on_file]
@@ -97,8 +74,8 @@ def test_an_export_job_shows_its_iban_filter_masked_to_staff_without_view_iban(
     with transaction() as session:
         job = exports.create_job(session, exports.ExportFormat.csv, filters={"iban": VALID_IBAN})
         job_id = job.id
-    plain = client.get(f"/api/v1/exports/{job_id}/", headers=token("staff")).json()
+    plain = client.get(f"/api/v1/exports/{job_id}/", headers=token_headers("staff")).json()
     assert VALID_IBAN not in str(plain)
     assert plain["filters"]["iban"].endswith(VALID_IBAN[-4:])
-    full = client.get(f"/api/v1/exports/{job_id}/", headers=token("staff", permissions=["view_iban"]))
+    full = client.get(f"/api/v1/exports/{job_id}/", headers=token_headers("staff", permissions=["view_iban"]))
     assert full.json()["filters"]["iban"] == VALID_IBAN

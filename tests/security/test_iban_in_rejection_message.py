@@ -3,23 +3,16 @@ the API error body, the stored row) ever gets the IBAN back from the refusal tex
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import secrets
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from cancelflow.api.app import create_app
-from cancelflow.db import get_engine, transaction
+from cancelflow.db import transaction
 from cancelflow.services import intake
-from cancelflow.services.tokens import create_token
-from tests.factories import load, order_payload
+from tests.factories import new_order, token_headers, upgrade_once
 
 # Each is refused for a different schwifty reason; every schwifty message for them quoted the input.
 BAD_IBANS = [
@@ -43,30 +36,17 @@ def leaks(value: str, text_: str) -> bool:
     )
 
 
-def token(kind: str, **kwargs: Any) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, **kwargs)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
 @pytest.mark.parametrize("bad", BAD_IBANS)
 def test_storefront_message_with_a_bad_iban_is_rejected_without_quoting_it(
     client: TestClient, bad: str
 ) -> None:
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
+    order = new_order(method="bank_transfer")
     with transaction() as session:
         result = intake.submit(
             session,
             {
                 "client_request_id": secrets.token_hex(8),
-                "order_item": order["items"][0]["id"],
+                "order_item": order.item_id,
                 "reason": 1,
                 "iban": bad,
                 "holder_name": "Max Mustermann",
@@ -76,7 +56,7 @@ def test_storefront_message_with_a_bad_iban_is_rejected_without_quoting_it(
     assert result.request.rejection_code == "invalid_iban"
     assert result.request.rejection_message.startswith("IBAN is invalid: ")
     assert not leaks(bad, result.request.rejection_message), result.request.rejection_message
-    for headers in (token("storefront", channel_id=1), token("staff")):
+    for headers in (token_headers("storefront", channel_id=1), token_headers("staff")):
         for path in (f"{request_id}/", f"{request_id}/detailed/"):
             response = client.get(f"/api/v1/cancellation_requests/{path}", headers=headers)
             assert response.status_code == 200, response.text
@@ -85,10 +65,9 @@ def test_storefront_message_with_a_bad_iban_is_rejected_without_quoting_it(
 
 @pytest.mark.parametrize("bad", BAD_IBANS)
 def test_api_refusal_of_a_bad_iban_does_not_echo_it(client: TestClient, bad: str) -> None:
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
-    body = {"order_item": order["items"][0]["id"], "reason": 1, "iban": bad, "holder_name": "Max"}
-    for headers in (token("storefront", channel_id=1), token("staff")):
+    order = new_order(method="bank_transfer")
+    body = {"order_item": order.item_id, "reason": 1, "iban": bad, "holder_name": "Max"}
+    for headers in (token_headers("storefront", channel_id=1), token_headers("staff")):
         response = client.post("/api/v1/cancellation_requests/", headers=headers, json=body)
         assert response.status_code == 400, response.text
         assert "iban" in response.json()
@@ -97,8 +76,7 @@ def test_api_refusal_of_a_bad_iban_does_not_echo_it(client: TestClient, bad: str
 
 def test_stored_refusals_that_quote_the_iban_are_rewritten(database: str) -> None:
     """Rows written before the fix: the migration keeps the reason and drops the IBAN."""
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
+    order = new_order(method="bank_transfer")
     old = {
         "IBAN is invalid: Invalid characters in IBAN DE89-3704-0044-0532-0130-00": (
             "IBAN is invalid: only letters, digits and spaces are allowed"
@@ -119,23 +97,13 @@ def test_stored_refusals_that_quote_the_iban_are_rewritten(database: str) -> Non
                     "1, 'cancel', 'rejected', 1, false, :cid, 'invalid_iban', :message, '{}', 1) RETURNING id"
                 ),
                 {
-                    "item": order["items"][0]["id"],
-                    "order": order["id"],
+                    "item": order.item_id,
+                    "order": order.id,
                     "cid": secrets.token_hex(8),
                     "message": message,
                 },
             ).scalar_one()
-    path = Path(__file__).resolve().parents[2] / "migrations/versions/20261130_scrub_iban_rejections.py"
-    spec = importlib.util.spec_from_file_location("scrub_iban_rejections", path)
-    assert spec is not None
-    assert spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
-    from alembic.operations import Operations
-    from alembic.runtime.migration import MigrationContext
-
-    with get_engine().begin() as connection, Operations.context(MigrationContext.configure(connection)):
-        migration.upgrade()
+    upgrade_once("20261130_scrub_iban_rejections")
     with transaction() as session:
         for message, expected in old.items():
             stored = session.execute(
@@ -149,23 +117,23 @@ def test_a_rejection_message_written_elsewhere_is_masked_for_readers_without_vie
     client: TestClient,
 ) -> None:
     """A fulfillment service's rejection message is its own text: shown, with IBANs and e-mails masked."""
-    order = order_payload(method="bank_transfer")
-    load({"orders": [order]})
+    order = new_order(method="bank_transfer")
     with transaction() as session:
         result = intake.submit(
             session,
-            {"client_request_id": secrets.token_hex(8), "order_item": order["items"][0]["id"], "reason": 1},
+            {"client_request_id": secrets.token_hex(8), "order_item": order.item_id, "reason": 1},
         )
         result.request.rejection_message = (
             "Already shipped to the account de89 3704 0044 0532 0130 00; ask max.geheim@example.org"
         )
         request_id = result.request.id
-    for headers in (token("storefront", channel_id=1), token("staff")):
+    for headers in (token_headers("storefront", channel_id=1), token_headers("staff")):
         shown = client.get(f"/api/v1/cancellation_requests/{request_id}/", headers=headers).json()
         assert shown["rejection_message"].startswith("Already shipped")
         assert not leaks("DE89370400440532013000", shown["rejection_message"])
         assert "max.geheim@" not in shown["rejection_message"]
     full = client.get(
-        f"/api/v1/cancellation_requests/{request_id}/", headers=token("staff", permissions=["view_iban"])
+        f"/api/v1/cancellation_requests/{request_id}/",
+        headers=token_headers("staff", permissions=["view_iban"]),
     ).json()
     assert "max.geheim@example.org" in full["rejection_message"]

@@ -5,29 +5,16 @@ joined to the token id into a `client_request_id` over its 200 characters, and t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models import CancellationRequest
-from tests.api.test_cancellation_requests import make_token, new_order
+from tests.api.test_cancellation_requests import new_order
 
 BASE = "/api/v1/cancellation_requests/"
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def staff(database: str) -> dict[str, str]:
-    return make_token("staff")
 
 
 def key_of(length: int) -> str:
@@ -40,7 +27,7 @@ def test_every_allowed_key_length_creates_once(
 ) -> None:
     order = new_order()
     headers = {**staff, "Idempotency-Key": key_of(length)}
-    payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     first = client.post(BASE, headers=headers, json=payload)
     assert first.status_code == 201, first.text
     again = client.post(BASE, headers=headers, json=payload)
@@ -49,7 +36,7 @@ def test_every_allowed_key_length_creates_once(
         count = session.scalar(
             select(func.count())
             .select_from(CancellationRequest)
-            .where(CancellationRequest.order_id == order["id"])
+            .where(CancellationRequest.order_id == order.id)
         )
     assert count == 1
 
@@ -57,7 +44,7 @@ def test_every_allowed_key_length_creates_once(
 def test_two_long_keys_sharing_a_prefix_make_two_requests(client: TestClient, staff: dict[str, str]) -> None:
     order = new_order(quantity=2)
     prefix = key_of(199)
-    payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     ids = {
         client.post(BASE, headers={**staff, "Idempotency-Key": prefix + end}, json=payload).json()["id"]
         for end in "ab"
@@ -67,7 +54,7 @@ def test_two_long_keys_sharing_a_prefix_make_two_requests(client: TestClient, st
 
 def test_a_key_over_200_is_an_error_about_the_header(client: TestClient, staff: dict[str, str]) -> None:
     order = new_order()
-    payload = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
+    payload = {"order_item": order.item_id, "reason": 1, "quantity": 1}
     response = client.post(BASE, headers={**staff, "Idempotency-Key": key_of(201)}, json=payload)
     assert response.status_code == 400
     assert set(response.json()) == {"Idempotency-Key", "code"}

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests, tagged_ids, unique
-from tests.harness import Stack, wait_for
+from tests.factories import token_headers
+from tests.harness import Stack, clean_workdir, running, wait_for
 
 pytestmark = pytest.mark.worker
 BASE = "/api/v1/cancellation_requests/"
@@ -29,32 +26,22 @@ BASE = "/api/v1/cancellation_requests/"
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
-    from tests.conftest import OUTPUT_DIR
-
-    workdir: Path = OUTPUT_DIR / "stack-security-job-limits"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    running = Stack(
+    workdir = clean_workdir("stack-security-job-limits")
+    stack = Stack(
         workdir,
         env_overrides={
             "CANCELFLOW_DATA_DIR": str(workdir / "data"),
             "CANCELFLOW_EXPORT_SYNC_MAX_ROWS": "0",  # every export is a job
             "CANCELFLOW_EXPORT_RETENTION": "1",
         },
-    ).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    )
+    with running(stack):
+        yield stack
 
 
 @pytest.fixture
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    with httpx.Client(
-        base_url=stack.api_url, headers={"Authorization": f"Token {key}"}, timeout=30
-    ) as client:
+    with httpx.Client(base_url=stack.api_url, headers=token_headers("staff"), timeout=30) as client:
         yield client
 
 

@@ -7,8 +7,6 @@ under test runs in this process), so the refusal is reached with a handful of ro
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,31 +18,16 @@ from cancelflow.db import transaction
 from cancelflow.errors import Invalid
 from cancelflow.models import BulkJob, ExportJob, Tag
 from cancelflow.services import bulk
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests, tagged_ids, tags_in_db, unique
+from tests.factories import token_headers
 
 BASE = "/api/v1/cancellation_requests/"
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    from cancelflow.api.app import create_app
-
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
-def staff_token() -> tuple[int, dict[str, str]]:
-    with transaction() as session:
-        token, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-        token_id = token.id
-    return token_id, {"Authorization": f"Token {key}"}
 
 
 @pytest.fixture
 def auth(database: str) -> dict[str, str]:
     """A fresh staff token per test: job counts per token start at zero."""
-    return staff_token()[1]
+    return token_headers("staff")
 
 
 @pytest.fixture
@@ -288,7 +271,7 @@ class TestJobsPerToken:
         assert jobs(BulkJob, auth) == 2
         assert tags_named(key) == 0
         # Another token is not affected; a finished job frees its slot.
-        other = staff_token()[1]
+        other = token_headers("staff")
         accepted = client.post(
             f"{BASE}bulk_remove_tags/", headers=other, json={"objects": ids, "keys": [key]}
         )

@@ -7,13 +7,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
-
-from cancelflow.config.logging import configure_logging
-from cancelflow.config.settings import Settings
 
 IBAN_FORMS = [
     "DE89370400440532013000",
@@ -22,22 +18,6 @@ IBAN_FORMS = [
     "de89-3704-0044-0532-0130-00",
 ]
 TASK_ID = "de305d54-75b4-431b-adb2-eb6b9e546014"
-
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
-    configure_logging(Settings(log_json=True, log_level="INFO"))
-    ours = root.handlers[0]
-    assert isinstance(ours, logging.StreamHandler)
-    buffer = io.StringIO()
-    ours.setStream(buffer)
-    try:
-        yield buffer
-    finally:
-        root.handlers[:], root.level = handlers, level
-        structlog.configure(**config)
 
 
 def assert_clean(text: str) -> None:

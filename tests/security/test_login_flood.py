@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
 from cancelflow.api.app import create_app
 from cancelflow.config import get_settings
 from cancelflow.services import users
-from tests.harness import free_port, wait_for
+from tests.harness import serving
 
 BURST = 48  # more than the threads the server runs blocking routes on (anyio's default: 40)
 
@@ -25,14 +24,8 @@ BURST = 48  # more than the threads the server runs blocking routes on (anyio's 
 def server(database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(get_settings(), "login_concurrency", 1)
     monkeypatch.setattr(get_settings(), "login_limit_per_address", "1000 per minute")
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_for(lambda: srv.started, timeout=20, what="uvicorn started")
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app()) as address:
+        yield f"http://{address}"
 
 
 def test_a_login_burst_hashes_one_at_a_time_and_other_requests_are_served(

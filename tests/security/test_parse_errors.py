@@ -5,15 +5,13 @@ and never a 500 (the tag lists read their optional body themselves)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cancelflow.api.app import create_app
-from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
+from tests.factories import token_key
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 NOT_UTF8 = b'{"key": "\xff\xfe"}'
@@ -38,9 +36,7 @@ def client(database: str) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def key(database: str) -> str:
-    with transaction() as session:
-        _, key = create_token(session, name=f"parse-{uuid.uuid4().hex[:10]}", kind="staff")
-    return key
+    return token_key("staff")
 
 
 @pytest.mark.parametrize("body", [DEEP, NOT_UTF8], ids=["deep", "not utf-8"])

@@ -17,7 +17,7 @@ from cancelflow.api.app import create_app
 from cancelflow.api.docs import STATIC_URL
 from cancelflow.db import transaction
 from cancelflow.services import users
-from cancelflow.services.tokens import create_token
+from tests.factories import token_headers
 
 BASIC = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
 
@@ -30,11 +30,7 @@ def client(database: str) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def staff(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(
-            session, name=f"hdr-{uuid.uuid4().hex[:10]}", kind="staff", permissions=["view_iban"]
-        )
-    return {"Authorization": f"Token {key}"}
+    return token_headers("staff", permissions=["view_iban"])
 
 
 def assert_basic(headers: dict[str, str]) -> None:

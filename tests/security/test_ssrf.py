@@ -10,13 +10,11 @@ that a stored error is a short reason, and that every kind of port looks alike.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import socket
 import ssl
 import subprocess
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
@@ -34,7 +32,6 @@ from cancelflow.errors import Invalid, PermanentError, TransientError
 from cancelflow.integrations import outbound
 from cancelflow.integrations.fulfillment import HttpNotifier
 from cancelflow.models import (
-    ApiToken,
     CancellationRequest,
     FulfillmentService,
     WebhookAttempt,
@@ -98,41 +95,6 @@ def allow(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     yield set_allow
     monkeypatch.undo()
     get_settings.cache_clear()
-
-
-_tokens: list[int] = []
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    from cancelflow.api.app import create_app
-    from cancelflow.db import transaction
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with TestClient(create_app()) as test_client:
-            yield test_client
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        with transaction() as session:
-            session.execute(
-                update(ApiToken)
-                .where(ApiToken.id.in_(_tokens), ApiToken.revoked_at.is_(None))
-                .values(revoked_at=func.now())
-            )
-
-
-@pytest.fixture(scope="module")
-def staff(database: str) -> dict[str, str]:
-    from cancelflow.db import transaction
-    from cancelflow.services.tokens import create_token
-
-    with transaction() as session:
-        token, key = create_token(session, name=f"ssrf-{uuid.uuid4().hex[:8]}", kind="staff")
-    _tokens.append(token.id)
-    return {"Authorization": f"Token {key}"}
 
 
 def new_channel() -> int:

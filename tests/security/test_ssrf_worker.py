@@ -8,11 +8,9 @@ receiver sees no request, and what is stored says so in a few words.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ from sqlalchemy import select, update
 from cancelflow.models import FulfillmentService, WebhookAttempt, WebhookDelivery, WorkflowStep
 from cancelflow.models.enums import StepKind
 from tests.factories import load, next_id
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, clean_workdir, running, wait_for
 from tests.workflow.conftest import make_order, make_service, submit, wait_plan, wait_status
 
 pytestmark = pytest.mark.worker
@@ -29,19 +27,11 @@ pytestmark = pytest.mark.worker
 
 @pytest.fixture(scope="module")
 def stack(database: str) -> Iterator[Stack]:
-    from tests.conftest import OUTPUT_DIR
-
-    workdir: Path = OUTPUT_DIR / "stack-security-ssrf"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    running = Stack(workdir)
+    stack = Stack(clean_workdir("stack-security-ssrf"))
     # What `make run` allows: its sandbox fulfillment service, nothing else.
-    running.env["CANCELFLOW_OUTBOUND_ALLOW"] = f"127.0.0.1:{running.fulfillment_port}"
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    stack.env["CANCELFLOW_OUTBOUND_ALLOW"] = f"127.0.0.1:{stack.fulfillment_port}"
+    with running(stack):
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,16 @@ the text, with IBANs and e-mail addresses masked unless the token has `view_iban
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from cancelflow.api.app import create_app
 from cancelflow.db import transaction
 from cancelflow.models import CancellationRequest, WorkflowStep
 from cancelflow.services import steps, workflow
-from cancelflow.services.tokens import create_token
-from tests.factories import VALID_IBAN, load, order_payload
+from tests.factories import VALID_IBAN, bank_transfer_request_over_api, token_headers
 
 REMOTE_BODY = (
     'TransientError: gateway answered 502: {"trace": "pg-primary-3.internal:5432 timeout", '
@@ -25,28 +21,10 @@ REMOTE_BODY = (
 )
 
 
-def token(kind: str, **kwargs: Any) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, **kwargs)
-    return {"Authorization": f"Token {key}"}
-
-
-@pytest.fixture(scope="module")
-def client(database: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
-        yield test_client
-
-
 @pytest.fixture(scope="module")
 def failed_request(client: TestClient) -> int:
     """A bank-transfer request whose first step failed once, then for good (its plan failed)."""
-    order = order_payload(method="bank_transfer", channel=1)
-    load({"orders": [order]})
-    body = {"order_item": order["items"][0]["id"], "reason": 1, "quantity": 1}
-    body |= {"iban": VALID_IBAN, "holder_name": "Max Mustermann"}
-    created = client.post("/api/v1/cancellation_requests/", headers=token("staff"), json=body)
-    assert created.status_code == 201, created.text
-    request_id = int(created.json()["id"])
+    request_id = bank_transfer_request_over_api(client, token_headers("staff"))
     with transaction() as session:
         plan = workflow.approve(session, session.get_one(CancellationRequest, request_id), actor="test")
         step_id = session.scalars(
@@ -68,7 +46,7 @@ def detailed(client: TestClient, request_id: int, headers: dict[str, str]) -> di
 def test_a_storefront_sees_step_status_not_remote_error_bodies(
     client: TestClient, failed_request: int
 ) -> None:
-    shown = detailed(client, failed_request, token("storefront", channel_id=1))
+    shown = detailed(client, failed_request, token_headers("storefront", channel_id=1))
     plan = shown["plan"]
     assert plan["status"] == "failed"
     assert plan["failure_reason"] is None
@@ -82,7 +60,7 @@ def test_a_storefront_sees_step_status_not_remote_error_bodies(
 def test_staff_see_the_error_with_personal_data_masked_unless_view_iban(
     client: TestClient, failed_request: int
 ) -> None:
-    plan = detailed(client, failed_request, token("staff"))["plan"]
+    plan = detailed(client, failed_request, token_headers("staff"))["plan"]
     errors = [s["last_error"] for s in plan["steps"] if s["last_error"]]
     assert errors
     assert all("pg-primary-3" in e for e in errors)
@@ -90,7 +68,7 @@ def test_staff_see_the_error_with_personal_data_masked_unless_view_iban(
     for text in (*errors, plan["failure_reason"]):
         assert VALID_IBAN not in text
         assert "ops.oncall@" not in text
-    full = detailed(client, failed_request, token("staff", permissions=["view_iban"]))["plan"]
+    full = detailed(client, failed_request, token_headers("staff", permissions=["view_iban"]))["plan"]
     assert any(VALID_IBAN in (s["last_error"] or "") for s in full["steps"])
 
 
@@ -101,12 +79,12 @@ def test_a_storefront_sees_that_its_export_failed_not_why(client: TestClient, fa
         job = exports.create_job(session, exports.ExportFormat.csv, filters={}, channel_id=1)
         exports.fail_job(session, job.id, REMOTE_BODY)
         job_id = job.id
-    shown = client.get(f"/api/v1/exports/{job_id}/", headers=token("storefront", channel_id=1))
+    shown = client.get(f"/api/v1/exports/{job_id}/", headers=token_headers("storefront", channel_id=1))
     assert shown.status_code == 200, shown.text
     assert shown.json()["status"] == "failed"
     assert shown.json()["error"]
     for internal in ("pg-primary-3", "gateway answered", "ops.oncall", VALID_IBAN):
         assert internal not in shown.text
-    staff = client.get(f"/api/v1/exports/{job_id}/", headers=token("staff")).json()
+    staff = client.get(f"/api/v1/exports/{job_id}/", headers=token_headers("staff")).json()
     assert "pg-primary-3" in staff["error"]
     assert VALID_IBAN not in staff["error"]

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import secrets
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import select
 
-from cancelflow.db import get_engine, transaction
+from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind, StepStatus
 from cancelflow.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookSubscription
 from tests.api.test_tags import make_requests
+from tests.factories import upgrade_once
 
-MIGRATION = Path(__file__).resolve().parents[2] / "migrations/versions/20261130_scrub_remote_errors.py"
 BODY = "<html>postgres@10.0.0.5 DE89 3704 0044 0532 0130 00\nsecret</html>"
 
 # stored text -> what it becomes
@@ -38,19 +36,6 @@ NOTIFY = {
     "fulfillment notification: http 500": "fulfillment notification: http 500",
 }
 GATEWAY = f"refund: HTTP 500 {BODY}"  # an operator's own gateway: its answer stays for the operator
-
-
-def _upgrade() -> None:
-    spec = importlib.util.spec_from_file_location("scrub_remote_errors", MIGRATION)
-    assert spec is not None
-    assert spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
-    from alembic.operations import Operations
-    from alembic.runtime.migration import MigrationContext
-
-    with get_engine().begin() as connection, Operations.context(MigrationContext.configure(connection)):
-        migration.upgrade()
 
 
 def test_stored_remote_answers_are_rewritten_as_short_reasons(database: str) -> None:
@@ -99,7 +84,7 @@ def test_stored_remote_answers_are_rewritten_as_short_reasons(database: str) -> 
         delivery_ids = {text: d.id for text, d in deliveries.items()}
         attempt_ids = {text: a.id for text, a in attempts.items()}
 
-    _upgrade()
+    upgrade_once("20261130_scrub_remote_errors")
 
     with transaction() as session:
         for text, expected in WEBHOOK.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,9 +21,9 @@ import pytest
 from celery import Celery
 
 from cancelflow.worker.app import celery_app
-from tests.conftest import BROKER_URL, OUTPUT_DIR
+from tests.conftest import BROKER_URL
 from tests.factories import VALID_IBAN, load, order_payload
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, clean_workdir, wait_for
 from tests.workflow.conftest import request_row
 
 HOLDER = "Maximiliane Geheimnisträger"
@@ -70,10 +69,7 @@ class Events:
 
 @pytest.fixture(scope="module")
 def worker(database: str) -> Iterator[Stack]:
-    workdir = OUTPUT_DIR / "stack-security-worker-personal-data"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    stack = Stack(workdir, concurrency=1)
+    stack = Stack(clean_workdir("stack-security-worker-personal-data"), concurrency=1)
     try:
         stack.start_worker()
         yield stack

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,7 +32,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import StepKind, StepStatus
 from cancelflow.services import intake, jobs, steps, workflow
-from tests.factories import VALID_IBAN, load, order_payload, service_payload
+from tests.factories import VALID_IBAN, new_order, new_service
 
 # Where each flow stops (the step left pending) and how its money is refunded.
 TARGET_MESSAGE: dict[str, dict[str, Any]] = {
@@ -105,11 +104,10 @@ class _Flow:
 def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: str) -> _Flow:
     """Drive one request until the step of kind `stop` is asked for (None: to the end)."""
     method = "cash_on_delivery" if target == "bank_transfer" else "card"
-    order = order_payload(service_handle=service, quantity=1, unit_price="19.90", method=method)
-    load({"orders": [order]})
+    order = new_order(service_handle=service, quantity=1, unit_price="19.90", method=method)
     flow = _Flow(sent)
     sent.clear()
-    message = {"client_request_id": secrets.token_hex(8), "order_item": order["items"][0]["id"], "reason": 1}
+    message = {"client_request_id": secrets.token_hex(8), "order_item": order.item_id, "reason": 1}
     message.update(TARGET_MESSAGE[target])
     with transaction() as session:
         flow.request_id = intake.submit(session, message).request.id
@@ -133,12 +131,11 @@ def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: st
 
 def build(sent: list[jobs.Send]) -> World:
     """Every step kind in every status, plus a bulk job and an export job."""
-    svc = service_payload(secret=secrets.token_hex(8))
-    load({"fulfillment_services": [svc]})
+    service = new_service(secret=secrets.token_hex(8))
     world = World(sent=sent)
     for status in STATUSES:
         for stop, target in STOPS:
-            flow = _flow(sent, svc["handle"], stop, target)
+            flow = _flow(sent, service.handle, stop, target)
             step_id = flow.asked(stop)
             world.request_ids.append(flow.request_id)
             if status != StepStatus.pending:
@@ -147,7 +144,7 @@ def build(sent: list[jobs.Send]) -> World:
                         update(WorkflowStep).where(WorkflowStep.id == step_id).values(status=status)
                     )
     # One request paid and closed the ordinary way.
-    world.request_ids.append(_flow(sent, svc["handle"], None, "loyalty_money").request_id)
+    world.request_ids.append(_flow(sent, service.handle, None, "loyalty_money").request_id)
     sent.clear()
     with transaction() as session:
         # Pending steps are parked far ahead: the world lives for the whole session, and the sweeper of a
@@ -248,15 +245,3 @@ def money(world: World) -> dict[int, list[tuple[str, Decimal]]]:
     for plan_id, key, amount in rows:
         found.setdefault(plan_id, []).append((key, amount))
     return found
-
-
-def captured_sender() -> Iterator[list[jobs.Send]]:
-    """Install a sender that keeps every after-commit send in a list; restore the broker sender after."""
-    captured: list[jobs.Send] = []
-    jobs.set_sender(captured.append)
-    try:
-        yield captured
-    finally:
-        from cancelflow.worker.app import install_sender
-
-        install_sender()

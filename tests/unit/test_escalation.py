@@ -28,7 +28,7 @@ from cancelflow.models import (
 from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, RequestStatus, StepKind
 from cancelflow.services import escalation, fulfillment_orders, intake, jobs, workflow
 from cancelflow.services.importer import import_payload
-from tests.factories import order_payload, reference_payload, service_payload
+from tests.factories import order_payload, reference_payload, routed_plan, service_payload
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 LIMIT = 100_000  # other tests' committed plans are visible too; never let them crowd ours out
@@ -50,17 +50,7 @@ def clock() -> Iterator[time_machine.Coordinates]:
 def waiting_plan(session: Session, **policy: Any) -> Waiting:
     """A plan in confirmation_waiting, its fulfillment order asked (and notified once) at T0."""
     svc = service_payload(**policy)
-    order = order_payload(service_handle=svc["handle"])
-    import_payload(session, {**reference_payload(), "fulfillment_services": [svc], "orders": [order]})
-    request = intake.submit(
-        session,
-        {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-    ).request
-    plan = workflow.approve(session, request, actor="t")
-    route = session.scalars(
-        select(WorkflowStep).where(WorkflowStep.plan_id == plan.id, WorkflowStep.kind == StepKind.route)
-    ).one()
-    workflow.route_step(session, route)
+    plan = routed_plan(session, svc)
     assert plan.status == PlanStatus.confirmation_waiting
     fo = session.scalars(
         select(FulfillmentOrder).where(FulfillmentOrder.cancellation_plan_id == plan.id)
@@ -466,16 +456,15 @@ class TestCli:
     def test_set_policy_command(self, database: str) -> None:
         from cancelflow.cli.main import app
         from cancelflow.db import transaction
-        from tests.factories import load
+        from tests.factories import new_service
 
-        svc = service_payload()
-        load({"fulfillment_services": [svc]})
+        service = new_service()
         result = CliRunner().invoke(
             app,
             [
                 "services",
                 "set-policy",
-                svc["handle"],
+                service.handle,
                 "--deadline",
                 "48h",
                 "--reminder-interval",
@@ -489,7 +478,7 @@ class TestCli:
         assert result.exit_code == 0, result.output
         with transaction() as s:
             service = s.scalars(
-                select(FulfillmentService).where(FulfillmentService.handle == svc["handle"])
+                select(FulfillmentService).where(FulfillmentService.handle == service.handle)
             ).one()
             assert (
                 service.reply_deadline_seconds,
@@ -497,6 +486,6 @@ class TestCli:
                 service.reminder_count,
                 service.deadline_action,
             ) == (172800, 21600, 3, "cancel_locally")
-        bad = CliRunner().invoke(app, ["services", "set-policy", svc["handle"], "--action", "shrug"])
+        bad = CliRunner().invoke(app, ["services", "set-policy", service.handle, "--action", "shrug"])
         assert bad.exit_code == 1
         assert "deadline_action" in bad.output

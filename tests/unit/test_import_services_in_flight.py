@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,18 @@ from cancelflow.cli.main import app
 from cancelflow.config import Settings
 from cancelflow.db import transaction
 from cancelflow.errors import Invalid
-from cancelflow.models import FulfillmentService, WorkflowStep
-from cancelflow.models.enums import PlanStatus, StepKind
-from cancelflow.services import intake, workflow
+from cancelflow.models import FulfillmentService
+from cancelflow.models.enums import PlanStatus
 from cancelflow.services.importer import import_payload
-from tests.factories import order_payload, reference_payload, service_payload
+from tests.factories import routed_plan, service_payload
+from tests.harness import printed_counts
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "import.json"
 
 
 def plan_in_flight(session: Session, svc: dict[str, Any]) -> None:
     """A request whose fulfillment order at `svc` was asked to cancel: the plan waits for its reply."""
-    order = order_payload(service_handle=svc["handle"])
-    import_payload(session, {**reference_payload(), "fulfillment_services": [svc], "orders": [order]})
-    request = intake.submit(
-        session,
-        {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-    ).request
-    plan = workflow.approve(session, request, actor="t")
-    route = session.scalars(
-        select(WorkflowStep).where(WorkflowStep.plan_id == plan.id, WorkflowStep.kind == StepKind.route)
-    ).one()
-    workflow.route_step(session, route)
+    plan = routed_plan(session, svc)
     assert plan.status == PlanStatus.confirmation_waiting
 
 
@@ -134,15 +123,6 @@ def _stored_services() -> dict[str, tuple[int, str, str]]:
         }
 
 
-def _counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.splitlines():
-        parts = [p.strip() for p in line.strip("│┃ ").split("│")]
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def test_demo_and_example_import_leave_a_running_stacks_services_alone(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,7 +142,7 @@ def test_demo_and_example_import_leave_a_running_stacks_services_alone(
             result = runner.invoke(app, ["demo"])
             assert result.exit_code == 0, result.output
             # Then nothing is written the second time round, the services included
-            assert _counts(result.output)["fulfillment_services"] == 0, result.output
+            assert printed_counts(result.output)["fulfillment_services"] == 0, result.output
             assert _stored_services() == before
 
         # And the example file creates its own service rather than taking over one of them
@@ -202,5 +182,5 @@ def test_demo_into_a_run_whose_sandbox_is_on_another_port(
 
     # Then the services it keeps as they are do not make the import refuse their (unchanged) callback URLs
     assert result.exit_code == 0, result.output
-    assert _counts(result.output)["fulfillment_services"] == 0, result.output
+    assert printed_counts(result.output)["fulfillment_services"] == 0, result.output
     assert _stored_services() == before

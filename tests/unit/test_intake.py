@@ -14,21 +14,13 @@ from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, 
 from cancelflow.services import intake, workflow
 from cancelflow.services import requests as requests_service
 from cancelflow.services.jobs import pending_sends
-from tests.factories import VALID_IBAN, load, order_payload, reference_payload
+from tests.factories import VALID_IBAN, PlacedOrder, new_order
 
 
-def _order(session: Session, **kwargs: Any) -> dict[str, Any]:
-    from cancelflow.services.importer import import_payload
-
-    order = order_payload(**kwargs)
-    import_payload(session, {**reference_payload(), "orders": [order]})
-    return order
-
-
-def _msg(order: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+def _msg(order: PlacedOrder, **kwargs: Any) -> dict[str, Any]:
     return {
         "client_request_id": secrets.token_hex(8),
-        "order_item": order["items"][0]["id"],
+        "order_item": order.item_id,
         "reason": 1,
         **kwargs,
     }
@@ -36,23 +28,23 @@ def _msg(order: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 
 class TestSubmit:
     def test_valid_message_creates_waiting_request_and_asks_for_validation(self, session: Session) -> None:
-        order = _order(session, quantity=3)
+        order = new_order(session=session, quantity=3)
         result = intake.submit(session, _msg(order, quantity=2))
         assert result.created
         assert result.request.status.value == "waiting"
-        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 2
+        assert session.get_one(OrderItem, order.item_id).requested_quantity == 2
         [step] = session.query(WorkflowStep).filter_by(request_id=result.request.id).all()
         assert step.kind.value == "validate"
         assert [s.task for s in pending_sends(session)] == ["cancellations.validate"]
 
     def test_second_message_with_same_id_returns_the_first(self, session: Session) -> None:
-        order = _order(session)
+        order = new_order(session=session)
         message = _msg(order, quantity=1)
         first = intake.submit(session, message)
         second = intake.submit(session, message)
         assert not second.created
         assert second.request.id == first.request.id
-        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 1
+        assert session.get_one(OrderItem, order.item_id).requested_quantity == 1
 
     @pytest.mark.parametrize(
         "bad",
@@ -67,7 +59,7 @@ class TestSubmit:
         ],
     )
     def test_malformed_raises_invalid_and_stores_nothing(self, session: Session, bad: dict[str, Any]) -> None:
-        order = _order(session)
+        order = new_order(session=session)
         before = session.query(CancellationRequest).count()
         with pytest.raises(Invalid) as info:
             intake.submit(session, _msg(order, **bad))
@@ -75,16 +67,16 @@ class TestSubmit:
         assert session.query(CancellationRequest).count() == before
 
     def test_bad_iban_is_stored_rejected_without_the_iban(self, session: Session) -> None:
-        order = _order(session, method="cash_on_delivery")
+        order = new_order(session=session, method="cash_on_delivery")
         result = intake.submit(session, _msg(order, iban="DE89370400440532013001", holder_name="Bob"))
         assert result.request.status.value == "rejected"
         assert result.request.rejection_code == "invalid_iban"
         assert result.request.iban is None
-        assert session.get_one(OrderItem, order["items"][0]["id"]).requested_quantity == 0
+        assert session.get_one(OrderItem, order.item_id).requested_quantity == 0
         assert pending_sends(session) == []
 
     def test_iban_is_normalised(self, session: Session) -> None:
-        order = _order(session, method="bank_transfer")
+        order = new_order(session=session, method="bank_transfer")
         spaced = " ".join(VALID_IBAN[i : i + 4] for i in range(0, len(VALID_IBAN), 4)).lower()
         result = intake.submit(session, _msg(order, iban=spaced, holder_name="Bob"))
         assert result.request.iban == VALID_IBAN
@@ -110,9 +102,9 @@ class TestOneSetOfRules:
     def test_a_broken_rule_is_a_400_for_the_api_and_a_rejected_request_for_a_message(
         self, session: Session, method: str, fields: dict[str, Any], code: str, http_field: str
     ) -> None:
-        order = _order(session, quantity=2, method=method)
+        order = new_order(session=session, quantity=2, method=method)
         message = _msg(order, **fields)
-        item_id = order["items"][0]["id"]
+        item_id = order.item_id
         with pytest.raises(Invalid) as refused:
             requests_service.create(
                 session,
@@ -126,14 +118,14 @@ class TestOneSetOfRules:
         assert (stored.status.value, stored.rejection_code) == ("rejected", code)
 
     def test_what_is_cancelled_is_checked_before_where_the_money_goes(self, session: Session) -> None:
-        order = _order(session, quantity=1, method="cash_on_delivery")
+        order = new_order(session=session, quantity=1, method="cash_on_delivery")
         result = intake.submit(session, _msg(order, quantity=2, iban="DE89370400440532013001"))
         assert result.request.rejection_code == "quantity_exceeded"
 
 
 class TestApproval:
     def test_approve_makes_plan_with_amount_and_target(self, session: Session) -> None:
-        order = _order(session, quantity=3, unit_price="19.99")
+        order = new_order(session=session, quantity=3, unit_price="19.99")
         request = intake.submit(session, _msg(order, quantity=3)).request
         plan = workflow.approve(session, request, actor="staff:alice")
         assert request.status.value == "approved"
@@ -145,7 +137,7 @@ class TestApproval:
         assert session.query(WorkflowStep).filter_by(plan_id=plan.id, kind="route").count() == 1
 
     def test_approving_twice_is_a_conflict(self, session: Session) -> None:
-        order = _order(session)
+        order = new_order(session=session)
         request = intake.submit(session, _msg(order)).request
         workflow.approve(session, request, actor="a")
         with pytest.raises(Conflict):
@@ -161,7 +153,7 @@ class TestApproval:
         monkeypatch.setenv("CANCELFLOW_APPROVAL_RULE", "manual")
         get_settings.cache_clear()
         try:
-            order = _order(session)
+            order = new_order(session=session)
             request = intake.submit(session, _msg(order)).request
             step_id = session.query(WorkflowStep).filter_by(request_id=request.id).one().id
             step = steps.claim(session, step_id, task="cancellations.validate")
@@ -176,9 +168,7 @@ def test_concurrent_requests_never_exceed_ordered_quantity(database: str) -> Non
     """Rule 7: twelve racing submissions for one unit each, on an item of five: five win."""
     from cancelflow.db import transaction
 
-    order = order_payload(quantity=5)
-    load({"orders": [order]})
-    item_id = order["items"][0]["id"]
+    item_id = new_order(quantity=5).item_id
     barrier = threading.Barrier(12)
     outcomes: list[str] = []
 

@@ -5,30 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
-import pytest
 import structlog
-
-from cancelflow.config.logging import configure_logging
-from cancelflow.config.settings import Settings
-
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """The handler `configure_logging` installs, writing to a buffer instead of stderr."""
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
-    configure_logging(Settings(log_json=True, log_level="INFO"))
-    ours = root.handlers[0]
-    assert isinstance(ours, logging.StreamHandler)
-    buffer = io.StringIO()
-    ours.setStream(buffer)
-    try:
-        yield buffer
-    finally:
-        root.handlers[:], root.level = handlers, level
-        structlog.configure(**config)
 
 
 def lines(buffer: io.StringIO) -> list[dict[str, object]]:

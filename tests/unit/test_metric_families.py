@@ -3,7 +3,6 @@ label values, and a `_total` name is a counter."""
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Iterator
 
@@ -17,10 +16,9 @@ from sqlalchemy.pool import NullPool
 from cancelflow.db import migrate, normalise_url
 from cancelflow.models.enums import PlanStatus, RefundTarget, RequestStatus, StepKind, StepStatus
 from cancelflow.models.webhooks import DeliveryStatus
-from cancelflow.services import intake, metrics, workflow
-from cancelflow.services.importer import import_payload
+from cancelflow.services import metrics, workflow
 from tests import conftest
-from tests.factories import order_payload, reference_payload
+from tests.factories import new_order, new_request
 
 FAMILIES = {
     "cancelflow_requests": ("gauge", {"status"}),
@@ -75,12 +73,7 @@ def test_every_family_with_its_labels_on_an_empty_database(empty_database: str) 
 
 def test_money_moved_shows_every_target_at_zero_once_a_plan_has_a_currency(session: Session) -> None:
     # Given a plan in a currency no money has moved in yet
-    order = order_payload(currency="xts", service_handle=None)
-    import_payload(session, {**reference_payload(), "orders": [order]})
-    request = intake.submit(
-        session,
-        {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-    ).request
+    request = new_request(new_order(session=session, currency="xts"), session=session)
     workflow.approve(session, request, actor="t")
     session.flush()
 
@@ -92,8 +85,7 @@ def test_money_moved_shows_every_target_at_zero_once_a_plan_has_a_currency(sessi
 
 def test_money_moved_shows_every_target_at_zero_for_the_currency_of_an_order(session: Session) -> None:
     # Given orders in a currency no request has been made for yet (a stack before its first request)
-    order = order_payload(currency="xba", service_handle=None)
-    import_payload(session, {**reference_payload(), "orders": [order]})
+    new_order(session=session, currency="xba")
     session.flush()
 
     # Then the counter already has a zero series for each refund target in that currency

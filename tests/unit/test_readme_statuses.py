@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import re
-import secrets
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cancelflow.models import FulfillmentOrder, WorkflowStep
-from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, StepKind
-from cancelflow.services import intake, workflow
+from cancelflow.models import FulfillmentOrder
+from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus
 from cancelflow.services import requests as requests_service
-from cancelflow.services.importer import import_payload
-from tests.factories import order_payload, reference_payload, service_payload
+from tests.factories import routed_plan, service_payload
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 # Backticked names that start like a request status but are fields and filters, not states.
@@ -33,22 +30,11 @@ def test_every_cancellation_state_the_readme_names_exists() -> None:
 
 def test_the_reject_row_says_what_a_staff_reject_does(session: Session) -> None:
     # Given a fulfillment order its service was asked to cancel
-    svc = service_payload()
-    order = order_payload(service_handle=svc["handle"])
-    import_payload(session, {**reference_payload(), "fulfillment_services": [svc], "orders": [order]})
-    request = intake.submit(
-        session,
-        {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-    ).request
-    plan = workflow.approve(session, request, actor="t")
-    route = session.scalars(
-        select(WorkflowStep).where(WorkflowStep.plan_id == plan.id, WorkflowStep.kind == StepKind.route)
-    ).one()
-    workflow.route_step(session, route)
+    plan = routed_plan(session, service_payload())
     assert plan.status == PlanStatus.confirmation_waiting
 
     # When staff reject the request
-    requests_service.reject(session, request.id, actor="staff", channel_id=None)
+    requests_service.reject(session, plan.request_id, actor="staff", channel_id=None)
     fo = session.scalars(
         select(FulfillmentOrder).where(FulfillmentOrder.cancellation_plan_id == plan.id)
     ).one()

@@ -13,25 +13,14 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import PermanentError, TransientError
 from cancelflow.models import CancellationPlan, Event, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
-from cancelflow.services import intake, jobs, steps, workflow
-from tests.factories import load, order_payload
+from cancelflow.services import intake, jobs, steps
+from tests.factories import approved_plan, new_order, step_of
 
 
 class TestRule2EnqueueAfterCommit:
-    def _capture(self) -> list[jobs.Send]:
-        sent: list[jobs.Send] = []
-        jobs.set_sender(sent.append)
-        return sent
-
-    def teardown_method(self) -> None:
-        from cancelflow.worker.app import install_sender
-
-        install_sender()
-
-    def test_sends_only_after_commit(self, database: str) -> None:
+    def test_sends_only_after_commit(self, sent: list[jobs.Send]) -> None:
         from cancelflow.db import new_session
 
-        sent = self._capture()
         session = new_session()
         try:
             jobs.enqueue_after_commit(session, "cancellations.route", 7)
@@ -43,12 +32,11 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == [jobs.Send("cancellations.route", (7,))]
 
-    def test_a_job_keyed_by_uuid_is_sent_by_its_string(self, database: str) -> None:
+    def test_a_job_keyed_by_uuid_is_sent_by_its_string(self, sent: list[jobs.Send]) -> None:
         import uuid
 
         from cancelflow.db import new_session
 
-        sent = self._capture()
         job_id = str(uuid.uuid4())
         session = new_session()
         try:
@@ -62,10 +50,9 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == [jobs.Send("exports.run", (job_id,))]
 
-    def test_a_released_savepoint_is_not_a_commit(self, database: str) -> None:
+    def test_a_released_savepoint_is_not_a_commit(self, sent: list[jobs.Send]) -> None:
         from cancelflow.db import new_session
 
-        sent = self._capture()
         session = new_session()
         try:
             session.execute(text("SELECT 1"))
@@ -77,10 +64,9 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == [jobs.Send("cancellations.close", (3,))]
 
-    def test_rollback_drops_the_sends(self, database: str) -> None:
+    def test_rollback_drops_the_sends(self, sent: list[jobs.Send]) -> None:
         from cancelflow.db import new_session
 
-        sent = self._capture()
         session = new_session()
         try:
             jobs.enqueue_after_commit(session, "payments.refund", 1)
@@ -91,6 +77,7 @@ class TestRule2EnqueueAfterCommit:
             session.close()
         assert sent == []
 
+    @pytest.mark.usefixtures("sent")  # puts the broker sender back after the broken one below
     def test_failed_send_after_commit_is_left_to_the_sweeper(self, database: str) -> None:
         from cancelflow.db import new_session
 
@@ -145,18 +132,8 @@ class TestRule4CeleryConfiguration:
 
 class TestRule5ErrorClassification:
     def _plan_with_route_step(self, session: Session) -> tuple[CancellationPlan, WorkflowStep]:
-        from cancelflow.services.importer import import_payload
-        from tests.factories import reference_payload
-
-        order = order_payload()
-        import_payload(session, {**reference_payload(), "orders": [order]})
-        request = intake.submit(
-            session,
-            {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-        ).request
-        plan = workflow.approve(session, request, actor="t")
-        step = session.query(WorkflowStep).filter_by(plan_id=plan.id, kind=StepKind.route).one()
-        return plan, step
+        plan = approved_plan(session)
+        return plan, step_of(session, plan, StepKind.route)
 
     def test_transient_failure_backs_off_and_stays_pending(self, session: Session) -> None:
         _, step = self._plan_with_route_step(session)
@@ -287,14 +264,13 @@ class TestRule6OneSweepAtATime:
     def test_a_second_sweep_does_nothing_while_the_first_holds_the_lock(self, database: str) -> None:
         from cancelflow.db import get_engine, transaction
 
-        order = order_payload()
-        load({"orders": [order]})
+        order = new_order()
         with transaction() as session:  # a pending step that is due
             intake.submit(
                 session,
                 {
                     "client_request_id": secrets.token_hex(6),
-                    "order_item": order["items"][0]["id"],
+                    "order_item": order.item_id,
                     "reason": 1,
                 },
             )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,23 +9,14 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Conflict, NotFound
 from cancelflow.models import CancellationPlan, Event, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
-from cancelflow.services import intake, jobs, replay, steps, transitions, workflow
-from cancelflow.services.importer import import_payload
-from tests.factories import order_payload, reference_payload
+from cancelflow.services import jobs, replay, steps, transitions, workflow
+from tests.factories import approved_plan, step_of
 
 
 def dead_route_step(session: Session) -> tuple[CancellationPlan, WorkflowStep]:
     """A plan whose route step exhausted its retries: the step is dead, the plan failed from `waiting`."""
-    order = order_payload()
-    import_payload(session, {**reference_payload(), "orders": [order]})
-    request = intake.submit(
-        session,
-        {"client_request_id": secrets.token_hex(6), "order_item": order["items"][0]["id"], "reason": 1},
-    ).request
-    plan = workflow.approve(session, request, actor="t")
-    step = session.scalars(
-        select(WorkflowStep).where(WorkflowStep.plan_id == plan.id, WorkflowStep.kind == StepKind.route)
-    ).one()
+    plan = approved_plan(session)
+    step = step_of(session, plan, StepKind.route)
     for _ in range(step.max_attempts):
         steps.record_failure(session, step.id, "TransientError: 503", permanent=False)
     session.refresh(step)

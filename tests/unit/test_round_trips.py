@@ -34,16 +34,6 @@ EXPECTED = {
 
 
 @pytest.fixture
-def sent(database: str) -> Iterator[list[jobs.Send]]:
-    captured: list[jobs.Send] = []
-    jobs.set_sender(captured.append)
-    yield captured
-    from cancelflow.worker.app import install_sender
-
-    install_sender()
-
-
-@pytest.fixture
 def no_webhook_listeners(database: str) -> Iterator[None]:
     """Counts without outbox writes: subscriptions other tests left active are paused for this test."""
     from sqlalchemy import update

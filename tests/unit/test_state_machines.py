@@ -82,14 +82,12 @@ def test_terminal_states_have_no_way_out() -> None:
 
 class TestCompareAndSet:
     def _request(self, session: Session) -> CancellationRequest:
-        from cancelflow.services.importer import import_payload
-        from tests.factories import order_payload, reference_payload
+        from tests.factories import new_order
 
-        order = order_payload()
-        import_payload(session, {**reference_payload(), "orders": [order]})
+        order = new_order(session=session)
         request = CancellationRequest(
-            order_item_id=order["items"][0]["id"],
-            order_id=order["id"],
+            order_item_id=order.item_id,
+            order_id=order.id,
             channel_id=1,
             reason_id=1,
             cancellation_type="cancel",

@@ -4,7 +4,6 @@ per-request ordering, retry classification, redelivery and the sweep. HTTP goes 
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -25,33 +24,20 @@ from cancelflow.models import (
     WebhookSubscription,
 )
 from cancelflow.models.enums import PlanStatus
-from cancelflow.services import intake, transitions, workflow
+from cancelflow.services import transitions, workflow
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import pending_sends
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import outbox as webhook_outbox
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
-from tests.factories import VALID_IBAN, order_payload, reference_payload
+from tests.factories import VALID_IBAN, new_order, new_request
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def _request(session: Session, **kwargs: Any) -> CancellationRequest:
-    from cancelflow.services.importer import import_payload
-
     submit_extra = {k: kwargs.pop(k) for k in ("iban", "holder_name") if k in kwargs}
-    order = order_payload(**kwargs)
-    import_payload(session, {**reference_payload(), "orders": [order]})
-    result = intake.submit(
-        session,
-        {
-            "client_request_id": secrets.token_hex(8),
-            "order_item": order["items"][0]["id"],
-            "reason": 1,
-            **submit_extra,
-        },
-    )
-    return result.request
+    return new_request(new_order(session=session, **kwargs), session=session, **submit_extra)
 
 
 def _subscribe(session: Session, *events: str, channel: int | None = None) -> WebhookSubscription:

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from tests.factories import load, order_payload, service_payload
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, clean_workdir, running, wait_for
 
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
     """The processes' logs stay under test-output/ for whoever debugs a failure."""
-    from tests.conftest import OUTPUT_DIR
-
-    workdir: Path = OUTPUT_DIR / f"stack-{request.module.__name__.rsplit('.', 1)[-1]}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    running = Stack(workdir).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    with running(Stack(clean_workdir(f"stack-{request.module.__name__.rsplit('.', 1)[-1]}"))) as stack:
+        yield stack
 
 
 @dataclass

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cancelflow.services.intake import SubmitMessage
 from tests.api.test_bad_text import row_counts
 from tests.factories import load, order_payload
-from tests.harness import Proc, Stack, wait_for
+from tests.harness import Proc, Stack, clean_workdir, repeatable_examples, wait_for
 from tests.workflow.conftest import request_row
 
 pytestmark = pytest.mark.worker
@@ -50,12 +49,7 @@ FIELDS = text_fields()
 @pytest.fixture(scope="module")
 def worker(database: str) -> Iterator[Proc]:
     """Only a worker: nothing else may write while rows are counted."""
-    from tests.conftest import OUTPUT_DIR
-
-    workdir = OUTPUT_DIR / "stack-bad-text-message"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    stack = Stack(workdir)
+    stack = Stack(clean_workdir("stack-bad-text-message"))
     try:
         yield stack.start_worker()
     finally:
@@ -125,13 +119,7 @@ def test_text_that_cannot_be_stored_is_a_logged_rejection(worker: Proc, order_it
     before = stored_counts()
     recorded: list[str] = []
 
-    @settings(
-        max_examples=3,
-        deadline=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
+    @repeatable_examples(3)
     @given(value=BAD)
     def check(value: str) -> None:
         message: dict[str, Any] = {

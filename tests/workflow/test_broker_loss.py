@@ -51,15 +51,6 @@ def test_the_marker_tells_an_emptied_broker_once(spare_app: tuple[Celery, redis.
     assert broker_was_emptied(app) is False
 
 
-@pytest.fixture
-def sent() -> Iterator[list[jobs.Send]]:
-    recorded: list[jobs.Send] = []
-    previous = jobs._sender
-    jobs.set_sender(recorded.append)
-    yield recorded
-    jobs.set_sender(previous)
-
-
 def _step(next_attempt_in: timedelta) -> int:
     with transaction() as session:
         step_id = steps.create(

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cancelflow.db import transaction
-from cancelflow.services.tokens import create_token
 from tests.api.test_tags import make_requests, tagged_ids, unique
+from tests.factories import token_headers
 from tests.harness import Stack, wait_for
 
 pytestmark = pytest.mark.worker
@@ -21,9 +21,7 @@ BASE = "/api/v1/cancellation_requests/"
 
 @pytest.fixture(scope="module")
 def auth(database: str) -> dict[str, str]:
-    with transaction() as session:
-        _, key = create_token(session, name=f"staff-{uuid.uuid4().hex[:12]}", kind="staff")
-    return {"Authorization": f"Token {key}"}
+    return token_headers("staff")
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import http.server
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -17,7 +15,7 @@ from sqlalchemy import func, select, update
 
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, clean_workdir, running, wait_for
 from tests.workflow.conftest import make_order, make_service, wait_status
 
 pytestmark = pytest.mark.worker
@@ -25,17 +23,10 @@ pytestmark = pytest.mark.worker
 
 @pytest.fixture(scope="module")
 def stack(database: str) -> Iterator[Stack]:
-    from tests.conftest import OUTPUT_DIR
-
-    workdir: Path = OUTPUT_DIR / "stack-test_db_away"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     # A grace far beyond the test: the sweeper leaves alone what the worker's retry must bring back.
-    running = Stack(workdir, env_overrides={"CANCELFLOW_REDELIVERY_GRACE": "3600"}).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    stack = Stack(clean_workdir("stack-test_db_away"), env_overrides={"CANCELFLOW_REDELIVERY_GRACE": "3600"})
+    with running(stack):
+        yield stack
 
 
 def _database_connections(allowed: bool) -> None:

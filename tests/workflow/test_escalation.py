@@ -7,9 +7,7 @@ reminder slot is seen by several chases and a slow tick cannot push a reminder p
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +17,7 @@ from typer.testing import CliRunner
 
 from cancelflow.models import Event, FulfillmentOrder, WorkflowStep
 from cancelflow.models.enums import StepKind
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, clean_workdir, running, wait_for
 from tests.workflow.conftest import (
     Service,
     make_order,
@@ -38,22 +36,15 @@ POLICY = {"deadline_seconds": 3, "reminder_interval_seconds": 1, "reminder_count
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
-    from tests.conftest import OUTPUT_DIR
-
-    workdir: Path = OUTPUT_DIR / "stack-test_escalation"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    running = Stack(workdir, env_overrides={"CANCELFLOW_SWEEP_INTERVAL": "0.25"}).start()
-    try:
+    stack = Stack(clean_workdir("stack-test_escalation"), env_overrides={"CANCELFLOW_SWEEP_INTERVAL": "0.25"})
+    with running(stack):
         # Beat takes a moment to start ticking; a request made before would see its first chase late.
         wait_for(
-            lambda: running.procs["worker"].log_text().count("fulfillment.chase_replies[") >= 6,
+            lambda: stack.procs["worker"].log_text().count("fulfillment.chase_replies[") >= 6,
             timeout=60,
             what="beat chasing replies",
         )
-        yield running
-    finally:
-        running.stop()
+        yield stack
 
 
 def notifications(stack: Stack, handle: str) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -11,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from tests.harness import Stack, free_port, wait_for
+from tests.harness import Stack, clean_workdir, free_port, running, wait_for
 from tests.workflow.conftest import (
     make_order,
     make_service,
@@ -28,19 +27,13 @@ pytestmark = pytest.mark.worker
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
     """The usual stack, its worker also serving its histograms (multiprocess mode, prefork children)."""
-    from tests.conftest import OUTPUT_DIR
-
-    workdir = OUTPUT_DIR / "stack-test_metrics"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     port = free_port()
-    running = Stack(workdir, env_overrides={"CANCELFLOW_WORKER_METRICS_PORT": str(port)})
-    running.worker_metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    stack = Stack(
+        clean_workdir("stack-test_metrics"), env_overrides={"CANCELFLOW_WORKER_METRICS_PORT": str(port)}
+    )
+    stack.worker_metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
+    with running(stack):
+        yield stack
 
 
 def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

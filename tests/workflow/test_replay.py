@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +11,7 @@ from typer.testing import CliRunner
 
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, clean_workdir, running, wait_for
 from tests.workflow.conftest import make_order, make_service, money_rows, submit, wait_plan, wait_status
 
 pytestmark = pytest.mark.worker
@@ -22,19 +20,15 @@ pytestmark = pytest.mark.worker
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
     """Two attempts per step, and a short HTTP timeout so a slow gateway looks like a lost answer."""
-    from tests.conftest import OUTPUT_DIR
-
-    workdir: Path = OUTPUT_DIR / "stack-test_replay"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    running = Stack(
-        workdir, env_overrides={"CANCELFLOW_STEP_MAX_ATTEMPTS": "2", "CANCELFLOW_HTTP_TIMEOUT": "1.5"}
-    ).start()
-    try:
-        yield running
-    finally:
-        running.gateway("/_admin/config", json={"fail_first_n": 0, "delay_seconds": 0})
-        running.stop()
+    stack = Stack(
+        clean_workdir("stack-test_replay"),
+        env_overrides={"CANCELFLOW_STEP_MAX_ATTEMPTS": "2", "CANCELFLOW_HTTP_TIMEOUT": "1.5"},
+    )
+    with running(stack):
+        try:
+            yield stack
+        finally:
+            stack.gateway("/_admin/config", json={"fail_first_n": 0, "delay_seconds": 0})
 
 
 def refund_step(plan_id: int) -> Any:

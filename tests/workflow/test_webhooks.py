@@ -7,7 +7,6 @@ other answers 410 Gone.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typer.testing import CliRunner
 from cancelflow.cli.main import app as cli_app
 from cancelflow.integrations.webhooks import verify_signature
 from cancelflow.models import WebhookAttempt, WebhookDelivery
-from tests.factories import load, next_id
+from tests.factories import load, next_id, token_key
 from tests.harness import Stack, wait_for
 from tests.workflow.conftest import make_order, make_service, submit, wait_status
 
@@ -109,12 +108,7 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
 
 @pytest.fixture(scope="module")
 def staff_key(database: str) -> str:
-    from cancelflow.db import transaction
-    from cancelflow.services.tokens import create_token
-
-    with transaction() as session:
-        _, key = create_token(session, name=f"webhooks-staff-{secrets.token_hex(6)}", kind="staff")
-    return key
+    return token_key("staff")
 
 
 def _deliveries(subscription_id: int, request_id: int) -> list[WebhookDelivery]:
