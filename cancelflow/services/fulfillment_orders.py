@@ -8,14 +8,16 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
+from cancelflow.models.transitions import ASKABLE_REQUEST_STATUSES
+from cancelflow.models.transitions import needs_service_consent as _needs_consent
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 
 OPEN_STATUSES = frozenset(
     {FOStatus.open, FOStatus.in_progress, FOStatus.scheduled, FOStatus.on_hold, FOStatus.incomplete}
 )
-# The service has taken the work on: only it can stop it, so it must be asked.
-REMOTE_REQUEST_STATUSES = frozenset({FORequestStatus.accepted, FORequestStatus.cancellation_rejected})
+# The service has taken the work on: only it can stop it, so it must be asked (read off the tables).
+REMOTE_REQUEST_STATUSES = ASKABLE_REQUEST_STATUSES
 
 
 _GET = select(FulfillmentOrder).where(FulfillmentOrder.id == bindparam("fo_id"))
@@ -48,11 +50,7 @@ def line_items(session: Session, fo_id: int) -> list[FulfillmentOrderLineItem]:
 
 
 def needs_service_consent(fo: FulfillmentOrder) -> bool:
-    return (
-        fo.fulfillment_service_id is not None
-        and fo.request_status in REMOTE_REQUEST_STATUSES
-        and fo.status == FOStatus.in_progress
-    )
+    return _needs_consent(fo.request_status, fo.status, assigned=fo.fulfillment_service_id is not None)
 
 
 def split(

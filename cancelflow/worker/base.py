@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from cancelflow.db import transaction
 from cancelflow.errors import AlreadyHandled, CancelflowError, PermanentError, Refused, TransientError
 from cancelflow.models import WorkflowStep
-from cancelflow.models.transitions import InvalidTransition
 from cancelflow.services import steps, task_ids
 
 log = structlog.get_logger(__name__)
@@ -65,7 +64,7 @@ class DbTask(Task):  # type: ignore[type-arg]
         except DBAPIError as exc:
             # Connection loss, deadlock, serialisation failure: the transaction was rolled back whole.
             return self._failed(step_id, exc, permanent=False)
-        except (PermanentError, InvalidTransition, CancelflowError) as exc:
+        except (PermanentError, CancelflowError) as exc:  # an invalid transition among them
             return self._failed(step_id, exc, permanent=True)
         except Exception as exc:  # an unforeseen bug: retried within the budget, then dead for an operator
             log.exception("step raised an unexpected error")
