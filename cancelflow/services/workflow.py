@@ -270,6 +270,16 @@ def reject_plan(
             message=f"Cannot reject: its plan is {plan.status.value} (the goods are stopped and the refund is "
             "under way).",
         )
+        if plan.status == PlanStatus.failed and plan.failed_from is not None:
+            # A failed plan is rejected only if it could have been from where it stopped: not once the money
+            # was on its way.
+            require(
+                "plan",
+                PlanStatus(plan.failed_from),
+                PlanStatus.rejected,
+                message=f"Cannot reject: its plan failed in {plan.failed_from} (the goods are stopped and the "
+                "refund is under way).",
+            )
         _withdraw(session, plan, actor=actor, unanswered=unanswered, note=message)
         transitions.move(
             session, plan, PlanStatus.rejected, data={"actor": actor, "message": message, **(data or {})}
