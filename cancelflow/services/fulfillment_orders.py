@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from cancelflow.errors import Invalid, NotFound
+from cancelflow.errors import Invalid, InvalidTransition, NotFound
 from cancelflow.models import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
 from cancelflow.models.transitions import ASKABLE_REQUEST_STATUSES
@@ -109,9 +109,11 @@ def cancel_directly(session: Session, fo: FulfillmentOrder, *, reason: str) -> b
 def request_cancellation(session: Session, fo: FulfillmentOrder, *, message: str | None) -> MerchantRequest:
     """Mark the fulfillment order `cancellation_requested` and record the outgoing request."""
     if fo.fulfillment_service_id is None:
-        raise Invalid("Fulfillment order is not assigned to a fulfillment service.", code="not_assigned")
+        raise InvalidTransition(
+            "Fulfillment order is not assigned to a fulfillment service.", code="not_assigned"
+        )
     if not needs_service_consent(fo):
-        raise Invalid(
+        raise InvalidTransition(
             f"Fulfillment order is not in a state to request cancellation "
             f"(request_status {fo.request_status.value}, status {fo.status.value}).",
             code="invalid_state",

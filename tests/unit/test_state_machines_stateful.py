@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -36,6 +36,7 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
+from cancelflow.api.fulfillment import supported_actions
 from cancelflow.config import get_settings
 from cancelflow.db import get_engine
 from cancelflow.errors import AlreadyHandled, Conflict, InvalidTransition
@@ -51,7 +52,7 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind
-from cancelflow.services import escalation, intake, replay, requests, steps, workflow
+from cancelflow.services import escalation, fulfillment_orders, intake, replay, requests, steps, workflow
 from cancelflow.services.importer import import_payload
 from tests.factories import order_payload, reference_payload, service_payload
 
@@ -582,14 +583,148 @@ def assert_chain(moves: list[tuple[str, str]], first: str, last: str, what: str)
     assert at == last, f"{what}: the events end at {at}, the row is {last}: {moves}"
 
 
-# Each example costs a few hundred statements: 60 sequences of up to 20 moves take 10-20 s on 2 cores.
+class FulfillmentOrderRequests(RuleBasedStateMachine):
+    """Shopify's cancellation-request machine on one fulfillment order, outside any plan: the merchant sends (and
+    sends again), the service accepts or rejects (and repeats itself). `supported_actions` must offer
+    `request_cancellation` exactly when sending succeeds, and a direct cancel exactly when no consent is needed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connection = get_engine().connect()
+        self.outer = self.connection.begin()
+        self.session = Session(bind=self.connection, join_transaction_mode="create_savepoint")
+        self.fo_id: int | None = None
+        self.answered = False
+        self.seen_terminal: str | None = None
+
+    def teardown(self) -> None:
+        self.session.close()
+        self.outer.rollback()
+        self.connection.close()
+
+    @initialize(
+        start=st.sampled_from(
+            [("accepted", "in_progress"), ("submitted", "open"), ("unsubmitted", "open"), (None, "open")]
+        )
+    )
+    def world(self, start: tuple[str | None, str]) -> None:
+        request_status, status = start
+        svc = service_payload()
+        order = order_payload(
+            service_handle=svc["handle"] if request_status else None,
+            request_status=request_status or "unsubmitted",
+            fo_status=status,
+        )
+        import_payload(
+            self.session, {**reference_payload(), "fulfillment_services": [svc], "orders": [order]}
+        )
+        self.service_id = svc["id"] if request_status else None
+        self.fo_id = order["fulfillment_orders"][0]["id"]
+        self.model = (request_status or "unsubmitted", status)
+        self.first = f"{self.model[0]}/{self.model[1]}"
+
+    def fo(self) -> FulfillmentOrder:
+        assert self.fo_id is not None
+        self.session.flush()
+        self.session.expire_all()
+        return self.session.get_one(FulfillmentOrder, self.fo_id)
+
+    @precondition(lambda self: self.fo_id is not None)
+    @rule()
+    def merchant_sends(self) -> None:
+        request_status, status = self.model
+        sendable = (
+            self.service_id is not None
+            and status == "in_progress"
+            and request_status in {"accepted", "cancellation_rejected"}
+        )
+        fo = self.fo()
+        if not sendable:
+            before = (fo.request_status, fo.status, fo.version)
+            with pytest.raises(InvalidTransition):
+                fulfillment_orders.request_cancellation(self.session, fo, message="again?")
+            fo = self.fo()
+            assert (fo.request_status, fo.status, fo.version) == before
+            return
+        event(f"send from {request_status}")
+        fulfillment_orders.request_cancellation(self.session, fo, message="please")
+        self.model, self.answered = ("cancellation_requested", status), False
+
+    @precondition(lambda self: self.fo_id is not None and self.service_id is not None)
+    @rule(decision=st.sampled_from(["accept", "reject"]), repeat=st.booleans())
+    def service_replies(self, decision: str, repeat: bool) -> None:
+        assert self.fo_id is not None
+        for _ in range(2 if repeat else 1):
+            outcome = workflow.answer_cancellation(
+                self.session,
+                self.fo_id,
+                decision=decision,  # type: ignore[arg-type]
+                message=None,
+                service_id=self.service_id,
+            )
+            done = "cancellation_accepted" if decision == "accept" else "cancellation_rejected"
+            event(f"reply {decision} to {self.model[0]}")
+            if self.model[0] == "cancellation_requested":
+                assert outcome.applied
+                self.model = (done, "cancelled" if decision == "accept" else "in_progress")
+                self.answered = True
+            else:
+                assert not outcome.applied
+                duplicate = self.model[0] == done and self.answered
+                assert (outcome.error is None) == duplicate
+
+    @invariant()
+    def actions_agree_with_what_succeeds(self) -> None:
+        if self.fo_id is None:
+            return
+        fo = self.fo()
+        assert (fo.request_status.value, fo.status.value) == self.model
+        request_status, status = self.model
+        actions = supported_actions(fo)
+        sendable = (
+            self.service_id is not None
+            and status == "in_progress"
+            and request_status in {"accepted", "cancellation_rejected"}
+        )
+        assert ("request_cancellation" in actions) == sendable
+        assert ("cancel_fulfillment_order" in actions) == (
+            status not in {"cancelled", "closed"} and not sendable
+        )
+        if self.seen_terminal is not None:
+            assert request_status == self.seen_terminal
+        elif request_status in TERMINAL["fo"]:
+            self.seen_terminal = request_status
+        moves = self.session.execute(
+            select(Event.from_status, Event.to_status)
+            .where(
+                Event.entity == "fulfillment_order",
+                Event.entity_id == fo.id,
+                Event.from_status.is_not(None),
+            )
+            .order_by(Event.id)
+        ).all()
+        assert_chain(
+            [(m.from_status, m.to_status) for m in moves], self.first, f"{request_status}/{status}", "fo"
+        )
+
+
+# Each example costs a few hundred statements: 60 sequences of up to 20 moves take 10-20 s on 2 cores. Shrinking
+# is left out: on a real database it runs to Hypothesis' five-minute cap (and into the test timeout); a failure
+# prints its whole sequence of moves, at most 20, instead.
 MACHINE_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=20,
     deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
 
 def test_request_plan_step_fulfillment_order_and_escalation_machines(database: str) -> None:
     run_state_machine_as_test(CancellationWorkflow, settings=MACHINE_SETTINGS)
+
+
+def test_fulfillment_order_requests_and_their_supported_actions(database: str) -> None:
+    run_state_machine_as_test(
+        FulfillmentOrderRequests, settings=settings(MACHINE_SETTINGS, max_examples=40, stateful_step_count=12)
+    )
