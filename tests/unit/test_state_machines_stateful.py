@@ -304,14 +304,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
         _, plan, fo = self.rows()
         assert fo is not None
         assert plan is not None
-        outcome = workflow.answer_cancellation(
-            self.session,
-            fo.id,
-            decision=decision,  # type: ignore[arg-type]
-            message=None,
-            service_id=self.service_id,
-        )
-        done = "cancellation_accepted" if decision == "accept" else "cancellation_rejected"
+        outcome, done = answer(self.session, fo.id, decision, self.service_id)
         event(f"reply {decision} to {m.fo} (plan {m.plan})")
         if m.asked():
             assert outcome.applied
@@ -574,6 +567,20 @@ class Rows:
         ]
 
 
+def answer(
+    session: Session, fo_id: int, decision: str, service_id: int | None
+) -> tuple[workflow.ReplyOutcome, str]:
+    """The service's reply, and the request status it asks for."""
+    outcome = workflow.answer_cancellation(
+        session,
+        fo_id,
+        decision="accept" if decision == "accept" else "reject",
+        message=None,
+        service_id=service_id,
+    )
+    return outcome, "cancellation_accepted" if decision == "accept" else "cancellation_rejected"
+
+
 def assert_chain(moves: list[tuple[str, str]], first: str, last: str, what: str) -> None:
     """The events lead, move by move, from `first` to `last` (no move without its event row)."""
     at = first
@@ -655,14 +662,7 @@ class FulfillmentOrderRequests(RuleBasedStateMachine):
     def service_replies(self, decision: str, repeat: bool) -> None:
         assert self.fo_id is not None
         for _ in range(2 if repeat else 1):
-            outcome = workflow.answer_cancellation(
-                self.session,
-                self.fo_id,
-                decision=decision,  # type: ignore[arg-type]
-                message=None,
-                service_id=self.service_id,
-            )
-            done = "cancellation_accepted" if decision == "accept" else "cancellation_rejected"
+            outcome, done = answer(self.session, self.fo_id, decision, self.service_id)
             event(f"reply {decision} to {self.model[0]}")
             if self.model[0] == "cancellation_requested":
                 assert outcome.applied
