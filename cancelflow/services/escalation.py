@@ -527,7 +527,7 @@ __all__ = [
     "NO_REPLY",
     "RESOLUTIONS",
     "ChaseResult",
-    "EscalationState",
+    "Escalation",
     "chase",
     "escalations",
     "resolve",

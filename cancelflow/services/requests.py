@@ -163,20 +163,10 @@ def update_request(
     target = changes.get("status")
     target_status = RequestStatus(target) if target is not None else None
     if target_status is not None and target_status != request.status:
+        refused = f"Cannot change status from {request.status.value} to {target_status.value}."
+        require("request", request.status, target_status, message=refused)
         if target_status not in CLIENT_REQUEST_TARGETS:
-            raise InvalidTransition(
-                f"Cannot change status from {request.status.value} to {target_status.value}. Requests "
-                "complete with their plan.",
-                machine="request",
-                current=request.status.value,
-                target=target_status.value,
-            )
-        require(
-            "request",
-            request.status,
-            target_status,
-            message=f"Cannot change status from {request.status.value} to {target_status.value}.",
-        )
+            raise _refuse(f"{refused} Requests complete with their plan.")
     _edit(session, request, {k: v for k, v in changes.items() if k != "status"})
     if target_status == RequestStatus.approved and request.status != target_status:
         workflow.approve(session, request, actor=actor)
