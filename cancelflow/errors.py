@@ -30,9 +30,33 @@ class Invalid(CancelflowError):
 
 
 class Conflict(CancelflowError):
-    """An invalid transition, or an idempotency key still in flight: HTTP 409 (or the router's own code)."""
+    """The resource is busy or not ready (an idempotency key still in flight, an export still running): HTTP 409."""
 
     code = "conflict"
+
+
+class InvalidTransition(CancelflowError):
+    """A status change the state machine does not allow (`cancelflow.models.transitions` is the only judge).
+
+    Akinon's "the action is not allowed" (HTTP 400 `{"non_field_errors": [...], "code": "invalid_transition"}`),
+    Shopify's 422; nothing was changed. `machine`, `current` and `target` name the refused move when one was tried.
+    """
+
+    code = "invalid_transition"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        machine: str | None = None,
+        current: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.machine = machine
+        self.current = current
+        self.target = target
 
 
 class Forbidden(CancelflowError):

@@ -28,11 +28,11 @@ from cancelflow.errors import (
     Forbidden,
     Gone,
     Invalid,
+    InvalidTransition,
     NotFound,
     TooManyJobs,
     TransientError,
 )
-from cancelflow.models.transitions import InvalidTransition
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,11 @@ def cancelflow_error(request: Request, exc: Exception) -> JSONResponse:
         if exc.field_errors:
             return akinon(400, {**exc.field_errors, "code": exc.code})
         return akinon(400, {AKINON_NON_FIELD: [exc.message], "code": exc.code})
+    if isinstance(exc, InvalidTransition):
+        # Akinon's "the action is not allowed" is a 400; Shopify's wrong state a 422.
+        if as_shopify:
+            return shopify(422, exc.message)
+        return akinon(400, {AKINON_NON_FIELD: [exc.message], "code": exc.code})
     if isinstance(exc, Forbidden):
         if as_shopify:
             return shopify(403, exc.message)
@@ -157,10 +162,6 @@ def cancelflow_error(request: Request, exc: Exception) -> JSONResponse:
         return akinon(503, {"detail": exc.message, "code": exc.code}, headers)
     # PermanentError and anything else the domain refuses: the request cannot succeed as sent.
     return shopify(422, exc.message) if as_shopify else akinon(400, {"detail": exc.message, "code": exc.code})
-
-
-def invalid_transition(request: Request, exc: Exception) -> JSONResponse:
-    return cancelflow_error(request, Conflict(str(exc), code="invalid_transition"))
 
 
 def unauthenticated(request: Request, exc: Exception) -> JSONResponse:
@@ -285,7 +286,6 @@ def server_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register every mapping on the app, once; new routers inherit it by their path."""
     app.add_exception_handler(CancelflowError, cancelflow_error)
-    app.add_exception_handler(InvalidTransition, invalid_transition)
     app.add_exception_handler(Unauthenticated, unauthenticated)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

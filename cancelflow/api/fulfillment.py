@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
@@ -30,6 +30,7 @@ from cancelflow.models import (
     FulfillmentOrder,
 )
 from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
+from cancelflow.models.transitions import fulfillment_order_actions
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import request_view, workflow
 
@@ -191,29 +192,11 @@ def _message(body: CancellationRequestBody | None) -> str | None:
 
 
 def supported_actions(fo: FulfillmentOrder) -> list[FulfillmentOrderAction]:
-    """What can be done next, from the state alone (Shopify's `supported_actions`)."""
-    assigned = fo.fulfillment_service_id is not None
-    if fo.status in (FOStatus.cancelled, FOStatus.closed):
-        return []
-    if fo.status == FOStatus.in_progress:
-        if fo.request_status == FORequestStatus.cancellation_requested:
-            return ["cancel_fulfillment_order", "create_fulfillment"]
-        if fo.request_status == FORequestStatus.accepted and assigned:
-            return ["request_cancellation", "create_fulfillment"]
-        if not assigned:
-            return ["create_fulfillment", "cancel_fulfillment_order"]
-        return ["create_fulfillment"]  # cancellation_rejected: the service keeps fulfilling
-    if fo.status == FOStatus.open:
-        if not assigned:
-            return ["create_fulfillment", "cancel_fulfillment_order"]
-        if fo.request_status in (FORequestStatus.unsubmitted, FORequestStatus.rejected):
-            return ["request_fulfillment", "cancel_fulfillment_order"]
-        return ["cancel_fulfillment_order"]  # submitted: not accepted yet, cancelled directly
-    if fo.status == FOStatus.on_hold:
-        return ["release_hold", "cancel_fulfillment_order"]
-    if fo.status == FOStatus.scheduled:
-        return ["mark_as_open", "cancel_fulfillment_order"]
-    return ["cancel_fulfillment_order"]  # incomplete
+    """What can be done next (Shopify's `supported_actions`), read off the fulfillment-order state machines."""
+    actions = fulfillment_order_actions(
+        fo.request_status, fo.status, assigned=fo.fulfillment_service_id is not None
+    )
+    return cast(list[FulfillmentOrderAction], actions)
 
 
 def _text(value: object) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from cancelflow.models.transitions import InvalidTransition
+from cancelflow.errors import InvalidTransition
 
 S = TypeVar("S", bound=StrEnum)
 
@@ -27,7 +27,12 @@ class Machine(Generic[S]):
     def require(self, current: S, target: S) -> None:
         """InvalidTransition unless the table allows `current -> target`."""
         if not self.allows(current, target):
-            raise InvalidTransition(self.name, current, target)
+            raise InvalidTransition(
+                f"{self.name}: {current.value} -> {target.value} is not allowed",
+                machine=self.name,
+                current=current.value,
+                target=target.value,
+            )
 
     def sources(self, target: S) -> tuple[S, ...]:
         """Every status that may move to `target`, in the enum's order."""

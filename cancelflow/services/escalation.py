@@ -34,11 +34,10 @@ from datetime import datetime, timedelta
 from typing import Final, Literal, get_args
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Interval, and_, exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Interval, and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
-from cancelflow.errors import Conflict, Invalid, NotFound
+from cancelflow.errors import Invalid, InvalidTransition, NotFound
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
@@ -49,12 +48,12 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import (
     FORequestStatus,
-    FOStatus,
     MerchantRequestKind,
     PlanStatus,
     RejectionCode,
     StepKind,
 )
+from cancelflow.models.transitions import EscalationState, allows, escalation_of
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import steps, transitions, workflow
 from cancelflow.services.clock import now
@@ -187,7 +186,7 @@ def _chase_plan(session: Session, plan_id: int, stamp: datetime, result: ChaseRe
         .where(CancellationPlan.id == plan_id)
         .execution_options(populate_existing=True)
     ).one()
-    if plan.status != PlanStatus.confirmation_waiting or plan.escalated_at is not None:
+    if escalation_of(plan.status, plan.escalated_at) != EscalationState.none:
         return
     request = session.get_one(CancellationRequest, plan.request_id)
     # The workflow's lock order is order, then plan; we already hold the plan, so we never *wait* for the
@@ -290,28 +289,10 @@ def _remind(session: Session, plan: CancellationPlan, item: Waiting, stamp: date
 
 
 def _escalate(session: Session, plan: CancellationPlan, waiting: list[Waiting], *, stamp: datetime) -> bool:
-    moved = session.execute(
-        update(CancellationPlan)
-        .where(
-            CancellationPlan.id == plan.id,
-            CancellationPlan.status == PlanStatus.confirmation_waiting,
-            CancellationPlan.escalated_at.is_(None),
-        )
-        .values(escalated_at=stamp, version=CancellationPlan.version + 1, modified_date=stamp)
-        .execution_options(synchronize_session=False)
-    )
-    if moved.rowcount == 0:  # type: ignore[attr-defined]
-        return False
-    set_committed_value(plan, "escalated_at", stamp)
-    set_committed_value(plan, "version", plan.version + 1)
-    for item in waiting:
-        if item.request is not None:
-            item.request.escalated = True
-    transitions.record_event(
+    moved = transitions.move_escalation(
         session,
-        "plan",
-        plan.id,
-        "plan.escalated",
+        plan,
+        EscalationState.escalated,
         data={
             "request_id": plan.request_id,
             "deadline_at": plan.deadline_at.isoformat() if plan.deadline_at else None,
@@ -320,6 +301,9 @@ def _escalate(session: Session, plan: CancellationPlan, waiting: list[Waiting], 
             "reminders_sent": max((w.request.reminders_sent for w in waiting if w.request), default=0),
         },
     )
+    if not moved:
+        return False
+    _mark_escalated(waiting, True)
     # Subscribed storefronts hear of it in the same transaction (outbox), ids and counts only.
     webhook_outbox.emit(
         session,
@@ -329,6 +313,12 @@ def _escalate(session: Session, plan: CancellationPlan, waiting: list[Waiting], 
     )
     session.flush()
     return True
+
+
+def _mark_escalated(waiting: list[Waiting], escalated: bool) -> None:
+    for item in waiting:
+        if item.request is not None:
+            item.request.escalated = escalated
 
 
 def _close_unanswered(waiting: list[Waiting], note: str) -> None:
@@ -374,19 +364,8 @@ def _reject(
         "plan.deadline_action",
         data={"action": "reject", "actor": actor, "fulfillment_order_ids": [w.fo.id for w in waiting]},
     )
-    _close_unanswered(waiting, message)
-    for item in waiting:
-        # The request is withdrawn: the service keeps the work, exactly as if it had rejected.
-        transitions.move_fulfillment_order(
-            session,
-            item.fo,
-            request_status=FORequestStatus.cancellation_rejected,
-            status=FOStatus.in_progress,
-            data={"reason": message, "actor": actor},
-        )
     request = session.get_one(CancellationRequest, plan.request_id)
-    transitions.move(session, plan, PlanStatus.rejected, data={"actor": actor, "message": message})
-    workflow.reject_request(session, request, code=code, message=message)
+    workflow.reject_plan(session, request, plan, actor=actor, code=code, message=message, unanswered=NO_REPLY)
     session.flush()
 
 
@@ -445,34 +424,25 @@ def resolve(session: Session, request_id: int, *, action: str, actor: str) -> Ca
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one_or_none()
-    if plan is None or plan.status != PlanStatus.confirmation_waiting or plan.escalated_at is None:
-        state = "no plan" if plan is None else f"plan {plan.id} is {plan.status.value}"
-        raise Conflict(f"request {request_id} is not escalated ({state})", code="not_escalated")
+    # Every resolution leaves the escalated state: the escalation machine says whether there is one to leave.
+    state = None if plan is None else escalation_of(plan.status, plan.escalated_at)
+    if plan is None or state is None or not allows("escalation", state, EscalationState.none):
+        shown = "no plan" if plan is None else f"plan {plan.id} is {plan.status.value}"
+        raise InvalidTransition(f"request {request_id} is not escalated ({shown})", code="not_escalated")
     waiting = _waiting(session, plan)
     if not waiting:
-        raise Conflict(f"plan {plan.id} has no fulfillment order waiting for a reply", code="not_escalated")
+        raise InvalidTransition(
+            f"plan {plan.id} has no fulfillment order waiting for a reply", code="not_escalated"
+        )
     stamp = now()
     if action == "wait":
         policy = timedelta(seconds=_strictest(waiting).reply_deadline_seconds)
         # Counted from now when the old deadline is long gone, so "wait" always buys a whole deadline.
         deadline = max(stamp, plan.deadline_at or stamp) + policy
-        session.execute(
-            update(CancellationPlan)
-            .where(CancellationPlan.id == plan.id)
-            .values(
-                deadline_at=deadline,
-                escalated_at=None,
-                version=CancellationPlan.version + 1,
-                modified_date=stamp,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        set_committed_value(plan, "deadline_at", deadline)
-        set_committed_value(plan, "escalated_at", None)
-        set_committed_value(plan, "version", plan.version + 1)
-        for item in waiting:
-            if item.request is not None:
-                item.request.escalated = False
+        if transitions.move_escalation(
+            session, plan, EscalationState.none, deadline_at=deadline, data={"actor": actor, "action": action}
+        ):
+            _mark_escalated(waiting, False)
     elif action == "cancel_locally":
         _cancel_locally(session, plan, waiting, actor=actor)
     else:

@@ -5,17 +5,19 @@ from __future__ import annotations
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from cancelflow.errors import Invalid, NotFound
+from cancelflow.errors import Invalid, InvalidTransition, NotFound
 from cancelflow.models import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
+from cancelflow.models.transitions import ASKABLE_REQUEST_STATUSES
+from cancelflow.models.transitions import needs_service_consent as _needs_consent
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 
 OPEN_STATUSES = frozenset(
     {FOStatus.open, FOStatus.in_progress, FOStatus.scheduled, FOStatus.on_hold, FOStatus.incomplete}
 )
-# The service has taken the work on: only it can stop it, so it must be asked.
-REMOTE_REQUEST_STATUSES = frozenset({FORequestStatus.accepted, FORequestStatus.cancellation_rejected})
+# The service has taken the work on: only it can stop it, so it must be asked (read off the tables).
+REMOTE_REQUEST_STATUSES = ASKABLE_REQUEST_STATUSES
 
 
 _GET = select(FulfillmentOrder).where(FulfillmentOrder.id == bindparam("fo_id"))
@@ -48,11 +50,7 @@ def line_items(session: Session, fo_id: int) -> list[FulfillmentOrderLineItem]:
 
 
 def needs_service_consent(fo: FulfillmentOrder) -> bool:
-    return (
-        fo.fulfillment_service_id is not None
-        and fo.request_status in REMOTE_REQUEST_STATUSES
-        and fo.status == FOStatus.in_progress
-    )
+    return _needs_consent(fo.request_status, fo.status, assigned=fo.fulfillment_service_id is not None)
 
 
 def split(
@@ -111,9 +109,11 @@ def cancel_directly(session: Session, fo: FulfillmentOrder, *, reason: str) -> b
 def request_cancellation(session: Session, fo: FulfillmentOrder, *, message: str | None) -> MerchantRequest:
     """Mark the fulfillment order `cancellation_requested` and record the outgoing request."""
     if fo.fulfillment_service_id is None:
-        raise Invalid("Fulfillment order is not assigned to a fulfillment service.", code="not_assigned")
+        raise InvalidTransition(
+            "Fulfillment order is not assigned to a fulfillment service.", code="not_assigned"
+        )
     if not needs_service_consent(fo):
-        raise Invalid(
+        raise InvalidTransition(
             f"Fulfillment order is not in a state to request cancellation "
             f"(request_status {fo.request_status.value}, status {fo.status.value}).",
             code="invalid_state",

@@ -16,13 +16,14 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Conflict, NotFound
 from cancelflow.models import CancellationPlan, CancellationRequest, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepStatus
+from cancelflow.models.transitions import is_terminal
 from cancelflow.services import steps, transitions, workflow
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
 
 log = logging.getLogger(__name__)
 
-_TERMINAL_PLAN = frozenset({PlanStatus.completed, PlanStatus.rejected})
+_TERMINAL_PLAN = frozenset(status for status in PlanStatus if is_terminal("plan", status))
 
 
 @dataclass

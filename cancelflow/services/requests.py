@@ -3,7 +3,7 @@ edit, approve by status, reject. `Idempotency-Key`s are kept by `services.idempo
 
 Every change runs under the order's row lock (the workflow's lock order: order, then request, plan,
 fulfillment orders). A change the state machine forbids, or an edit of a money-relevant field after
-approval, raises `Invalid(code="invalid_transition")` and changes nothing.
+approval, raises `InvalidTransition` (code `invalid_transition`) and changes nothing.
 """
 
 from __future__ import annotations
@@ -14,31 +14,22 @@ from typing import Any, Final, NoReturn
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from cancelflow.errors import Invalid, NotFound
+from cancelflow.errors import Invalid, InvalidTransition, NotFound
 from cancelflow.models import (
-    CancellationPlan,
     CancellationReason,
     CancellationRequest,
-    FulfillmentOrder,
     OrderItem,
     Payment,
-    WorkflowStep,
 )
 from cancelflow.models.enums import (
     CancellationType,
-    FORequestStatus,
-    FOStatus,
-    PlanStatus,
     RejectionCode,
     RequestStatus,
-    StepStatus,
 )
-from cancelflow.models.transitions import PLAN_TRANSITIONS, REQUEST_TRANSITIONS
-from cancelflow.services import fulfillment_orders as fos
+from cancelflow.models.transitions import CLIENT_REQUEST_TARGETS, require
 from cancelflow.services import iban as iban_checks
 from cancelflow.services import intake, transitions, workflow
 
-INVALID_TRANSITION: Final = "invalid_transition"
 # Fields whose change would alter what is cancelled or where the money goes: frozen once approved.
 MONEY_FIELDS: Final = (
     "order_item",
@@ -48,11 +39,10 @@ MONEY_FIELDS: Final = (
     "fully_refund_as_loyalty_money",
     "cancellation_type",
 )
-WITHDRAWN: Final = "withdrawn"
 
 
-def _refuse(message: str) -> Invalid:
-    return Invalid(message, code=INVALID_TRANSITION)
+def _refuse(message: str) -> InvalidTransition:
+    return InvalidTransition(message)
 
 
 def get_visible(session: Session, request_id: int, *, channel_id: int | None) -> CancellationRequest:
@@ -146,16 +136,14 @@ def update_request(
     target = changes.get("status")
     target_status = RequestStatus(target) if target is not None else None
     if target_status is not None and target_status != request.status:
-        allowed = REQUEST_TRANSITIONS[request.status]
-        if target_status not in allowed or target_status == RequestStatus.completed:
-            raise _refuse(
-                f"Cannot change status from {request.status.value} to {target_status.value}."
-                + ("" if target_status != RequestStatus.completed else " Requests complete with their plan.")
-            )
+        refused = f"Cannot change status from {request.status.value} to {target_status.value}."
+        require("request", request.status, target_status, message=refused)
+        if target_status not in CLIENT_REQUEST_TARGETS:
+            raise _refuse(f"{refused} Requests complete with their plan.")
     _edit(session, request, {k: v for k, v in changes.items() if k != "status"})
-    if target_status == RequestStatus.approved and request.status == RequestStatus.waiting:
+    if target_status == RequestStatus.approved and request.status != target_status:
         workflow.approve(session, request, actor=actor)
-    elif target_status == RequestStatus.rejected and request.status != RequestStatus.rejected:
+    elif target_status == RequestStatus.rejected and request.status != target_status:
         reject(session, request.id, actor=actor, channel_id=channel_id)
     session.flush()
     session.refresh(request)
@@ -274,68 +262,18 @@ def reject(
     request = get_visible(session, request_id, channel_id=channel_id)
     workflow.lock_order(session, request.order_id)
     session.refresh(request)
-    if RequestStatus.rejected not in REQUEST_TRANSITIONS[request.status]:
-        raise _refuse(f"Cannot reject a request that is {request.status.value}.")
     plan = workflow.plan_of(session, request.id)
     if plan is not None:
         session.refresh(plan, with_for_update=True)
-        if PlanStatus.rejected not in PLAN_TRANSITIONS[plan.status]:
-            raise _refuse(
-                f"Cannot reject: its plan is {plan.status.value} (the goods are stopped and the refund is "
-                "under way)."
-            )
-        _withdraw(session, plan, actor=actor)
-        transitions.move(session, plan, PlanStatus.rejected, data={"actor": actor, "message": message})
-    _cancel_open_steps(session, request.id)
-    workflow.reject_request(
-        session, request, code=RejectionCode.staff_rejected, message=message or f"rejected by {actor}"
+    workflow.reject_plan(
+        session,
+        request,
+        plan,
+        actor=actor,
+        code=RejectionCode.staff_rejected,
+        message=message or f"rejected by {actor}",
     )
     session.flush()
     return request
 
 
-def _withdraw(session: Session, plan: CancellationPlan, *, actor: str) -> None:
-    """Shopify has no call to withdraw a cancellation request: the request is closed on our side (the
-    service's later accept or reject is answered 422 and recorded), and an event says it was withdrawn."""
-    asked = session.scalars(
-        select(FulfillmentOrder)
-        .where(
-            FulfillmentOrder.cancellation_plan_id == plan.id,
-            FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
-        )
-        .order_by(FulfillmentOrder.id)
-    ).all()
-    for fo in asked:
-        merchant_request = fos.open_cancellation_request(session, fo.id)
-        if merchant_request is not None and merchant_request.response is None:
-            merchant_request.response = WITHDRAWN
-            merchant_request.response_message = f"withdrawn: request rejected by {actor}"
-        # The service keeps the work, as after its own rejection.
-        transitions.move_fulfillment_order(
-            session,
-            fo,
-            request_status=FORequestStatus.cancellation_rejected,
-            status=FOStatus.in_progress,
-            data={"withdrawn": True, "actor": actor},
-        )
-        transitions.record_event(
-            session,
-            "fulfillment_order",
-            fo.id,
-            "fulfillment_order.cancellation_withdrawn",
-            data={"plan_id": plan.id, "actor": actor},
-        )
-
-
-def _cancel_open_steps(session: Session, request_id: int) -> None:
-    # SKIP LOCKED: a step a worker is running right now finds the plan stopped and finishes as skipped.
-    open_steps = session.scalars(
-        select(WorkflowStep)
-        .where(
-            WorkflowStep.request_id == request_id,
-            WorkflowStep.status.in_((StepStatus.pending, StepStatus.dead)),
-        )
-        .with_for_update(skip_locked=True)
-    ).all()
-    for step in open_steps:
-        transitions.move(session, step, StepStatus.cancelled, data={"reason": "request rejected"})

@@ -23,6 +23,7 @@ from cancelflow.errors import AlreadyHandled, Refused
 from cancelflow.models import CancellationPlan, WorkflowStep
 from cancelflow.models.base import table_of
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
+from cancelflow.models.transitions import allows
 from cancelflow.services import transitions
 from cancelflow.services.clock import now
 from cancelflow.services.jobs import enqueue_after_commit
@@ -48,8 +49,8 @@ KINDS_FOR_TASK: Final[Mapping[str, frozenset[StepKind]]] = {
     task: frozenset(kind for kind, owner in TASK_FOR_KIND.items() if owner == task)
     for task in dict.fromkeys(TASK_FOR_KIND.values())
 }
-# The only status a step runs from; a step in any other is finished, dead or cancelled.
-RUNNABLE: Final = frozenset({StepStatus.pending})
+# The statuses a step runs from: those the step machine lets finish (`done`); any other is over, or dead.
+RUNNABLE: Final = frozenset(status for status in StepStatus if allows("step", status, StepStatus.done))
 # How far past `now + redelivery_grace` a step's next attempt may lie and it still run: every message we send
 # finds it within the grace (a new step, a sweep) or due (a retry countdown, a replay); later means a stale
 # duplicate or a forged message trying to spend the step's attempts early. Slack for clocks and delivery.
@@ -251,8 +252,8 @@ def fail_plan(session: Session, plan_id: int, reason: str) -> None:
     plan = session.scalars(
         select(CancellationPlan).where(CancellationPlan.id == plan_id).with_for_update()
     ).one_or_none()
-    if plan is None or plan.status in (PlanStatus.failed, PlanStatus.completed, PlanStatus.rejected):
-        return
+    if plan is None or not allows("plan", plan.status, PlanStatus.failed):
+        return  # already failed, or ended: the plan machine has no way to `failed` from there
     transitions.move(
         session,
         plan,

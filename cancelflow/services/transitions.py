@@ -1,4 +1,5 @@
-"""The one mutator of every status: check the machine, compare-and-set, append an event.
+"""The one mutator of every status: ask the machine (`models.transitions.require`), compare-and-set, append an
+event.
 
 `UPDATE … SET status=:to, version=version+1 WHERE id=:id AND status=:from` in the caller's transaction,
 plus an `events` row. A rowcount of 0 means another transaction moved the row first: we return False and
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -21,12 +23,11 @@ from cancelflow.models import CancellationPlan, CancellationRequest, Event, Fulf
 from cancelflow.models.base import table_of
 from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, RequestStatus, StepStatus
 from cancelflow.models.transitions import (
-    FO_REQUEST_TRANSITIONS,
-    FO_STATUS_TRANSITIONS,
-    PLAN_TRANSITIONS,
-    REQUEST_TRANSITIONS,
-    STEP_TRANSITIONS,
+    ESCALATING,
+    EscalationState,
     InvalidTransition,
+    escalation_of,
+    require,
 )
 from cancelflow.services.clock import now
 from cancelflow.services.webhooks import outbox as webhook_outbox
@@ -35,10 +36,10 @@ log = logging.getLogger(__name__)
 
 Stateful = CancellationRequest | CancellationPlan | WorkflowStep
 
-_MACHINES: dict[type[Any], tuple[str, Mapping[Any, frozenset[Any]]]] = {
-    CancellationRequest: ("request", REQUEST_TRANSITIONS),
-    CancellationPlan: ("plan", PLAN_TRANSITIONS),
-    WorkflowStep: ("step", STEP_TRANSITIONS),
+_MACHINES: dict[type[Any], str] = {
+    CancellationRequest: "request",
+    CancellationPlan: "plan",
+    WorkflowStep: "step",
 }
 
 
@@ -129,10 +130,9 @@ def move(
     **values: object,
 ) -> bool:
     """Move `obj` to status `to` (setting `values` with it) if nobody moved it first."""
-    machine, table = _MACHINES[type(obj)]
+    machine = _MACHINES[type(obj)]
     current = obj.status
-    if to not in table[current]:
-        raise InvalidTransition(machine, current, to)
+    require(machine, current, to)
     model = type(obj)
     stamp = now()
     watched = machine in webhook_outbox.MACHINES
@@ -200,10 +200,10 @@ def move_fulfillment_order(
     """Move a fulfillment order's `request_status` and/or `status` together, compare-and-set on both."""
     new_request = request_status or fo.request_status
     new_status = status or fo.status
-    if new_request != fo.request_status and new_request not in FO_REQUEST_TRANSITIONS[fo.request_status]:
-        raise InvalidTransition("fulfillment_order.request_status", fo.request_status, new_request)
-    if new_status != fo.status and new_status not in FO_STATUS_TRANSITIONS[fo.status]:
-        raise InvalidTransition("fulfillment_order.status", fo.status, new_status)
+    if new_request != fo.request_status:
+        require("fulfillment_order.request_status", fo.request_status, new_request)
+    if new_status != fo.status:
+        require("fulfillment_order.status", fo.status, new_status)
     stamp = now()
     row = (
         session.connection()
@@ -235,12 +235,66 @@ def move_fulfillment_order(
     return True
 
 
+_PLANS = table_of(CancellationPlan)
+
+
+def move_escalation(
+    session: Session,
+    plan: CancellationPlan,
+    to: EscalationState,
+    *,
+    data: Mapping[str, object] | None = None,
+    deadline_at: datetime | None = None,
+) -> bool:
+    """Escalate a waiting plan to staff, or lift its escalation (with a new `deadline_at`), if nobody moved it
+    first; the `plan.escalated` / `plan.escalation_lifted` event is written with it."""
+    current = escalation_of(plan.status, plan.escalated_at)
+    if current is None:
+        raise InvalidTransition(
+            f"plan {plan.id} is {plan.status.value}: only a plan in {ESCALATING.value} is escalated or lifted",
+            machine="escalation",
+            current=plan.status.value,
+            target=to.value,
+        )
+    require("escalation", current, to)
+    stamp = now()
+    escalated_at = stamp if to == EscalationState.escalated else None
+    values: dict[str, object] = {
+        "escalated_at": escalated_at,
+        "version": _PLANS.c.version + 1,
+        "modified_date": stamp,
+    }
+    if deadline_at is not None:
+        values["deadline_at"] = deadline_at
+    was = (
+        _PLANS.c.escalated_at.is_(None)
+        if current == EscalationState.none
+        else _PLANS.c.escalated_at.is_not(None)
+    )
+    moved = session.connection().execute(
+        update(_PLANS).where(_PLANS.c.id == plan.id, _PLANS.c.status == ESCALATING, was).values(**values)
+    )
+    if moved.rowcount == 0:
+        log.info("plan %s escalation moved by someone else; leaving %s -> %s", plan.id, current, to)
+        return False
+    set_committed_value(plan, "escalated_at", escalated_at)
+    set_committed_value(plan, "version", plan.version + 1)
+    set_committed_value(plan, "modified_date", stamp)
+    if deadline_at is not None:
+        set_committed_value(plan, "deadline_at", deadline_at)
+    kind = "plan.escalated" if to == EscalationState.escalated else "plan.escalation_lifted"
+    record_event(session, "plan", plan.id, kind, from_status=current.value, to_status=to.value, data=data)
+    return True
+
+
 __all__ = [
+    "EscalationState",
     "InvalidTransition",
     "PlanStatus",
     "RequestStatus",
     "StepStatus",
     "move",
+    "move_escalation",
     "move_fulfillment_order",
     "record_event",
 ]

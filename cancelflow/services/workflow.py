@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow import integrations
 from cancelflow.config import get_settings
-from cancelflow.errors import AlreadyHandled, Conflict, NotFound, PermanentError, Refused
+from cancelflow.errors import AlreadyHandled, NotFound, PermanentError, Refused
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
@@ -43,6 +43,7 @@ from cancelflow.models.enums import (
     StepKind,
     StepStatus,
 )
+from cancelflow.models.transitions import EscalationState, allows, escalation_of, require
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import steps, transitions
 from cancelflow.services.clock import now
@@ -162,10 +163,12 @@ def approve(
     if order is None:
         order = lock_order(session, request.order_id)
         session.refresh(request)
-    if request.status != RequestStatus.waiting:
-        raise Conflict(
-            f"request {request.id} is {request.status.value}, only a waiting request can be approved"
-        )
+    require(
+        "request",
+        request.status,
+        RequestStatus.approved,
+        message=f"request {request.id} is {request.status.value}, only a waiting request can be approved",
+    )
     if not transitions.move(session, request, RequestStatus.approved, data={"actor": actor}):
         raise AlreadyHandled(f"request {request.id} moved while approving")
     unit_price, payment_method = session.execute(_PRICE_AND_PAYMENT, {"item_id": request.order_item_id}).one()
@@ -227,6 +230,113 @@ def reject_request(
         .values(requested_quantity=OrderItem.requested_quantity - request.quantity)
     )
     return True
+
+
+# What the merchant request of a fulfillment order still asked records when its plan is rejected by staff.
+WITHDRAWN = "withdrawn"
+# The steps a rejection cancels: those the step machine lets go to `cancelled`.
+OPEN_STEP_STATUSES = sorted(status for status in StepStatus if allows("step", status, StepStatus.cancelled))
+
+
+def reject_plan(
+    session: Session,
+    request: CancellationRequest,
+    plan: CancellationPlan | None,
+    *,
+    actor: str,
+    code: RejectionCode,
+    message: str,
+    unanswered: str = WITHDRAWN,
+    data: dict[str, object] | None = None,
+) -> None:
+    """Reject a request and its plan (if it has one), whoever decided it: staff, the reply deadline, the service.
+
+    The one way to do it, under the order lock: every fulfillment order of the plan still asked is withdrawn
+    (its merchant request answered `unanswered`, the service keeps the work), the plan ends `rejected`, the
+    request's open steps are cancelled and the request ends `rejected` with its quantity given back.
+    Nothing is written when the machines refuse either move.
+    """
+    require(
+        "request",
+        request.status,
+        RequestStatus.rejected,
+        message=f"Cannot reject a request that is {request.status.value}.",
+    )
+    if plan is not None:
+        require(
+            "plan",
+            plan.status,
+            PlanStatus.rejected,
+            message=f"Cannot reject: its plan is {plan.status.value} (the goods are stopped and the refund is "
+            "under way).",
+        )
+        if plan.status == PlanStatus.failed and plan.failed_from is not None:
+            # A failed plan is rejected only if it could have been from where it stopped: not once the money
+            # was on its way.
+            require(
+                "plan",
+                PlanStatus(plan.failed_from),
+                PlanStatus.rejected,
+                message=f"Cannot reject: its plan failed in {plan.failed_from} (the goods are stopped and the "
+                "refund is under way).",
+            )
+        _withdraw(session, plan, actor=actor, unanswered=unanswered, note=message)
+        transitions.move(
+            session, plan, PlanStatus.rejected, data={"actor": actor, "message": message, **(data or {})}
+        )
+    _cancel_open_steps(session, request.id)
+    reject_request(session, request, code=code, message=message)
+
+
+_ASKED = (
+    select(FulfillmentOrder)
+    .where(
+        FulfillmentOrder.cancellation_plan_id == bindparam("plan_id"),
+        FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
+    )
+    .order_by(FulfillmentOrder.id)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+
+
+def _withdraw(session: Session, plan: CancellationPlan, *, actor: str, unanswered: str, note: str) -> None:
+    """Shopify has no call to withdraw a cancellation request: the request is closed on our side (the
+    service's later accept or reject is answered 422 and recorded), and an event says it was withdrawn."""
+    for fo in session.scalars(_ASKED, {"plan_id": plan.id}).all():
+        merchant_request = fos.open_cancellation_request(session, fo.id)
+        if merchant_request is not None and merchant_request.response is None:
+            merchant_request.response = unanswered
+            merchant_request.response_message = note
+        # The service keeps the work, as after its own rejection.
+        transitions.move_fulfillment_order(
+            session,
+            fo,
+            request_status=FORequestStatus.cancellation_rejected,
+            status=FOStatus.in_progress,
+            data={"withdrawn": True, "actor": actor, "reason": note},
+        )
+        transitions.record_event(
+            session,
+            "fulfillment_order",
+            fo.id,
+            "fulfillment_order.cancellation_withdrawn",
+            data={"plan_id": plan.id, "actor": actor, "response": unanswered},
+        )
+
+
+def _cancel_open_steps(session: Session, request_id: int) -> None:
+    # SKIP LOCKED: a step a worker is running right now finds the plan stopped and finishes as skipped.
+    open_steps = session.scalars(
+        select(WorkflowStep)
+        .where(
+            WorkflowStep.request_id == request_id,
+            WorkflowStep.status.in_(OPEN_STEP_STATUSES),
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    for step in open_steps:
+        transitions.move(session, step, StepStatus.cancelled, data={"reason": "request rejected"})
 
 
 # --- route ------------------------------------------------------------------------------------------
@@ -386,7 +496,7 @@ def answer_cancellation(
     fo = fos.get_for_service(session, fo_id, service_id, lock=True)
     accepted = decision == "accept"
     done_state = FORequestStatus.cancellation_accepted if accepted else FORequestStatus.cancellation_rejected
-    if fo.request_status != FORequestStatus.cancellation_requested:
+    if not allows("fulfillment_order.request_status", fo.request_status, done_state):
         last = fos.open_cancellation_request(session, fo.id)
         # A request closed at the reply deadline (or by staff) was never answered (no responded_at): a
         # reply to it now is late, not a duplicate, even when it says what the deadline action did.
@@ -431,7 +541,10 @@ def answer_cancellation(
     )
     if fo.cancellation_plan_id is not None:
         plan = fresh(session, CancellationPlan, fo.cancellation_plan_id)
-        if plan.status == PlanStatus.confirmation_waiting and plan.escalated_at is not None:
+        if (
+            plan.escalated_at is not None
+            and escalation_of(plan.status, plan.escalated_at) == EscalationState.escalated
+        ):
             # Escalated at the deadline but not yet decided by staff: the answer still counts (it is
             # applied below), and staff see that it came late.
             transitions.record_event(
@@ -464,15 +577,14 @@ def answer_cancellation(
         elif accepted:
             _confirm_if_all_accepted(session, plan)
         else:
-            request = session.get_one(CancellationRequest, plan.request_id)
-            transitions.move(
-                session, plan, PlanStatus.rejected, data={"fulfillment_order_id": fo.id, "message": message}
-            )
-            reject_request(
+            reject_plan(
                 session,
-                request,
+                session.get_one(CancellationRequest, plan.request_id),
+                plan,
+                actor="fulfillment service",
                 code=RejectionCode.fulfillment_rejected,
                 message=message or "rejected by the fulfillment service",
+                data={"fulfillment_order_id": fo.id},
             )
     return ReplyOutcome(fo, applied=True)
 

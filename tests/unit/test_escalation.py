@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from cancelflow.errors import Conflict, Invalid, NotFound
+from cancelflow.errors import Invalid, InvalidTransition, NotFound
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
@@ -369,8 +369,9 @@ class TestResolve:
         self, session: Session, clock: time_machine.Coordinates
     ) -> None:
         w = waiting_plan(session)
-        with pytest.raises(Conflict):
+        with pytest.raises(InvalidTransition) as refused:
             escalation.resolve(session, w.plan.request_id, action="reject", actor="alice")
+        assert refused.value.code == "not_escalated"
         assert session.get_one(CancellationPlan, w.plan.id).status == PlanStatus.confirmation_waiting
 
     def test_unknown_action_is_invalid(self, session: Session, clock: time_machine.Coordinates) -> None:

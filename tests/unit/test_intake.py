@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from cancelflow.errors import Conflict, Invalid
+from cancelflow.errors import Invalid, InvalidTransition
 from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
 from cancelflow.services import intake, workflow
 from cancelflow.services import requests as requests_service
@@ -136,11 +136,11 @@ class TestApproval:
         )
         assert session.query(WorkflowStep).filter_by(plan_id=plan.id, kind="route").count() == 1
 
-    def test_approving_twice_is_a_conflict(self, session: Session) -> None:
+    def test_approving_twice_is_an_invalid_transition(self, session: Session) -> None:
         order = new_order(session=session)
         request = intake.submit(session, _msg(order)).request
         workflow.approve(session, request, actor="a")
-        with pytest.raises(Conflict):
+        with pytest.raises(InvalidTransition):
             workflow.approve(session, request, actor="b")
         assert session.query(CancellationPlan).filter_by(request_id=request.id).count() == 1
 
