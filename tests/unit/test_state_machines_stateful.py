@@ -70,6 +70,18 @@ STAFF_REJECTABLE_PLAN = {"waiting", "confirmation_waiting"}
 FAILABLE_PLAN = {"waiting", "confirmation_waiting", "waiting_for_payment"}
 
 
+# The service call each step's task makes (what a worker runs once it has claimed the step).
+STEP_SERVICES = {
+    StepKind.validate: workflow.validate_step,
+    StepKind.route: workflow.route_step,
+    StepKind.notify: workflow.notify_step,
+    StepKind.refund: workflow.money_step,
+    StepKind.bank_transfer: workflow.money_step,
+    StepKind.loyalty_credit: workflow.money_step,
+    StepKind.close: workflow.close_step,
+}
+
+
 @dataclass
 class Model:
     """What the rows must say: the request, its plan, the asked fulfillment order, its escalation, its steps."""
@@ -366,7 +378,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
         kind, m = step.kind, self.m
         event(f"deliver {kind.value} (plan {m.plan})")
         claimed = steps.claim(self.session, step.id, task=steps.TASK_FOR_KIND[kind])
-        workflow.STEP_HANDLERS[kind](self.session, claimed)
+        STEP_SERVICES[kind](self.session, claimed)
         m.steps[step.id] = "done"
         if kind == StepKind.validate:
             if self.auto_approve and m.request == "waiting":

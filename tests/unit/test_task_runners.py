@@ -51,7 +51,7 @@ class TestClassifyStepError:
             (Invalid("bad reply"), StepFailure.permanent),
             (NotFound("plan gone"), StepFailure.permanent),
             (
-                InvalidTransition("plan", StepStatus.done, StepStatus.pending),
+                InvalidTransition("plan: done -> pending is not allowed", machine="plan"),
                 StepFailure.permanent,
             ),
             (KeyError("a bug"), StepFailure.unexpected),
