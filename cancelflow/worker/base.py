@@ -22,11 +22,12 @@ log = structlog.get_logger(__name__)
 
 StepHandler = Callable[[Session, WorkflowStep], None]
 
-# While the database is away a step's message is re-sent after 0.5, 1, 2, 2, … seconds, up to this many
+# While the database is away a step's message is re-sent after 0.5, 1, 1, … seconds, up to this many
 # times (about five minutes); after that the sweeper re-sends the step once the redelivery grace is over.
+# A step waits at most a second past the database's return.
 DB_AWAY_FIRST_DELAY = 0.5
-DB_AWAY_MAX_DELAY = 2.0
-DB_AWAY_MAX_RETRIES = 150
+DB_AWAY_MAX_DELAY = 1.0
+DB_AWAY_MAX_RETRIES = 300
 
 
 class DbTask(Task):  # type: ignore[type-arg]
