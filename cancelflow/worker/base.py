@@ -42,11 +42,12 @@ JobBody = Callable[[uuid.UUID], str]
 # Marks the job failed with a reason, in the given transaction (a job that ends must not stay `running`).
 JobFail = Callable[[Session, uuid.UUID, str], None]
 
-# While the database is away a step's message is re-sent after 0.5, 1, 2, 2, … seconds, up to this many
+# While the database is away a step's message is re-sent after 0.5, 1, 1, … seconds, up to this many
 # times (about five minutes); after that the sweeper re-sends the step once the redelivery grace is over.
+# A step waits at most a second past the database's return.
 DB_AWAY_FIRST_DELAY = 0.5
-DB_AWAY_MAX_DELAY = 2.0
-DB_AWAY_MAX_RETRIES = 150
+DB_AWAY_MAX_DELAY = 1.0
+DB_AWAY_MAX_RETRIES = 300
 # A message whose work could not start is sent again after 1, 2, 4, … seconds, at most this long.
 RETRY_MAX_DELAY = 60
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.conftest import RedisServer
-from tests.chaos.test_chaos_database import PRODUCTION_TIMERS, _run_phase
+from tests.chaos.test_chaos_database import PRODUCTION_TIMERS, _run_phase, baseline_p95
 from tests.harness import Stack
 
 pytestmark = pytest.mark.worker
@@ -29,6 +29,7 @@ def test_redis_restart_under_http_load(
         fault=chaos_redis.stop,
         recover=chaos_redis.start,
         messages=False,  # a storefront cannot publish while its broker is down
+        baseline=baseline_p95(chaos_stack, messages=False),
         # No process may exit on the lost connection: the worker's consumer and beat reconnect by themselves.
         capsys=capsys,
     )

@@ -197,12 +197,16 @@ def _run_phase(
     name: str,
     stack: Stack,
     *,
-    fault: Callable[[], None],
-    recover: Callable[[], None],
+    fault: Callable[[], None] | None,
+    recover: Callable[[], None] | None,
     messages: bool = True,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """One fault under load; every process of the stack must live through it (none is restarted)."""
+    baseline: float | None = None,
+    capsys: pytest.CaptureFixture[str] | None,
+) -> float:
+    """One fault under load; every process of the stack must live through it (none is restarted).
+
+    With no fault, the same load alone: its p95 is the `baseline` a fault's summary is set against.
+    Returns the phase's p95 request latency."""
     service = make_service(stack, policy="accept")
     orders = [make_order(service, quantity=1, unit_price="12.34")["items"][0]["id"] for _ in range(ORDERS)]
     token_id, key = _staff_token()
@@ -222,9 +226,11 @@ def _run_phase(
     try:
         time.sleep(LOAD_SECONDS / 3)
         faulted = time.monotonic()
-        fault()
+        if fault is not None:
+            fault()
         time.sleep(OUTAGE_SECONDS)
-        recover()
+        if recover is not None:
+            recover()
         back = time.monotonic()
         with load.lock:
             in_flight = [cid for cid, at in load.accepted_at.items() if at < back]
@@ -270,11 +276,13 @@ def _run_phase(
     requests = {request.id: request.status.value for request, _ in rows.values()}
     plans = {plan.id: plan.status.value for _, plan in rows.values() if plan is not None}
 
+    p95 = _p95(load.latencies)
+    against = f" (without the fault {baseline:.2f}s)" if baseline is not None else ""
     summary = (
         f"chaos {name}: accepted {len(accepted)} ({len(load.http_cids)} HTTP, {len(load.message_cids)} "
         f"messages), completed {_completed(accepted)}, lost {len(lost)}, duplicate money movements "
         f"{duplicates}, 5xx answers {fives}, 503 answers {load.statuses[503]}, error window {window:.1f}s, "
-        f"p95 request latency {_p95(load.latencies):.2f}s, {len(in_flight)} in flight at recovery "
+        f"p95 request latency {p95:.2f}s{against}, {len(in_flight)} in flight at recovery "
         f"finished {caught_up:.1f}s after it, all settled {settled:.1f}s after it, "
         f"processes exited {[name for name, process in stack.procs.items() if not process.alive()]}"
     )
@@ -282,8 +290,9 @@ def _run_phase(
 
     with (OUTPUT_DIR / "chaos-faults.txt").open("a") as out:
         out.write(summary + "\n")
-    with capsys.disabled():
-        print(f"\n{summary}")
+    if capsys is not None:
+        with capsys.disabled():
+            print(f"\n{summary}")
     assert load.failures == [], load.failures[:10]
     # The load went on through the fault: the API answered while the server was away.
     assert any(faulted <= at <= back for at in load.answered_at), "no request met the fault"
@@ -296,6 +305,17 @@ def _run_phase(
     assert _last_status_events("request", list(requests)) == requests
     assert _last_status_events("plan", list(plans)) == plans
     assert all(process.alive() for process in stack.procs.values()), "a process died; none may restart"
+    return p95
+
+
+def baseline_p95(stack: Stack, *, messages: bool = True) -> float:
+    """The p95 request latency of the phases' load on `stack` with no fault."""
+    return _run_phase("without a fault", stack, fault=None, recover=None, messages=messages, capsys=None)
+
+
+@pytest.fixture(scope="module")
+def db_baseline(db_stack: Stack) -> float:
+    return baseline_p95(db_stack)
 
 
 def _per_plan_counts(plan_ids: list[int]) -> dict[int, int]:
@@ -336,24 +356,26 @@ def _pg_up(services: EmbeddedServices) -> bool:
 
 
 def test_postgres_fast_restart(
-    db_stack: Stack, chaos_pg: EmbeddedServices, capsys: pytest.CaptureFixture[str]
+    db_stack: Stack, chaos_pg: EmbeddedServices, db_baseline: float, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _run_phase(
         "PostgreSQL restart (fast shutdown)",
         db_stack,
         fault=lambda: _pg_ctl_stop_fast(chaos_pg),
         recover=lambda: _revive_postgres(chaos_pg),
+        baseline=db_baseline,
         capsys=capsys,
     )
 
 
 def test_postgres_sigkill(
-    db_stack: Stack, chaos_pg: EmbeddedServices, capsys: pytest.CaptureFixture[str]
+    db_stack: Stack, chaos_pg: EmbeddedServices, db_baseline: float, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _run_phase(
         "PostgreSQL SIGKILL + restart",
         db_stack,
         fault=lambda: _kill_postmaster(chaos_pg),
         recover=lambda: _revive_postgres(chaos_pg),
+        baseline=db_baseline,
         capsys=capsys,
     )
