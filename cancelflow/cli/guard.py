@@ -6,12 +6,22 @@ does not answer, a database without the schema: each is something the user fixes
 
 from __future__ import annotations
 
-from typing import Any, Final
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from sqlalchemy.orm import Session
+
+    from cancelflow.errors import CancelflowError
 
 CONFIG_EXIT: Final = 2
 
@@ -55,6 +65,47 @@ def print_error(message: str) -> None:
     Console(stderr=True).print(
         Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True
     )
+
+
+def wide_console() -> Console:
+    """Stdout for tables: piped output (files, CI logs) gets wide ones, so ids and URLs are not cut at 80."""
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """End the command: `error: <message>` on stderr, exit `code`."""
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def transaction() -> AbstractContextManager[Session]:
+    """One committed unit of work (`cancelflow.db.transaction`, imported when a command needs it)."""
+    from cancelflow.db import transaction as unit_of_work
+
+    return unit_of_work()
+
+
+@contextmanager
+def failing_on(*errors: type[CancelflowError]) -> Iterator[None]:
+    """One of `errors` from the block ends the command with its message, exit code 1."""
+    try:
+        yield
+    except errors as exc:
+        fail(exc.message)
+
+
+@contextmanager
+def refusing_invalid() -> Iterator[None]:
+    """An `Invalid` from the block: its field errors, one line each, then the message, exit code 1."""
+    from cancelflow.errors import Invalid
+
+    try:
+        yield
+    except Invalid as exc:
+        err = Console(stderr=True)
+        for field, messages in exc.field_errors.items():
+            err.print(f"  {field}: {'; '.join(messages)}", highlight=False, markup=False)
+        fail(exc.message)
 
 
 class GuardedGroup(TyperGroup):

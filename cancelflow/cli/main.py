@@ -6,22 +6,20 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from cancelflow.cli import broker as cli_broker
 from cancelflow.cli import exports as cli_exports
 from cancelflow.cli import ops
 from cancelflow.cli import tags as cli_tags
 from cancelflow.cli import users as cli_users
-from cancelflow.cli.guard import GuardedGroup, print_error
+from cancelflow.cli.guard import GuardedGroup, fail, failing_on, refusing_invalid, transaction, wide_console
 from cancelflow.cli.textcheck import TextCheckedGroup
 from cancelflow.cli.webhooks import webhooks_app
 
@@ -47,20 +45,8 @@ app.command("export")(cli_exports.export)
 app.add_typer(cli_users.app, name="users")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(cli_broker.app, name="broker")
-# Piped output (files, CI logs) gets wide tables rather than columns cut at 80 characters.
-console = Console(width=None if sys.stdout.isatty() else 200)
+console = wide_console()
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    print_error(message)
-    raise typer.Exit(code)
-
-
-def _transaction() -> AbstractContextManager[Session]:
-    from cancelflow.db import transaction
-
-    return transaction()
 
 
 @app.command()
@@ -99,25 +85,12 @@ def import_file(
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        _fail(f"{path} is not UTF-8 text: {exc}")
+        fail(f"{path} is not UTF-8 text: {exc}")
     except json.JSONDecodeError as exc:
-        _fail(f"{path} is not valid JSON: {exc}")
-    with _refusing_invalid(), _transaction() as session:
+        fail(f"{path} is not valid JSON: {exc}")
+    with refusing_invalid(), transaction() as session:
         counts = import_payload(session, payload, replace_services=replace_services)
     _print_counts(counts)
-
-
-@contextmanager
-def _refusing_invalid() -> Iterator[None]:
-    """An `Invalid` from the block: its field errors, then the message, exit code 1."""
-    from cancelflow.errors import Invalid
-
-    try:
-        yield
-    except Invalid as exc:
-        for field, messages in exc.field_errors.items():
-            err.print(f"  {field}: {'; '.join(messages)}", highlight=False, markup=False)
-        _fail(exc.message)
 
 
 @app.command()
@@ -159,14 +132,14 @@ def demo(
     try:
         destination(base)
     except ValueError as exc:
-        _fail(f"--callback-base: {exc}")
+        fail(f"--callback-base: {exc}")
     known = _run_credentials(settings.data_dir / CREDENTIALS_FILE).get("services", {})
 
     def secret(handle: str) -> str | None:
         value = known.get(handle, {}).get("secret") if isinstance(known, dict) else None
         return value if isinstance(value, str) and value else None
 
-    with _refusing_invalid(), _transaction() as session:
+    with refusing_invalid(), transaction() as session:
         services = demo_services(
             session,
             SANDBOX_SERVICES,
@@ -249,20 +222,20 @@ def submit(
         return
     outcome = _wait_for_outcome(client_request_id, since, wait)
     if outcome is None:
-        _fail("not stored yet: is a worker running? (the message stays queued)", code=2)
+        fail("not stored yet: is a worker running? (the message stays queued)", code=2)
     elif isinstance(outcome, int):
         show(outcome)
     else:
         for field, messages in outcome.errors.items():
             err.print(f"  {field}: {'; '.join(messages)}", highlight=False, markup=False)
-        _fail(f"the worker refused the message ({outcome.code}): {outcome.message}")
+        fail(f"the worker refused the message ({outcome.code}): {outcome.message}")
 
 
 def _database_now() -> datetime | None:
     """The database's clock: a refusal recorded from then on answers this message, not an older one."""
     from sqlalchemy import func, select
 
-    with _transaction() as session:
+    with transaction() as session:
         return session.scalar(select(func.now()))
 
 
@@ -278,7 +251,7 @@ def _wait_for_outcome(
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        with _transaction() as session:
+        with transaction() as session:
             found = session.scalars(
                 select(CancellationRequest.id).where(
                     CancellationRequest.client_request_id == client_request_id
@@ -299,12 +272,9 @@ def approve(request_id: int, actor: Annotated[str, typer.Option(help="Who approv
     from cancelflow.errors import CancelflowError
     from cancelflow.services import workflow
 
-    try:
-        with _transaction() as session:
-            plan = workflow.approve(session, workflow.get_request(session, request_id), actor=actor)
-            plan_id = plan.id
-    except CancelflowError as exc:
-        _fail(exc.message)
+    with failing_on(CancelflowError), transaction() as session:
+        plan = workflow.approve(session, workflow.get_request(session, request_id), actor=actor)
+        plan_id = plan.id
     console.print(f"request {request_id} approved; plan {plan_id} is routing")
 
 
@@ -314,13 +284,13 @@ def show(request_id: int) -> None:
     from cancelflow.services import request_view
     from cancelflow.services.iban import mask
 
-    with _transaction() as session:
+    with transaction() as session:
         # One snapshot for the whole picture: a request moving on meanwhile must not show its old status
         # above the events of its new one.
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         picture = request_view.picture(session, request_id)
         if picture is None:
-            _fail(f"no cancellation request {request_id}")
+            fail(f"no cancellation request {request_id}")
         assert picture is not None
         request, plan = picture.detail.request, picture.detail.plan
         console.print(
@@ -371,7 +341,7 @@ def sweep() -> None:
     """Re-send due steps once, now (what beat does on its schedule)."""
     from cancelflow.services import steps
 
-    with _transaction() as session:
+    with transaction() as session:
         count = steps.sweep_due(session)
     console.print(f"re-sent {count} due steps")
 
@@ -391,7 +361,7 @@ def tokens_create(
     from cancelflow.services.tokens import create_token
 
     try:
-        with _transaction() as session:
+        with transaction() as session:
             _, key = create_token(
                 session,
                 name=name,
@@ -401,7 +371,7 @@ def tokens_create(
                 permissions=permission or [],
             )
     except (CancelflowError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(key)
 
 
@@ -413,7 +383,7 @@ def tokens_list() -> None:
     from cancelflow.models import ApiToken
 
     table = Table("name", "kind", "prefix", "service", "channel", "permissions", "revoked")
-    with _transaction() as session:
+    with transaction() as session:
         for t in session.scalars(select(ApiToken).order_by(ApiToken.id)):
             table.add_row(
                 t.name,
@@ -432,9 +402,9 @@ def tokens_revoke(name: str) -> None:
     """Revoke a token by name."""
     from cancelflow.services.tokens import revoke
 
-    with _transaction() as session:
+    with transaction() as session:
         if not revoke(session, name):
-            _fail(f"no active token named {name!r}")
+            fail(f"no active token named {name!r}")
     console.print(f"revoked {name}")
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import re
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from cancelflow.cli.guard import print_error
+from cancelflow.cli.guard import fail, transaction
 
 console = Console()
 err = Console(stderr=True)
@@ -36,17 +34,6 @@ def parse_duration(value: str) -> int:
     if seconds < 1:
         raise typer.BadParameter(f"{value!r} is shorter than a second")
     return seconds
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    print_error(message)
-    raise typer.Exit(code)
-
-
-def _transaction() -> AbstractContextManager[Session]:
-    from cancelflow.db import transaction
-
-    return transaction()
 
 
 def _age(since: datetime | None, now: datetime) -> str:
@@ -79,7 +66,7 @@ def escalations_list(ctx: typer.Context) -> None:
     from cancelflow.services.clock import now
 
     stamp = now()
-    with _transaction() as session:
+    with transaction() as session:
         rows = escalation.escalations(session)
     if not rows:
         console.print("no escalated requests")
@@ -117,13 +104,13 @@ def escalations_resolve(
     from cancelflow.services import escalation
 
     if action not in escalation.RESOLUTIONS:
-        _fail(f"--action must be one of {', '.join(escalation.RESOLUTIONS)}", code=2)
+        fail(f"--action must be one of {', '.join(escalation.RESOLUTIONS)}", code=2)
     try:
-        with _transaction() as session:
+        with transaction() as session:
             plan = escalation.resolve(session, request_id, action=action, actor=actor)
             status, deadline = plan.status.value, plan.deadline_at
     except CancelflowError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     suffix = f"; new deadline {str(deadline)[:19]}" if action == "wait" else ""
     console.print(f"request {request_id}: {action}; plan is {status}{suffix}")
 
@@ -146,7 +133,7 @@ def services_set_policy(
     from cancelflow.services import escalation
 
     try:
-        with _transaction() as session:
+        with transaction() as session:
             service = escalation.set_reply_policy(
                 session,
                 handle,
@@ -165,9 +152,9 @@ def services_set_policy(
     except Invalid as exc:
         for name, messages in exc.field_errors.items():
             err.print(f"  {name}: {'; '.join(messages)}")
-        _fail(exc.message)
+        fail(exc.message)
     except CancelflowError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     console.print(shown)
 
 
@@ -179,7 +166,7 @@ def dead(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 200) -> None:
     from cancelflow.services import replay
 
     table = Table("step", "plan", "request", "kind", "attempts", "died", "last error")
-    with _transaction() as session:
+    with transaction() as session:
         rows = replay.dead_steps(session, limit=limit)
         for step in rows:
             table.add_row(
@@ -208,9 +195,9 @@ def replay(
     from cancelflow.services import replay as replays
 
     if sum((step_id is not None, plan is not None, all_dead)) != 1:
-        _fail("give exactly one of STEP_ID, --plan ID or --all-dead", code=2)
+        fail("give exactly one of STEP_ID, --plan ID or --all-dead", code=2)
     try:
-        with _transaction() as session:
+        with transaction() as session:
             if step_id is not None:
                 result = replays.replay_step(session, step_id, actor=actor)
             elif plan is not None:
@@ -218,7 +205,7 @@ def replay(
             else:
                 result = replays.replay_all_dead(session, actor=actor)
     except CancelflowError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     console.print(
         f"replayed {len(result.steps)} steps {result.steps}; resumed {len(result.plans)} plans {result.plans}"
     )

@@ -14,13 +14,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Annotated, NoReturn
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cancelflow.cli.guard import print_error
+from cancelflow.cli.guard import fail
 
 console = Console()
 err = Console(stderr=True)
@@ -32,11 +33,6 @@ FilterOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    print_error(message)
-    raise typer.Exit(code)
-
-
 def parse_filters(values: list[str] | None) -> dict[str, str]:
     """`["status=approved", "email=x@y"]` -> a validated filter mapping (Invalid -> exit 2)."""
     from cancelflow.errors import Invalid
@@ -46,14 +42,14 @@ def parse_filters(values: list[str] | None) -> dict[str, str]:
     for value in values or []:
         name, sep, raw = value.partition("=")
         if not sep or not name.strip():
-            _fail(f"--filter {value!r} is not NAME=VALUE", 2)
+            fail(f"--filter {value!r} is not NAME=VALUE", 2)
         pairs.append((name.strip(), raw))
     try:
         return RequestFilters.parse(pairs).as_params()
     except Invalid as exc:
         for field, messages in exc.field_errors.items():
             err.print(f"  {field}: {'; '.join(messages)}")
-        _fail("invalid filter", 2)
+        fail("invalid filter", 2)
 
 
 def follow(job_id: uuid.UUID, *, interval: float = 0.5) -> str:
@@ -80,7 +76,7 @@ def follow(job_id: uuid.UUID, *, interval: float = 0.5) -> str:
                 break
             time.sleep(interval)
     if status == JobStatus.failed:
-        _fail(f"job {job_id} failed: {error}")
+        fail(f"job {job_id} failed: {error}")
     return status.value
 
 
@@ -117,7 +113,7 @@ def _bulk(
 
     bad = [k for k in keys if not 1 <= len(k) <= TAG_KEY_MAX_LENGTH]
     if bad:
-        _fail(f"tag keys must be 1..{TAG_KEY_MAX_LENGTH} characters: {bad[0]!r}", 2)
+        fail(f"tag keys must be 1..{TAG_KEY_MAX_LENGTH} characters: {bad[0]!r}", 2)
     from cancelflow.errors import Invalid
 
     selection = parse_filters(filters)
@@ -128,7 +124,7 @@ def _bulk(
     except Invalid as exc:  # a limit (keys, tags per request, rows): nothing was stored
         for field, messages in exc.field_errors.items():
             err.print(f"  {field}: {'; '.join(messages)}")
-        _fail(f"{exc.message} ({exc.code})")
+        fail(f"{exc.message} ({exc.code})")
     console.print(f"job {job_id}: {op} {', '.join(keys)} on {total} requests")
     _start(job_id, inline=inline, chunk_size=chunk_size)
     if wait or inline:
@@ -141,28 +137,29 @@ Chunk = Annotated[int, typer.Option(min=1, max=100_000, help="Requests per commi
 Keys = Annotated[list[str], typer.Argument(help="Tag keys.")]
 
 
-@tags_app.command("bulk-add")
-def bulk_add(
-    keys: Keys,
-    filters: FilterOption = None,
-    inline: Inline = False,
-    wait: Wait = True,
-    chunk_size: Chunk = 5000,
-) -> None:
-    """Add tag keys to every request the filters select (no filter: every request)."""
-    _bulk("add", keys, filters, inline=inline, chunk_size=chunk_size, wait=wait)
+def _bulk_command(op: str, help_text: str) -> Callable[..., None]:
+    """The `bulk-<op>` command: `_bulk` with the options both bulk commands take."""
+
+    def command(
+        keys: Keys,
+        filters: FilterOption = None,
+        inline: Inline = False,
+        wait: Wait = True,
+        chunk_size: Chunk = 5000,
+    ) -> None:
+        _bulk(op, keys, filters, inline=inline, chunk_size=chunk_size, wait=wait)
+
+    command.__name__ = f"bulk_{op}"
+    command.__doc__ = help_text
+    return command
 
 
-@tags_app.command("bulk-remove")
-def bulk_remove(
-    keys: Keys,
-    filters: FilterOption = None,
-    inline: Inline = False,
-    wait: Wait = True,
-    chunk_size: Chunk = 5000,
-) -> None:
-    """Remove tag keys from every request the filters select."""
-    _bulk("remove", keys, filters, inline=inline, chunk_size=chunk_size, wait=wait)
+bulk_add = tags_app.command("bulk-add")(
+    _bulk_command("add", "Add tag keys to every request the filters select (no filter: every request).")
+)
+bulk_remove = tags_app.command("bulk-remove")(
+    _bulk_command("remove", "Remove tag keys from every request the filters select.")
+)
 
 
 @tags_app.command("resume")
@@ -176,6 +173,6 @@ def resume(job_id: uuid.UUID, inline: Inline = False, chunk_size: Chunk = 5000) 
         with transaction() as session:
             bulk.get_job(session, job_id)  # before any thread or message: a clear error if it is not there
     except NotFound as exc:
-        _fail(exc.message)
+        fail(exc.message)
     _start(job_id, inline=inline, chunk_size=chunk_size)
     follow(job_id)

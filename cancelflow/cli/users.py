@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cancelflow.cli.guard import print_error
+from cancelflow.cli.guard import fail, failing_on, transaction
 
 app = typer.Typer(help="Users who log in to the API (POST /api/v1/auth/login/).", no_args_is_help=True)
 console = Console()
@@ -23,9 +25,17 @@ def _password(given: str | None) -> str:
     return checked_prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
-def _fail(message: str) -> None:
-    print_error(message)
-    raise typer.Exit(1)
+@contextmanager
+def _failing_on_any() -> Iterator[None]:
+    """A `CancelflowError` from the block ends the command: its field messages on one line (its message when
+    it has none), exit code 1."""
+    from cancelflow.errors import CancelflowError
+
+    try:
+        yield
+    except CancelflowError as exc:
+        messages = [m for ms in getattr(exc, "field_errors", {}).values() for m in ms]
+        fail("; ".join(messages) or exc.message)
 
 
 @app.command("create")
@@ -47,25 +57,19 @@ def create(
     email: Annotated[str, typer.Option(help="The user's email.")] = "",
 ) -> None:
     """Create a user."""
-    from cancelflow.db import transaction
-    from cancelflow.errors import CancelflowError
     from cancelflow.services import users
 
     secret = _password(password)
-    try:
-        with transaction() as session:
-            user = users.create_user(
-                session,
-                username=username,
-                password=secret,
-                is_staff=staff,
-                permissions=permission or [],
-                email=email,
-            )
-            user_id = user.id
-    except CancelflowError as exc:
-        messages = [m for ms in getattr(exc, "field_errors", {}).values() for m in ms]
-        _fail("; ".join(messages) or exc.message)
+    with _failing_on_any(), transaction() as session:
+        user = users.create_user(
+            session,
+            username=username,
+            password=secret,
+            is_staff=staff,
+            permissions=permission or [],
+            email=email,
+        )
+        user_id = user.id
     console.print(f"created user {username} (id {user_id})")
 
 
@@ -77,17 +81,11 @@ def set_password(
     ] = None,
 ) -> None:
     """Change a user's password; the user's existing tokens are revoked."""
-    from cancelflow.db import transaction
-    from cancelflow.errors import CancelflowError
     from cancelflow.services import users
 
     secret = _password(password)
-    try:
-        with transaction() as session:
-            users.set_password(session, username, secret)
-    except CancelflowError as exc:
-        messages = [m for ms in getattr(exc, "field_errors", {}).values() for m in ms]
-        _fail("; ".join(messages) or exc.message)
+    with _failing_on_any(), transaction() as session:
+        users.set_password(session, username, secret)
     console.print(f"password of {username} changed; its tokens are revoked")
 
 
@@ -99,30 +97,22 @@ def set_permissions(
     ] = None,
 ) -> None:
     """Replace a user's permissions (its tokens follow)."""
-    from cancelflow.db import transaction
     from cancelflow.errors import CancelflowError
     from cancelflow.services import users
 
-    try:
-        with transaction() as session:
-            users.set_permissions(session, username, permission or [])
-    except CancelflowError as exc:
-        _fail(exc.message)
+    with failing_on(CancelflowError), transaction() as session:
+        users.set_permissions(session, username, permission or [])
     console.print(f"permissions of {username}: {', '.join(sorted(set(permission or []))) or '(none)'}")
 
 
 @app.command("deactivate")
 def deactivate(username: str) -> None:
     """Deactivate a user: it can no longer log in, and its tokens are revoked now."""
-    from cancelflow.db import transaction
     from cancelflow.errors import CancelflowError
     from cancelflow.services import users
 
-    try:
-        with transaction() as session:
-            users.deactivate(session, username)
-    except CancelflowError as exc:
-        _fail(exc.message)
+    with failing_on(CancelflowError), transaction() as session:
+        users.deactivate(session, username)
     console.print(f"user {username} deactivated; its tokens are revoked")
 
 
@@ -131,7 +121,6 @@ def list_users() -> None:
     """List users (never their passwords)."""
     from sqlalchemy import select
 
-    from cancelflow.db import transaction
     from cancelflow.models import User
 
     table = Table("id", "username", "staff", "active", "permissions", "last login")

@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-from contextlib import AbstractContextManager
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from cancelflow.cli.guard import print_error
+from cancelflow.cli.guard import fail, failing_on, refusing_invalid, transaction, wide_console
 
 webhooks_app = typer.Typer(
     help="Outbound webhooks to storefronts: subscriptions, deliveries, attempts.", no_args_is_help=True
 )
 # Piped output (files, CI logs) gets wide tables, as in cli.main: event ids are not cut.
-console = Console(width=None if sys.stdout.isatty() else 200)
+console = wide_console()
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    print_error(message)
-    raise typer.Exit(code)
-
-
-def _transaction() -> AbstractContextManager[Session]:
-    from cancelflow.db import transaction
-
-    return transaction()
 
 
 @webhooks_app.command("add")
@@ -41,19 +27,13 @@ def add(
     channel: Annotated[int | None, typer.Option(help="Only requests of this channel.")] = None,
 ) -> None:
     """Subscribe URL to events; prints the subscription id and its signing secret (shown once)."""
-    from cancelflow.errors import Invalid
     from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
-    try:
-        with _transaction() as session:
-            subscription = webhook_subscriptions.create_subscription(
-                session, url=url, events=events.split(","), channel_id=channel
-            )
-            subscription_id, secret = subscription.id, subscription.secret
-    except Invalid as exc:
-        for field, messages in exc.field_errors.items():
-            err.print(f"  {field}: {'; '.join(messages)}")
-        _fail(exc.message)
+    with refusing_invalid(), transaction() as session:
+        subscription = webhook_subscriptions.create_subscription(
+            session, url=url, events=events.split(","), channel_id=channel
+        )
+        subscription_id, secret = subscription.id, subscription.secret
     console.print(f"subscription {subscription_id}")
     console.print(f"secret {secret}")
 
@@ -65,7 +45,7 @@ def list_() -> None:
 
     table = Table("id", "url", "events", "channel", "status", "failures", "created")
     paused: list[str] = []
-    with _transaction() as session:
+    with transaction() as session:
         for s in webhook_subscriptions.list_subscriptions(session):
             status = "active" if s.paused_at is None else f"paused since {str(s.paused_at)[:19]}"
             table.add_row(
@@ -91,13 +71,10 @@ def resume(subscription_id: int) -> None:
     from cancelflow.models import WebhookSubscription
     from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
-    try:
-        with _transaction() as session:
-            existing = session.get(WebhookSubscription, subscription_id)
-            was = "resumed" if existing is not None and existing.paused_at is not None else "not paused"
-            webhook_subscriptions.resume_subscription(session, subscription_id)
-    except NotFound as exc:
-        _fail(exc.message)
+    with failing_on(NotFound), transaction() as session:
+        existing = session.get(WebhookSubscription, subscription_id)
+        was = "resumed" if existing is not None and existing.paused_at is not None else "not paused"
+        webhook_subscriptions.resume_subscription(session, subscription_id)
     console.print(f"subscription {subscription_id}: {was}")
 
 
@@ -107,11 +84,8 @@ def remove(subscription_id: int) -> None:
     from cancelflow.errors import NotFound
     from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
-    try:
-        with _transaction() as session:
-            webhook_subscriptions.remove_subscription(session, subscription_id)
-    except NotFound as exc:
-        _fail(exc.message)
+    with failing_on(NotFound), transaction() as session:
+        webhook_subscriptions.remove_subscription(session, subscription_id)
     console.print(f"removed subscription {subscription_id}")
 
 
@@ -129,10 +103,10 @@ def deliveries(
     try:
         wanted = DeliveryStatus(status) if status is not None else None
     except ValueError:
-        _fail(f"unknown status {status!r}; one of {', '.join(s.value for s in DeliveryStatus)}")
+        fail(f"unknown status {status!r}; one of {', '.join(s.value for s in DeliveryStatus)}")
         return
     table = Table("id", "sub", "event", "request", "status", "attempt", "code", "next attempt", "event id")
-    with _transaction() as session:
+    with transaction() as session:
         for d in webhook_delivery.list_deliveries(
             session, status=wanted, subscription_id=subscription, request_id=request, limit=limit
         ):
@@ -157,19 +131,16 @@ def attempts(delivery_id: int) -> None:
     from cancelflow.services.webhooks import delivery as webhook_delivery
 
     table = Table("id", "at", "ms", "code", "outcome", "error")
-    try:
-        with _transaction() as session:
-            for a in webhook_delivery.list_attempts(session, delivery_id):
-                table.add_row(
-                    str(a.id),
-                    str(a.attempted_at)[:23],
-                    str(a.duration_ms),
-                    str(a.status_code or ""),
-                    a.outcome.value,
-                    (a.error or "")[:60],
-                )
-    except NotFound as exc:
-        _fail(exc.message)
+    with failing_on(NotFound), transaction() as session:
+        for a in webhook_delivery.list_attempts(session, delivery_id):
+            table.add_row(
+                str(a.id),
+                str(a.attempted_at)[:23],
+                str(a.duration_ms),
+                str(a.status_code or ""),
+                a.outcome.value,
+                (a.error or "")[:60],
+            )
     console.print(table)
 
 
@@ -179,9 +150,6 @@ def redeliver(delivery_id: int) -> None:
     from cancelflow.errors import CancelflowError
     from cancelflow.services.webhooks import delivery as webhook_delivery
 
-    try:
-        with _transaction() as session:
-            webhook_delivery.redeliver(session, delivery_id)
-    except CancelflowError as exc:
-        _fail(exc.message)
+    with failing_on(CancelflowError), transaction() as session:
+        webhook_delivery.redeliver(session, delivery_id)
     console.print(f"delivery {delivery_id} queued for redelivery")

@@ -38,33 +38,26 @@ def connector(path: str) -> object:
     return _instances[path]
 
 
-def _misconfigured(path: str, protocol: str) -> TypeError:
-    # A setting naming the wrong class fails loudly at its first use, not with an AttributeError mid-step.
-    return TypeError(f"connector {path!r} does not implement {protocol}")
+def _implementing(path: str, protocol: type[object]) -> object:
+    """The connector `path` names, refused unless it implements `protocol`: a setting naming the wrong class
+    fails loudly at its first use, not with an AttributeError mid-step. (The accessors cast to the protocol:
+    a Protocol class cannot be passed where a type variable is bound to it.)"""
+    instance = connector(path)
+    if not isinstance(instance, protocol):
+        raise TypeError(f"connector {path!r} does not implement {protocol.__name__}")
+    return instance
 
 
 def payment_gateway() -> PaymentGateway:
-    path = get_settings().payment_connector
-    instance = connector(path)
-    if not isinstance(instance, PaymentGateway):
-        raise _misconfigured(path, "PaymentGateway")
-    return instance
+    return cast(PaymentGateway, _implementing(get_settings().payment_connector, PaymentGateway))
 
 
 def bank_transfer() -> BankTransfer:
-    path = get_settings().bank_connector
-    instance = connector(path)
-    if not isinstance(instance, BankTransfer):
-        raise _misconfigured(path, "BankTransfer")
-    return instance
+    return cast(BankTransfer, _implementing(get_settings().bank_connector, BankTransfer))
 
 
 def notifier() -> Notifier:
-    path = get_settings().notifier_connector
-    instance = connector(path)
-    if not isinstance(instance, Notifier):
-        raise _misconfigured(path, "Notifier")
-    return instance
+    return cast(Notifier, _implementing(get_settings().notifier_connector, Notifier))
 
 
 __all__ = ["bank_transfer", "connector", "load", "notifier", "payment_gateway"]

@@ -27,8 +27,12 @@ class PaymentGateway(Protocol):
     ) -> Movement: ...
 
 
-class HttpPaymentGateway:
-    """Stripe-style: `POST /refunds` with an `Idempotency-Key` the gateway remembers."""
+class GatewayClient:
+    """An authenticated client of the payment gateway's API, shared by refunds and bank transfers.
+
+    Every money movement is a `POST` of a JSON body with an `Idempotency-Key`; the gateway answers with the
+    movement's id and says in `Idempotent-Replayed` whether it had seen the key before.
+    """
 
     def __init__(self, base_url: str | None = None, client: httpx.Client | None = None) -> None:
         settings = get_settings()
@@ -38,14 +42,11 @@ class HttpPaymentGateway:
             headers={"Authorization": f"Bearer {settings.payment_gateway_key.get_secret_value()}"},
         )
 
-    def refund(
-        self, *, payment_reference: str, amount: Decimal, currency: str, idempotency_key: str
-    ) -> Movement:
-        body = {"payment_reference": payment_reference, "amount": str(amount), "currency": currency}
+    def _post_movement(self, path: str, *, what: str, body: dict[str, str], idempotency_key: str) -> Movement:
         response = post_json(
             self._client,
-            f"{self._base}/refunds",
-            what="refund",
+            f"{self._base}{path}",
+            what=what,
             content=json.dumps(body).encode(),
             headers={"Idempotency-Key": idempotency_key},
         )
@@ -54,3 +55,13 @@ class HttpPaymentGateway:
             external_id=storable(str(data["id"])),
             replayed=response.headers.get("Idempotent-Replayed") == "true",
         )
+
+
+class HttpPaymentGateway(GatewayClient):
+    """Stripe-style: `POST /refunds` with an `Idempotency-Key` the gateway remembers."""
+
+    def refund(
+        self, *, payment_reference: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> Movement:
+        body = {"payment_reference": payment_reference, "amount": str(amount), "currency": currency}
+        return self._post_movement("/refunds", what="refund", body=body, idempotency_key=idempotency_key)

@@ -26,7 +26,6 @@ process runs. Run it with
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import hashlib
@@ -43,11 +42,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVarTuple
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+
+from cancelflow.sandbox.serving import add_reset_and_health, command_line, parse, serve
 
 logger = logging.getLogger(__name__)
 
@@ -517,37 +517,28 @@ def create_app(
     def get_notifications() -> dict[str, dict[str, int]]:
         return sandbox.notifications()
 
-    @app.post("/_admin/reset")
-    def reset() -> dict[str, bool]:
-        sandbox.reset()
-        return {"ok": True}
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, bool]:
-        return {"ok": True}
-
+    add_reset_and_health(app, sandbox.reset)
     return app
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m cancelflow.sandbox.fulfillment",
-        description="Sandbox Shopify-style fulfillment service for cancelflow.",
+    parser = command_line(
+        "python -m cancelflow.sandbox.fulfillment",
+        "Sandbox Shopify-style fulfillment service for cancelflow.",
+        port=8101,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8101)
     parser.add_argument(
         "--config", type=Path, required=True, help="JSON config, re-read on every notification"
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        app = create_app(args.config)
-    except (OSError, ValidationError) as exc:
-        parser.error(f"--config {args.config}: {exc}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    def make_app() -> FastAPI:
+        try:
+            return create_app(args.config)
+        except (OSError, ValidationError) as exc:
+            parser.error(f"--config {args.config}: {exc}")
+
+    serve(args, make_app)
 
 
 if __name__ == "__main__":

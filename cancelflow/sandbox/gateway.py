@@ -21,7 +21,6 @@ Run it with ``python -m cancelflow.sandbox.gateway --host 127.0.0.1 --port 8102`
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -38,7 +37,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import uvicorn
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import (
@@ -52,6 +50,8 @@ from pydantic import (
     WithJsonSchema,
 )
 from starlette.concurrency import run_in_threadpool
+
+from cancelflow.sandbox.serving import add_reset_and_health, command_line, parse, serve
 
 logger = logging.getLogger(__name__)
 
@@ -484,31 +484,20 @@ def create_app(
     def get_calls() -> dict[str, int]:
         return state.calls()
 
-    @app.post("/_admin/reset")
-    def reset() -> dict[str, bool]:
-        state.reset()
-        return {"ok": True}
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, bool]:
-        return {"ok": True}
-
+    add_reset_and_health(app, state.reset)
     return app
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m cancelflow.sandbox.gateway", description="Sandbox payment gateway for cancelflow."
+    parser = command_line(
+        "python -m cancelflow.sandbox.gateway", "Sandbox payment gateway for cancelflow.", port=8102
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8102)
     parser.add_argument("--state-file", type=Path, default=None, help="JSON-lines file of honoured keys")
     parser.add_argument("--fail-first-n", type=int, default=0, help="503 for the first N attempts per key")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="probability (0..1) of a random 503")
     parser.add_argument("--delay-seconds", type=float, default=0.0, help="processing delay per new request")
     parser.add_argument("--seed", type=int, default=None, help="seed for --fail-rate, for reproducible runs")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
     try:
         config = GatewayConfig(
@@ -517,9 +506,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValidationError as exc:
         parser.error(str(exc))
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(args.state_file, config=config, rng=random.Random(args.seed))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    serve(args, lambda: create_app(args.state_file, config=config, rng=random.Random(args.seed)))
 
 
 if __name__ == "__main__":

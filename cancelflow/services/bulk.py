@@ -121,16 +121,11 @@ def create_job(
     if op == "add":
         tags.ensure_tags(session, params["keys"])
     job = BulkJob(id=uuid.uuid4(), kind=KINDS[op], status=JobStatus.pending, total=total, params=params)
-    session.add(job)
-    session.flush()
-    return job
+    return operator_jobs.add(session, job)
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> BulkJob:
-    job = session.get(BulkJob, job_id)
-    if job is None:
-        raise NotFound(f"bulk job {job_id} not found")
-    return job
+    return operator_jobs.get(session, BulkJob, job_id, what="bulk job")
 
 
 def run_chunk(

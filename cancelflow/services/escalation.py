@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Final, Literal, get_args
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Interval, and_, exists, func, or_, select, text
+from sqlalchemy import ColumnElement, Interval, Select, and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, InvalidTransition, NotFound
@@ -226,17 +226,22 @@ def _chase_plan(session: Session, plan_id: int, stamp: datetime, result: ChaseRe
             result.reminders += 1
 
 
-def _waiting(session: Session, plan: CancellationPlan) -> list[Waiting]:
-    rows = session.execute(
+def _unanswered(plan_id: int) -> Select[FulfillmentOrder, FulfillmentService]:
+    """The plan's fulfillment orders whose cancellation request is not answered yet, with their services."""
+    return (
         select(FulfillmentOrder, FulfillmentService)
         .join(FulfillmentService, FulfillmentService.id == FulfillmentOrder.fulfillment_service_id)
         .where(
-            FulfillmentOrder.cancellation_plan_id == plan.id,
+            FulfillmentOrder.cancellation_plan_id == plan_id,
             FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
         )
         .order_by(FulfillmentOrder.id)
-        .with_for_update(of=FulfillmentOrder)
-        .execution_options(populate_existing=True)
+    )
+
+
+def _waiting(session: Session, plan: CancellationPlan) -> list[Waiting]:
+    rows = session.execute(
+        _unanswered(plan.id).with_for_update(of=FulfillmentOrder).execution_options(populate_existing=True)
     ).all()
     return [Waiting(fo, service, fos.open_cancellation_request(session, fo.id)) for fo, service in rows]
 
@@ -385,15 +390,7 @@ def escalations(session: Session, *, limit: int = 500) -> list[Escalation]:
     ).all()
     out: list[Escalation] = []
     for plan in plans:
-        rows = session.execute(
-            select(FulfillmentOrder, FulfillmentService)
-            .join(FulfillmentService, FulfillmentService.id == FulfillmentOrder.fulfillment_service_id)
-            .where(
-                FulfillmentOrder.cancellation_plan_id == plan.id,
-                FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
-            )
-            .order_by(FulfillmentOrder.id)
-        ).all()
+        rows = session.execute(_unanswered(plan.id)).all()
         requests = [r for fo, _ in rows if (r := fos.open_cancellation_request(session, fo.id)) is not None]
         assert plan.escalated_at is not None
         out.append(

@@ -391,16 +391,11 @@ def create_job(
         total=total,
         params=params,
     )
-    session.add(job)
-    session.flush()
-    return job
+    return operator_jobs.add(session, job)
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> ExportJob:
-    job = session.get(ExportJob, job_id)
-    if job is None:
-        raise NotFound(f"export {job_id} not found")
-    return job
+    return operator_jobs.get(session, ExportJob, job_id, what="export")
 
 
 def claim_job(session: Session, job_id: uuid.UUID) -> ExportJob | None:

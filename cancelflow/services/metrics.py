@@ -7,8 +7,10 @@ aggregate over an indexed status column; the whole scrape is one short read-only
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from enum import Enum
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -38,36 +40,29 @@ def _gauge(
     return family
 
 
+def _by_status(
+    session: Session, column: Any, statuses: Iterable[Enum], name: str, documentation: str, label: str
+) -> GaugeMetricFamily:
+    """Rows counted by their `column`, one series for each of `statuses` (0 for a status with none)."""
+    counts: dict[Enum, int] = dict(session.execute(select(column, func.count()).group_by(column)).all())
+    return _gauge(name, documentation, [label], iter([(s.value, counts.get(s, 0)) for s in statuses]))
+
+
 def collect_from(session: Session) -> list[Metric]:
     """Every family, read in `session`, each with all its label values from the start: a status with no
     rows is reported as 0, so no series appears late or vanishes."""
     metrics: list[Metric] = []
 
-    requests = dict(
-        session.execute(
-            select(CancellationRequest.status, func.count()).group_by(CancellationRequest.status)
-        ).all()
-    )
-    metrics.append(
-        _gauge(
+    for column, statuses, name, documentation in (
+        (
+            CancellationRequest.status,
+            RequestStatus,
             "cancelflow_requests",
             "Cancellation requests by status.",
-            ["status"],
-            iter([(s.value, requests.get(s, 0)) for s in RequestStatus]),
-        )
-    )
-
-    plans = dict(
-        session.execute(select(CancellationPlan.status, func.count()).group_by(CancellationPlan.status)).all()
-    )
-    metrics.append(
-        _gauge(
-            "cancelflow_plans",
-            "Cancellation plans by status.",
-            ["status"],
-            iter([(s.value, plans.get(s, 0)) for s in PlanStatus]),
-        )
-    )
+        ),
+        (CancellationPlan.status, PlanStatus, "cancelflow_plans", "Cancellation plans by status."),
+    ):
+        metrics.append(_by_status(session, column, statuses, name, documentation, "status"))
 
     steps = {
         (status, kind): n
@@ -124,15 +119,14 @@ def collect_from(session: Session) -> list[Metric]:
             money.add_metric([target.value, code], float(moved.get((target, code)) or 0))
     metrics.append(money)
 
-    deliveries = dict(
-        session.execute(select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)).all()
-    )
     metrics.append(
-        _gauge(
+        _by_status(
+            session,
+            WebhookDelivery.status,
+            DeliveryStatus,
             "cancelflow_webhook_deliveries",
             "Webhook deliveries by status (pending, failed, delivered, dead).",
-            ["outcome"],
-            iter([(s.value, deliveries.get(s, 0)) for s in DeliveryStatus]),
+            "outcome",
         )
     )
     # A paused subscription means its receiver hears nothing until staff resume it.

@@ -7,12 +7,31 @@ in any other status is left as it is, so a finished job is never reopened by a l
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from cancelflow.errors import NotFound
 from cancelflow.models import BulkJob, ExportJob, JobStatus
 from cancelflow.models.jobs import JOB_MACHINE
+
+Job = TypeVar("Job", BulkJob, ExportJob)
+
+
+def add(session: Session, job: Job) -> Job:
+    """The new job, flushed (its row exists for the messages that will name it)."""
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get(session: Session, model: type[Job], job_id: uuid.UUID, *, what: str) -> Job:
+    """The job, or `NotFound` naming it as `what` ("bulk job", "export")."""
+    job = session.get(model, job_id)
+    if job is None:
+        raise NotFound(f"{what} {job_id} not found")
+    return job
 
 
 def move(
@@ -30,4 +49,4 @@ def move(
     )
 
 
-__all__ = ["move"]
+__all__ = ["add", "get", "move"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import operator
 import uuid as uuid_lib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Final, TypeVar
@@ -398,6 +398,15 @@ _OPS: Final[Mapping[str, Any]] = {
 }
 
 
+def _compared(column: Any, prefix: str, filters: RequestFilters) -> list[ColumnElement[bool]]:
+    """The `prefix`, `prefix__gt`, … filters that are set, as comparisons of `column` (see `_OPS`)."""
+    return [
+        op(column, value)
+        for suffix, op in _OPS.items()
+        if (value := getattr(filters, f"{prefix}{suffix}")) is not None
+    ]
+
+
 def _day_bounds(day: date) -> tuple[datetime, datetime | None]:
     """The UTC day as [start, end); end is None for date.max (nothing comes after it)."""
     start = datetime.combine(day, time.min, tzinfo=UTC)
@@ -406,11 +415,7 @@ def _day_bounds(day: date) -> tuple[datetime, datetime | None]:
 
 def _date_conditions(column: Any, prefix: str, filters: RequestFilters) -> list[ColumnElement[bool]]:
     """Range predicates on the raw column (index-friendly: the column is never cast to a date)."""
-    out: list[ColumnElement[bool]] = []
-    for suffix, op in _OPS.items():
-        value = getattr(filters, f"{prefix}{suffix}")
-        if value is not None:
-            out.append(op(column, value))
+    out = _compared(column, prefix, filters)
     day: date | None = getattr(filters, f"{prefix}__date")
     if day is not None:
         start, end = _day_bounds(day)
@@ -436,6 +441,40 @@ def _date_conditions(column: Any, prefix: str, filters: RequestFilters) -> list[
     return out
 
 
+# Filters that compare one column with the value as given (`_set_filters`), by the filter's name.
+_EQUAL: Final[Mapping[str, Any]] = {
+    "cancellation_type": CancellationRequest.cancellation_type,
+    "status": CancellationRequest.status,
+    "channel": CancellationRequest.channel_id,
+    "order": CancellationRequest.order_id,
+    "order_item": CancellationRequest.order_item_id,
+    "reason": CancellationRequest.reason_id,
+    "description": CancellationRequest.description,
+    "quantity": CancellationRequest.quantity,
+}
+_ORDER_IEXACT: Final[Mapping[str, Any]] = {
+    "order_number": Order.number,
+    "easy_return__tracking_number__iexact": Order.tracking_number,
+    "order__shipping_option_slug__iexact": Order.shipping_option_slug,
+}
+_CUSTOMER_IEXACT: Final[Mapping[str, Any]] = {
+    "order__customer__first_name__iexact": Customer.first_name,
+    "order__customer__last_name__iexact": Customer.last_name,
+    "order__customer__email__iexact": Customer.email,
+}
+
+
+def _set_filters(
+    filters: RequestFilters, compare: Callable[[Any, Any], ColumnElement[bool]], columns: Mapping[str, Any]
+) -> list[ColumnElement[bool]]:
+    """`compare(column, value)` for each filter named in `columns` that is set, in that order."""
+    return [
+        compare(column, value)
+        for name, column in columns.items()
+        if (value := getattr(filters, name)) is not None
+    ]
+
+
 def filter_requests(
     stmt: Select[Any], filters: RequestFilters, *, channel_id: int | None = None
 ) -> Select[Any]:
@@ -449,54 +488,23 @@ def filter_requests(
     f = filters
     if f.uuid is not None:
         where.append(cr.uuid == f.uuid)
-    for suffix, op in _OPS.items():
-        value = getattr(f, f"pk{suffix}")
-        if value is not None:
-            where.append(op(cr.id, value))
+    where += _compared(cr.id, "pk", f)
     if f.pk__in is not None:
         where.append(cr.id.in_(f.pk__in) if f.pk__in else false())
-    if f.cancellation_type is not None:
-        where.append(cr.cancellation_type == f.cancellation_type)
-    if f.status is not None:
-        where.append(cr.status == f.status)
-    if f.channel is not None:
-        where.append(cr.channel_id == f.channel)
-    if f.order is not None:
-        where.append(cr.order_id == f.order)
-    if f.order_item is not None:
-        where.append(cr.order_item_id == f.order_item)
-    if f.reason is not None:
-        where.append(cr.reason_id == f.reason)
-    if f.description is not None:
-        where.append(cr.description == f.description)
+    where += _set_filters(f, operator.eq, _EQUAL)
     if f.iban is not None:
         where.append(cr.iban == "".join(f.iban.split()).upper())
-    if f.holder_name is not None:
-        where.append(_ci(cr.holder_name, f.holder_name))
-    if f.quantity is not None:
-        where.append(cr.quantity == f.quantity)
+    where += _set_filters(f, _ci, {"holder_name": cr.holder_name})
     if f.fully_refund_as_loyalty_money is not None:
         where.append(cr.fully_refund_as_loyalty_money.is_(f.fully_refund_as_loyalty_money))
     if f.easy_return__code__iexact is not None or f.easy_return is not None:
         where.append(false())  # no easy-return records exist (module docstring)
 
     # The order and its customer: one semi-join, only when asked for.
-    order_where: list[ColumnElement[bool]] = []
-    if f.order_number is not None:
-        order_where.append(_ci(Order.number, f.order_number))
-    if f.easy_return__tracking_number__iexact is not None:
-        order_where.append(_ci(Order.tracking_number, f.easy_return__tracking_number__iexact))
+    order_where = _set_filters(f, _ci, _ORDER_IEXACT)
     if f.currency is not None:
         order_where.append(Order.currency.in_(_CURRENCY_TWINS.get(f.currency, (f.currency,))))
-    if f.order__shipping_option_slug__iexact is not None:
-        order_where.append(_ci(Order.shipping_option_slug, f.order__shipping_option_slug__iexact))
-    customer_where: list[ColumnElement[bool]] = []
-    if f.order__customer__first_name__iexact is not None:
-        customer_where.append(_ci(Customer.first_name, f.order__customer__first_name__iexact))
-    if f.order__customer__last_name__iexact is not None:
-        customer_where.append(_ci(Customer.last_name, f.order__customer__last_name__iexact))
-    if f.order__customer__email__iexact is not None:
-        customer_where.append(_ci(Customer.email, f.order__customer__email__iexact))
+    customer_where = _set_filters(f, _ci, _CUSTOMER_IEXACT)
     if customer_where:
         order_where.append(Order.customer_id.in_(select(Customer.id).where(*customer_where)))
     if order_where:

@@ -96,6 +96,12 @@ def celery_config(settings: Settings) -> CeleryConfig:
     if served is not None:
         # kombu's Redis transport, one client per channel, messages marked with the queue they came from.
         broker, transport = served
+    sweep_seconds = settings.sweep_interval.total_seconds()
+
+    def every_sweep(task: str) -> BeatEntry:
+        # Run every CANCELFLOW_SWEEP_INTERVAL; a run still queued when the next is due is dropped.
+        return {"task": task, "schedule": sweep_seconds, "options": {"expires": max(1.0, sweep_seconds)}}
+
     config: CeleryConfig = {
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,
@@ -126,29 +132,13 @@ def celery_config(settings: Settings) -> CeleryConfig:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": {
-            "workflow.sweep_due": {
-                "task": "workflow.sweep_due",
-                "schedule": settings.sweep_interval.total_seconds(),
-                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
-            },
+            "workflow.sweep_due": every_sweep("workflow.sweep_due"),
             # Reminders and reply deadlines are database timers; this finds the due ones.
-            "fulfillment.chase_replies": {
-                "task": "fulfillment.chase_replies",
-                "schedule": settings.sweep_interval.total_seconds(),
-                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
-            },
+            "fulfillment.chase_replies": every_sweep("fulfillment.chase_replies"),
             # Webhook retries too far off for a broker countdown, and lost delivery messages.
-            "webhooks.sweep": {
-                "task": "webhooks.sweep",
-                "schedule": settings.sweep_interval.total_seconds(),
-                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
-            },
+            "webhooks.sweep": every_sweep("webhooks.sweep"),
             # Export files past CANCELFLOW_EXPORT_RETENTION (queue `bulk`: its worker holds the files).
-            "exports.expire": {
-                "task": "exports.expire",
-                "schedule": settings.sweep_interval.total_seconds(),
-                "options": {"expires": max(1.0, settings.sweep_interval.total_seconds())},
-            },
+            "exports.expire": every_sweep("exports.expire"),
         },
     }
     if transport is not None:
