@@ -297,11 +297,11 @@ def _wait_for_outcome(
 def approve(request_id: int, actor: Annotated[str, typer.Option(help="Who approves.")] = "cli") -> None:
     """Approve a waiting request (staff approval): its plan is made and routing starts."""
     from cancelflow.errors import CancelflowError
-    from cancelflow.services import workflow
+    from cancelflow.services import approval, locking
 
     try:
         with _transaction() as session:
-            plan = workflow.approve(session, workflow.get_request(session, request_id), actor=actor)
+            plan = approval.approve(session, locking.get_request(session, request_id), actor=actor)
             plan_id = plan.id
     except CancelflowError as exc:
         _fail(exc.message)

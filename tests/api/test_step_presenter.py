@@ -13,7 +13,7 @@ from cancelflow.cli.main import app
 from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind, StepStatus
-from cancelflow.services import jobs, replay, steps, workflow
+from cancelflow.services import approval, jobs, replay, routing, steps
 from cancelflow.services.steps import TASK_FOR_KIND
 from tests.factories import new_request
 
@@ -31,7 +31,7 @@ def request_with_a_replayed_step(sent: list[jobs.Send]) -> int:
     """Validated and approved; its route step died ("gateway exploded"), was replayed, then succeeded."""
     request_id = new_request().id
     with transaction() as session:
-        workflow.validate_step(
+        approval.validate_step(
             session,
             steps.claim(
                 session, step_of(request_id, StepKind.validate), task=TASK_FOR_KIND[StepKind.validate]
@@ -43,7 +43,7 @@ def request_with_a_replayed_step(sent: list[jobs.Send]) -> int:
     with transaction() as session:
         replay.replay_step(session, route, actor="test")
     with transaction() as session:
-        workflow.route_step(session, steps.claim(session, route, task=TASK_FOR_KIND[StepKind.route]))
+        routing.route_step(session, steps.claim(session, route, task=TASK_FOR_KIND[StepKind.route]))
     return request_id
 
 

@@ -31,7 +31,7 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind, StepStatus
-from cancelflow.services import intake, jobs, steps, workflow
+from cancelflow.services import approval, intake, jobs, replies, routing, settlement, steps
 from tests.factories import VALID_IBAN, new_order, new_service
 
 # Where each flow stops (the step left pending) and how its money is refunded.
@@ -47,12 +47,12 @@ MONEY_KIND = {
 }
 # The service call each step's task makes (the notification's HTTP call is left out below).
 HANDLERS = {
-    StepKind.validate: workflow.validate_step,
-    StepKind.route: workflow.route_step,
-    StepKind.refund: workflow.money_step,
-    StepKind.bank_transfer: workflow.money_step,
-    StepKind.loyalty_credit: workflow.money_step,
-    StepKind.close: workflow.close_step,
+    StepKind.validate: approval.validate_step,
+    StepKind.route: routing.route_step,
+    StepKind.refund: settlement.money_step,
+    StepKind.bank_transfer: settlement.money_step,
+    StepKind.loyalty_credit: settlement.money_step,
+    StepKind.close: settlement.close_step,
 }
 STOPS: tuple[tuple[StepKind, str], ...] = (
     (StepKind.validate, "loyalty_money"),
@@ -123,7 +123,7 @@ def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: st
                     select(WorkflowStep.fulfillment_order_id).where(WorkflowStep.id == notify_id)
                 )
                 assert fo_id is not None
-                workflow.answer_cancellation(session, fo_id, decision="accept", message=None, service_id=None)
+                replies.answer_cancellation(session, fo_id, decision="accept", message=None, service_id=None)
             continue
         flow.run(kind, HANDLERS[kind])
     return flow

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Conflict, NotFound
 from cancelflow.models import CancellationPlan, Event, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
-from cancelflow.services import jobs, replay, steps, transitions, workflow
+from cancelflow.services import jobs, replay, routing, steps, transitions
 from tests.factories import approved_plan, step_of
 
 
@@ -72,7 +72,7 @@ class TestReplayStep:
         replay.replay_step(session, step.id, actor="alice")
         session.refresh(step)
         # The step can be claimed and run again like any pending step
-        workflow.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
+        routing.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
         session.refresh(plan)
         assert plan.status != PlanStatus.failed
         session.refresh(step)

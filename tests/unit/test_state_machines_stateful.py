@@ -52,7 +52,19 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind
-from cancelflow.services import escalation, fulfillment_orders, intake, replay, requests, steps, workflow
+from cancelflow.services import (
+    approval,
+    escalation,
+    fulfillment_orders,
+    intake,
+    locking,
+    replay,
+    replies,
+    requests,
+    routing,
+    settlement,
+    steps,
+)
 from cancelflow.services.importer import import_payload
 from tests.factories import order_payload, reference_payload, service_payload
 
@@ -68,6 +80,15 @@ TERMINAL = {
 }
 STAFF_REJECTABLE_PLAN = {"waiting", "confirmation_waiting"}
 FAILABLE_PLAN = {"waiting", "confirmation_waiting", "waiting_for_payment"}
+# The service call each delivered step's task makes (notify steps are not delivered: they call the service).
+STEP_HANDLERS = {
+    StepKind.validate: approval.validate_step,
+    StepKind.route: routing.route_step,
+    StepKind.refund: settlement.money_step,
+    StepKind.bank_transfer: settlement.money_step,
+    StepKind.loyalty_credit: settlement.money_step,
+    StepKind.close: settlement.close_step,
+}
 
 
 @dataclass
@@ -176,7 +197,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
         self.session.flush()
         self.session.expire_all()
         request = self.session.get_one(CancellationRequest, self.request_id)
-        plan = workflow.plan_of(self.session, self.request_id)
+        plan = locking.plan_of(self.session, self.request_id)
         fo = None
         if plan is not None:
             fo = self.session.scalars(
@@ -366,7 +387,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
         kind, m = step.kind, self.m
         event(f"deliver {kind.value} (plan {m.plan})")
         claimed = steps.claim(self.session, step.id, task=steps.TASK_FOR_KIND[kind])
-        workflow.STEP_HANDLERS[kind](self.session, claimed)
+        STEP_HANDLERS[kind](self.session, claimed)
         m.steps[step.id] = "done"
         if kind == StepKind.validate:
             if self.auto_approve and m.request == "waiting":
@@ -569,9 +590,9 @@ class Rows:
 
 def answer(
     session: Session, fo_id: int, decision: str, service_id: int | None
-) -> tuple[workflow.ReplyOutcome, str]:
+) -> tuple[replies.ReplyOutcome, str]:
     """The service's reply, and the request status it asks for."""
-    outcome = workflow.answer_cancellation(
+    outcome = replies.answer_cancellation(
         session,
         fo_id,
         decision="accept" if decision == "accept" else "reject",
