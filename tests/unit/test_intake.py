@@ -11,8 +11,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, InvalidTransition
 from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
-from cancelflow.services import approval, intake
-from cancelflow.services import requests as requests_service
+from cancelflow.services import approval, cancellation_requests, intake
 from cancelflow.services.jobs import pending_sends
 from tests.factories import VALID_IBAN, PlacedOrder, new_order
 
@@ -106,7 +105,7 @@ class TestOneSetOfRules:
         message = _msg(order, **fields)
         item_id = order.item_id
         with pytest.raises(Invalid) as refused:
-            requests_service.create(
+            cancellation_requests.create(
                 session,
                 {k: v for k, v in message.items() if k != "client_request_id"},
                 client_request_id=message["client_request_id"],

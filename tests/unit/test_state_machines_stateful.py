@@ -54,13 +54,13 @@ from cancelflow.models import (
 from cancelflow.models.enums import StepKind
 from cancelflow.services import (
     approval,
+    cancellation_requests,
     escalation,
     fulfillment_orders,
     intake,
     locking,
     replay,
     replies,
-    requests,
     routing,
     settlement,
     steps,
@@ -249,7 +249,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
     @rule()
     def staff_approves(self) -> None:
         def approve() -> None:
-            requests.update_request(
+            cancellation_requests.update_request(
                 self.session, self.request_id, {"status": "approved"}, actor="staff", channel_id=None
             )
 
@@ -269,7 +269,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
             return
 
         def reject() -> None:
-            requests.reject(self.session, self.request_id, actor="staff", channel_id=None)
+            cancellation_requests.reject(self.session, self.request_id, actor="staff", channel_id=None)
 
         m = self.m
         plan_ok = (
