@@ -36,7 +36,7 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind
-from cancelflow.services import jobs
+from cancelflow.services import after_commit
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -393,10 +393,10 @@ def upgrade_once(revision_file: str) -> None:
         migration.upgrade()
 
 
-def captured_sender() -> Iterator[list[jobs.Send]]:
+def captured_sender() -> Iterator[list[after_commit.Send]]:
     """Install a sender that keeps every after-commit send in a list; restore the broker sender after."""
-    captured: list[jobs.Send] = []
-    jobs.set_sender(captured.append)
+    captured: list[after_commit.Send] = []
+    after_commit.set_sender(captured.append)
     try:
         yield captured
     finally:

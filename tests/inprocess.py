@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
-from cancelflow.services import approval, intake, jobs, replies, routing, settlement, steps
+from cancelflow.services import after_commit, approval, intake, replies, routing, settlement, steps
 
 Step = Callable[[Session], object]
 
 
-def request_steps(item_id: int, sent: list[jobs.Send]) -> Iterator[tuple[str, Step]]:
+def request_steps(item_id: int, sent: list[after_commit.Send]) -> Iterator[tuple[str, Step]]:
     """(name, work) for each step of one request refunded as loyalty money, in order.
 
     Run each `work` in its own transaction before asking for the next: a step's id is taken from `sent`, the

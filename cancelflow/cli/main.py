@@ -224,7 +224,7 @@ def submit(
     ] = 10.0,
 ) -> None:
     """Publish a `cancellations.submit` message, exactly as a storefront does."""
-    from cancelflow.services import jobs
+    from cancelflow.services import after_commit
 
     client_request_id = client_request_id or str(uuid.uuid4())
     kwargs: dict[str, object] = {
@@ -239,8 +239,8 @@ def submit(
         "fully_refund_as_loyalty_money": loyalty,
     }
     since = _database_now() if wait > 0 else None
-    jobs.send_now(
-        jobs.Send(
+    after_commit.send_now(
+        after_commit.Send(
             "cancellations.submit", (), kwargs=tuple((k, v) for k, v in kwargs.items() if v is not None)
         )
     )

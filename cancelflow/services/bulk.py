@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 from cancelflow.config import get_settings
 from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import BulkJob, CancellationRequest, JobStatus
-from cancelflow.models.jobs import JOB_MACHINE
-from cancelflow.services import limits, operator_jobs, tags
+from cancelflow.models.batch_jobs import JOB_MACHINE
+from cancelflow.services import batch_jobs, limits, tags
 
 SYNC_MAX_IDS = 1000
 CHUNK_SIZE = 25_000
@@ -192,7 +192,7 @@ def run_chunk(
         values["finished_at"] = func.now()
         if "ids" in params:
             values["total"] = BulkJob.done + count  # the ids that named requests
-    operator_jobs.move(session, BulkJob, JobStatus.done if finished else JobStatus.running, job_id, **values)
+    batch_jobs.move(session, BulkJob, JobStatus.done if finished else JobStatus.running, job_id, **values)
     return not finished
 
 
@@ -223,7 +223,7 @@ def _write_cte(op: Op, ids: Select[int], keys: Sequence[str]) -> Any:
 
 
 def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:
-    operator_jobs.move(session, BulkJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
+    batch_jobs.move(session, BulkJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
 
 
 def drive(

@@ -18,8 +18,8 @@ from cancelflow.models import CancellationPlan, CancellationRequest, WorkflowSte
 from cancelflow.models.enums import PlanStatus, StepStatus
 from cancelflow.models.transitions import is_terminal
 from cancelflow.services import locking, steps, transitions
+from cancelflow.services.after_commit import enqueue_after_commit
 from cancelflow.services.clock import now
-from cancelflow.services.jobs import enqueue_after_commit
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind, StepStatus
-from cancelflow.services import approval, intake, jobs, replies, routing, settlement, steps
+from cancelflow.services import after_commit, approval, intake, replies, routing, settlement, steps
 from tests.factories import VALID_IBAN, new_order, new_service
 
 # Where each flow stops (the step left pending) and how its money is refunded.
@@ -76,7 +76,7 @@ class World:
     planned: dict[int, list[tuple[str, Decimal]]] = field(default_factory=dict)
     bulk_job: str = ""
     export_job: str = ""
-    sent: list[jobs.Send] = field(default_factory=list)
+    sent: list[after_commit.Send] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"World({len(self.request_ids)} requests, {len(self.steps)} steps)"
@@ -84,7 +84,7 @@ class World:
 
 @dataclass
 class _Flow:
-    sent: list[jobs.Send]
+    sent: list[after_commit.Send]
     request_id: int = 0
 
     def asked(self, kind: StepKind) -> int:
@@ -101,7 +101,7 @@ class _Flow:
         return step_id
 
 
-def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: str) -> _Flow:
+def _flow(sent: list[after_commit.Send], service: str, stop: StepKind | None, target: str) -> _Flow:
     """Drive one request until the step of kind `stop` is asked for (None: to the end)."""
     method = "cash_on_delivery" if target == "bank_transfer" else "card"
     order = new_order(service_handle=service, quantity=1, unit_price="19.90", method=method)
@@ -129,7 +129,7 @@ def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: st
     return flow
 
 
-def build(sent: list[jobs.Send]) -> World:
+def build(sent: list[after_commit.Send]) -> World:
     """Every step kind in every status, plus a bulk job and an export job."""
     service = new_service(secret=secrets.token_hex(8))
     world = World(sent=sent)

@@ -26,7 +26,15 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, RequestStatus, StepKind
-from cancelflow.services import approval, escalation, fulfillment_orders, intake, jobs, replies, routing
+from cancelflow.services import (
+    after_commit,
+    approval,
+    escalation,
+    fulfillment_orders,
+    intake,
+    replies,
+    routing,
+)
 from cancelflow.services.importer import import_payload
 from tests.factories import order_payload, reference_payload, routed_plan, service_payload
 
@@ -116,7 +124,7 @@ class TestReminders:
                     select(WorkflowStep.id).where(WorkflowStep.idempotency_key == f"{key}:30")
                 ).one(),
             ),
-        ) in [(s.task, s.args) for s in jobs.pending_sends(session)]
+        ) in [(s.task, s.args) for s in after_commit.pending_sends(session)]
         # And at the deadline the plan is escalated, still waiting, once
         clock.move_to(T0 + timedelta(days=30, minutes=1))
         chase(session)

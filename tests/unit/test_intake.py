@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Invalid, InvalidTransition
 from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
 from cancelflow.services import approval, cancellation_requests, intake
-from cancelflow.services.jobs import pending_sends
+from cancelflow.services.after_commit import pending_sends
 from tests.factories import VALID_IBAN, PlacedOrder, new_order
 
 

@@ -25,8 +25,8 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import PlanStatus
 from cancelflow.services import approval, transitions
+from cancelflow.services.after_commit import pending_sends
 from cancelflow.services.clock import now
-from cancelflow.services.jobs import pending_sends
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import outbox as webhook_outbox
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions

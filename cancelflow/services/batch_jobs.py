@@ -12,7 +12,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from cancelflow.models import BulkJob, ExportJob, JobStatus
-from cancelflow.models.jobs import JOB_MACHINE
+from cancelflow.models.batch_jobs import JOB_MACHINE
 
 
 def move(
