@@ -53,7 +53,6 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import StepKind
 from cancelflow.services import (
-    approval,
     cancellation_requests,
     escalation,
     fulfillment_orders,
@@ -61,12 +60,11 @@ from cancelflow.services import (
     locking,
     replay,
     replies,
-    routing,
-    settlement,
     steps,
 )
 from cancelflow.services.importer import import_payload
 from tests.factories import order_payload, reference_payload, service_payload
+from tests.security.world import HANDLERS
 
 DEADLINE_SECONDS = 60  # short, so the clock jumps past no plan another test left waiting (an hour's deadline)
 CHASE_LIMIT = 100_000
@@ -80,15 +78,6 @@ TERMINAL = {
 }
 STAFF_REJECTABLE_PLAN = {"waiting", "confirmation_waiting"}
 FAILABLE_PLAN = {"waiting", "confirmation_waiting", "waiting_for_payment"}
-# The service call each delivered step's task makes (notify steps are not delivered: they call the service).
-STEP_HANDLERS = {
-    StepKind.validate: approval.validate_step,
-    StepKind.route: routing.route_step,
-    StepKind.refund: settlement.money_step,
-    StepKind.bank_transfer: settlement.money_step,
-    StepKind.loyalty_credit: settlement.money_step,
-    StepKind.close: settlement.close_step,
-}
 
 
 @dataclass
@@ -387,7 +376,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
         kind, m = step.kind, self.m
         event(f"deliver {kind.value} (plan {m.plan})")
         claimed = steps.claim(self.session, step.id, task=steps.TASK_FOR_KIND[kind])
-        STEP_HANDLERS[kind](self.session, claimed)
+        HANDLERS[kind](self.session, claimed)
         m.steps[step.id] = "done"
         if kind == StepKind.validate:
             if self.auto_approve and m.request == "waiting":
