@@ -39,12 +39,12 @@ def run(n: int, *, show_sql: bool = False) -> int:
     from sqlalchemy import event
 
     from cancelflow.db import get_engine, transaction
-    from cancelflow.services import jobs
+    from cancelflow.services import after_commit
     from tests.factories import load, order_payload, service_payload
     from tests.inprocess import request_steps
 
-    sent: list[jobs.Send] = []
-    jobs.set_sender(sent.append)
+    sent: list[after_commit.Send] = []
+    after_commit.set_sender(sent.append)
     svc = service_payload(secret=secrets.token_hex(8))
     orders = [order_payload(service_handle=svc["handle"], quantity=1) for _ in range(n + 20)]
     load({"fulfillment_services": [svc], "orders": orders})

@@ -20,7 +20,7 @@ import pytest
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-    from cancelflow.services.jobs import Send
+    from cancelflow.services.after_commit import Send
 
 LOCAL_ADMIN_DB = os.environ.get("CANCELFLOW_TEST_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres")
 LOCAL_REDIS = os.environ.get("CANCELFLOW_TEST_REDIS", "redis://127.0.0.1:6379")

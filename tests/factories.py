@@ -36,7 +36,7 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind
-from cancelflow.services import jobs
+from cancelflow.services import after_commit
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -293,22 +293,22 @@ def approved_plan(
 ) -> CancellationPlan:
     """Inside `session` (not committed): an order imported with `service` (a `service_payload`), a request
     for its first item submitted, and approved: all through the real importer, intake and workflow."""
-    from cancelflow.services import workflow
+    from cancelflow.services import approval
     from cancelflow.services.importer import import_payload
 
     if service is not None:
         import_payload(session, {**reference_payload(), "fulfillment_services": [service]})
         order_kwargs["service_handle"] = service["handle"]
     request = new_request(new_order(session=session, **order_kwargs), session=session)
-    return workflow.approve(session, request, actor="t")
+    return approval.approve(session, request, actor="t")
 
 
 def routed_plan(session: Session, service: dict[str, Any]) -> CancellationPlan:
     """`approved_plan`, then its route step run by the real handler: the service was asked to cancel."""
-    from cancelflow.services import workflow
+    from cancelflow.services import routing
 
     plan = approved_plan(session, service=service)
-    workflow.route_step(session, step_of(session, plan, StepKind.route))
+    routing.route_step(session, step_of(session, plan, StepKind.route))
     return plan
 
 
@@ -393,10 +393,10 @@ def upgrade_once(revision_file: str) -> None:
         migration.upgrade()
 
 
-def captured_sender() -> Iterator[list[jobs.Send]]:
+def captured_sender() -> Iterator[list[after_commit.Send]]:
     """Install a sender that keeps every after-commit send in a list; restore the broker sender after."""
-    captured: list[jobs.Send] = []
-    jobs.set_sender(captured.append)
+    captured: list[after_commit.Send] = []
+    after_commit.set_sender(captured.append)
     try:
         yield captured
     finally:

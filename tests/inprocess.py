@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
-from cancelflow.services import intake, jobs, steps, workflow
+from cancelflow.services import after_commit, approval, intake, replies, routing, settlement, steps
 
 Step = Callable[[Session], object]
 
 
-def request_steps(item_id: int, sent: list[jobs.Send]) -> Iterator[tuple[str, Step]]:
+def request_steps(item_id: int, sent: list[after_commit.Send]) -> Iterator[tuple[str, Step]]:
     """(name, work) for each step of one request refunded as loyalty money, in order.
 
     Run each `work` in its own transaction before asking for the next: a step's id is taken from `sent`, the
@@ -45,8 +45,8 @@ def request_steps(item_id: int, sent: list[jobs.Send]) -> Iterator[tuple[str, St
     }
     sent.clear()
     yield "submit", lambda session: intake.submit(session, message)
-    yield "validate", claimed(StepKind.validate, workflow.validate_step)
-    yield "route", claimed(StepKind.route, workflow.route_step)
+    yield "validate", claimed(StepKind.validate, approval.validate_step)
+    yield "route", claimed(StepKind.route, routing.route_step)
     notify_id = asked(StepKind.notify)
     # notify_step's HTTP call is left out: the claim and the finish around it remain
     yield (
@@ -58,9 +58,9 @@ def request_steps(item_id: int, sent: list[jobs.Send]) -> Iterator[tuple[str, St
     assert fo_id is not None
     yield (
         "accept (API)",
-        lambda session: workflow.answer_cancellation(
+        lambda session: replies.answer_cancellation(
             session, fo_id, decision="accept", message=None, service_id=None
         ),
     )
-    yield "loyalty credit", claimed(StepKind.loyalty_credit, workflow.money_step)
-    yield "close", claimed(StepKind.close, workflow.close_step)
+    yield "loyalty credit", claimed(StepKind.loyalty_credit, settlement.money_step)
+    yield "close", claimed(StepKind.close, settlement.close_step)

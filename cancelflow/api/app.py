@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 
 from cancelflow import __version__
+from cancelflow.api import bulk_jobs as jobs_api
 from cancelflow.api import cancellation_requests, docs, errors, fulfillment, health, metrics, orders
 from cancelflow.api import exports as exports_api
-from cancelflow.api import jobs as jobs_api
 from cancelflow.api import tags as tags_api
 from cancelflow.api import textcheck as textcheck_api
 from cancelflow.api import users as users_api

@@ -49,9 +49,9 @@ from cancelflow.models.enums import (
     StepStatus,
     TokenKind,
 )
+from cancelflow.services import cancellation_requests as requests_service
 from cancelflow.services import iban as iban_checks
 from cancelflow.services import idempotency, queries, request_view
-from cancelflow.services import requests as requests_service
 from cancelflow.services.queries import RequestFilters
 
 MAX_ID: Final = 2**63 - 1

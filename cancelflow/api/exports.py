@@ -37,9 +37,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
+from cancelflow.api.bulk_jobs import JobAccepted, absolute, send
 from cancelflow.api.cancellation_requests import VIEW_IBAN
 from cancelflow.api.errors import AKINON_RESPONSES
-from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.config import get_settings
 from cancelflow.config.logging import mask_text
 from cancelflow.db import get_engine, transaction

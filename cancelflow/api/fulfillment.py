@@ -32,7 +32,7 @@ from cancelflow.models import (
 from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
 from cancelflow.models.transitions import fulfillment_order_actions
 from cancelflow.services import fulfillment_orders as fos
-from cancelflow.services import request_view, workflow
+from cancelflow.services import replies, request_view, routing
 
 VERSIONS: Final = ("2020-01", "2020-04", "2020-07", "2020-10", "2021-01", "2021-04", "2021-07", "unstable")
 VERSION_HEADER: Final = "X-Shopify-API-Version"
@@ -310,7 +310,7 @@ def send_cancellation_request(
     body: CancellationRequestBody | None = None,
 ) -> FulfillmentOrderEnvelope:
     with transaction() as session:
-        fo = workflow.send_cancellation_request(session, fulfillment_order_id, message=_message(body))
+        fo = routing.send_cancellation_request(session, fulfillment_order_id, message=_message(body))
         return _envelope(session, fo)
 
 
@@ -321,7 +321,7 @@ def _answer(
     decision: Literal["accept", "reject"],
 ) -> FulfillmentOrderEnvelope | JSONResponse:
     with transaction() as session:
-        outcome = workflow.answer_cancellation(
+        outcome = replies.answer_cancellation(
             session,
             fulfillment_order_id,
             decision=decision,

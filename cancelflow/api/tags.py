@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from cancelflow.api.auth import AkinonStaff, Principal
+from cancelflow.api.bulk_jobs import JobAccepted, absolute, send
 from cancelflow.api.errors import AKINON_RESPONSES, parse_error_reason
-from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.db import transaction
 from cancelflow.errors import Invalid, NotFound
 from cancelflow.models.tags import TAG_KEY_MAX_LENGTH

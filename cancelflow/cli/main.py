@@ -197,7 +197,7 @@ def submit(
     ] = 10.0,
 ) -> None:
     """Publish a `cancellations.submit` message, exactly as a storefront does."""
-    from cancelflow.services import jobs
+    from cancelflow.services import after_commit
 
     client_request_id = client_request_id or str(uuid.uuid4())
     kwargs: dict[str, object] = {
@@ -212,8 +212,8 @@ def submit(
         "fully_refund_as_loyalty_money": loyalty,
     }
     since = _database_now() if wait > 0 else None
-    jobs.send_now(
-        jobs.Send(
+    after_commit.send_now(
+        after_commit.Send(
             "cancellations.submit", (), kwargs=tuple((k, v) for k, v in kwargs.items() if v is not None)
         )
     )
@@ -270,10 +270,10 @@ def _wait_for_outcome(
 def approve(request_id: int, actor: Annotated[str, typer.Option(help="Who approves.")] = "cli") -> None:
     """Approve a waiting request (staff approval): its plan is made and routing starts."""
     from cancelflow.errors import CancelflowError
-    from cancelflow.services import workflow
+    from cancelflow.services import approval, locking
 
     with failing_on(CancelflowError), transaction() as session:
-        plan = workflow.approve(session, workflow.get_request(session, request_id), actor=actor)
+        plan = approval.approve(session, locking.get_request(session, request_id), actor=actor)
         plan_id = plan.id
     console.print(f"request {request_id} approved; plan {plan_id} is routing")
 

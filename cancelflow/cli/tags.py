@@ -98,10 +98,10 @@ def _start(job_id: uuid.UUID, *, inline: bool, chunk_size: int) -> None:
 
         threading.Thread(target=run, name=f"bulk-{job_id}", daemon=True).start()
         return
-    from cancelflow.services import jobs
+    from cancelflow.services import after_commit
 
     # The job row is committed: send now, so that a broker that does not answer is this command's error.
-    jobs.send_now(jobs.Send("tags.bulk", (str(job_id),)))
+    after_commit.send_now(after_commit.Send("tags.bulk", (str(job_id),)))
 
 
 def _bulk(

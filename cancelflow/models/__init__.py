@@ -3,6 +3,7 @@
 from cancelflow.models.audit import Event
 from cancelflow.models.auth import ApiToken
 from cancelflow.models.base import Base
+from cancelflow.models.batch_jobs import BulkJob, ExportFormat, ExportJob, JobStatus
 from cancelflow.models.cancellation import (
     CancellationPlan,
     CancellationRequest,
@@ -20,7 +21,6 @@ from cancelflow.models.catalog import (
     Payment,
 )
 from cancelflow.models.fulfillment import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
-from cancelflow.models.jobs import BulkJob, ExportFormat, ExportJob, JobStatus
 from cancelflow.models.rejections import RejectedMessage
 from cancelflow.models.tags import CancellationRequestTag, Tag
 from cancelflow.models.users import IdempotencyKey, User

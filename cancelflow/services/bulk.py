@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 from cancelflow.config import get_settings
 from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import BulkJob, CancellationRequest, JobStatus
-from cancelflow.models.jobs import JOB_MACHINE
-from cancelflow.services import limits, operator_jobs, tags
+from cancelflow.models.batch_jobs import JOB_MACHINE
+from cancelflow.services import batch_jobs, limits, tags
 
 SYNC_MAX_IDS = 1000
 CHUNK_SIZE = 25_000
@@ -121,11 +121,11 @@ def create_job(
     if op == "add":
         tags.ensure_tags(session, params["keys"])
     job = BulkJob(id=uuid.uuid4(), kind=KINDS[op], status=JobStatus.pending, total=total, params=params)
-    return operator_jobs.add(session, job)
+    return batch_jobs.add(session, job)
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> BulkJob:
-    return operator_jobs.get(session, BulkJob, job_id, what="bulk job")
+    return batch_jobs.get(session, BulkJob, job_id, what="bulk job")
 
 
 def run_chunk(
@@ -187,7 +187,7 @@ def run_chunk(
         values["finished_at"] = func.now()
         if "ids" in params:
             values["total"] = BulkJob.done + count  # the ids that named requests
-    operator_jobs.move(session, BulkJob, JobStatus.done if finished else JobStatus.running, job_id, **values)
+    batch_jobs.move(session, BulkJob, JobStatus.done if finished else JobStatus.running, job_id, **values)
     return not finished
 
 
@@ -218,7 +218,7 @@ def _write_cte(op: Op, ids: Select[int], keys: Sequence[str]) -> Any:
 
 
 def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:
-    operator_jobs.move(session, BulkJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
+    batch_jobs.move(session, BulkJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
 
 
 def drive(

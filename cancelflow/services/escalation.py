@@ -54,8 +54,8 @@ from cancelflow.models.enums import (
     StepKind,
 )
 from cancelflow.models.transitions import EscalationState, allows, escalation_of
+from cancelflow.services import approval, locking, settlement, steps, transitions
 from cancelflow.services import fulfillment_orders as fos
-from cancelflow.services import steps, transitions, workflow
 from cancelflow.services.clock import now
 from cancelflow.services.importer import ReplyPolicyIn
 from cancelflow.services.webhooks import outbox as webhook_outbox
@@ -349,7 +349,7 @@ def _cancel_locally(session: Session, plan: CancellationPlan, waiting: list[Wait
     _close_unanswered(waiting, note)
     for item in waiting:
         fos.cancel_directly(session, item.fo, reason=note)
-    workflow.confirm(session, plan, note=note)
+    settlement.confirm(session, plan, note=note)
     session.flush()
 
 
@@ -370,7 +370,7 @@ def _reject(
         data={"action": "reject", "actor": actor, "fulfillment_order_ids": [w.fo.id for w in waiting]},
     )
     request = session.get_one(CancellationRequest, plan.request_id)
-    workflow.reject_plan(session, request, plan, actor=actor, code=code, message=message, unanswered=NO_REPLY)
+    approval.reject_plan(session, request, plan, actor=actor, code=code, message=message, unanswered=NO_REPLY)
     session.flush()
 
 
@@ -413,8 +413,8 @@ def resolve(session: Session, request_id: int, *, action: str, actor: str) -> Ca
     """Staff's decision on an escalated plan: cancel locally, reject, or wait one more policy deadline."""
     if action not in RESOLUTIONS:
         raise Invalid(f"action must be one of {', '.join(RESOLUTIONS)}", code="invalid_action")
-    request = workflow.get_request(session, request_id)
-    workflow.lock_order(session, request.order_id)
+    request = locking.get_request(session, request_id)
+    locking.lock_order(session, request.order_id)
     plan = session.scalars(
         select(CancellationPlan)
         .where(CancellationPlan.request_id == request.id)

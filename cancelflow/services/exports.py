@@ -53,9 +53,9 @@ from cancelflow.models import (
     OrderItem,
     Tag,
 )
-from cancelflow.models.jobs import JOB_MACHINE
+from cancelflow.models.batch_jobs import JOB_MACHINE
 from cancelflow.private_files import create_private, open_private
-from cancelflow.services import limits, operator_jobs
+from cancelflow.services import batch_jobs, limits
 
 if TYPE_CHECKING:
     from cancelflow.services.queries import RequestFilters
@@ -391,11 +391,11 @@ def create_job(
         total=total,
         params=params,
     )
-    return operator_jobs.add(session, job)
+    return batch_jobs.add(session, job)
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> ExportJob:
-    return operator_jobs.get(session, ExportJob, job_id, what="export")
+    return batch_jobs.get(session, ExportJob, job_id, what="export")
 
 
 def claim_job(session: Session, job_id: uuid.UUID) -> ExportJob | None:
@@ -405,7 +405,7 @@ def claim_job(session: Session, job_id: uuid.UUID) -> ExportJob | None:
         raise NotFound(f"export {job_id} not found")
     if not JOB_MACHINE.allows(job.status, JobStatus.running):
         return None
-    operator_jobs.move(session, ExportJob, JobStatus.running, job_id, done=0)
+    batch_jobs.move(session, ExportJob, JobStatus.running, job_id, done=0)
     return job
 
 
@@ -414,7 +414,7 @@ def record_progress(session: Session, job_id: uuid.UUID, done: int) -> None:
 
 
 def finish_job(session: Session, job_id: uuid.UUID, *, path: Path, rows: int) -> None:
-    operator_jobs.move(
+    batch_jobs.move(
         session,
         ExportJob,
         JobStatus.done,
@@ -427,7 +427,7 @@ def finish_job(session: Session, job_id: uuid.UUID, *, path: Path, rows: int) ->
 
 
 def fail_job(session: Session, job_id: uuid.UUID, error: str) -> None:
-    operator_jobs.move(
+    batch_jobs.move(
         session, ExportJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now()
     )
 
@@ -453,7 +453,7 @@ def expire_jobs(session: Session, *, retention: timedelta, batch: int = EXPIRE_B
         if job.file_path:
             Path(job.file_path).unlink(missing_ok=True)
     if jobs:
-        operator_jobs.move(session, ExportJob, JobStatus.expired, *(job.id for job in jobs), file_path=None)
+        batch_jobs.move(session, ExportJob, JobStatus.expired, *(job.id for job in jobs), file_path=None)
     return len(jobs)
 
 

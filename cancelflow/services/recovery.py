@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, update
 
-from cancelflow.services import jobs
+from cancelflow.services import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         return
     log.warning("the database server restarted at %s; sweeping the steps in flight now", started)
     try:
-        jobs.send_now(jobs.Send(SWEEP_TASK, ()))
+        after_commit.send_now(after_commit.Send(SWEEP_TASK, ()))
     except Exception:  # the broker is away too: the beat's sweep will do it
         log.exception("could not ask for a sweep after the database restart")
 
 
-def _mark_unsent_steps_due(failed: list[jobs.Send]) -> None:
+def _mark_unsent_steps_due(failed: list[after_commit.Send]) -> None:
     from cancelflow.db import transaction
     from cancelflow.models import WorkflowStep
     from cancelflow.models.enums import StepStatus
@@ -87,4 +87,4 @@ def _mark_unsent_steps_due(failed: list[jobs.Send]) -> None:
     log.info("%d steps not sent after commit are due for the sweeper now", len(ids))
 
 
-jobs.on_send_failure(_mark_unsent_steps_due)
+after_commit.on_send_failure(_mark_unsent_steps_due)

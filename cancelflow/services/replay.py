@@ -17,9 +17,9 @@ from cancelflow.errors import Conflict, NotFound
 from cancelflow.models import CancellationPlan, CancellationRequest, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepStatus
 from cancelflow.models.transitions import is_terminal
-from cancelflow.services import steps, transitions, workflow
+from cancelflow.services import locking, steps, transitions
+from cancelflow.services.after_commit import enqueue_after_commit
 from cancelflow.services.clock import now
-from cancelflow.services.jobs import enqueue_after_commit
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _replay(session: Session, plan_id: int, *, actor: str, step_ids: list[int] |
         raise NotFound(f"no cancellation plan {plan_id}")
     request = session.get_one(CancellationRequest, plan.request_id)
     # The workflow's lock order: the order row, then the plan, then its steps.
-    workflow.lock_order(session, request.order_id)
+    locking.lock_order(session, request.order_id)
     plan = session.scalars(
         select(CancellationPlan)
         .where(CancellationPlan.id == plan_id)

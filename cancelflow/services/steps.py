@@ -25,8 +25,8 @@ from cancelflow.models.base import table_of
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
 from cancelflow.models.transitions import allows
 from cancelflow.services import transitions
+from cancelflow.services.after_commit import enqueue_after_commit
 from cancelflow.services.clock import now
-from cancelflow.services.jobs import enqueue_after_commit
 from cancelflow.services.redelivery import REDELIVERY_BACKOFF_CAP, redelivery_wait
 from cancelflow.services.task_ids import checked_int
 

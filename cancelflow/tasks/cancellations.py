@@ -9,7 +9,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cancelflow.db import unavailable
 from cancelflow.errors import Invalid
-from cancelflow.services import intake, workflow
+from cancelflow.services import approval, intake, routing, settlement
 from cancelflow.textcheck import storable
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
@@ -81,16 +81,16 @@ def _keep_rejection(task: DbTask, kwargs: dict[str, Any], exc: Invalid) -> None:
 @celery_app.task(name="cancellations.validate", base=DbTask, bind=True)
 def validate(self: DbTask, step_id: int) -> str:
     """Re-check the request and apply the approval rule."""
-    return self.run_step(step_id, workflow.validate_step)
+    return self.run_step(step_id, approval.validate_step)
 
 
 @celery_app.task(name="cancellations.route", base=DbTask, bind=True)
 def route(self: DbTask, step_id: int) -> str:
     """Cancel locally what no service holds; ask the services about the rest."""
-    return self.run_step(step_id, workflow.route_step)
+    return self.run_step(step_id, routing.route_step)
 
 
 @celery_app.task(name="cancellations.close", base=DbTask, bind=True)
 def close(self: DbTask, step_id: int) -> str:
     """Complete the plan and the request once the money has moved."""
-    return self.run_step(step_id, workflow.close_step)
+    return self.run_step(step_id, settlement.close_step)

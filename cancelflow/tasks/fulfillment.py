@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cancelflow.services import workflow
+from cancelflow.services import routing
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
 
@@ -10,4 +10,4 @@ from cancelflow.worker.base import DbTask
 @celery_app.task(name="fulfillment.notify", base=DbTask, bind=True)
 def notify(self: DbTask, step_id: int) -> str:
     """POST the signed CANCELLATION_REQUEST notification to the service's callback URL."""
-    return self.run_step(step_id, workflow.notify_step)
+    return self.run_step(step_id, routing.notify_step)

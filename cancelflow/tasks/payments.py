@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cancelflow.services import workflow
+from cancelflow.services import settlement
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
 
@@ -10,16 +10,16 @@ from cancelflow.worker.base import DbTask
 @celery_app.task(name="payments.refund", base=DbTask, bind=True)
 def refund(self: DbTask, step_id: int) -> str:
     """Refund to the original card payment through the payment gateway."""
-    return self.run_step(step_id, workflow.money_step)
+    return self.run_step(step_id, settlement.money_step)
 
 
 @celery_app.task(name="payments.bank_transfer", base=DbTask, bind=True)
 def bank_transfer(self: DbTask, step_id: int) -> str:
     """Transfer the refund to the customer's IBAN."""
-    return self.run_step(step_id, workflow.money_step)
+    return self.run_step(step_id, settlement.money_step)
 
 
 @celery_app.task(name="loyalty.credit", base=DbTask, bind=True)
 def loyalty_credit(self: DbTask, step_id: int) -> str:
     """Credit the refund to the customer's loyalty ledger."""
-    return self.run_step(step_id, workflow.money_step)
+    return self.run_step(step_id, settlement.money_step)

@@ -8,7 +8,7 @@ from celery import Celery, signals
 
 from cancelflow.config import get_settings
 from cancelflow.errors import TransientError
-from cancelflow.services import jobs
+from cancelflow.services import after_commit
 from cancelflow.services import recovery as _recovery  # noqa: F401  (sweeps at once after a DB restart)
 from cancelflow.worker import metrics as _metrics  # noqa: F401  (connects the task-latency signals)
 from cancelflow.worker import privacy as _privacy  # noqa: F401  (masks received arguments)
@@ -38,7 +38,7 @@ celery_app.steps["consumer"].add(IntakeGuard)
 celery_app.steps["consumer"].add(BrokerLossCheck)
 
 
-def send(send: jobs.Send) -> None:
+def send(send: after_commit.Send) -> None:
     from kombu.exceptions import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -52,8 +52,8 @@ def send(send: jobs.Send) -> None:
 
 def install_sender() -> None:
     """Route the sends of this process to the broker again after a test replaced the sender (it is where
-    they go by default: `jobs.DEFAULT_SENDER`)."""
-    jobs.set_sender(None)
+    they go by default: `after_commit.DEFAULT_SENDER`)."""
+    after_commit.set_sender(None)
 
 
 @signals.setup_logging.connect

@@ -21,7 +21,7 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import FORequestStatus, PlanStatus, StepKind, StepStatus
-from cancelflow.services import steps, workflow
+from cancelflow.services import routing, steps
 from tests import factories
 from tests.factories import VALID_IBAN, PlacedOrder, new_service, token_headers
 
@@ -360,7 +360,7 @@ class TestReject:
                     WorkflowStep.request_id == body["id"], WorkflowStep.kind == StepKind.route
                 )
             ).one()
-            workflow.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
+            routing.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
         with transaction() as session:
             plan = session.scalars(
                 select(CancellationPlan).where(CancellationPlan.request_id == body["id"])

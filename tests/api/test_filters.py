@@ -13,7 +13,7 @@ from sqlalchemy import update
 from cancelflow.db import transaction
 from cancelflow.errors import Invalid
 from cancelflow.models import CancellationPlan, CancellationRequest
-from cancelflow.services import queries, workflow
+from cancelflow.services import approval, queries
 from tests.factories import VALID_IBAN, load, order_payload, service_payload, token_headers
 
 BASE = "/api/v1/cancellation_requests/"
@@ -62,7 +62,7 @@ def world(client: TestClient, staff: dict[str, str]) -> dict[str, Any]:
     ).json()
     with transaction() as session:
         request_b = session.get_one(CancellationRequest, b["id"])
-        plan = workflow.approve(session, request_b, actor="test")
+        plan = approval.approve(session, request_b, actor="test")
         session.execute(
             update(CancellationPlan)
             .where(CancellationPlan.id == plan.id)

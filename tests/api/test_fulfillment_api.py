@@ -21,7 +21,7 @@ from cancelflow.config import get_settings
 from cancelflow.db import transaction
 from cancelflow.models import Event, FulfillmentOrder, WorkflowStep
 from cancelflow.models.enums import StepStatus
-from cancelflow.services import jobs
+from cancelflow.services import after_commit
 from tests.factories import load, order_payload, service_payload, token_key
 
 SEED_004 = Path(os.environ.get("CANCELFLOW_SEED_004", "/work/shared/seeds/004_e95165c092f787b2.txt"))
@@ -396,7 +396,7 @@ class TestVersionsAndAuth:
 
 class TestCancellationRequests:
     def test_send_records_the_request_and_notifies_after_commit(
-        self, client: TestClient, staff: str, service: Service, sent: list[jobs.Send]
+        self, client: TestClient, staff: str, service: Service, sent: list[after_commit.Send]
     ) -> None:
         fo_id, _ = make_fo(service)
         response = client.post(
@@ -435,7 +435,7 @@ class TestCancellationRequests:
         client: TestClient,
         staff: str,
         service: Service,
-        sent: list[jobs.Send],
+        sent: list[after_commit.Send],
         request_status: str,
         status: str,
     ) -> None:

@@ -13,7 +13,7 @@ from cancelflow.cli.main import app
 from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind, StepStatus
-from cancelflow.services import jobs, replay, steps, workflow
+from cancelflow.services import after_commit, approval, replay, routing, steps
 from cancelflow.services.steps import TASK_FOR_KIND
 from tests.factories import new_request
 
@@ -27,11 +27,11 @@ def step_of(request_id: int, kind: StepKind) -> int:
         ).one()
 
 
-def request_with_a_replayed_step(sent: list[jobs.Send]) -> int:
+def request_with_a_replayed_step(sent: list[after_commit.Send]) -> int:
     """Validated and approved; its route step died ("gateway exploded"), was replayed, then succeeded."""
     request_id = new_request().id
     with transaction() as session:
-        workflow.validate_step(
+        approval.validate_step(
             session,
             steps.claim(
                 session, step_of(request_id, StepKind.validate), task=TASK_FOR_KIND[StepKind.validate]
@@ -43,12 +43,12 @@ def request_with_a_replayed_step(sent: list[jobs.Send]) -> int:
     with transaction() as session:
         replay.replay_step(session, route, actor="test")
     with transaction() as session:
-        workflow.route_step(session, steps.claim(session, route, task=TASK_FOR_KIND[StepKind.route]))
+        routing.route_step(session, steps.claim(session, route, task=TASK_FOR_KIND[StepKind.route]))
     return request_id
 
 
 def test_show_and_detailed_present_the_same_steps(
-    sent: list[jobs.Send], client: TestClient, staff: dict[str, str]
+    sent: list[after_commit.Send], client: TestClient, staff: dict[str, str]
 ) -> None:
     request_id = request_with_a_replayed_step(sent)
 
@@ -85,7 +85,7 @@ def test_show_and_detailed_present_the_same_steps(
         assert has_next_attempt == (step["next_attempt_at"] is not None), cells
 
 
-def test_a_dead_step_keeps_its_error_and_has_no_next_attempt(sent: list[jobs.Send]) -> None:
+def test_a_dead_step_keeps_its_error_and_has_no_next_attempt(sent: list[after_commit.Send]) -> None:
     from cancelflow.services.step_view import steps_of
 
     request_id = new_request().id

@@ -115,7 +115,7 @@ def waiting_for_money(stack: Stack, unit_price: str) -> tuple[Any, WorkflowStep,
     stack's long backoff keeps both steps pending, so only a published message runs either of them.
     """
     from cancelflow.db import transaction
-    from cancelflow.services import workflow
+    from cancelflow.services import replies
 
     service = make_service(stack, policy="never", fail_first=10_000)
     order = make_order(service, quantity=1, unit_price=unit_price)
@@ -130,7 +130,7 @@ def waiting_for_money(stack: Stack, unit_price: str) -> tuple[Any, WorkflowStep,
     try:
         with transaction() as session:
             assert notify.fulfillment_order_id is not None
-            workflow.answer_cancellation(
+            replies.answer_cancellation(
                 session, notify.fulfillment_order_id, decision="accept", message=None, service_id=None
             )
         refund = wait_for(

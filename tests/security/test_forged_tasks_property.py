@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from cancelflow.models.enums import StepStatus
-from cancelflow.services import jobs, steps
+from cancelflow.services import after_commit, steps
 from tests.security.world import World, money, snapshot
 
 STEP_TASKS = tuple(dict.fromkeys(steps.TASK_FOR_KIND.values()))
@@ -81,7 +81,7 @@ def test_world_has_every_kind_in_every_status(world: World) -> None:
         assert [key for key, _ in rows] == [f"{plan_id}:loyalty_money:1"]
 
 
-def test_a_forged_task_changes_nothing(world: World, sent: list[jobs.Send]) -> None:
+def test_a_forged_task_changes_nothing(world: World, sent: list[after_commit.Send]) -> None:
     before = snapshot(world)
 
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)

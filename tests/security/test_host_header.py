@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cancelflow.config import get_settings
-from cancelflow.services import bulk, jobs
+from cancelflow.services import after_commit, bulk
 from tests.api.test_tags import make_requests
 from tests.factories import token_headers
 
@@ -48,11 +48,11 @@ def queued() -> Iterator[list[str]]:
     """Jobs are created but not handed to Celery (no worker here; only their URLs matter): the tasks
     their commits send are recorded instead."""
     sent: list[str] = []
-    jobs.set_sender(lambda send: sent.append(send.task))
+    after_commit.set_sender(lambda send: sent.append(send.task))
     try:
         yield sent
     finally:
-        jobs.set_sender(None)
+        after_commit.set_sender(None)
 
 
 def assert_safe(url: str | None, public: str, path: str) -> None:

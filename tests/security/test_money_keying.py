@@ -15,7 +15,7 @@ from sqlalchemy import insert, select
 from cancelflow.db import transaction
 from cancelflow.models import CancellationPlan, LoyaltyLedgerEntry, MoneyTransaction, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
-from cancelflow.services import jobs
+from cancelflow.services import after_commit
 from tests.security.world import World, snapshot
 
 
@@ -88,7 +88,7 @@ def _money_of(plan_id: int | None) -> tuple[int, int]:
     ],
 )
 def test_a_step_that_is_not_the_plans_money_step_moves_no_money(
-    world: World, sent: list[jobs.Send], kind: StepKind, task: str, key: str
+    world: World, sent: list[after_commit.Send], kind: StepKind, task: str, key: str
 ) -> None:
     # Given a loyalty plan waiting for its money, and a second money-kind step row on it
     money_step = _pending_step(world, StepKind.loyalty_credit)
@@ -109,7 +109,7 @@ def test_a_step_that_is_not_the_plans_money_step_moves_no_money(
         assert session.get_one(WorkflowStep, rogue).status == StepStatus.pending
 
 
-def test_close_refuses_a_plan_with_unpaid_money(world: World, sent: list[jobs.Send]) -> None:
+def test_close_refuses_a_plan_with_unpaid_money(world: World, sent: list[after_commit.Send]) -> None:
     # Given a plan whose refund step is still pending, and a close step made for it out of turn
     refund = _pending_step(world, StepKind.refund)
     close = _add_step(refund, kind=StepKind.close, key=f"{refund.plan_id}:close:rogue")

@@ -38,7 +38,7 @@ from cancelflow.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from cancelflow.services import intake, workflow
+from cancelflow.services import approval, intake
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 from tests.conftest import DATABASE_URL
@@ -211,7 +211,7 @@ def _deliver_once(session: Session, urls: list[str], channel: int) -> list[Webho
         for url in urls
     ]
     request = _request(session, channel)
-    workflow.approve(session, request, actor="test")
+    approval.approve(session, request, actor="test")
     attempts = []
     for subscription in subscriptions:
         [delivery] = session.scalars(
@@ -478,7 +478,7 @@ class TestConnectTime:
             session, url=url.format(port=receiver.port), events=["request.approved"], channel_id=channel
         )
         request = _request(session, channel)
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
         [delivery] = session.scalars(
             select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription.id)
         ).all()

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from cancelflow.db import transaction
 from cancelflow.models import CancellationRequest, WorkflowStep
-from cancelflow.services import steps, workflow
+from cancelflow.services import approval, steps
 from tests.factories import VALID_IBAN, bank_transfer_request_over_api, token_headers
 
 REMOTE_BODY = (
@@ -26,7 +26,7 @@ def failed_request(client: TestClient) -> int:
     """A bank-transfer request whose first step failed once, then for good (its plan failed)."""
     request_id = bank_transfer_request_over_api(client, token_headers("staff"))
     with transaction() as session:
-        plan = workflow.approve(session, session.get_one(CancellationRequest, request_id), actor="test")
+        plan = approval.approve(session, session.get_one(CancellationRequest, request_id), actor="test")
         step_id = session.scalars(
             select(WorkflowStep.id).where(WorkflowStep.plan_id == plan.id).order_by(WorkflowStep.id)
         ).first()

@@ -31,7 +31,7 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind, StepStatus
-from cancelflow.services import intake, jobs, steps, workflow
+from cancelflow.services import after_commit, approval, intake, replies, routing, settlement, steps
 from tests.factories import VALID_IBAN, new_order, new_service
 
 # Where each flow stops (the step left pending) and how its money is refunded.
@@ -47,12 +47,12 @@ MONEY_KIND = {
 }
 # The service call each step's task makes (the notification's HTTP call is left out below).
 HANDLERS = {
-    StepKind.validate: workflow.validate_step,
-    StepKind.route: workflow.route_step,
-    StepKind.refund: workflow.money_step,
-    StepKind.bank_transfer: workflow.money_step,
-    StepKind.loyalty_credit: workflow.money_step,
-    StepKind.close: workflow.close_step,
+    StepKind.validate: approval.validate_step,
+    StepKind.route: routing.route_step,
+    StepKind.refund: settlement.money_step,
+    StepKind.bank_transfer: settlement.money_step,
+    StepKind.loyalty_credit: settlement.money_step,
+    StepKind.close: settlement.close_step,
 }
 STOPS: tuple[tuple[StepKind, str], ...] = (
     (StepKind.validate, "loyalty_money"),
@@ -76,7 +76,7 @@ class World:
     planned: dict[int, list[tuple[str, Decimal]]] = field(default_factory=dict)
     bulk_job: str = ""
     export_job: str = ""
-    sent: list[jobs.Send] = field(default_factory=list)
+    sent: list[after_commit.Send] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"World({len(self.request_ids)} requests, {len(self.steps)} steps)"
@@ -84,7 +84,7 @@ class World:
 
 @dataclass
 class _Flow:
-    sent: list[jobs.Send]
+    sent: list[after_commit.Send]
     request_id: int = 0
 
     def asked(self, kind: StepKind) -> int:
@@ -101,7 +101,7 @@ class _Flow:
         return step_id
 
 
-def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: str) -> _Flow:
+def _flow(sent: list[after_commit.Send], service: str, stop: StepKind | None, target: str) -> _Flow:
     """Drive one request until the step of kind `stop` is asked for (None: to the end)."""
     method = "cash_on_delivery" if target == "bank_transfer" else "card"
     order = new_order(service_handle=service, quantity=1, unit_price="19.90", method=method)
@@ -123,13 +123,13 @@ def _flow(sent: list[jobs.Send], service: str, stop: StepKind | None, target: st
                     select(WorkflowStep.fulfillment_order_id).where(WorkflowStep.id == notify_id)
                 )
                 assert fo_id is not None
-                workflow.answer_cancellation(session, fo_id, decision="accept", message=None, service_id=None)
+                replies.answer_cancellation(session, fo_id, decision="accept", message=None, service_id=None)
             continue
         flow.run(kind, HANDLERS[kind])
     return flow
 
 
-def build(sent: list[jobs.Send]) -> World:
+def build(sent: list[after_commit.Send]) -> World:
     """Every step kind in every status, plus a bulk job and an export job."""
     service = new_service(secret=secrets.token_hex(8))
     world = World(sent=sent)

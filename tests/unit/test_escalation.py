@@ -26,7 +26,15 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, RequestStatus, StepKind
-from cancelflow.services import escalation, fulfillment_orders, intake, jobs, workflow
+from cancelflow.services import (
+    after_commit,
+    approval,
+    escalation,
+    fulfillment_orders,
+    intake,
+    replies,
+    routing,
+)
 from cancelflow.services.importer import import_payload
 from tests.factories import order_payload, reference_payload, routed_plan, service_payload
 
@@ -116,7 +124,7 @@ class TestReminders:
                     select(WorkflowStep.id).where(WorkflowStep.idempotency_key == f"{key}:30")
                 ).one(),
             ),
-        ) in [(s.task, s.args) for s in jobs.pending_sends(session)]
+        ) in [(s.task, s.args) for s in after_commit.pending_sends(session)]
         # And at the deadline the plan is escalated, still waiting, once
         clock.move_to(T0 + timedelta(days=30, minutes=1))
         chase(session)
@@ -176,7 +184,7 @@ class TestReminders:
         self, session: Session, clock: time_machine.Coordinates
     ) -> None:
         w = waiting_plan(session, deadline_seconds=3600, reminder_interval_seconds=600, reminder_count=3)
-        workflow.answer_cancellation(session, w.fo.id, decision="accept", message=None, service_id=None)
+        replies.answer_cancellation(session, w.fo.id, decision="accept", message=None, service_id=None)
         clock.move_to(T0 + timedelta(hours=2))
         chase(session)
         assert len(notify_keys(session, w.plan)) == 1
@@ -229,7 +237,7 @@ class TestDeadlineActions:
         clock.move_to(T0 + timedelta(seconds=61))
         chase(session)
         before = session.get_one(CancellationPlan, w.plan.id).status
-        outcome = workflow.answer_cancellation(
+        outcome = replies.answer_cancellation(
             session, w.fo.id, decision=decision, message="late", service_id=w.service_id
         )
         # Refused even when it says what the deadline did: never applied, never a silent "duplicate"
@@ -252,7 +260,7 @@ class TestDeadlineActions:
         w = waiting_plan(session, deadline_seconds=60, reminder_count=0, deadline_action="escalate")
         clock.move_to(T0 + timedelta(seconds=61))
         chase(session)
-        outcome = workflow.answer_cancellation(
+        outcome = replies.answer_cancellation(
             session, w.fo.id, decision=decision, message="late", service_id=w.service_id
         )
         assert (outcome.applied, outcome.error) == (True, None)
@@ -265,7 +273,7 @@ class TestDeadlineActions:
         w = waiting_plan(session, deadline_seconds=60, reminder_count=0)
         clock.move_to(T0 + timedelta(seconds=30))
         chase(session)
-        workflow.answer_cancellation(session, w.fo.id, decision="accept", message=None, service_id=None)
+        replies.answer_cancellation(session, w.fo.id, decision="accept", message=None, service_id=None)
         assert events(session, "plan", w.plan.id, "reply.late") == []
 
     def test_the_service_with_the_shortest_deadline_decides(
@@ -296,8 +304,8 @@ class TestDeadlineActions:
                 "quantity": 2,
             },
         ).request
-        plan = workflow.approve(session, request, actor="t")
-        workflow.route_step(
+        plan = approval.approve(session, request, actor="t")
+        routing.route_step(
             session, session.scalars(select(WorkflowStep).where(WorkflowStep.plan_id == plan.id)).one()
         )
         assert plan.deadline_at == T0 + timedelta(seconds=60)

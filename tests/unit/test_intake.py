@@ -11,9 +11,8 @@ from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, InvalidTransition
 from cancelflow.models import CancellationPlan, CancellationRequest, OrderItem, WorkflowStep
-from cancelflow.services import intake, workflow
-from cancelflow.services import requests as requests_service
-from cancelflow.services.jobs import pending_sends
+from cancelflow.services import approval, cancellation_requests, intake
+from cancelflow.services.after_commit import pending_sends
 from tests.factories import VALID_IBAN, PlacedOrder, new_order
 
 
@@ -106,7 +105,7 @@ class TestOneSetOfRules:
         message = _msg(order, **fields)
         item_id = order.item_id
         with pytest.raises(Invalid) as refused:
-            requests_service.create(
+            cancellation_requests.create(
                 session,
                 {k: v for k, v in message.items() if k != "client_request_id"},
                 client_request_id=message["client_request_id"],
@@ -127,7 +126,7 @@ class TestApproval:
     def test_approve_makes_plan_with_amount_and_target(self, session: Session) -> None:
         order = new_order(session=session, quantity=3, unit_price="19.99")
         request = intake.submit(session, _msg(order, quantity=3)).request
-        plan = workflow.approve(session, request, actor="staff:alice")
+        plan = approval.approve(session, request, actor="staff:alice")
         assert request.status.value == "approved"
         assert (str(plan.amount), plan.currency, plan.refund_target.value) == (
             "59.97",
@@ -139,9 +138,9 @@ class TestApproval:
     def test_approving_twice_is_an_invalid_transition(self, session: Session) -> None:
         order = new_order(session=session)
         request = intake.submit(session, _msg(order)).request
-        workflow.approve(session, request, actor="a")
+        approval.approve(session, request, actor="a")
         with pytest.raises(InvalidTransition):
-            workflow.approve(session, request, actor="b")
+            approval.approve(session, request, actor="b")
         assert session.query(CancellationPlan).filter_by(request_id=request.id).count() == 1
 
     def test_manual_rule_leaves_request_waiting(
@@ -157,7 +156,7 @@ class TestApproval:
             request = intake.submit(session, _msg(order)).request
             step_id = session.query(WorkflowStep).filter_by(request_id=request.id).one().id
             step = steps.claim(session, step_id, task="cancellations.validate")
-            workflow.validate_step(session, step)
+            approval.validate_step(session, step)
             assert request.status.value == "waiting"
             assert session.query(CancellationPlan).filter_by(request_id=request.id).count() == 0
         finally:

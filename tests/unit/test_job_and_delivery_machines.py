@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
-from cancelflow.models.jobs import JOB_MACHINE, JOB_TRANSITIONS
+from cancelflow.models.batch_jobs import JOB_MACHINE, JOB_TRANSITIONS
 from cancelflow.models.transitions import InvalidTransition
 from cancelflow.models.webhooks import DELIVERY_MACHINE, DELIVERY_TRANSITIONS, UNFINISHED, DeliveryStatus
 from cancelflow.services import bulk, exports

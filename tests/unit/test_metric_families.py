@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 from cancelflow.db import migrate, normalise_url
 from cancelflow.models.enums import PlanStatus, RefundTarget, RequestStatus, StepKind, StepStatus
 from cancelflow.models.webhooks import DeliveryStatus
-from cancelflow.services import metrics, workflow
+from cancelflow.services import approval, metrics
 from tests import conftest
 from tests.factories import new_order, new_request
 
@@ -74,7 +74,7 @@ def test_every_family_with_its_labels_on_an_empty_database(empty_database: str) 
 def test_money_moved_shows_every_target_at_zero_once_a_plan_has_a_currency(session: Session) -> None:
     # Given a plan in a currency no money has moved in yet
     request = new_request(new_order(session=session, currency="xts"), session=session)
-    workflow.approve(session, request, actor="t")
+    approval.approve(session, request, actor="t")
     session.flush()
 
     # Then the counter has a zero series for each refund target in that currency

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.models import FulfillmentOrder
 from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus
-from cancelflow.services import requests as requests_service
+from cancelflow.services import cancellation_requests
 from tests.factories import routed_plan, service_payload
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -34,7 +34,7 @@ def test_the_reject_row_says_what_a_staff_reject_does(session: Session) -> None:
     assert plan.status == PlanStatus.confirmation_waiting
 
     # When staff reject the request
-    requests_service.reject(session, plan.request_id, actor="staff", channel_id=None)
+    cancellation_requests.reject(session, plan.request_id, actor="staff", channel_id=None)
     fo = session.scalars(
         select(FulfillmentOrder).where(FulfillmentOrder.cancellation_plan_id == plan.id)
     ).one()

@@ -13,26 +13,26 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import PermanentError, TransientError
 from cancelflow.models import CancellationPlan, Event, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
-from cancelflow.services import intake, jobs, steps
+from cancelflow.services import after_commit, intake, steps
 from tests.factories import approved_plan, new_order, step_of
 
 
 class TestRule2EnqueueAfterCommit:
-    def test_sends_only_after_commit(self, sent: list[jobs.Send]) -> None:
+    def test_sends_only_after_commit(self, sent: list[after_commit.Send]) -> None:
         from cancelflow.db import new_session
 
         session = new_session()
         try:
-            jobs.enqueue_after_commit(session, "cancellations.route", 7)
-            jobs.enqueue_after_commit(session, "cancellations.route", 7)  # asked twice, sent once
+            after_commit.enqueue_after_commit(session, "cancellations.route", 7)
+            after_commit.enqueue_after_commit(session, "cancellations.route", 7)  # asked twice, sent once
             session.execute(text("SELECT 1"))
             assert sent == []
             session.commit()
         finally:
             session.close()
-        assert sent == [jobs.Send("cancellations.route", (7,))]
+        assert sent == [after_commit.Send("cancellations.route", (7,))]
 
-    def test_a_job_keyed_by_uuid_is_sent_by_its_string(self, sent: list[jobs.Send]) -> None:
+    def test_a_job_keyed_by_uuid_is_sent_by_its_string(self, sent: list[after_commit.Send]) -> None:
         import uuid
 
         from cancelflow.db import new_session
@@ -41,35 +41,35 @@ class TestRule2EnqueueAfterCommit:
         session = new_session()
         try:
             session.execute(text("SELECT 1"))
-            jobs.enqueue_after_commit(session, "tags.bulk", job_id)
+            after_commit.enqueue_after_commit(session, "tags.bulk", job_id)
             session.rollback()  # what a rolled-back job row asked for is never sent
             session.execute(text("SELECT 1"))
-            jobs.enqueue_after_commit(session, "exports.run", job_id)
+            after_commit.enqueue_after_commit(session, "exports.run", job_id)
             session.commit()
         finally:
             session.close()
-        assert sent == [jobs.Send("exports.run", (job_id,))]
+        assert sent == [after_commit.Send("exports.run", (job_id,))]
 
-    def test_a_released_savepoint_is_not_a_commit(self, sent: list[jobs.Send]) -> None:
+    def test_a_released_savepoint_is_not_a_commit(self, sent: list[after_commit.Send]) -> None:
         from cancelflow.db import new_session
 
         session = new_session()
         try:
             session.execute(text("SELECT 1"))
             with session.begin_nested():
-                jobs.enqueue_after_commit(session, "cancellations.close", 3)
+                after_commit.enqueue_after_commit(session, "cancellations.close", 3)
             assert sent == []
             session.commit()
         finally:
             session.close()
-        assert sent == [jobs.Send("cancellations.close", (3,))]
+        assert sent == [after_commit.Send("cancellations.close", (3,))]
 
-    def test_rollback_drops_the_sends(self, sent: list[jobs.Send]) -> None:
+    def test_rollback_drops_the_sends(self, sent: list[after_commit.Send]) -> None:
         from cancelflow.db import new_session
 
         session = new_session()
         try:
-            jobs.enqueue_after_commit(session, "payments.refund", 1)
+            after_commit.enqueue_after_commit(session, "payments.refund", 1)
             session.execute(text("SELECT 1"))
             session.rollback()
             session.commit()  # a later, empty commit must not resurrect them
@@ -81,13 +81,13 @@ class TestRule2EnqueueAfterCommit:
     def test_failed_send_after_commit_is_left_to_the_sweeper(self, database: str) -> None:
         from cancelflow.db import new_session
 
-        def broken(_: jobs.Send) -> None:
+        def broken(_: after_commit.Send) -> None:
             raise ConnectionError("broker down")
 
-        jobs.set_sender(broken)
+        after_commit.set_sender(broken)
         session = new_session()
         try:
-            jobs.enqueue_after_commit(session, "payments.refund", 1)
+            after_commit.enqueue_after_commit(session, "payments.refund", 1)
             session.commit()  # must not raise: the commit already happened
         finally:
             session.close()

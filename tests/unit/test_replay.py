@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Conflict, NotFound
 from cancelflow.models import CancellationPlan, Event, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepKind, StepStatus
-from cancelflow.services import jobs, replay, steps, transitions, workflow
+from cancelflow.services import after_commit, replay, routing, steps, transitions
 from tests.factories import approved_plan, step_of
 
 
@@ -51,7 +51,7 @@ class TestReplayStep:
         session.refresh(plan)
         # Same row, same key, a fresh budget, due now and sent after commit
         assert (step.status, step.attempt, step.idempotency_key) == (StepStatus.pending, 0, key)
-        assert jobs.Send("cancellations.route", (step.id,)) in jobs.pending_sends(session)
+        assert after_commit.Send("cancellations.route", (step.id,)) in after_commit.pending_sends(session)
         assert (plan.status, plan.failed_from, plan.failure_reason) == (PlanStatus.waiting, None, None)
         assert kinds(session, "step", step.id)[-1] == "step.pending"
         assert kinds(session, "plan", plan.id)[-1] == "plan.waiting"
@@ -72,7 +72,7 @@ class TestReplayStep:
         replay.replay_step(session, step.id, actor="alice")
         session.refresh(step)
         # The step can be claimed and run again like any pending step
-        workflow.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
+        routing.route_step(session, steps.claim(session, step.id, task="cancellations.route"))
         session.refresh(plan)
         assert plan.status != PlanStatus.failed
         session.refresh(step)

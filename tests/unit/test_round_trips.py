@@ -18,7 +18,7 @@ from sqlalchemy import event, select
 from cancelflow.db import get_engine, transaction
 from cancelflow.models import CancellationRequest
 from cancelflow.models.enums import RequestStatus
-from cancelflow.services import jobs
+from cancelflow.services import after_commit
 from tests.factories import load, order_payload, service_payload
 from tests.inprocess import request_steps
 
@@ -57,7 +57,7 @@ def no_webhook_listeners(database: str) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("no_webhook_listeners")
-def test_statements_per_step_of_one_request(sent: list[jobs.Send]) -> None:
+def test_statements_per_step_of_one_request(sent: list[after_commit.Send]) -> None:
     svc = service_payload(secret=secrets.token_hex(8))
     order = order_payload(service_handle=svc["handle"], quantity=1)
     load({"fulfillment_services": [svc], "orders": [order]})

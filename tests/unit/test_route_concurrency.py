@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, text
 from cancelflow.db import new_session, transaction
 from cancelflow.models import FulfillmentOrder, FulfillmentOrderLineItem, WorkflowStep
 from cancelflow.models.enums import StepKind
-from cancelflow.services import intake, steps, workflow
+from cancelflow.services import approval, intake, routing, steps
 from tests.factories import load, order_payload, service_payload
 
 
@@ -38,7 +38,7 @@ def test_a_line_added_while_route_waits_for_the_lock_is_not_cancelled(database: 
         request = intake.submit(
             session, {"client_request_id": secrets.token_hex(6), "order_item": item_a, "reason": 1}
         ).request
-        plan = workflow.approve(session, request, actor="test")
+        plan = approval.approve(session, request, actor="test")
         route_id = session.scalars(
             select(WorkflowStep.id).where(
                 WorkflowStep.plan_id == plan.id, WorkflowStep.kind == StepKind.route
@@ -66,7 +66,7 @@ def test_a_line_added_while_route_waits_for_the_lock_is_not_cancelled(database: 
         try:
             with transaction() as session:
                 pid.append(int(session.scalar(text("SELECT pg_backend_pid()")) or 0))
-                workflow.route_step(session, steps.claim(session, route_id, task="cancellations.route"))
+                routing.route_step(session, steps.claim(session, route_id, task="cancellations.route"))
         except BaseException as exc:  # reported by the assertion below
             failure.append(exc)
 

@@ -52,9 +52,19 @@ from cancelflow.models import (
     WorkflowStep,
 )
 from cancelflow.models.enums import StepKind
-from cancelflow.services import escalation, fulfillment_orders, intake, replay, requests, steps, workflow
+from cancelflow.services import (
+    cancellation_requests,
+    escalation,
+    fulfillment_orders,
+    intake,
+    locking,
+    replay,
+    replies,
+    steps,
+)
 from cancelflow.services.importer import import_payload
 from tests.factories import order_payload, reference_payload, service_payload
+from tests.security.world import HANDLERS
 
 DEADLINE_SECONDS = 60  # short, so the clock jumps past no plan another test left waiting (an hour's deadline)
 CHASE_LIMIT = 100_000
@@ -70,16 +80,6 @@ STAFF_REJECTABLE_PLAN = {"waiting", "confirmation_waiting"}
 FAILABLE_PLAN = {"waiting", "confirmation_waiting", "waiting_for_payment"}
 
 
-# The service call each step's task makes (what a worker runs once it has claimed the step).
-STEP_SERVICES = {
-    StepKind.validate: workflow.validate_step,
-    StepKind.route: workflow.route_step,
-    StepKind.notify: workflow.notify_step,
-    StepKind.refund: workflow.money_step,
-    StepKind.bank_transfer: workflow.money_step,
-    StepKind.loyalty_credit: workflow.money_step,
-    StepKind.close: workflow.close_step,
-}
 
 
 @dataclass
@@ -188,7 +188,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
         self.session.flush()
         self.session.expire_all()
         request = self.session.get_one(CancellationRequest, self.request_id)
-        plan = workflow.plan_of(self.session, self.request_id)
+        plan = locking.plan_of(self.session, self.request_id)
         fo = None
         if plan is not None:
             fo = self.session.scalars(
@@ -240,7 +240,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
     @rule()
     def staff_approves(self) -> None:
         def approve() -> None:
-            requests.update_request(
+            cancellation_requests.update_request(
                 self.session, self.request_id, {"status": "approved"}, actor="staff", channel_id=None
             )
 
@@ -260,7 +260,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
             return
 
         def reject() -> None:
-            requests.reject(self.session, self.request_id, actor="staff", channel_id=None)
+            cancellation_requests.reject(self.session, self.request_id, actor="staff", channel_id=None)
 
         m = self.m
         plan_ok = (
@@ -378,7 +378,7 @@ class CancellationWorkflow(RuleBasedStateMachine):
         kind, m = step.kind, self.m
         event(f"deliver {kind.value} (plan {m.plan})")
         claimed = steps.claim(self.session, step.id, task=steps.TASK_FOR_KIND[kind])
-        STEP_SERVICES[kind](self.session, claimed)
+        HANDLERS[kind](self.session, claimed)
         m.steps[step.id] = "done"
         if kind == StepKind.validate:
             if self.auto_approve and m.request == "waiting":
@@ -581,9 +581,9 @@ class Rows:
 
 def answer(
     session: Session, fo_id: int, decision: str, service_id: int | None
-) -> tuple[workflow.ReplyOutcome, str]:
+) -> tuple[replies.ReplyOutcome, str]:
     """The service's reply, and the request status it asks for."""
-    outcome = workflow.answer_cancellation(
+    outcome = replies.answer_cancellation(
         session,
         fo_id,
         decision="accept" if decision == "accept" else "reject",

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.models import DeliveryStatus, Event, WebhookDelivery, WebhookSubscription
 from cancelflow.models.enums import PlanStatus
-from cancelflow.services import metrics, transitions, workflow
+from cancelflow.services import approval, metrics, transitions
 from cancelflow.services.clock import now
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
@@ -26,7 +26,7 @@ def _refuse(request: httpx.Request) -> httpx.Response:
 def _two_of_one_request(session: Session) -> tuple[WebhookSubscription, WebhookDelivery, WebhookDelivery]:
     request = _request(session)
     subscription = _subscribe(session, "*")
-    plan = workflow.approve(session, request, actor="test")
+    plan = approval.approve(session, request, actor="test")
     transitions.move(session, plan, PlanStatus.confirmed)
     first, second = _deliveries(session, subscription)
     return subscription, first, second
@@ -127,7 +127,7 @@ class TestPause:
         webhook_delivery.sweep_due(session)
         assert (first.id,) not in _deliver_sends(session)
         later = _request(session)
-        workflow.approve(session, later, actor="test")
+        approval.approve(session, later, actor="test")
         [fresh] = [d for d in _deliveries(session, subscription) if d.request_id == later.id]
         assert (fresh.id,) not in _deliver_sends(session)  # written, kept for the resume, not sent
 

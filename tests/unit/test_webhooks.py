@@ -24,9 +24,9 @@ from cancelflow.models import (
     WebhookSubscription,
 )
 from cancelflow.models.enums import PlanStatus
-from cancelflow.services import transitions, workflow
+from cancelflow.services import approval, transitions
+from cancelflow.services.after_commit import pending_sends
 from cancelflow.services.clock import now
-from cancelflow.services.jobs import pending_sends
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import outbox as webhook_outbox
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
@@ -112,7 +112,7 @@ class TestOutbox:
         webhook_subscriptions.remove_subscription(session, inactive.id)
 
         # When the request is approved
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
 
         # Then exactly the matching subscriptions got a row, sharing one event id, each asked for
         [approved] = _deliveries(session, wants_approved)
@@ -132,7 +132,7 @@ class TestOutbox:
     def test_plan_transitions_carry_request_and_plan(self, session: Session) -> None:
         request = _request(session, quantity=2, unit_price="12.50", currency="eur")
         subscription = _subscribe(session, "plan.confirmed")
-        plan = workflow.approve(session, request, actor="test")
+        plan = approval.approve(session, request, actor="test")
         transitions.move(session, plan, PlanStatus.confirmed)
         [delivery] = _deliveries(session, subscription)
         data = delivery.payload["data"]
@@ -152,7 +152,7 @@ class TestOutbox:
     def test_no_subscription_means_no_row_and_no_send(self, session: Session) -> None:
         request = _request(session)
         before = session.scalar(text("SELECT count(*) FROM webhook_deliveries"))
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
         assert session.scalar(text("SELECT count(*) FROM webhook_deliveries")) == before
         assert _deliver_sends(session) == []
 
@@ -166,7 +166,7 @@ class TestOutbox:
         )
         assert request.iban == VALID_IBAN  # the request does hold it…
         subscription = _subscribe(session, "*")
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
         [delivery] = _deliveries(session, subscription)
         body = webhook_http.encode(delivery.payload).decode()
         # …the payload does not
@@ -185,7 +185,7 @@ class TestOutbox:
     def test_emit_adds_extra_data_and_refuses_unknown_types(self, session: Session) -> None:
         request = _request(session)
         subscription = _subscribe(session, "plan.escalated")
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
         webhook_outbox.emit(session, "plan.escalated", request.id, {"deadline_action": "escalate"})
         [delivery] = _deliveries(session, subscription)
         assert delivery.payload["data"]["deadline_action"] == "escalate"  # type: ignore[index]
@@ -197,7 +197,7 @@ class TestOutbox:
         request = _request(session)
         subscription = _subscribe(session, "request.approved")
         savepoint = session.begin_nested()
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
         assert len(_deliveries(session, subscription)) == 1
         savepoint.rollback()
         assert _deliveries(session, subscription) == []
@@ -241,7 +241,7 @@ class TestSignature:
     def test_delivery_is_signed_over_the_raw_body(self, session: Session) -> None:
         request = _request(session)
         subscription = _subscribe(session, "request.approved")
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
         [delivery] = _deliveries(session, subscription)
         calls: list[httpx.Request] = []
         assert (
@@ -263,7 +263,7 @@ class TestDelivery:
     def _one(self, session: Session) -> WebhookDelivery:
         request = _request(session)
         subscription = _subscribe(session, "request.approved")
-        workflow.approve(session, request, actor="test")
+        approval.approve(session, request, actor="test")
         [delivery] = _deliveries(session, subscription)
         return delivery
 
@@ -397,13 +397,13 @@ class TestOrdering:
         # Given two events of one request for one subscription
         request = _request(session)
         subscription = _subscribe(session, "*")
-        plan = workflow.approve(session, request, actor="test")
+        plan = approval.approve(session, request, actor="test")
         transitions.move(session, plan, PlanStatus.confirmed)
         first, second = _deliveries(session, subscription)
         assert (first.event_type, second.event_type) == ("request.approved", "plan.confirmed")
         # And an unrelated request's delivery, which must not wait for them
         other = _request(session)
-        workflow.approve(session, other, actor="test")
+        approval.approve(session, other, actor="test")
         [other_delivery] = [d for d in _deliveries(session, subscription) if d.request_id == other.id]
 
         # When the younger one is tried first, nothing is sent and no attempt is counted
@@ -433,7 +433,7 @@ class TestOrdering:
     def test_a_dead_older_delivery_does_not_block(self, session: Session) -> None:
         request = _request(session)
         subscription = _subscribe(session, "*")
-        plan = workflow.approve(session, request, actor="test")
+        plan = approval.approve(session, request, actor="test")
         transitions.move(session, plan, PlanStatus.confirmed)
         first, second = _deliveries(session, subscription)
         assert webhook_delivery.deliver(session, first.id, client=_client(_answer(404))) == "dead"

@@ -16,7 +16,7 @@ from cancelflow.config import get_settings
 from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
-from cancelflow.services import jobs, steps
+from cancelflow.services import after_commit, steps
 from cancelflow.services.clock import now
 from cancelflow.worker.broker_loss import MARKER_KEY, broker_was_emptied
 from cancelflow.worker.config import celery_config
@@ -66,7 +66,7 @@ def _step(next_attempt_in: timedelta) -> int:
 
 
 def test_a_sweep_after_a_broker_loss_resends_the_steps_in_flight_at_once(
-    database: str, sent: list[jobs.Send]
+    database: str, sent: list[after_commit.Send]
 ) -> None:
     grace = get_settings().redelivery_grace
     in_flight = _step(grace - timedelta(seconds=1))  # its message went out a moment ago

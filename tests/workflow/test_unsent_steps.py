@@ -12,23 +12,23 @@ from sqlalchemy import select
 from cancelflow.db import transaction
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
-from cancelflow.services import jobs, steps
+from cancelflow.services import after_commit, steps
 from cancelflow.services import recovery as _recovery  # noqa: F401  (registers the failure hook)
 from cancelflow.services.clock import now
 
 
 @pytest.fixture
-def broker_away() -> Iterator[list[jobs.Send]]:
-    tried: list[jobs.Send] = []
+def broker_away() -> Iterator[list[after_commit.Send]]:
+    tried: list[after_commit.Send] = []
 
-    def refuse(send: jobs.Send) -> None:
+    def refuse(send: after_commit.Send) -> None:
         tried.append(send)
         raise ConnectionRefusedError("broker is away")
 
-    previous = jobs._sender
-    jobs.set_sender(refuse)
+    previous = after_commit._sender
+    after_commit.set_sender(refuse)
     yield tried
-    jobs.set_sender(previous)
+    after_commit.set_sender(previous)
 
 
 def _create_step() -> int:
@@ -38,7 +38,7 @@ def _create_step() -> int:
         )
 
 
-def test_a_step_not_sent_after_commit_is_due_at_once(database: str, broker_away: list[jobs.Send]) -> None:
+def test_a_step_not_sent_after_commit_is_due_at_once(database: str, broker_away: list[after_commit.Send]) -> None:
     step_id = _create_step()
 
     assert [send.args for send in broker_away] == [(step_id,)]

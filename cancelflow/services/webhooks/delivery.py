@@ -40,8 +40,8 @@ from cancelflow.models import (
     WebhookSubscription,
 )
 from cancelflow.models.webhooks import DELIVERY_MACHINE, UNFINISHED
+from cancelflow.services.after_commit import enqueue_after_commit
 from cancelflow.services.clock import now
-from cancelflow.services.jobs import enqueue_after_commit
 from cancelflow.services.redelivery import redelivery_wait
 from cancelflow.services.steps import backoff
 from cancelflow.services.webhooks.outbox import DELIVER_TASK

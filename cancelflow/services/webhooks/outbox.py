@@ -28,8 +28,8 @@ from cancelflow.models import (
     WebhookSubscription,
 )
 from cancelflow.models.enums import PlanStatus, RequestStatus
+from cancelflow.services.after_commit import enqueue_after_commit
 from cancelflow.services.clock import now
-from cancelflow.services.jobs import enqueue_after_commit
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from cancelflow.models.enums import (
     RequestStatus,
 )
 from cancelflow.models.transitions import CLIENT_REQUEST_TARGETS, require
+from cancelflow.services import approval, intake, locking, transitions
 from cancelflow.services import iban as iban_checks
-from cancelflow.services import intake, transitions, workflow
 
 # Fields whose change would alter what is cancelled or where the money goes: frozen once approved.
 MONEY_FIELDS: Final = (
@@ -131,7 +131,7 @@ def update_request(
 ) -> CancellationRequest:
     """Apply a PUT/PATCH: field edits first, then a status change (approve or reject)."""
     request = get_visible(session, request_id, channel_id=channel_id)
-    workflow.lock_order(session, request.order_id)
+    locking.lock_order(session, request.order_id)
     session.refresh(request)
     target = changes.get("status")
     target_status = RequestStatus(target) if target is not None else None
@@ -142,7 +142,7 @@ def update_request(
             raise _refuse(f"{refused} Requests complete with their plan.")
     _edit(session, request, {k: v for k, v in changes.items() if k != "status"})
     if target_status == RequestStatus.approved and request.status != target_status:
-        workflow.approve(session, request, actor=actor)
+        approval.approve(session, request, actor=actor)
     elif target_status == RequestStatus.rejected and request.status != target_status:
         reject(session, request.id, actor=actor, channel_id=channel_id)
     session.flush()
@@ -260,12 +260,12 @@ def reject(
     """Staff reject: stop the plan (pending steps cancelled, open fulfillment requests withdrawn) and end
     the request `rejected`, giving its quantity back to the order item."""
     request = get_visible(session, request_id, channel_id=channel_id)
-    workflow.lock_order(session, request.order_id)
+    locking.lock_order(session, request.order_id)
     session.refresh(request)
-    plan = workflow.plan_of(session, request.id)
+    plan = locking.plan_of(session, request.id)
     if plan is not None:
         session.refresh(plan, with_for_update=True)
-    workflow.reject_plan(
+    approval.reject_plan(
         session,
         request,
         plan,

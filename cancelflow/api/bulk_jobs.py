@@ -21,7 +21,7 @@ from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.db import transaction
 from cancelflow.models import BulkJob, JobStatus
-from cancelflow.services import bulk, jobs
+from cancelflow.services import after_commit, bulk
 
 router = APIRouter(prefix="/api/v1/bulk_jobs", tags=["jobs"], responses=AKINON_RESPONSES)
 
@@ -67,7 +67,7 @@ class BulkJobOut(BaseModel):
 def send(session: Session, task: str, job_id: uuid.UUID) -> None:
     """Queue `task(job_id)` once this transaction (which writes the job row) commits. A failed send leaves
     the job pending (module docstring)."""
-    jobs.enqueue_after_commit(session, task, str(job_id))
+    after_commit.enqueue_after_commit(session, task, str(job_id))
 
 
 def absolute(request: Request, path: str) -> str:

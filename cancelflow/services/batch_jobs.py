@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.errors import NotFound
 from cancelflow.models import BulkJob, ExportJob, JobStatus
-from cancelflow.models.jobs import JOB_MACHINE
+from cancelflow.models.batch_jobs import JOB_MACHINE
 
 Job = TypeVar("Job", BulkJob, ExportJob)
 

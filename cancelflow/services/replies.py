@@ -1,0 +1,165 @@
+"""A fulfillment service's reply to a cancellation request: applied once, every other reply recorded.
+
+An accept that leaves nothing waiting confirms the plan (`settlement.confirm`); a reject rejects it
+(`approval.reject_plan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
+
+from cancelflow.models import (
+    CancellationPlan,
+    CancellationRequest,
+    FulfillmentOrder,
+)
+from cancelflow.models.enums import (
+    FORequestStatus,
+    FOStatus,
+    PlanStatus,
+    RejectionCode,
+)
+from cancelflow.models.transitions import EscalationState, allows, escalation_of
+from cancelflow.services import fulfillment_orders as fos
+from cancelflow.services import transitions
+from cancelflow.services.approval import reject_plan
+from cancelflow.services.clock import now
+from cancelflow.services.locking import fresh, lock_order_of_fo
+from cancelflow.services.settlement import confirm
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    fulfillment_order: FulfillmentOrder
+    applied: bool
+    error: str | None = None
+
+
+def answer_cancellation(
+    session: Session,
+    fo_id: int,
+    *,
+    decision: Literal["accept", "reject"],
+    message: str | None,
+    service_id: int | None,
+) -> ReplyOutcome:
+    """Apply a service's accept/reject once; record every other reply (duplicates, late, wrong state).
+
+    Returns an outcome with `error` set instead of raising, so the caller commits the recorded event.
+    """
+    # The order lock first (found through the fulfillment order), then the fulfillment order read under it.
+    lock_order_of_fo(session, fo_id)
+    fo = fos.get_for_service(session, fo_id, service_id, lock=True)
+    accepted = decision == "accept"
+    done_state = FORequestStatus.cancellation_accepted if accepted else FORequestStatus.cancellation_rejected
+    if not allows("fulfillment_order.request_status", fo.request_status, done_state):
+        last = fos.open_cancellation_request(session, fo.id)
+        # A request closed at the reply deadline (or by staff) was never answered (no responded_at): a
+        # reply to it now is late, not a duplicate, even when it says what the deadline action did.
+        if fo.request_status == done_state and (last is None or last.responded_at is not None):
+            transitions.record_event(
+                session,
+                "fulfillment_order",
+                fo.id,
+                "reply.duplicate",
+                data={"decision": decision, "message": message},
+            )
+            return ReplyOutcome(fo, applied=False)
+        transitions.record_event(
+            session,
+            "fulfillment_order",
+            fo.id,
+            "reply.ignored",
+            data={
+                "decision": decision,
+                "message": message,
+                "flagged": True,
+                "request_status": fo.request_status.value,
+                "after_deadline": last is not None and last.responded_at is None,
+            },
+        )
+        return ReplyOutcome(
+            fo,
+            applied=False,
+            error="Fulfillment order does not have a pending cancellation request.",
+        )
+    merchant_request = fos.open_cancellation_request(session, fo.id)
+    if merchant_request is not None:
+        merchant_request.response = "accepted" if accepted else "rejected"
+        merchant_request.response_message = message
+        merchant_request.responded_at = now()
+    transitions.move_fulfillment_order(
+        session,
+        fo,
+        request_status=done_state,
+        status=FOStatus.cancelled if accepted else FOStatus.in_progress,
+        data={"message": message},
+    )
+    if fo.cancellation_plan_id is not None:
+        plan = fresh(session, CancellationPlan, fo.cancellation_plan_id)
+        if (
+            plan.escalated_at is not None
+            and escalation_of(plan.status, plan.escalated_at) == EscalationState.escalated
+        ):
+            # Escalated at the deadline but not yet decided by staff: the answer still counts (it is
+            # applied below), and staff see that it came late.
+            transitions.record_event(
+                session,
+                "plan",
+                plan.id,
+                "reply.late",
+                data={
+                    "decision": decision,
+                    "fulfillment_order_id": fo.id,
+                    "escalated_at": plan.escalated_at.isoformat(),
+                    "applied": True,
+                    "flagged": True,
+                },
+            )
+        if plan.status != PlanStatus.confirmation_waiting:
+            # The plan moved on (escalated, failed, staff decision): keep the answer, flag it for staff.
+            transitions.record_event(
+                session,
+                "plan",
+                plan.id,
+                "reply.flagged",
+                data={
+                    "decision": decision,
+                    "fulfillment_order_id": fo.id,
+                    "plan_status": plan.status.value,
+                    "flagged": True,
+                },
+            )
+        elif accepted:
+            _confirm_if_all_accepted(session, plan)
+        else:
+            reject_plan(
+                session,
+                session.get_one(CancellationRequest, plan.request_id),
+                plan,
+                actor="fulfillment service",
+                code=RejectionCode.fulfillment_rejected,
+                message=message or "rejected by the fulfillment service",
+                data={"fulfillment_order_id": fo.id},
+            )
+    return ReplyOutcome(fo, applied=True)
+
+
+_STILL_WAITING = (
+    select(func.count())
+    .select_from(FulfillmentOrder)
+    .where(
+        FulfillmentOrder.cancellation_plan_id == bindparam("plan_id"),
+        FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
+    )
+)
+
+
+def _confirm_if_all_accepted(session: Session, plan: CancellationPlan) -> None:
+    still_waiting = session.connection().execute(_STILL_WAITING, {"plan_id": plan.id}).scalar()
+    if still_waiting == 0:
+        confirm(session, plan, note="accepted by the fulfillment service")
