@@ -20,7 +20,7 @@ Status changes: there is no approve endpoint in seed 000; staff approve with `PA
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.api import links
 from cancelflow.api.auth import AkinonCaller, Principal
+from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
 from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
@@ -591,230 +592,7 @@ def _client_request_id(token_id: int, key: str | None) -> str:
     return f"http#{token_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
-# No `from __future__ import annotations` in this module: the routes below are made in a function, and
-# FastAPI must see their `Annotated[Scope, Depends(...)]` parameter as an object, not as a name to resolve.
-def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
-    ScopeDep = Annotated[Scope, Depends(scope_dependency)]  # noqa: N806 - a type alias, named like one
-
-    @router.get(
-        "/",
-        response_model=CancellationRequestPage,
-        summary="List cancellation requests",
-        description="Retrieve a paginated list of all cancellation requests with filtering support."
-        + FILTERS_NOTE,
-        responses=NOT_FOUND_PAGE,
-        openapi_extra={"parameters": PAGE_PARAMETERS + queries.openapi_parameters()},
-    )
-    def list_requests(request: Request, scope: ScopeDep) -> CancellationRequestPage:
-        filters, page_number, limit, after, before = _list_page(request, scope)
-        with transaction() as session:
-            page = queries.list_requests(
-                session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
-            )
-            if page_number > 1 and not page.results:
-                raise _invalid_page()
-            results = [present(r, scope) for r in page.results]
-        next_url, previous_url = _page_links(request, page)
-        return CancellationRequestPage(
-            count=page.count, next=next_url, previous=previous_url, results=results
-        )
-
-    @router.get(
-        "/detailed/",
-        # With `export_format=json` the body is the export: an array of flat rows.
-        response_model=DetailedCancellationRequestPage | list[dict[str, Any]],
-        summary="List cancellation requests, detailed",
-        description=(
-            "Retrieve a paginated list of cancellation requests with detailed information (order, order "
-            "item, customer, reason, plan with its steps and money transactions). Use `export_format` to "
-            "get a file of every matching request instead." + FILTERS_NOTE
-        ),
-        responses={
-            **NOT_FOUND_PAGE,
-            200: {
-                "description": "A page of detailed requests, or with `export_format` the exported file.",
-                "content": {
-                    "text/csv": {"schema": {"type": "string"}},
-                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
-                        "schema": {"type": "string", "format": "binary"}
-                    },
-                },
-            },
-            202: {"description": "With `export_format`: too many rows, an export job was queued."},
-            429: {
-                "description": "With `export_format`: the token has as many export jobs queued or running "
-                "as it may (`CANCELFLOW_EXPORT_JOBS_PER_TOKEN`); see `Retry-After`."
-            },
-        },
-        openapi_extra={"parameters": [*PAGE_PARAMETERS, EXPORT_PARAMETER, *queries.openapi_parameters()]},
-    )
-    def list_detailed(request: Request, scope: ScopeDep) -> Response | DetailedCancellationRequestPage:
-        filters, page_number, limit, after, before = _list_page(request, scope)
-        export_format = request.query_params.get("export_format")
-        if export_format is not None:
-            try:
-                from cancelflow.api.exports import export_response
-            except ImportError:  # exports are an optional module of this API
-                raise Invalid(
-                    "exports unavailable",
-                    field_errors={"export_format": ["Exports are not available on this server."]},
-                ) from None
-            return export_response(
-                request,
-                filters,
-                export_format,
-                channel_id=scope.channel_id,
-                token_id=scope.principal.token_id,
-            )
-        with transaction() as session:
-            page = queries.list_requests(
-                session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
-            )
-            if page_number > 1 and not page.results:
-                raise _invalid_page()
-            results = present_detailed(session, page.results, scope)
-        next_url, previous_url = _page_links(request, page)
-        return DetailedCancellationRequestPage(
-            count=page.count, next=next_url, previous=previous_url, results=results
-        )
-
-    @router.post(
-        "/",
-        response_model=CancellationRequestOut,
-        status_code=201,
-        summary="Create a cancellation request",
-        description=(
-            "Create a new cancellation request for an order item (staff, or a storefront token for its own "
-            "channel). It starts `waiting`; the workflow validates it and, by the approval rule, approves it "
-            "or waits for staff. A quantity above what is left to cancel, an invalid IBAN, or a refund that "
-            "needs a bank account without one is a 400 and stores nothing.\n\n"
-            f"`{IDEMPOTENCY_HEADER}` (optional, 1-200 visible ASCII characters, per token): the same key "
-            "and body answer the stored response again (one request is created); the same key with another "
-            "body is a 422; while the first request with that key is still running, a 409."
-        ),
-        responses={
-            409: {"model": AkinonDetail, "description": "A request with this Idempotency-Key is in flight."},
-            422: {"model": AkinonDetail, "description": "The Idempotency-Key was used with another body."},
-        },
-    )
-    def create_request(
-        body: CancellationRequestCreate,
-        scope: ScopeDep,
-        idempotency_key: Annotated[
-            str | None,
-            Header(alias=IDEMPOTENCY_HEADER, description="Makes a retried POST safe.", max_length=1000),
-        ] = None,
-    ) -> Response:
-        key = _idempotency_key(idempotency_key)
-        data = body.model_dump(mode="json")
-        token_id = scope.principal.token_id
-        try:
-            with idempotency.keyed(
-                transaction,
-                token_id=token_id,
-                key=key,
-                scope=f"POST cancellation_requests channel={scope.channel_id or '*'}",
-                body=data,
-                default_status=201,
-                name=IDEMPOTENCY_HEADER,
-            ) as call:
-                if call.replay is not None:
-                    return JSONResponse(call.replay.body, status_code=call.replay.status)
-                with transaction() as session:
-                    created, _ = requests_service.create(
-                        session,
-                        data,
-                        client_request_id=_client_request_id(token_id, key),
-                        channel_id=scope.channel_id,
-                    )
-                    payload = present(created, scope).model_dump(mode="json")
-                    call.complete(session, status=201, body=payload)
-        except idempotency.KeyReused as exc:
-            return akinon(422, {"detail": exc.message, "code": exc.code})
-        return JSONResponse(payload, status_code=201)
-
-    @router.get(
-        "/{id}/",
-        response_model=CancellationRequestOut,
-        summary="Retrieve a cancellation request",
-        description="Retrieve a specific cancellation request by ID.",
-    )
-    def retrieve(id: RequestId, scope: ScopeDep) -> CancellationRequestOut:
-        with transaction() as session:
-            return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
-
-    @router.get(
-        "/{id}/detailed/",
-        response_model=DetailedCancellationRequestOut,
-        summary="Retrieve a cancellation request, detailed",
-        description="Retrieve a specific cancellation request by ID with detailed information.",
-    )
-    def retrieve_detailed(id: RequestId, scope: ScopeDep) -> DetailedCancellationRequestOut:
-        with transaction() as session:
-            found = requests_service.get_visible(session, id, channel_id=scope.channel_id)
-            return present_detailed(session, [found], scope)[0]
-
-    def _update(id: int, body: CancellationRequestUpdate, scope: Scope) -> CancellationRequestOut:
-        scope.require_staff()
-        with transaction() as session:
-            updated = requests_service.update_request(
-                session, id, body.changes(), actor=scope.actor, channel_id=scope.channel_id
-            )
-            return present(updated, scope)
-
-    update_description = (
-        "Update a cancellation request (staff). Only the fields sent change, for PUT as for PATCH (the "
-        "seed documents every field as optional). `status: approved` approves a waiting request (its "
-        "plan is made and routed); `status: rejected` rejects it as `POST …/{id}/reject/` does. Forbidden "
-        "status changes, and edits of `order_item`, `quantity`, `iban`, `holder_name`, "
-        "`fully_refund_as_loyalty_money` or `cancellation_type` once the request is not `waiting`, are a "
-        "400 with code `invalid_transition`."
-    )
-
-    @router.put(
-        "/{id}/",
-        response_model=CancellationRequestOut,
-        summary="Update a cancellation request",
-        description=update_description,
-    )
-    def put_request(
-        id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep
-    ) -> CancellationRequestOut:
-        return _update(id, body, scope)
-
-    @router.patch(
-        "/{id}/",
-        response_model=CancellationRequestOut,
-        summary="Partially update a cancellation request",
-        description=update_description,
-    )
-    def patch_request(
-        id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep
-    ) -> CancellationRequestOut:
-        return _update(id, body, scope)
-
-    @router.post(
-        "/{id}/reject/",
-        response_model=CancellationRequestOut,
-        summary="Reject a cancellation request",
-        description=(
-            "Reject a specific cancellation request (staff; no body). Its plan stops: pending steps are "
-            "cancelled and the plan ends `rejected`. If a fulfillment service was asked to cancel "
-            "(`cancellation_requested`), the request is withdrawn on our side: Shopify's API has no "
-            "withdraw call, so the fulfillment order goes back to `cancellation_rejected` / `in_progress` "
-            "(the service keeps the work), its merchant request is closed as `withdrawn`, a "
-            "`fulfillment_order.cancellation_withdrawn` event is recorded, and a later answer from the "
-            "service is refused (422) and recorded. A request that is completed or already rejected, or "
-            "whose plan is already refunding, is a 400 with code `invalid_transition`."
-        ),
-    )
-    def reject_request(id: RequestId, scope: ScopeDep) -> CancellationRequestOut:
-        scope.require_staff()
-        with transaction() as session:
-            rejected = requests_service.reject(session, id, actor=scope.actor, channel_id=scope.channel_id)
-            session.refresh(rejected)
-            return present(rejected, scope)
-
+ScopeDep = Annotated[Scope, Depends(global_scope)]
 
 router = APIRouter(
     prefix="/api/v1/cancellation_requests",
@@ -826,5 +604,245 @@ channel_router = APIRouter(
     tags=["sales channel cancellation requests"],
     responses=AKINON_RESPONSES,
 )
-_build(router, global_scope)
-_build(channel_router, channel_scope)
+# Each route below is served by both routers: on `channel_router` its `ScopeDep` is `channel_scope`.
+routes = ScopedRoutes(router, channel_router, global_scope=global_scope, channel_scope=channel_scope)
+
+
+@routes.get(
+    "/",
+    response_model=CancellationRequestPage,
+    summary="List cancellation requests",
+    description="Retrieve a paginated list of all cancellation requests with filtering support."
+    + FILTERS_NOTE,
+    responses=NOT_FOUND_PAGE,
+    openapi_extra={"parameters": PAGE_PARAMETERS + queries.openapi_parameters()},
+)
+def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> CancellationRequestPage:
+    page = _page(request, scope, session)
+    next_url, previous_url = _page_links(request, page)
+    return CancellationRequestPage(
+        count=page.count,
+        next=next_url,
+        previous=previous_url,
+        results=[present(r, scope) for r in page.results],
+    )
+
+
+@routes.get(
+    "/detailed/",
+    # With `export_format=json` the body is the export: an array of flat rows.
+    response_model=DetailedCancellationRequestPage | list[dict[str, Any]],
+    summary="List cancellation requests, detailed",
+    description=(
+        "Retrieve a paginated list of cancellation requests with detailed information (order, order "
+        "item, customer, reason, plan with its steps and money transactions). Use `export_format` to "
+        "get a file of every matching request instead." + FILTERS_NOTE
+    ),
+    responses={
+        **NOT_FOUND_PAGE,
+        200: {
+            "description": "A page of detailed requests, or with `export_format` the exported file.",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                    "schema": {"type": "string", "format": "binary"}
+                },
+            },
+        },
+        202: {"description": "With `export_format`: too many rows, an export job was queued."},
+        429: {
+            "description": "With `export_format`: the token has as many export jobs queued or running "
+            "as it may (`CANCELFLOW_EXPORT_JOBS_PER_TOKEN`); see `Retry-After`."
+        },
+    },
+    openapi_extra={"parameters": [*PAGE_PARAMETERS, EXPORT_PARAMETER, *queries.openapi_parameters()]},
+)
+def list_detailed(
+    request: Request, scope: ScopeDep, session: DbSession
+) -> Response | DetailedCancellationRequestPage:
+    export_format = request.query_params.get("export_format")
+    if export_format is not None:
+        return _export(request, scope, session, export_format)
+    page = _page(request, scope, session)
+    next_url, previous_url = _page_links(request, page)
+    return DetailedCancellationRequestPage(
+        count=page.count,
+        next=next_url,
+        previous=previous_url,
+        results=present_detailed(session, page.results, scope),
+    )
+
+
+def _page(request: Request, scope: Scope, session: Session) -> queries.Page:
+    """The page the list routes show; a page past the end (other than the first) is a 404."""
+    filters, page_number, limit, after, before = _list_page(request, scope)
+    page = queries.list_requests(
+        session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
+    )
+    if page_number > 1 and not page.results:
+        raise _invalid_page()
+    return page
+
+
+def _export(request: Request, scope: Scope, session: Session, export_format: str) -> Response:
+    filters, *_ = _list_page(request, scope)
+    try:
+        from cancelflow.api.exports import export_response
+    except ImportError:  # exports are an optional module of this API
+        raise Invalid(
+            "exports unavailable",
+            field_errors={"export_format": ["Exports are not available on this server."]},
+        ) from None
+    return export_response(
+        session,
+        request,
+        filters,
+        export_format,
+        channel_id=scope.channel_id,
+        token_id=scope.principal.token_id,
+    )
+
+
+@routes.post(
+    "/",
+    response_model=CancellationRequestOut,
+    status_code=201,
+    summary="Create a cancellation request",
+    description=(
+        "Create a new cancellation request for an order item (staff, or a storefront token for its own "
+        "channel). It starts `waiting`; the workflow validates it and, by the approval rule, approves it "
+        "or waits for staff. A quantity above what is left to cancel, an invalid IBAN, or a refund that "
+        "needs a bank account without one is a 400 and stores nothing.\n\n"
+        f"`{IDEMPOTENCY_HEADER}` (optional, 1-200 visible ASCII characters, per token): the same key "
+        "and body answer the stored response again (one request is created); the same key with another "
+        "body is a 422; while the first request with that key is still running, a 409."
+    ),
+    responses={
+        409: {"model": AkinonDetail, "description": "A request with this Idempotency-Key is in flight."},
+        422: {"model": AkinonDetail, "description": "The Idempotency-Key was used with another body."},
+    },
+)
+def create_request(
+    body: CancellationRequestCreate,
+    scope: ScopeDep,
+    session: DbSession,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias=IDEMPOTENCY_HEADER, description="Makes a retried POST safe.", max_length=1000),
+    ] = None,
+) -> Response:
+    key = _idempotency_key(idempotency_key)
+    data = body.model_dump(mode="json")
+    token_id = scope.principal.token_id
+    try:
+        with idempotency.keyed(
+            transaction,
+            token_id=token_id,
+            key=key,
+            scope=f"POST cancellation_requests channel={scope.channel_id or '*'}",
+            body=data,
+            default_status=201,
+            name=IDEMPOTENCY_HEADER,
+        ) as call:
+            if call.replay is not None:
+                return JSONResponse(call.replay.body, status_code=call.replay.status)
+            created, _ = requests_service.create(
+                session,
+                data,
+                client_request_id=_client_request_id(token_id, key),
+                channel_id=scope.channel_id,
+            )
+            payload = present(created, scope).model_dump(mode="json")
+            call.complete(session, status=201, body=payload)
+            # Inside the key's block: a commit that fails releases the key, as any failure of the call does.
+            session.commit()
+    except idempotency.KeyReused as exc:
+        return akinon(422, {"detail": exc.message, "code": exc.code})
+    return JSONResponse(payload, status_code=201)
+
+
+@routes.get(
+    "/{id}/",
+    response_model=CancellationRequestOut,
+    summary="Retrieve a cancellation request",
+    description="Retrieve a specific cancellation request by ID.",
+)
+def retrieve(id: RequestId, scope: ScopeDep, session: DbSession) -> CancellationRequestOut:
+    return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
+
+
+@routes.get(
+    "/{id}/detailed/",
+    response_model=DetailedCancellationRequestOut,
+    summary="Retrieve a cancellation request, detailed",
+    description="Retrieve a specific cancellation request by ID with detailed information.",
+)
+def retrieve_detailed(id: RequestId, scope: ScopeDep, session: DbSession) -> DetailedCancellationRequestOut:
+    found = requests_service.get_visible(session, id, channel_id=scope.channel_id)
+    return present_detailed(session, [found], scope)[0]
+
+
+UPDATE_DESCRIPTION: Final = (
+    "Update a cancellation request (staff). Only the fields sent change, for PUT as for PATCH (the "
+    "seed documents every field as optional). `status: approved` approves a waiting request (its "
+    "plan is made and routed); `status: rejected` rejects it as `POST …/{id}/reject/` does. Forbidden "
+    "status changes, and edits of `order_item`, `quantity`, `iban`, `holder_name`, "
+    "`fully_refund_as_loyalty_money` or `cancellation_type` once the request is not `waiting`, are a "
+    "400 with code `invalid_transition`."
+)
+
+
+def _update(
+    id: int, body: CancellationRequestUpdate, scope: Scope, session: Session
+) -> CancellationRequestOut:
+    scope.require_staff()
+    updated = requests_service.update_request(
+        session, id, body.changes(), actor=scope.actor, channel_id=scope.channel_id
+    )
+    return present(updated, scope)
+
+
+@routes.put(
+    "/{id}/",
+    response_model=CancellationRequestOut,
+    summary="Update a cancellation request",
+    description=UPDATE_DESCRIPTION,
+)
+def put_request(
+    id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep, session: DbSession
+) -> CancellationRequestOut:
+    return _update(id, body, scope, session)
+
+
+@routes.patch(
+    "/{id}/",
+    response_model=CancellationRequestOut,
+    summary="Partially update a cancellation request",
+    description=UPDATE_DESCRIPTION,
+)
+def patch_request(
+    id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep, session: DbSession
+) -> CancellationRequestOut:
+    return _update(id, body, scope, session)
+
+
+@routes.post(
+    "/{id}/reject/",
+    response_model=CancellationRequestOut,
+    summary="Reject a cancellation request",
+    description=(
+        "Reject a specific cancellation request (staff; no body). Its plan stops: pending steps are "
+        "cancelled and the plan ends `rejected`. If a fulfillment service was asked to cancel "
+        "(`cancellation_requested`), the request is withdrawn on our side: Shopify's API has no "
+        "withdraw call, so the fulfillment order goes back to `cancellation_rejected` / `in_progress` "
+        "(the service keeps the work), its merchant request is closed as `withdrawn`, a "
+        "`fulfillment_order.cancellation_withdrawn` event is recorded, and a later answer from the "
+        "service is refused (422) and recorded. A request that is completed or already rejected, or "
+        "whose plan is already refunding, is a 400 with code `invalid_transition`."
+    ),
+)
+def reject_request(id: RequestId, scope: ScopeDep, session: DbSession) -> CancellationRequestOut:
+    scope.require_staff()
+    rejected = requests_service.reject(session, id, actor=scope.actor, channel_id=scope.channel_id)
+    session.refresh(rejected)
+    return present(rejected, scope)
