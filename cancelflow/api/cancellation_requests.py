@@ -22,19 +22,27 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from types import SimpleNamespace
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from cancelflow.api import links
 from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
+from cancelflow.api.schemas import (
+    MAX_ID,
+    CancellationRequestCreate,
+    CancellationRequestOut,
+    CancellationRequestPage,
+    CancellationRequestUpdate,
+    DetailedCancellationRequestOut,
+    DetailedCancellationRequestPage,
+    PlanOut,
+)
 from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
 from cancelflow.errors import Forbidden, Invalid, NotFound
@@ -42,12 +50,6 @@ from cancelflow.models import (
     CancellationRequest,
 )
 from cancelflow.models.enums import (
-    CancellationType,
-    PlanStatus,
-    RefundTarget,
-    RequestStatus,
-    StepKind,
-    StepStatus,
     TokenKind,
 )
 from cancelflow.services import iban as iban_checks
@@ -55,7 +57,6 @@ from cancelflow.services import idempotency, queries, request_view
 from cancelflow.services import requests as requests_service
 from cancelflow.services.queries import RequestFilters
 
-MAX_ID: Final = 2**63 - 1
 VIEW_IBAN: Final = "view_iban"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -63,13 +64,6 @@ CLIENT_REQUEST_ID_MAX: Final = 200  # cancellation_requests.client_request_id
 
 RequestId = Annotated[int, Path(gt=0, le=MAX_ID, description="Unique identifier of the resource.")]
 ChannelId = Annotated[int, Path(gt=0, le=MAX_ID, description="The sales channel's id.")]
-
-
-Description = Annotated[str | None, Field(max_length=2000)]
-IbanIn = Annotated[str | None, Field(max_length=64)]
-HolderIn = Annotated[str | None, Field(max_length=200)]
-IdIn = Annotated[int, Field(gt=0, le=MAX_ID)]
-QuantityIn = Annotated[int, Field(gt=0, le=1_000_000)]
 
 
 # --- who is asking ------------------------------------------------------------------------------------
@@ -137,229 +131,6 @@ def channel_scope(channel_id: ChannelId, principal: AkinonCaller) -> Scope:
     return _reader_scope(principal, channel_id)
 
 
-# --- payloads -----------------------------------------------------------------------------------------
-
-
-class CancellationRequestOut(BaseModel):
-    """Akinon `CancellationRequest` (UUIDStarterModel + Entity), plus `order`, `channel` and the
-    machine-readable `rejection_code` / `rejection_message` of a rejected request."""
-
-    id: int = Field(description="Cancellation Request ID")
-    uuid: uuid.UUID
-    order_item: int
-    reason: int
-    description: str | None
-    cancellation_type: CancellationType
-    status: RequestStatus
-    iban: str | None = Field(description="Masked unless the token is staff with the `view_iban` permission.")
-    holder_name: str | None
-    easy_return: dict[str, Any] | None = Field(
-        description="Always null: cancelflow keeps no easy-return records."
-    )
-    quantity: int | None
-    fully_refund_as_loyalty_money: bool
-    created_date: datetime
-    modified_date: datetime
-    attributes: dict[str, Any]
-    attributes_kwargs: dict[str, Any]
-    localized_attributes: dict[str, Any]
-    localized_attributes_kwargs: dict[str, Any]
-    order: int
-    channel: int
-    rejection_code: str | None
-    rejection_message: str | None
-
-
-class CancellationRequestPage(BaseModel):
-    count: int = Field(
-        description=(
-            f"Exact up to {queries.EXACT_COUNT_LIMIT} matching requests; above that PostgreSQL's estimate."
-        )
-    )
-    next: str | None = Field(
-        description="The next page, or null: absolute under the configured public base URL, else a path."
-    )
-    previous: str | None = Field(
-        description="The previous page, or null: absolute under the configured public base URL, else a path."
-    )
-    results: list[CancellationRequestOut]
-
-
-class CustomerOut(BaseModel):
-    id: int
-    first_name: str
-    last_name: str
-    email: str
-    channel: int | None
-
-
-class OrderOut(BaseModel):
-    id: int
-    number: str
-    channel: int
-    currency: str
-    shipping_option_slug: str | None
-    tracking_number: str | None
-    created_date: datetime
-
-
-class OrderItemOut(BaseModel):
-    id: int
-    sku: str
-    product_name: str
-    quantity: int
-    unit_price: Decimal
-    requested_quantity: int
-
-
-class ReasonOut(BaseModel):
-    id: int
-    subject: str
-    cancellation_type: CancellationType
-
-
-class StepOut(BaseModel):
-    """A workflow step as `cancelflow show` prints it (`services.step_view`)."""
-
-    id: int
-    kind: StepKind
-    status: StepStatus
-    attempt: int
-    max_attempts: int
-    next_attempt_at: datetime | None = Field(description="When a pending step runs next; null once finished.")
-    deadline_at: datetime | None
-    fulfillment_order_id: int | None
-    last_error: str | None = Field(
-        description="Why the last failed attempt failed, null once the step is done (staff only; null for other "
-        "tokens, which see `status`)."
-    )
-    finished_at: datetime | None
-    created_date: datetime
-
-
-class MoneyTransactionOut(BaseModel):
-    id: int
-    target: RefundTarget
-    amount: Decimal
-    currency: str
-    external_id: str | None
-    created_date: datetime
-
-
-class PlanOut(BaseModel):
-    id: int
-    status: PlanStatus
-    plan_type: CancellationType
-    amount: Decimal
-    currency: str
-    refund_target: RefundTarget
-    deadline_at: datetime | None
-    escalated_at: datetime | None
-    failure_reason: str | None = Field(
-        description="Why the plan failed (staff only; null for other tokens, which see `status`)."
-    )
-    created_date: datetime
-    modified_date: datetime
-    steps: list[StepOut] = Field(description="Every step of the request, validation included, oldest first.")
-    money_transactions: list[MoneyTransactionOut]
-
-
-class DetailedCancellationRequestOut(BaseModel):
-    """The request with its order, item, customer, reason and plan (steps and money transactions)."""
-
-    id: int = Field(description="Cancellation Request ID")
-    uuid: uuid.UUID
-    description: str | None
-    cancellation_type: CancellationType
-    status: RequestStatus
-    iban: str | None = Field(description="Masked unless the token is staff with the `view_iban` permission.")
-    holder_name: str | None
-    quantity: int | None
-    fully_refund_as_loyalty_money: bool
-    easy_return: dict[str, Any] | None
-    created_date: datetime
-    modified_date: datetime
-    attributes: dict[str, Any]
-    rejection_code: str | None
-    rejection_message: str | None
-    channel: int
-    order: OrderOut
-    order_item: OrderItemOut
-    customer: CustomerOut
-    reason: ReasonOut
-    plan: PlanOut | None
-
-
-class DetailedCancellationRequestPage(BaseModel):
-    count: int
-    next: str | None
-    previous: str | None
-    results: list[DetailedCancellationRequestOut]
-
-
-class CancellationRequestCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "example": {"order_item": 1, "reason": 1, "description": "Changed my mind", "quantity": 1}
-        },
-    )
-
-    order_item: IdIn = Field(description="Related order item ID")
-    reason: IdIn = Field(description="Related cancellation reason ID")
-    description: Description = Field(default=None, description="Description of the cancellation request")
-    cancellation_type: CancellationType = Field(
-        default=CancellationType.cancel, description="Type of cancellation"
-    )
-    iban: IbanIn = Field(default=None, description="IBAN for refund")
-    holder_name: HolderIn = Field(default=None, description="Name of the account holder")
-    quantity: QuantityIn | None = Field(
-        default=None, description="Quantity of items to be cancelled (default: all that is left)."
-    )
-    fully_refund_as_loyalty_money: bool = Field(default=False)
-
-
-_NOT_NULL: Final = (
-    "status",
-    "cancellation_type",
-    "quantity",
-    "fully_refund_as_loyalty_money",
-    "reason",
-    "order_item",
-)
-
-
-class CancellationRequestUpdate(BaseModel):
-    """PUT and PATCH bodies: every field optional (as the seed documents both); only the fields sent
-    change. `status`: `approved` approves a waiting request, `rejected` rejects it."""
-
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"status": "approved"}})
-
-    status: RequestStatus | None = Field(default=None, description="Status of the cancellation request.")
-    description: Description = None
-    iban: IbanIn = None
-    holder_name: HolderIn = None
-    cancellation_type: CancellationType | None = None
-    quantity: QuantityIn | None = None
-    fully_refund_as_loyalty_money: bool | None = Field(
-        default=None, description="Flag to indicate if the refund should be processed as loyalty money"
-    )
-    reason: IdIn | None = Field(default=None, description="Related cancellation reason ID")
-    order_item: IdIn | None = Field(default=None, description="Related order item ID")
-
-    @model_validator(mode="after")
-    def _not_null(self) -> "CancellationRequestUpdate":
-        nulls = [name for name in _NOT_NULL if name in self.model_fields_set and getattr(self, name) is None]
-        if nulls:
-            raise Invalid(
-                "null not allowed", field_errors={name: ["This field may not be null."] for name in nulls}
-            )
-        return self
-
-    def changes(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.model_fields_set}
-
-
 # --- presenting ---------------------------------------------------------------------------------------
 
 
@@ -374,29 +145,11 @@ def _reader_text(value: str | None, scope: Scope) -> str | None:
 
 
 def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOut:
-    return CancellationRequestOut(
-        id=request.id,
-        uuid=request.uuid,
-        order_item=request.order_item_id,
-        reason=request.reason_id,
-        description=request.description,
-        cancellation_type=request.cancellation_type,
-        status=request.status,
-        iban=_iban(request.iban, scope),
-        holder_name=request.holder_name,
-        easy_return=None,
-        quantity=request.quantity,
-        fully_refund_as_loyalty_money=request.fully_refund_as_loyalty_money,
-        created_date=request.created_date,
-        modified_date=request.modified_date,
-        attributes=dict(request.attributes or {}),
-        attributes_kwargs={},
-        localized_attributes={},
-        localized_attributes_kwargs={},
-        order=request.order_id,
-        channel=request.channel_id,
-        rejection_code=request.rejection_code,
-        rejection_message=_reader_text(request.rejection_message, scope),
+    return CancellationRequestOut.model_validate(request).model_copy(
+        update={
+            "iban": _iban(request.iban, scope),
+            "rejection_message": _reader_text(request.rejection_message, scope),
+        }
     )
 
 
@@ -408,66 +161,24 @@ def present_detailed(
 
 
 def _detailed(detail: request_view.RequestDetail, scope: Scope) -> DetailedCancellationRequestOut:
-    r, order, customer, plan = detail.request, detail.order, detail.customer, detail.plan
-    return DetailedCancellationRequestOut(
-        id=r.id,
-        uuid=r.uuid,
-        description=r.description,
-        cancellation_type=r.cancellation_type,
-        status=r.status,
-        iban=_iban(r.iban, scope),
-        holder_name=r.holder_name,
-        quantity=r.quantity,
-        fully_refund_as_loyalty_money=r.fully_refund_as_loyalty_money,
-        easy_return=None,
-        created_date=r.created_date,
-        modified_date=r.modified_date,
-        attributes=dict(r.attributes or {}),
-        rejection_code=r.rejection_code,
-        rejection_message=_reader_text(r.rejection_message, scope),
-        channel=r.channel_id,
-        order=OrderOut(
-            id=order.id,
-            number=order.number,
-            channel=order.channel_id,
-            currency=order.currency,
-            shipping_option_slug=order.shipping_option_slug,
-            tracking_number=order.tracking_number,
-            created_date=order.created_date,
-        ),
-        order_item=OrderItemOut.model_validate(detail.item, from_attributes=True),
-        customer=CustomerOut(
-            id=customer.id,
-            first_name=customer.first_name,
-            last_name=customer.last_name,
-            email=customer.email,
-            channel=customer.channel_id,
-        ),
-        reason=ReasonOut.model_validate(detail.reason, from_attributes=True),
-        plan=PlanOut(
-            id=plan.id,
-            status=plan.status,
-            plan_type=plan.plan_type,
-            amount=plan.amount,
-            currency=plan.currency,
-            refund_target=plan.refund_target,
-            deadline_at=plan.deadline_at,
-            escalated_at=plan.escalated_at,
-            failure_reason=internal_text(plan.failure_reason, scope),
-            created_date=plan.created_date,
-            modified_date=plan.modified_date,
-            steps=[
-                StepOut.model_validate(step, from_attributes=True).model_copy(
-                    update={"last_error": internal_text(step.last_error, scope)}
-                )
-                for step in detail.steps
-            ],
-            money_transactions=[
-                MoneyTransactionOut.model_validate(tx, from_attributes=True) for tx in detail.money
-            ],
+    plan = None
+    if detail.plan is not None:
+        plan = PlanOut.model_validate(detail)
+        steps = [s.model_copy(update={"last_error": internal_text(s.last_error, scope)}) for s in plan.steps]
+        plan = plan.model_copy(
+            update={"failure_reason": internal_text(plan.failure_reason, scope), "steps": steps}
         )
-        if plan is not None
-        else None,
+    parts = SimpleNamespace(
+        request=detail.request,
+        order=detail.order,
+        item=detail.item,
+        customer=detail.customer,
+        reason=detail.reason,
+        plan=plan,
+    )
+    r = detail.request
+    return DetailedCancellationRequestOut.model_validate(parts).model_copy(
+        update={"iban": _iban(r.iban, scope), "rejection_message": _reader_text(r.rejection_message, scope)}
     )
 
 

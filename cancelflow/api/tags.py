@@ -25,6 +25,7 @@ from cancelflow.api.auth import AkinonStaff, Principal
 from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, parse_error_reason
 from cancelflow.api.jobs import JobAccepted, absolute, send
+from cancelflow.api.schemas import CancellationRequestPage
 from cancelflow.errors import Invalid, NotFound
 from cancelflow.models.tags import TAG_KEY_MAX_LENGTH
 from cancelflow.services import bulk, tags
@@ -118,7 +119,7 @@ def render_page(request: Request, page: Any, principal: Principal, channel_id: i
     if page.page > 1 and not page.results:
         raise NotFound("Invalid page.")
     next_url, previous_url = requests_api._page_links(request, page)
-    body = requests_api.CancellationRequestPage(
+    body = CancellationRequestPage(
         count=page.count,
         next=next_url,
         previous=previous_url,
