@@ -29,7 +29,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from cancelflow.api import links
+from cancelflow.api import links, query_params
 from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
@@ -209,8 +209,8 @@ def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str |
 
 
 def _list_page(request: Request, scope: Scope) -> tuple[RequestFilters, int, int, int | None, int | None]:
-    page, limit = queries.parse_page(request.query_params)
-    after, before = queries.parse_cursor(request.query_params)
+    page, limit = query_params.parse_page(request.query_params)
+    after, before = query_params.parse_cursor(request.query_params)
     filters = RequestFilters.parse(request.query_params.multi_items())
     require_filter_permissions(filters, scope)
     return filters, page, limit, after, before
@@ -220,57 +220,6 @@ def _invalid_page() -> NotFound:
     return NotFound("Invalid page.")
 
 
-PAGE_PARAMETERS: Final[list[dict[str, Any]]] = [
-    {
-        "name": "page",
-        "in": "query",
-        "required": False,
-        "description": "Specifies the page number of the current dataset (default 1).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": queries.MAX_PAGE, "default": 1},
-    },
-    {
-        "name": "page_after",
-        "in": "query",
-        "required": False,
-        "description": (
-            "Keyset of the `next` link: the page holds the requests listed after this request id. Sent by "
-            "the links; with it a deep page is an index seek rather than a skip of `(page - 1) * limit` rows."
-        ),
-        "schema": {"type": "integer", "minimum": 1},
-    },
-    {
-        "name": "page_before",
-        "in": "query",
-        "required": False,
-        "description": "Keyset of the `previous` link: the page holds the requests listed before this id.",
-        "schema": {"type": "integer", "minimum": 1},
-    },
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "description": (
-            f"Indicates the number of rows on the current page (default {queries.DEFAULT_LIMIT}; values "
-            f"above {queries.MAX_LIMIT} are capped to {queries.MAX_LIMIT})."
-        ),
-        "schema": {"type": "integer", "minimum": 1, "default": queries.DEFAULT_LIMIT},
-    },
-]
-EXPORT_PARAMETER: Final[dict[str, Any]] = {
-    "name": "export_format",
-    "in": "query",
-    "required": False,
-    "description": (
-        "Export the detailed list (all matching rows, not one page) as a file: `csv`, `xlsx` or `json`. "
-        "Large exports answer 202 with an export job (see `/api/v1/exports/`)."
-    ),
-    "schema": {"type": "string", "enum": ["csv", "xlsx", "json"]},
-}
-FILTERS_NOTE: Final = (
-    " Filters use django-filter names (see each parameter for accepted aliases); unknown parameters are "
-    'ignored, and a bad value is a 400 `{"<param>": ["…"], "code": "invalid"}`. Rows come newest '
-    "first (`id` descending). A page past the end is a 404."
-)
 NOT_FOUND_PAGE: dict[int | str, dict[str, Any]] = {
     404: {"model": AkinonDetail, "description": "Unknown request, or a page past the end."}
 }
@@ -324,9 +273,9 @@ routes = ScopedRoutes(router, channel_router, global_scope=global_scope, channel
     response_model=CancellationRequestPage,
     summary="List cancellation requests",
     description="Retrieve a paginated list of all cancellation requests with filtering support."
-    + FILTERS_NOTE,
+    + query_params.FILTERS_NOTE,
     responses=NOT_FOUND_PAGE,
-    openapi_extra={"parameters": PAGE_PARAMETERS + queries.openapi_parameters()},
+    openapi_extra={"parameters": query_params.PAGE_PARAMETERS + query_params.filter_parameters()},
 )
 def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> CancellationRequestPage:
     page = _page(request, scope, session)
@@ -347,7 +296,7 @@ def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> Canc
     description=(
         "Retrieve a paginated list of cancellation requests with detailed information (order, order "
         "item, customer, reason, plan with its steps and money transactions). Use `export_format` to "
-        "get a file of every matching request instead." + FILTERS_NOTE
+        "get a file of every matching request instead." + query_params.FILTERS_NOTE
     ),
     responses={
         **NOT_FOUND_PAGE,
@@ -366,7 +315,13 @@ def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> Canc
             "as it may (`CANCELFLOW_EXPORT_JOBS_PER_TOKEN`); see `Retry-After`."
         },
     },
-    openapi_extra={"parameters": [*PAGE_PARAMETERS, EXPORT_PARAMETER, *queries.openapi_parameters()]},
+    openapi_extra={
+        "parameters": [
+            *query_params.PAGE_PARAMETERS,
+            query_params.EXPORT_PARAMETER,
+            *query_params.filter_parameters(),
+        ]
+    },
 )
 def list_detailed(
     request: Request, scope: ScopeDep, session: DbSession

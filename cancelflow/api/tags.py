@@ -25,11 +25,11 @@ from cancelflow.api.auth import AkinonStaff, Principal
 from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, parse_error_reason
 from cancelflow.api.jobs import JobAccepted, absolute, send
+from cancelflow.api.query_params import filter_parameters, parse_cursor, parse_page
 from cancelflow.api.schemas import CancellationRequestPage
 from cancelflow.errors import Invalid, NotFound
 from cancelflow.models.tags import TAG_KEY_MAX_LENGTH
 from cancelflow.services import bulk, tags
-from cancelflow.services.queries import parse_cursor, parse_page
 
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=TAG_KEY_MAX_LENGTH)]
 RequestId = Annotated[
@@ -97,8 +97,6 @@ def _path_channel(
 
 
 def _list_parameters() -> list[dict[str, Any]]:
-    from cancelflow.services.queries import openapi_parameters
-
     key = {
         "name": "key",
         "in": "query",
@@ -107,7 +105,7 @@ def _list_parameters() -> list[dict[str, Any]]:
         "schema": {"type": "string", "minLength": 1, "maxLength": TAG_KEY_MAX_LENGTH},
         "example": "tag1",
     }
-    return [key, *openapi_parameters()]
+    return [key, *filter_parameters()]
 
 
 def render_page(request: Request, page: Any, principal: Principal, channel_id: int | None) -> dict[str, Any]:
