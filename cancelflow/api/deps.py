@@ -34,7 +34,7 @@ DbSession = Annotated[Session, Depends(db_session, scope="function")]
 def _swap_dependency(endpoint: Endpoint, old: Callable[..., Any], new: Callable[..., Any]) -> Endpoint:
     """`endpoint` with its parameter `Annotated[T, Depends(old)]` declared `Annotated[T, Depends(new)]`
     (same name and place, so the OpenAPI parameters keep their order)."""
-    signature = inspect.signature(endpoint)
+    signature = inspect.signature(endpoint, eval_str=True)
     parameters = []
     swapped = False
     for parameter in signature.parameters.values():

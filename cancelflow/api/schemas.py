@@ -54,7 +54,8 @@ class FromRow(BaseModel):
     )
 
 
-def _mapping(value: Any) -> Any:
+def mapping(value: Any) -> Any:
+    """A JSON column as a dict (null: empty)."""
     return {} if value is None else dict(value)
 
 
@@ -95,7 +96,7 @@ class CancellationRequestOut(FromRow):
     rejection_code: str | None
     rejection_message: str | None
 
-    attributes_as_dict = field_validator("attributes", mode="before")(_mapping)
+    attributes_as_dict = field_validator("attributes", mode="before")(mapping)
 
 
 class CancellationRequestPage(BaseModel):
@@ -226,7 +227,7 @@ class DetailedCancellationRequestOut(FromRow):
     reason: ReasonOut
     plan: PlanOut | None
 
-    attributes_as_dict = field_validator("attributes", mode="before")(_mapping)
+    attributes_as_dict = field_validator("attributes", mode="before")(mapping)
 
 
 class DetailedCancellationRequestPage(BaseModel):
