@@ -216,8 +216,21 @@ def _list_page(request: Request, scope: Scope) -> tuple[RequestFilters, int, int
     return filters, page, limit, after, before
 
 
-def _invalid_page() -> NotFound:
-    return NotFound("Invalid page.")
+def check_page(page: queries.Page) -> None:
+    """A page past the end (other than the first) is a 404."""
+    if page.page > 1 and not page.results:
+        raise NotFound("Invalid page.")
+
+
+def present_page(request: Request, page: queries.Page, scope: Scope) -> CancellationRequestPage:
+    """The list envelope `{count, next, previous, results}` of a page (tag lists render theirs so too)."""
+    next_url, previous_url = _page_links(request, page)
+    return CancellationRequestPage(
+        count=page.count,
+        next=next_url,
+        previous=previous_url,
+        results=[present(r, scope) for r in page.results],
+    )
 
 
 NOT_FOUND_PAGE: dict[int | str, dict[str, Any]] = {
@@ -278,14 +291,7 @@ routes = ScopedRoutes(router, channel_router, global_scope=global_scope, channel
     openapi_extra={"parameters": query_params.PAGE_PARAMETERS + query_params.filter_parameters()},
 )
 def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> CancellationRequestPage:
-    page = _page(request, scope, session)
-    next_url, previous_url = _page_links(request, page)
-    return CancellationRequestPage(
-        count=page.count,
-        next=next_url,
-        previous=previous_url,
-        results=[present(r, scope) for r in page.results],
-    )
+    return present_page(request, _page(request, scope, session), scope)
 
 
 @routes.get(
@@ -340,13 +346,12 @@ def list_detailed(
 
 
 def _page(request: Request, scope: Scope, session: Session) -> queries.Page:
-    """The page the list routes show; a page past the end (other than the first) is a 404."""
+    """The page the list routes show."""
     filters, page_number, limit, after, before = _list_page(request, scope)
     page = queries.list_requests(
         session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
     )
-    if page_number > 1 and not page.results:
-        raise _invalid_page()
+    check_page(page)
     return page
 
 

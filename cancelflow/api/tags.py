@@ -21,15 +21,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy.orm import Session
 
-from cancelflow.api.auth import AkinonStaff, Principal
+from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.cancellation_requests import (
+    Scope,
+    check_page,
+    present_page,
+    require_filter_permissions,
+)
 from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, parse_error_reason
 from cancelflow.api.jobs import JobAccepted, absolute, send
 from cancelflow.api.query_params import filter_parameters, parse_cursor, parse_page
-from cancelflow.api.schemas import CancellationRequestPage
-from cancelflow.errors import Invalid, NotFound
+from cancelflow.errors import Invalid
 from cancelflow.models.tags import TAG_KEY_MAX_LENGTH
 from cancelflow.services import bulk, tags
+from cancelflow.services.queries import RequestFilters
 
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=TAG_KEY_MAX_LENGTH)]
 RequestId = Annotated[
@@ -86,14 +92,15 @@ async def tag_keys_param(request: Request) -> list[str]:
     return tags.check_key_limits(keys, field="key")
 
 
-def _no_channel() -> int | None:
-    return None
+def _staff(principal: AkinonStaff) -> Scope:
+    return Scope(principal, None)
 
 
-def _path_channel(
+def _channel_staff(
     channel_id: Annotated[int, Path(gt=0, le=2**63 - 1, description="Sales channel id.")],
-) -> int | None:
-    return channel_id
+    principal: AkinonStaff,
+) -> Scope:
+    return Scope(principal, channel_id)
 
 
 def _list_parameters() -> list[dict[str, Any]]:
@@ -108,25 +115,7 @@ def _list_parameters() -> list[dict[str, Any]]:
     return [key, *filter_parameters()]
 
 
-def render_page(request: Request, page: Any, principal: Principal, channel_id: int | None) -> dict[str, Any]:
-    """The list envelope `{count, next, previous, results}` of a `services.queries.Page`, rendered exactly
-    as the cancellation-request list renders it (same fields, same IBAN masking rules, same links)."""
-    from cancelflow.api import cancellation_requests as requests_api
-
-    scope = requests_api._reader_scope(principal, channel_id)
-    if page.page > 1 and not page.results:
-        raise NotFound("Invalid page.")
-    next_url, previous_url = requests_api._page_links(request, page)
-    body = CancellationRequestPage(
-        count=page.count,
-        next=next_url,
-        previous=previous_url,
-        results=[requests_api.present(r, scope) for r in page.results],
-    )
-    return body.model_dump(mode="json")
-
-
-ChannelScope = Annotated[int | None, Depends(_no_channel)]
+StaffScope = Annotated[Scope, Depends(_staff)]
 
 router = APIRouter(
     prefix="/api/v1/cancellation_requests", tags=["cancellation request tags"], responses=AKINON_RESPONSES
@@ -136,8 +125,8 @@ channel_router = APIRouter(
     tags=["channel cancellation request tags"],
     responses=AKINON_RESPONSES,
 )
-# Each route below is served by both routers: on `channel_router` its `ChannelScope` is `_path_channel`.
-routes = ScopedRoutes(router, channel_router, global_scope=_no_channel, channel_scope=_path_channel)
+# Each route below is served by both routers: on `channel_router` its `StaffScope` is `_channel_staff`.
+routes = ScopedRoutes(router, channel_router, global_scope=_staff, channel_scope=_channel_staff)
 
 
 @routes.get(
@@ -147,10 +136,8 @@ routes = ScopedRoutes(router, channel_router, global_scope=_no_channel, channel_
     description="The request's tag keys, in key order. Staff token.",
     responses={200: {"content": {"application/json": {"example": ["tag1"]}}}},
 )
-def get_tags(
-    request_id: RequestId, principal: AkinonStaff, channel_id: ChannelScope, session: DbSession
-) -> list[str]:
-    tags.get_request(session, request_id, channel_id=channel_id)
+def get_tags(request_id: RequestId, scope: StaffScope, session: DbSession) -> list[str]:
+    tags.get_request(session, request_id, channel_id=scope.channel_id)
     return tags.keys_of(session, request_id)
 
 
@@ -172,10 +159,8 @@ def _change(
     description='Body `{"key": "tag1"}`. Adding a key the request has is a no-op. **204** no content.',
     responses=NO_CONTENT,
 )
-def add_tag(
-    request_id: RequestId, body: TagBody, principal: AkinonStaff, channel_id: ChannelScope, session: DbSession
-) -> Response:
-    return _change(session, request_id, [body.key], channel_id, add=True)
+def add_tag(request_id: RequestId, body: TagBody, scope: StaffScope, session: DbSession) -> Response:
+    return _change(session, request_id, [body.key], scope.channel_id, add=True)
 
 
 @routes.post(
@@ -189,11 +174,10 @@ def add_tag(
 def add_tags(
     request_id: RequestId,
     body: TagsBody,
-    principal: AkinonStaff,
-    channel_id: ChannelScope,
+    scope: StaffScope,
     session: DbSession,
 ) -> Response:
-    return _change(session, request_id, body.keys, channel_id, add=True)
+    return _change(session, request_id, body.keys, scope.channel_id, add=True)
 
 
 @routes.post(
@@ -204,10 +188,8 @@ def add_tags(
     description='Body `{"key": "tag1"}`. Removing a key the request lacks is a no-op. **204** no content.',
     responses=NO_CONTENT,
 )
-def remove_tag(
-    request_id: RequestId, body: TagBody, principal: AkinonStaff, channel_id: ChannelScope, session: DbSession
-) -> Response:
-    return _change(session, request_id, [body.key], channel_id, add=False)
+def remove_tag(request_id: RequestId, body: TagBody, scope: StaffScope, session: DbSession) -> Response:
+    return _change(session, request_id, [body.key], scope.channel_id, add=False)
 
 
 @routes.post(
@@ -221,11 +203,10 @@ def remove_tag(
 def remove_tags(
     request_id: RequestId,
     body: TagsBody,
-    principal: AkinonStaff,
-    channel_id: ChannelScope,
+    scope: StaffScope,
     session: DbSession,
 ) -> Response:
-    return _change(session, request_id, body.keys, channel_id, add=False)
+    return _change(session, request_id, body.keys, scope.channel_id, add=False)
 
 
 LIST_DOC: Final = (
@@ -240,18 +221,14 @@ TagKeys = Annotated[list[str], Depends(tag_keys_param)]
 def _tagged(
     session: Session,
     request: Request,
-    principal: Principal,
+    scope: Scope,
     keys: list[str],
-    channel_id: int | None,
     *,
     exclude: bool,
 ) -> dict[str, Any]:
-    from cancelflow.api import cancellation_requests as requests_api
-    from cancelflow.services.queries import RequestFilters
-
     params = request.query_params
     filters = RequestFilters.parse(params.multi_items())
-    requests_api.require_filter_permissions(filters, requests_api._reader_scope(principal, channel_id))
+    require_filter_permissions(filters, scope)
     page, limit = parse_page(params)
     after, before = parse_cursor(params)
     result = tags.list_tagged(
@@ -261,11 +238,12 @@ def _tagged(
         exclude=exclude,
         page=page,
         limit=limit,
-        channel_id=channel_id,
+        channel_id=scope.channel_id,
         after=after,
         before=before,
     )
-    return render_page(request, result, principal, channel_id)
+    check_page(result)
+    return present_page(request, result, scope).model_dump(mode="json")
 
 
 @routes.get(
@@ -274,10 +252,8 @@ def _tagged(
     description=LIST_DOC.format(what="that carry"),
     openapi_extra={"parameters": _list_parameters()},
 )
-def filter_by_tags(
-    request: Request, principal: AkinonStaff, channel_id: ChannelScope, keys: TagKeys, session: DbSession
-) -> dict[str, Any]:
-    return _tagged(session, request, principal, keys, channel_id, exclude=False)
+def filter_by_tags(request: Request, scope: StaffScope, keys: TagKeys, session: DbSession) -> dict[str, Any]:
+    return _tagged(session, request, scope, keys, exclude=False)
 
 
 @routes.get(
@@ -286,26 +262,25 @@ def filter_by_tags(
     description=LIST_DOC.format(what="that carry none of"),
     openapi_extra={"parameters": _list_parameters()},
 )
-def exclude_by_tags(
-    request: Request, principal: AkinonStaff, channel_id: ChannelScope, keys: TagKeys, session: DbSession
-) -> dict[str, Any]:
-    return _tagged(session, request, principal, keys, channel_id, exclude=True)
+def exclude_by_tags(request: Request, scope: StaffScope, keys: TagKeys, session: DbSession) -> dict[str, Any]:
+    return _tagged(session, request, scope, keys, exclude=True)
 
 
 def _bulk(
     session: Session,
     request: Request,
     body: BulkTagsBody,
-    principal: Principal,
-    channel_id: int | None,
+    scope: Scope,
     op: bulk.Op,
 ) -> Response:
     bulk.check_ids(body.objects)  # as sent, duplicates included
     ids = sorted(set(body.objects))
     if len(ids) <= bulk.SYNC_MAX_IDS:
-        bulk.apply_to_ids(session, op, ids, body.keys, channel_id=channel_id)
+        bulk.apply_to_ids(session, op, ids, body.keys, channel_id=scope.channel_id)
         return Response(status_code=204)
-    job = bulk.create_job(session, op, body.keys, ids=ids, channel_id=channel_id, token_id=principal.token_id)
+    job = bulk.create_job(
+        session, op, body.keys, ids=ids, channel_id=scope.channel_id, token_id=scope.principal.token_id
+    )
     send(session, "tags.bulk", job.id)
     accepted = JobAccepted(id=job.id, url=absolute(request, f"/api/v1/bulk_jobs/{job.id}/"))
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
@@ -336,10 +311,8 @@ BULK_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     description=BULK_DOC.format(verb="tagged"),
     responses=BULK_RESPONSES,
 )
-def bulk_add_tags(
-    request: Request, body: BulkTagsBody, principal: AkinonStaff, channel_id: ChannelScope, session: DbSession
-) -> Response:
-    return _bulk(session, request, body, principal, channel_id, "add")
+def bulk_add_tags(request: Request, body: BulkTagsBody, scope: StaffScope, session: DbSession) -> Response:
+    return _bulk(session, request, body, scope, "add")
 
 
 @routes.post(
@@ -350,7 +323,5 @@ def bulk_add_tags(
     description=BULK_DOC.format(verb="untagged"),
     responses=BULK_RESPONSES,
 )
-def bulk_remove_tags(
-    request: Request, body: BulkTagsBody, principal: AkinonStaff, channel_id: ChannelScope, session: DbSession
-) -> Response:
-    return _bulk(session, request, body, principal, channel_id, "remove")
+def bulk_remove_tags(request: Request, body: BulkTagsBody, scope: StaffScope, session: DbSession) -> Response:
+    return _bulk(session, request, body, scope, "remove")
