@@ -1,9 +1,10 @@
 """Akinon Omnitron cancellation requests (seed 000): list, detailed list, retrieve, create, update, reject.
 
-Two routers with the same operations: `/api/v1/cancellation_requests/` and the sales-channel twin
+Two routers with the same operations, each written once (`api.deps.ScopedRoutes`):
+`/api/v1/cancellation_requests/` and the sales-channel twin
 `/api/v1/channel/{channel_id}/cancellation_requests/`, which sees only that channel's requests (the SDK's
 `/api/v1/channel/…` spelling; see seed-spec A.1). Tags, bulk tags and exports live in `api.tags` and
-`api.exports`.
+`api.exports`; the bodies in `api.schemas`, the list parameters in `api.query_params`.
 
 Who may do what: staff tokens everything; a storefront token creates and reads the requests of its own
 channel (on the global routes it sees only them; another channel's twin route is a 403), or of every
@@ -46,12 +47,8 @@ from cancelflow.api.schemas import (
 from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
 from cancelflow.errors import Forbidden, Invalid, NotFound
-from cancelflow.models import (
-    CancellationRequest,
-)
-from cancelflow.models.enums import (
-    TokenKind,
-)
+from cancelflow.models import CancellationRequest
+from cancelflow.models.enums import TokenKind
 from cancelflow.services import iban as iban_checks
 from cancelflow.services import idempotency, queries, request_view
 from cancelflow.services import requests as requests_service
