@@ -181,19 +181,28 @@ def database() -> Iterator[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def no_subscription_outlives_its_module(database: str) -> Iterator[None]:
-    """Webhook subscriptions a module left active are deactivated when it ends.
+    """Webhook subscriptions a module left active are deactivated when it ends, and the steps it left
+    pending are cancelled.
 
     An active subscription makes every later transition write deliveries (to a receiver that is gone): later
-    modules would count rows, statements and latencies that are not theirs.
+    modules would count rows, statements and latencies that are not theirs. A pending step would be sent by
+    the next module's sweeper (at once when that module's broker starts empty) to that module's worker,
+    which would run, or refuse as forged, work that is not its own.
     """
     yield
     from sqlalchemy import update
 
     from cancelflow.db import transaction
-    from cancelflow.models import WebhookSubscription
+    from cancelflow.models import WebhookSubscription, WorkflowStep
+    from cancelflow.models.enums import StepStatus
 
     with transaction() as db:
         db.execute(update(WebhookSubscription).where(WebhookSubscription.is_active).values(is_active=False))
+        db.execute(
+            update(WorkflowStep)
+            .where(WorkflowStep.status == StepStatus.pending)
+            .values(status=StepStatus.cancelled)
+        )
 
 
 @pytest.fixture(scope="module", autouse=True)

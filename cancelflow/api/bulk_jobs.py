@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from cancelflow.api import links
 from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
-from cancelflow.db import transaction
 from cancelflow.models import BulkJob, JobStatus
 from cancelflow.services import after_commit, bulk
 
@@ -82,6 +82,7 @@ def absolute(request: Request, path: str) -> str:
     description="Status and progress of a bulk add/remove-tags job started with more than "
     f"{bulk.SYNC_MAX_IDS} ids (or by `cancelflow tags bulk-add`). Staff token.",
 )
-def get_bulk_job(id: Annotated[uuid.UUID, Path(description="Job id.")], principal: AkinonStaff) -> BulkJobOut:
-    with transaction() as session:
-        return BulkJobOut.of(bulk.get_job(session, id))
+def get_bulk_job(
+    id: Annotated[uuid.UUID, Path(description="Job id.")], principal: AkinonStaff, session: DbSession
+) -> BulkJobOut:
+    return BulkJobOut.of(bulk.get_job(session, id))

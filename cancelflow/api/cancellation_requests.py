@@ -1,9 +1,10 @@
 """Akinon Omnitron cancellation requests (seed 000): list, detailed list, retrieve, create, update, reject.
 
-Two routers with the same operations: `/api/v1/cancellation_requests/` and the sales-channel twin
+Two routers with the same operations, each written once (`api.deps.ScopedRoutes`):
+`/api/v1/cancellation_requests/` and the sales-channel twin
 `/api/v1/channel/{channel_id}/cancellation_requests/`, which sees only that channel's requests (the SDK's
 `/api/v1/channel/…` spelling; see seed-spec A.1). Tags, bulk tags and exports live in `api.tags` and
-`api.exports`.
+`api.exports`; the bodies in `api.schemas`, the list parameters in `api.query_params`.
 
 Who may do what: staff tokens everything; a storefront token creates and reads the requests of its own
 channel (on the global routes it sees only them; another channel's twin route is a 403), or of every
@@ -20,41 +21,39 @@ Status changes: there is no approve endpoint in seed 000; staff approve with `PA
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from types import SimpleNamespace
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
-from cancelflow.api import links
+from cancelflow.api import links, query_params
 from cancelflow.api.auth import AkinonCaller, Principal
+from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
+from cancelflow.api.schemas import (
+    MAX_ID,
+    CancellationRequestCreate,
+    CancellationRequestOut,
+    CancellationRequestPage,
+    CancellationRequestUpdate,
+    DetailedCancellationRequestOut,
+    DetailedCancellationRequestPage,
+    PlanOut,
+)
 from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
 from cancelflow.errors import Forbidden, Invalid, NotFound
-from cancelflow.models import (
-    CancellationRequest,
-)
-from cancelflow.models.enums import (
-    CancellationType,
-    PlanStatus,
-    RefundTarget,
-    RequestStatus,
-    StepKind,
-    StepStatus,
-    TokenKind,
-)
+from cancelflow.models import CancellationRequest
+from cancelflow.models.enums import TokenKind
 from cancelflow.services import cancellation_requests as requests_service
 from cancelflow.services import iban as iban_checks
 from cancelflow.services import idempotency, queries, request_view
 from cancelflow.services.queries import RequestFilters
 
-MAX_ID: Final = 2**63 - 1
 VIEW_IBAN: Final = "view_iban"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -62,13 +61,6 @@ CLIENT_REQUEST_ID_MAX: Final = 200  # cancellation_requests.client_request_id
 
 RequestId = Annotated[int, Path(gt=0, le=MAX_ID, description="Unique identifier of the resource.")]
 ChannelId = Annotated[int, Path(gt=0, le=MAX_ID, description="The sales channel's id.")]
-
-
-Description = Annotated[str | None, Field(max_length=2000)]
-IbanIn = Annotated[str | None, Field(max_length=64)]
-HolderIn = Annotated[str | None, Field(max_length=200)]
-IdIn = Annotated[int, Field(gt=0, le=MAX_ID)]
-QuantityIn = Annotated[int, Field(gt=0, le=1_000_000)]
 
 
 # --- who is asking ------------------------------------------------------------------------------------
@@ -136,229 +128,6 @@ def channel_scope(channel_id: ChannelId, principal: AkinonCaller) -> Scope:
     return _reader_scope(principal, channel_id)
 
 
-# --- payloads -----------------------------------------------------------------------------------------
-
-
-class CancellationRequestOut(BaseModel):
-    """Akinon `CancellationRequest` (UUIDStarterModel + Entity), plus `order`, `channel` and the
-    machine-readable `rejection_code` / `rejection_message` of a rejected request."""
-
-    id: int = Field(description="Cancellation Request ID")
-    uuid: uuid.UUID
-    order_item: int
-    reason: int
-    description: str | None
-    cancellation_type: CancellationType
-    status: RequestStatus
-    iban: str | None = Field(description="Masked unless the token is staff with the `view_iban` permission.")
-    holder_name: str | None
-    easy_return: dict[str, Any] | None = Field(
-        description="Always null: cancelflow keeps no easy-return records."
-    )
-    quantity: int | None
-    fully_refund_as_loyalty_money: bool
-    created_date: datetime
-    modified_date: datetime
-    attributes: dict[str, Any]
-    attributes_kwargs: dict[str, Any]
-    localized_attributes: dict[str, Any]
-    localized_attributes_kwargs: dict[str, Any]
-    order: int
-    channel: int
-    rejection_code: str | None
-    rejection_message: str | None
-
-
-class CancellationRequestPage(BaseModel):
-    count: int = Field(
-        description=(
-            f"Exact up to {queries.EXACT_COUNT_LIMIT} matching requests; above that PostgreSQL's estimate."
-        )
-    )
-    next: str | None = Field(
-        description="The next page, or null: absolute under the configured public base URL, else a path."
-    )
-    previous: str | None = Field(
-        description="The previous page, or null: absolute under the configured public base URL, else a path."
-    )
-    results: list[CancellationRequestOut]
-
-
-class CustomerOut(BaseModel):
-    id: int
-    first_name: str
-    last_name: str
-    email: str
-    channel: int | None
-
-
-class OrderOut(BaseModel):
-    id: int
-    number: str
-    channel: int
-    currency: str
-    shipping_option_slug: str | None
-    tracking_number: str | None
-    created_date: datetime
-
-
-class OrderItemOut(BaseModel):
-    id: int
-    sku: str
-    product_name: str
-    quantity: int
-    unit_price: Decimal
-    requested_quantity: int
-
-
-class ReasonOut(BaseModel):
-    id: int
-    subject: str
-    cancellation_type: CancellationType
-
-
-class StepOut(BaseModel):
-    """A workflow step as `cancelflow show` prints it (`services.step_view`)."""
-
-    id: int
-    kind: StepKind
-    status: StepStatus
-    attempt: int
-    max_attempts: int
-    next_attempt_at: datetime | None = Field(description="When a pending step runs next; null once finished.")
-    deadline_at: datetime | None
-    fulfillment_order_id: int | None
-    last_error: str | None = Field(
-        description="Why the last failed attempt failed, null once the step is done (staff only; null for other "
-        "tokens, which see `status`)."
-    )
-    finished_at: datetime | None
-    created_date: datetime
-
-
-class MoneyTransactionOut(BaseModel):
-    id: int
-    target: RefundTarget
-    amount: Decimal
-    currency: str
-    external_id: str | None
-    created_date: datetime
-
-
-class PlanOut(BaseModel):
-    id: int
-    status: PlanStatus
-    plan_type: CancellationType
-    amount: Decimal
-    currency: str
-    refund_target: RefundTarget
-    deadline_at: datetime | None
-    escalated_at: datetime | None
-    failure_reason: str | None = Field(
-        description="Why the plan failed (staff only; null for other tokens, which see `status`)."
-    )
-    created_date: datetime
-    modified_date: datetime
-    steps: list[StepOut] = Field(description="Every step of the request, validation included, oldest first.")
-    money_transactions: list[MoneyTransactionOut]
-
-
-class DetailedCancellationRequestOut(BaseModel):
-    """The request with its order, item, customer, reason and plan (steps and money transactions)."""
-
-    id: int = Field(description="Cancellation Request ID")
-    uuid: uuid.UUID
-    description: str | None
-    cancellation_type: CancellationType
-    status: RequestStatus
-    iban: str | None = Field(description="Masked unless the token is staff with the `view_iban` permission.")
-    holder_name: str | None
-    quantity: int | None
-    fully_refund_as_loyalty_money: bool
-    easy_return: dict[str, Any] | None
-    created_date: datetime
-    modified_date: datetime
-    attributes: dict[str, Any]
-    rejection_code: str | None
-    rejection_message: str | None
-    channel: int
-    order: OrderOut
-    order_item: OrderItemOut
-    customer: CustomerOut
-    reason: ReasonOut
-    plan: PlanOut | None
-
-
-class DetailedCancellationRequestPage(BaseModel):
-    count: int
-    next: str | None
-    previous: str | None
-    results: list[DetailedCancellationRequestOut]
-
-
-class CancellationRequestCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "example": {"order_item": 1, "reason": 1, "description": "Changed my mind", "quantity": 1}
-        },
-    )
-
-    order_item: IdIn = Field(description="Related order item ID")
-    reason: IdIn = Field(description="Related cancellation reason ID")
-    description: Description = Field(default=None, description="Description of the cancellation request")
-    cancellation_type: CancellationType = Field(
-        default=CancellationType.cancel, description="Type of cancellation"
-    )
-    iban: IbanIn = Field(default=None, description="IBAN for refund")
-    holder_name: HolderIn = Field(default=None, description="Name of the account holder")
-    quantity: QuantityIn | None = Field(
-        default=None, description="Quantity of items to be cancelled (default: all that is left)."
-    )
-    fully_refund_as_loyalty_money: bool = Field(default=False)
-
-
-_NOT_NULL: Final = (
-    "status",
-    "cancellation_type",
-    "quantity",
-    "fully_refund_as_loyalty_money",
-    "reason",
-    "order_item",
-)
-
-
-class CancellationRequestUpdate(BaseModel):
-    """PUT and PATCH bodies: every field optional (as the seed documents both); only the fields sent
-    change. `status`: `approved` approves a waiting request, `rejected` rejects it."""
-
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"status": "approved"}})
-
-    status: RequestStatus | None = Field(default=None, description="Status of the cancellation request.")
-    description: Description = None
-    iban: IbanIn = None
-    holder_name: HolderIn = None
-    cancellation_type: CancellationType | None = None
-    quantity: QuantityIn | None = None
-    fully_refund_as_loyalty_money: bool | None = Field(
-        default=None, description="Flag to indicate if the refund should be processed as loyalty money"
-    )
-    reason: IdIn | None = Field(default=None, description="Related cancellation reason ID")
-    order_item: IdIn | None = Field(default=None, description="Related order item ID")
-
-    @model_validator(mode="after")
-    def _not_null(self) -> "CancellationRequestUpdate":
-        nulls = [name for name in _NOT_NULL if name in self.model_fields_set and getattr(self, name) is None]
-        if nulls:
-            raise Invalid(
-                "null not allowed", field_errors={name: ["This field may not be null."] for name in nulls}
-            )
-        return self
-
-    def changes(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.model_fields_set}
-
-
 # --- presenting ---------------------------------------------------------------------------------------
 
 
@@ -373,29 +142,11 @@ def _reader_text(value: str | None, scope: Scope) -> str | None:
 
 
 def present(request: CancellationRequest, scope: Scope) -> CancellationRequestOut:
-    return CancellationRequestOut(
-        id=request.id,
-        uuid=request.uuid,
-        order_item=request.order_item_id,
-        reason=request.reason_id,
-        description=request.description,
-        cancellation_type=request.cancellation_type,
-        status=request.status,
-        iban=_iban(request.iban, scope),
-        holder_name=request.holder_name,
-        easy_return=None,
-        quantity=request.quantity,
-        fully_refund_as_loyalty_money=request.fully_refund_as_loyalty_money,
-        created_date=request.created_date,
-        modified_date=request.modified_date,
-        attributes=dict(request.attributes or {}),
-        attributes_kwargs={},
-        localized_attributes={},
-        localized_attributes_kwargs={},
-        order=request.order_id,
-        channel=request.channel_id,
-        rejection_code=request.rejection_code,
-        rejection_message=_reader_text(request.rejection_message, scope),
+    return CancellationRequestOut.model_validate(request).model_copy(
+        update={
+            "iban": _iban(request.iban, scope),
+            "rejection_message": _reader_text(request.rejection_message, scope),
+        }
     )
 
 
@@ -407,66 +158,24 @@ def present_detailed(
 
 
 def _detailed(detail: request_view.RequestDetail, scope: Scope) -> DetailedCancellationRequestOut:
-    r, order, customer, plan = detail.request, detail.order, detail.customer, detail.plan
-    return DetailedCancellationRequestOut(
-        id=r.id,
-        uuid=r.uuid,
-        description=r.description,
-        cancellation_type=r.cancellation_type,
-        status=r.status,
-        iban=_iban(r.iban, scope),
-        holder_name=r.holder_name,
-        quantity=r.quantity,
-        fully_refund_as_loyalty_money=r.fully_refund_as_loyalty_money,
-        easy_return=None,
-        created_date=r.created_date,
-        modified_date=r.modified_date,
-        attributes=dict(r.attributes or {}),
-        rejection_code=r.rejection_code,
-        rejection_message=_reader_text(r.rejection_message, scope),
-        channel=r.channel_id,
-        order=OrderOut(
-            id=order.id,
-            number=order.number,
-            channel=order.channel_id,
-            currency=order.currency,
-            shipping_option_slug=order.shipping_option_slug,
-            tracking_number=order.tracking_number,
-            created_date=order.created_date,
-        ),
-        order_item=OrderItemOut.model_validate(detail.item, from_attributes=True),
-        customer=CustomerOut(
-            id=customer.id,
-            first_name=customer.first_name,
-            last_name=customer.last_name,
-            email=customer.email,
-            channel=customer.channel_id,
-        ),
-        reason=ReasonOut.model_validate(detail.reason, from_attributes=True),
-        plan=PlanOut(
-            id=plan.id,
-            status=plan.status,
-            plan_type=plan.plan_type,
-            amount=plan.amount,
-            currency=plan.currency,
-            refund_target=plan.refund_target,
-            deadline_at=plan.deadline_at,
-            escalated_at=plan.escalated_at,
-            failure_reason=internal_text(plan.failure_reason, scope),
-            created_date=plan.created_date,
-            modified_date=plan.modified_date,
-            steps=[
-                StepOut.model_validate(step, from_attributes=True).model_copy(
-                    update={"last_error": internal_text(step.last_error, scope)}
-                )
-                for step in detail.steps
-            ],
-            money_transactions=[
-                MoneyTransactionOut.model_validate(tx, from_attributes=True) for tx in detail.money
-            ],
+    plan = None
+    if detail.plan is not None:
+        plan = PlanOut.model_validate(detail)
+        steps = [s.model_copy(update={"last_error": internal_text(s.last_error, scope)}) for s in plan.steps]
+        plan = plan.model_copy(
+            update={"failure_reason": internal_text(plan.failure_reason, scope), "steps": steps}
         )
-        if plan is not None
-        else None,
+    parts = SimpleNamespace(
+        request=detail.request,
+        order=detail.order,
+        item=detail.item,
+        customer=detail.customer,
+        reason=detail.reason,
+        plan=plan,
+    )
+    r = detail.request
+    return DetailedCancellationRequestOut.model_validate(parts).model_copy(
+        update={"iban": _iban(r.iban, scope), "rejection_message": _reader_text(r.rejection_message, scope)}
     )
 
 
@@ -497,68 +206,30 @@ def _page_links(request: Request, page: queries.Page) -> tuple[str | None, str |
 
 
 def _list_page(request: Request, scope: Scope) -> tuple[RequestFilters, int, int, int | None, int | None]:
-    page, limit = queries.parse_page(request.query_params)
-    after, before = queries.parse_cursor(request.query_params)
+    page, limit = query_params.parse_page(request.query_params)
+    after, before = query_params.parse_cursor(request.query_params)
     filters = RequestFilters.parse(request.query_params.multi_items())
     require_filter_permissions(filters, scope)
     return filters, page, limit, after, before
 
 
-def _invalid_page() -> NotFound:
-    return NotFound("Invalid page.")
+def check_page(page: queries.Page) -> None:
+    """A page past the end (other than the first) is a 404."""
+    if page.page > 1 and not page.results:
+        raise NotFound("Invalid page.")
 
 
-PAGE_PARAMETERS: Final[list[dict[str, Any]]] = [
-    {
-        "name": "page",
-        "in": "query",
-        "required": False,
-        "description": "Specifies the page number of the current dataset (default 1).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": queries.MAX_PAGE, "default": 1},
-    },
-    {
-        "name": "page_after",
-        "in": "query",
-        "required": False,
-        "description": (
-            "Keyset of the `next` link: the page holds the requests listed after this request id. Sent by "
-            "the links; with it a deep page is an index seek rather than a skip of `(page - 1) * limit` rows."
-        ),
-        "schema": {"type": "integer", "minimum": 1},
-    },
-    {
-        "name": "page_before",
-        "in": "query",
-        "required": False,
-        "description": "Keyset of the `previous` link: the page holds the requests listed before this id.",
-        "schema": {"type": "integer", "minimum": 1},
-    },
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "description": (
-            f"Indicates the number of rows on the current page (default {queries.DEFAULT_LIMIT}; values "
-            f"above {queries.MAX_LIMIT} are capped to {queries.MAX_LIMIT})."
-        ),
-        "schema": {"type": "integer", "minimum": 1, "default": queries.DEFAULT_LIMIT},
-    },
-]
-EXPORT_PARAMETER: Final[dict[str, Any]] = {
-    "name": "export_format",
-    "in": "query",
-    "required": False,
-    "description": (
-        "Export the detailed list (all matching rows, not one page) as a file: `csv`, `xlsx` or `json`. "
-        "Large exports answer 202 with an export job (see `/api/v1/exports/`)."
-    ),
-    "schema": {"type": "string", "enum": ["csv", "xlsx", "json"]},
-}
-FILTERS_NOTE: Final = (
-    " Filters use django-filter names (see each parameter for accepted aliases); unknown parameters are "
-    'ignored, and a bad value is a 400 `{"<param>": ["…"], "code": "invalid"}`. Rows come newest '
-    "first (`id` descending). A page past the end is a 404."
-)
+def present_page(request: Request, page: queries.Page, scope: Scope) -> CancellationRequestPage:
+    """The list envelope `{count, next, previous, results}` of a page (tag lists render theirs so too)."""
+    next_url, previous_url = _page_links(request, page)
+    return CancellationRequestPage(
+        count=page.count,
+        next=next_url,
+        previous=previous_url,
+        results=[present(r, scope) for r in page.results],
+    )
+
+
 NOT_FOUND_PAGE: dict[int | str, dict[str, Any]] = {
     404: {"model": AkinonDetail, "description": "Unknown request, or a page past the end."}
 }
@@ -591,230 +262,7 @@ def _client_request_id(token_id: int, key: str | None) -> str:
     return f"http#{token_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
-# No `from __future__ import annotations` in this module: the routes below are made in a function, and
-# FastAPI must see their `Annotated[Scope, Depends(...)]` parameter as an object, not as a name to resolve.
-def _build(router: APIRouter, scope_dependency: Callable[..., Scope]) -> None:
-    ScopeDep = Annotated[Scope, Depends(scope_dependency)]  # noqa: N806 - a type alias, named like one
-
-    @router.get(
-        "/",
-        response_model=CancellationRequestPage,
-        summary="List cancellation requests",
-        description="Retrieve a paginated list of all cancellation requests with filtering support."
-        + FILTERS_NOTE,
-        responses=NOT_FOUND_PAGE,
-        openapi_extra={"parameters": PAGE_PARAMETERS + queries.openapi_parameters()},
-    )
-    def list_requests(request: Request, scope: ScopeDep) -> CancellationRequestPage:
-        filters, page_number, limit, after, before = _list_page(request, scope)
-        with transaction() as session:
-            page = queries.list_requests(
-                session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
-            )
-            if page_number > 1 and not page.results:
-                raise _invalid_page()
-            results = [present(r, scope) for r in page.results]
-        next_url, previous_url = _page_links(request, page)
-        return CancellationRequestPage(
-            count=page.count, next=next_url, previous=previous_url, results=results
-        )
-
-    @router.get(
-        "/detailed/",
-        # With `export_format=json` the body is the export: an array of flat rows.
-        response_model=DetailedCancellationRequestPage | list[dict[str, Any]],
-        summary="List cancellation requests, detailed",
-        description=(
-            "Retrieve a paginated list of cancellation requests with detailed information (order, order "
-            "item, customer, reason, plan with its steps and money transactions). Use `export_format` to "
-            "get a file of every matching request instead." + FILTERS_NOTE
-        ),
-        responses={
-            **NOT_FOUND_PAGE,
-            200: {
-                "description": "A page of detailed requests, or with `export_format` the exported file.",
-                "content": {
-                    "text/csv": {"schema": {"type": "string"}},
-                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
-                        "schema": {"type": "string", "format": "binary"}
-                    },
-                },
-            },
-            202: {"description": "With `export_format`: too many rows, an export job was queued."},
-            429: {
-                "description": "With `export_format`: the token has as many export jobs queued or running "
-                "as it may (`CANCELFLOW_EXPORT_JOBS_PER_TOKEN`); see `Retry-After`."
-            },
-        },
-        openapi_extra={"parameters": [*PAGE_PARAMETERS, EXPORT_PARAMETER, *queries.openapi_parameters()]},
-    )
-    def list_detailed(request: Request, scope: ScopeDep) -> Response | DetailedCancellationRequestPage:
-        filters, page_number, limit, after, before = _list_page(request, scope)
-        export_format = request.query_params.get("export_format")
-        if export_format is not None:
-            try:
-                from cancelflow.api.exports import export_response
-            except ImportError:  # exports are an optional module of this API
-                raise Invalid(
-                    "exports unavailable",
-                    field_errors={"export_format": ["Exports are not available on this server."]},
-                ) from None
-            return export_response(
-                request,
-                filters,
-                export_format,
-                channel_id=scope.channel_id,
-                token_id=scope.principal.token_id,
-            )
-        with transaction() as session:
-            page = queries.list_requests(
-                session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
-            )
-            if page_number > 1 and not page.results:
-                raise _invalid_page()
-            results = present_detailed(session, page.results, scope)
-        next_url, previous_url = _page_links(request, page)
-        return DetailedCancellationRequestPage(
-            count=page.count, next=next_url, previous=previous_url, results=results
-        )
-
-    @router.post(
-        "/",
-        response_model=CancellationRequestOut,
-        status_code=201,
-        summary="Create a cancellation request",
-        description=(
-            "Create a new cancellation request for an order item (staff, or a storefront token for its own "
-            "channel). It starts `waiting`; the workflow validates it and, by the approval rule, approves it "
-            "or waits for staff. A quantity above what is left to cancel, an invalid IBAN, or a refund that "
-            "needs a bank account without one is a 400 and stores nothing.\n\n"
-            f"`{IDEMPOTENCY_HEADER}` (optional, 1-200 visible ASCII characters, per token): the same key "
-            "and body answer the stored response again (one request is created); the same key with another "
-            "body is a 422; while the first request with that key is still running, a 409."
-        ),
-        responses={
-            409: {"model": AkinonDetail, "description": "A request with this Idempotency-Key is in flight."},
-            422: {"model": AkinonDetail, "description": "The Idempotency-Key was used with another body."},
-        },
-    )
-    def create_request(
-        body: CancellationRequestCreate,
-        scope: ScopeDep,
-        idempotency_key: Annotated[
-            str | None,
-            Header(alias=IDEMPOTENCY_HEADER, description="Makes a retried POST safe.", max_length=1000),
-        ] = None,
-    ) -> Response:
-        key = _idempotency_key(idempotency_key)
-        data = body.model_dump(mode="json")
-        token_id = scope.principal.token_id
-        try:
-            with idempotency.keyed(
-                transaction,
-                token_id=token_id,
-                key=key,
-                scope=f"POST cancellation_requests channel={scope.channel_id or '*'}",
-                body=data,
-                default_status=201,
-                name=IDEMPOTENCY_HEADER,
-            ) as call:
-                if call.replay is not None:
-                    return JSONResponse(call.replay.body, status_code=call.replay.status)
-                with transaction() as session:
-                    created, _ = requests_service.create(
-                        session,
-                        data,
-                        client_request_id=_client_request_id(token_id, key),
-                        channel_id=scope.channel_id,
-                    )
-                    payload = present(created, scope).model_dump(mode="json")
-                    call.complete(session, status=201, body=payload)
-        except idempotency.KeyReused as exc:
-            return akinon(422, {"detail": exc.message, "code": exc.code})
-        return JSONResponse(payload, status_code=201)
-
-    @router.get(
-        "/{id}/",
-        response_model=CancellationRequestOut,
-        summary="Retrieve a cancellation request",
-        description="Retrieve a specific cancellation request by ID.",
-    )
-    def retrieve(id: RequestId, scope: ScopeDep) -> CancellationRequestOut:
-        with transaction() as session:
-            return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
-
-    @router.get(
-        "/{id}/detailed/",
-        response_model=DetailedCancellationRequestOut,
-        summary="Retrieve a cancellation request, detailed",
-        description="Retrieve a specific cancellation request by ID with detailed information.",
-    )
-    def retrieve_detailed(id: RequestId, scope: ScopeDep) -> DetailedCancellationRequestOut:
-        with transaction() as session:
-            found = requests_service.get_visible(session, id, channel_id=scope.channel_id)
-            return present_detailed(session, [found], scope)[0]
-
-    def _update(id: int, body: CancellationRequestUpdate, scope: Scope) -> CancellationRequestOut:
-        scope.require_staff()
-        with transaction() as session:
-            updated = requests_service.update_request(
-                session, id, body.changes(), actor=scope.actor, channel_id=scope.channel_id
-            )
-            return present(updated, scope)
-
-    update_description = (
-        "Update a cancellation request (staff). Only the fields sent change, for PUT as for PATCH (the "
-        "seed documents every field as optional). `status: approved` approves a waiting request (its "
-        "plan is made and routed); `status: rejected` rejects it as `POST …/{id}/reject/` does. Forbidden "
-        "status changes, and edits of `order_item`, `quantity`, `iban`, `holder_name`, "
-        "`fully_refund_as_loyalty_money` or `cancellation_type` once the request is not `waiting`, are a "
-        "400 with code `invalid_transition`."
-    )
-
-    @router.put(
-        "/{id}/",
-        response_model=CancellationRequestOut,
-        summary="Update a cancellation request",
-        description=update_description,
-    )
-    def put_request(
-        id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep
-    ) -> CancellationRequestOut:
-        return _update(id, body, scope)
-
-    @router.patch(
-        "/{id}/",
-        response_model=CancellationRequestOut,
-        summary="Partially update a cancellation request",
-        description=update_description,
-    )
-    def patch_request(
-        id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep
-    ) -> CancellationRequestOut:
-        return _update(id, body, scope)
-
-    @router.post(
-        "/{id}/reject/",
-        response_model=CancellationRequestOut,
-        summary="Reject a cancellation request",
-        description=(
-            "Reject a specific cancellation request (staff; no body). Its plan stops: pending steps are "
-            "cancelled and the plan ends `rejected`. If a fulfillment service was asked to cancel "
-            "(`cancellation_requested`), the request is withdrawn on our side: Shopify's API has no "
-            "withdraw call, so the fulfillment order goes back to `cancellation_rejected` / `in_progress` "
-            "(the service keeps the work), its merchant request is closed as `withdrawn`, a "
-            "`fulfillment_order.cancellation_withdrawn` event is recorded, and a later answer from the "
-            "service is refused (422) and recorded. A request that is completed or already rejected, or "
-            "whose plan is already refunding, is a 400 with code `invalid_transition`."
-        ),
-    )
-    def reject_request(id: RequestId, scope: ScopeDep) -> CancellationRequestOut:
-        scope.require_staff()
-        with transaction() as session:
-            rejected = requests_service.reject(session, id, actor=scope.actor, channel_id=scope.channel_id)
-            session.refresh(rejected)
-            return present(rejected, scope)
-
+ScopeDep = Annotated[Scope, Depends(global_scope)]
 
 router = APIRouter(
     prefix="/api/v1/cancellation_requests",
@@ -826,5 +274,243 @@ channel_router = APIRouter(
     tags=["sales channel cancellation requests"],
     responses=AKINON_RESPONSES,
 )
-_build(router, global_scope)
-_build(channel_router, channel_scope)
+# Each route below is served by both routers: on `channel_router` its `ScopeDep` is `channel_scope`.
+routes = ScopedRoutes(router, channel_router, global_scope=global_scope, channel_scope=channel_scope)
+
+
+@routes.get(
+    "/",
+    response_model=CancellationRequestPage,
+    summary="List cancellation requests",
+    description="Retrieve a paginated list of all cancellation requests with filtering support."
+    + query_params.FILTERS_NOTE,
+    responses=NOT_FOUND_PAGE,
+    openapi_extra={"parameters": query_params.PAGE_PARAMETERS + query_params.filter_parameters()},
+)
+def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> CancellationRequestPage:
+    return present_page(request, _page(request, scope, session), scope)
+
+
+@routes.get(
+    "/detailed/",
+    # With `export_format=json` the body is the export: an array of flat rows.
+    response_model=DetailedCancellationRequestPage | list[dict[str, Any]],
+    summary="List cancellation requests, detailed",
+    description=(
+        "Retrieve a paginated list of cancellation requests with detailed information (order, order "
+        "item, customer, reason, plan with its steps and money transactions). Use `export_format` to "
+        "get a file of every matching request instead." + query_params.FILTERS_NOTE
+    ),
+    responses={
+        **NOT_FOUND_PAGE,
+        200: {
+            "description": "A page of detailed requests, or with `export_format` the exported file.",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                    "schema": {"type": "string", "format": "binary"}
+                },
+            },
+        },
+        202: {"description": "With `export_format`: too many rows, an export job was queued."},
+        429: {
+            "description": "With `export_format`: the token has as many export jobs queued or running "
+            "as it may (`CANCELFLOW_EXPORT_JOBS_PER_TOKEN`); see `Retry-After`."
+        },
+    },
+    openapi_extra={
+        "parameters": [
+            *query_params.PAGE_PARAMETERS,
+            query_params.EXPORT_PARAMETER,
+            *query_params.filter_parameters(),
+        ]
+    },
+)
+def list_detailed(
+    request: Request, scope: ScopeDep, session: DbSession
+) -> Response | DetailedCancellationRequestPage:
+    export_format = request.query_params.get("export_format")
+    if export_format is not None:
+        return _export(request, scope, session, export_format)
+    page = _page(request, scope, session)
+    next_url, previous_url = _page_links(request, page)
+    return DetailedCancellationRequestPage(
+        count=page.count,
+        next=next_url,
+        previous=previous_url,
+        results=present_detailed(session, page.results, scope),
+    )
+
+
+def _page(request: Request, scope: Scope, session: Session) -> queries.Page:
+    """The page the list routes show."""
+    filters, page_number, limit, after, before = _list_page(request, scope)
+    page = queries.list_requests(
+        session, filters, page_number, limit, channel_id=scope.channel_id, after=after, before=before
+    )
+    check_page(page)
+    return page
+
+
+def _export(request: Request, scope: Scope, session: Session, export_format: str) -> Response:
+    filters, *_ = _list_page(request, scope)
+    try:
+        from cancelflow.api.exports import export_response
+    except ImportError:  # exports are an optional module of this API
+        raise Invalid(
+            "exports unavailable",
+            field_errors={"export_format": ["Exports are not available on this server."]},
+        ) from None
+    return export_response(
+        session,
+        request,
+        filters,
+        export_format,
+        channel_id=scope.channel_id,
+        token_id=scope.principal.token_id,
+    )
+
+
+@routes.post(
+    "/",
+    response_model=CancellationRequestOut,
+    status_code=201,
+    summary="Create a cancellation request",
+    description=(
+        "Create a new cancellation request for an order item (staff, or a storefront token for its own "
+        "channel). It starts `waiting`; the workflow validates it and, by the approval rule, approves it "
+        "or waits for staff. A quantity above what is left to cancel, an invalid IBAN, or a refund that "
+        "needs a bank account without one is a 400 and stores nothing.\n\n"
+        f"`{IDEMPOTENCY_HEADER}` (optional, 1-200 visible ASCII characters, per token): the same key "
+        "and body answer the stored response again (one request is created); the same key with another "
+        "body is a 422; while the first request with that key is still running, a 409."
+    ),
+    responses={
+        409: {"model": AkinonDetail, "description": "A request with this Idempotency-Key is in flight."},
+        422: {"model": AkinonDetail, "description": "The Idempotency-Key was used with another body."},
+    },
+)
+def create_request(
+    body: CancellationRequestCreate,
+    scope: ScopeDep,
+    session: DbSession,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias=IDEMPOTENCY_HEADER, description="Makes a retried POST safe.", max_length=1000),
+    ] = None,
+) -> Response:
+    key = _idempotency_key(idempotency_key)
+    data = body.model_dump(mode="json")
+    token_id = scope.principal.token_id
+    try:
+        with idempotency.keyed(
+            transaction,
+            token_id=token_id,
+            key=key,
+            scope=f"POST cancellation_requests channel={scope.channel_id or '*'}",
+            body=data,
+            default_status=201,
+            name=IDEMPOTENCY_HEADER,
+        ) as call:
+            if call.replay is not None:
+                return JSONResponse(call.replay.body, status_code=call.replay.status)
+            created, _ = requests_service.create(
+                session,
+                data,
+                client_request_id=_client_request_id(token_id, key),
+                channel_id=scope.channel_id,
+            )
+            payload = present(created, scope).model_dump(mode="json")
+            call.complete(session, status=201, body=payload)
+            # Inside the key's block: a commit that fails releases the key, as any failure of the call does.
+            session.commit()
+    except idempotency.KeyReused as exc:
+        return akinon(422, {"detail": exc.message, "code": exc.code})
+    return JSONResponse(payload, status_code=201)
+
+
+@routes.get(
+    "/{id}/",
+    response_model=CancellationRequestOut,
+    summary="Retrieve a cancellation request",
+    description="Retrieve a specific cancellation request by ID.",
+)
+def retrieve(id: RequestId, scope: ScopeDep, session: DbSession) -> CancellationRequestOut:
+    return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
+
+
+@routes.get(
+    "/{id}/detailed/",
+    response_model=DetailedCancellationRequestOut,
+    summary="Retrieve a cancellation request, detailed",
+    description="Retrieve a specific cancellation request by ID with detailed information.",
+)
+def retrieve_detailed(id: RequestId, scope: ScopeDep, session: DbSession) -> DetailedCancellationRequestOut:
+    found = requests_service.get_visible(session, id, channel_id=scope.channel_id)
+    return present_detailed(session, [found], scope)[0]
+
+
+UPDATE_DESCRIPTION: Final = (
+    "Update a cancellation request (staff). Only the fields sent change, for PUT as for PATCH (the "
+    "seed documents every field as optional). `status: approved` approves a waiting request (its "
+    "plan is made and routed); `status: rejected` rejects it as `POST …/{id}/reject/` does. Forbidden "
+    "status changes, and edits of `order_item`, `quantity`, `iban`, `holder_name`, "
+    "`fully_refund_as_loyalty_money` or `cancellation_type` once the request is not `waiting`, are a "
+    "400 with code `invalid_transition`."
+)
+
+
+def _update(
+    id: int, body: CancellationRequestUpdate, scope: Scope, session: Session
+) -> CancellationRequestOut:
+    scope.require_staff()
+    updated = requests_service.update_request(
+        session, id, body.changes(), actor=scope.actor, channel_id=scope.channel_id
+    )
+    return present(updated, scope)
+
+
+@routes.put(
+    "/{id}/",
+    response_model=CancellationRequestOut,
+    summary="Update a cancellation request",
+    description=UPDATE_DESCRIPTION,
+)
+def put_request(
+    id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep, session: DbSession
+) -> CancellationRequestOut:
+    return _update(id, body, scope, session)
+
+
+@routes.patch(
+    "/{id}/",
+    response_model=CancellationRequestOut,
+    summary="Partially update a cancellation request",
+    description=UPDATE_DESCRIPTION,
+)
+def patch_request(
+    id: RequestId, body: CancellationRequestUpdate, scope: ScopeDep, session: DbSession
+) -> CancellationRequestOut:
+    return _update(id, body, scope, session)
+
+
+@routes.post(
+    "/{id}/reject/",
+    response_model=CancellationRequestOut,
+    summary="Reject a cancellation request",
+    description=(
+        "Reject a specific cancellation request (staff; no body). Its plan stops: pending steps are "
+        "cancelled and the plan ends `rejected`. If a fulfillment service was asked to cancel "
+        "(`cancellation_requested`), the request is withdrawn on our side: Shopify's API has no "
+        "withdraw call, so the fulfillment order goes back to `cancellation_rejected` / `in_progress` "
+        "(the service keeps the work), its merchant request is closed as `withdrawn`, a "
+        "`fulfillment_order.cancellation_withdrawn` event is recorded, and a later answer from the "
+        "service is refused (422) and recorded. A request that is completed or already rejected, or "
+        "whose plan is already refunding, is a 400 with code `invalid_transition`."
+    ),
+)
+def reject_request(id: RequestId, scope: ScopeDep, session: DbSession) -> CancellationRequestOut:
+    scope.require_staff()
+    rejected = requests_service.reject(session, id, actor=scope.actor, channel_id=scope.channel_id)
+    session.refresh(rejected)
+    return present(rejected, scope)

@@ -2,8 +2,10 @@
 
 For the cancellation-request router: when `export_format` is present on the detailed list, return
 
-    export_response(request, filters, export_format, *, channel_id=None) -> Response
+    export_response(session, request, filters, export_format, *, channel_id=None) -> Response
 
+* `session`: the request's session (`api.deps.DbSession`); a file's rows are read on connections of
+  their own, after its transaction ended;
 * `request`: the FastAPI/Starlette `Request` (for the absolute job URL of a 202);
 * `filters`: the parsed `services.queries.RequestFilters` of the detailed list;
 * `export_format`: `"csv" | "xlsx" | "json"` (a `models.ExportFormat` or its value; anything else is a
@@ -39,10 +41,11 @@ from sqlalchemy.orm import Session
 from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
 from cancelflow.api.bulk_jobs import JobAccepted, absolute, send
 from cancelflow.api.cancellation_requests import VIEW_IBAN
+from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.config import get_settings
 from cancelflow.config.logging import mask_text
-from cancelflow.db import get_engine, transaction
+from cancelflow.db import get_engine
 from cancelflow.errors import Conflict, Gone, Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
 from cancelflow.models.enums import TokenKind
@@ -77,6 +80,7 @@ def _read_and_close(handle: BinaryIO, size: int = 64 * 1024) -> Iterator[bytes]:
 
 
 def export_response(
+    session: Session,
     request: Request,
     filters: RequestFilters,
     export_format: str | ExportFormat,
@@ -87,24 +91,21 @@ def export_response(
     """The detailed list as a file (streamed), or 202 and an export job when it has too many rows
     (429 when `token_id` has as many export jobs queued or running as it may)."""
     fmt = parse_format(export_format)
-    with transaction() as session:
-        total = exports.count_rows(session, filters, channel_id=channel_id)
-        if total > get_settings().export_sync_max_rows:
-            job = exports.create_job(
-                session,
-                fmt,
-                filters=filters.as_params(),
-                channel_id=channel_id,
-                total=total,
-                token_id=token_id,
-            )
-            job_id = job.id
-            send(session, "exports.run", job_id)
-        else:
-            job_id = None
-    if job_id is not None:
-        accepted = JobAccepted(id=job_id, url=absolute(request, f"/api/v1/exports/{job_id}/"))
+    total = exports.count_rows(session, filters, channel_id=channel_id)
+    if total > get_settings().export_sync_max_rows:
+        job = exports.create_job(
+            session,
+            fmt,
+            filters=filters.as_params(),
+            channel_id=channel_id,
+            total=total,
+            token_id=token_id,
+        )
+        send(session, "exports.run", job.id)
+        accepted = JobAccepted(id=job.id, url=absolute(request, f"/api/v1/exports/{job.id}/"))
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+    # The count's transaction ends here: the file is written and streamed on connections of its own.
+    session.commit()
     name = f"cancellation_requests.{fmt.value}"
     engine = get_engine()
     stmt = exports.export_select(filters, channel_id=channel_id, typed=fmt == ExportFormat.json)
@@ -205,9 +206,8 @@ def _visible_job(session: Session, job_id: uuid.UUID, principal: Principal) -> E
     "(`export_format` with more than `CANCELFLOW_EXPORT_SYNC_MAX_ROWS` rows). Staff token, or the storefront "
     "token of the channel whose export started it.",
 )
-def get_export(job_id: JobId, request: Request, principal: AkinonCaller) -> ExportJobOut:
-    with transaction() as session:
-        return _job(_visible_job(session, job_id, principal), request, principal)
+def get_export(job_id: JobId, request: Request, principal: AkinonCaller, session: DbSession) -> ExportJobOut:
+    return _job(_visible_job(session, job_id, principal), request, principal)
 
 
 @router.get(
@@ -223,10 +223,9 @@ def get_export(job_id: JobId, request: Request, principal: AkinonCaller) -> Expo
         410: {"description": "The export expired: its file was deleted after the retention period."},
     },
 )
-def download_export(job_id: JobId, principal: AkinonCaller) -> FileResponse:
-    with transaction() as session:
-        job = _visible_job(session, job_id, principal)
-        status, file_path, fmt, name = job.status, job.file_path, job.format, exports.file_name(job)
+def download_export(job_id: JobId, principal: AkinonCaller, session: DbSession) -> FileResponse:
+    job = _visible_job(session, job_id, principal)
+    status, file_path, fmt, name = job.status, job.file_path, job.format, exports.file_name(job)
     if status == JobStatus.expired:
         raise Gone(
             f"export {job_id} expired: its file was deleted after the retention period", code="export_expired"

@@ -22,9 +22,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cancelflow.api.auth import ShopifyReader, ShopifyService, ShopifyStaff
+from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import SHOPIFY_RESPONSES
 from cancelflow.config import get_settings
-from cancelflow.db import transaction
 from cancelflow.errors import NotFound
 from cancelflow.models import (
     FulfillmentOrder,
@@ -307,30 +307,31 @@ FulfillmentOrderId = Annotated[int, Path(gt=0, le=MAX_ID, description="The fulfi
 def send_cancellation_request(
     fulfillment_order_id: FulfillmentOrderId,
     principal: ShopifyStaff,
+    session: DbSession,
     body: CancellationRequestBody | None = None,
 ) -> FulfillmentOrderEnvelope:
-    with transaction() as session:
-        fo = routing.send_cancellation_request(session, fulfillment_order_id, message=_message(body))
-        return _envelope(session, fo)
+    fo = routing.send_cancellation_request(session, fulfillment_order_id, message=_message(body))
+    return _envelope(session, fo)
 
 
 def _answer(
+    session: Session,
     fulfillment_order_id: int,
     principal: ShopifyService,
     body: CancellationRequestBody | None,
     decision: Literal["accept", "reject"],
 ) -> FulfillmentOrderEnvelope | JSONResponse:
-    with transaction() as session:
-        outcome = replies.answer_cancellation(
-            session,
-            fulfillment_order_id,
-            decision=decision,
-            message=_message(body),
-            service_id=principal.fulfillment_service_id,
-        )
-        if outcome.error is None:
-            return _envelope(session, outcome.fulfillment_order)
-    # Committed all the same: the refused reply is recorded (and flagged) in the event log.
+    outcome = replies.answer_cancellation(
+        session,
+        fulfillment_order_id,
+        decision=decision,
+        message=_message(body),
+        service_id=principal.fulfillment_service_id,
+    )
+    if outcome.error is None:
+        return _envelope(session, outcome.fulfillment_order)
+    # Returned, not raised: the transaction commits, and the refused reply is recorded (and flagged) in the
+    # event log.
     return JSONResponse({"errors": outcome.error}, status_code=422)
 
 
@@ -351,9 +352,10 @@ _ANSWER_DESCRIPTION = (
 def accept_cancellation_request(
     fulfillment_order_id: FulfillmentOrderId,
     principal: ShopifyService,
+    session: DbSession,
     body: CancellationRequestBody | None = None,
 ) -> FulfillmentOrderEnvelope | JSONResponse:
-    return _answer(fulfillment_order_id, principal, body, "accept")
+    return _answer(session, fulfillment_order_id, principal, body, "accept")
 
 
 @router.post(
@@ -365,9 +367,10 @@ def accept_cancellation_request(
 def reject_cancellation_request(
     fulfillment_order_id: FulfillmentOrderId,
     principal: ShopifyService,
+    session: DbSession,
     body: CancellationRequestBody | None = None,
 ) -> FulfillmentOrderEnvelope | JSONResponse:
-    return _answer(fulfillment_order_id, principal, body, "reject")
+    return _answer(session, fulfillment_order_id, principal, body, "reject")
 
 
 @router.get(
@@ -377,11 +380,10 @@ def reject_cancellation_request(
     description="Staff see every fulfillment order; a fulfillment service only its own (others are 404).",
 )
 def get_fulfillment_order(
-    fulfillment_order_id: FulfillmentOrderId, principal: ShopifyReader
+    fulfillment_order_id: FulfillmentOrderId, principal: ShopifyReader, session: DbSession
 ) -> FulfillmentOrderEnvelope:
-    with transaction() as session:
-        fo = fos.get_for_service(session, fulfillment_order_id, principal.visible_service_id)
-        return _envelope(session, fo)
+    fo = fos.get_for_service(session, fulfillment_order_id, principal.visible_service_id)
+    return _envelope(session, fo)
 
 
 class AssignmentStatus(StrEnum):
@@ -410,6 +412,7 @@ REQUEST_STATUS_FOR: Final = {
 )
 def assigned_fulfillment_orders(
     principal: ShopifyReader,
+    session: DbSession,
     assignment_status: Annotated[AssignmentStatus | None, Query()] = None,
     location_ids: Annotated[
         list[Annotated[int, Field(ge=0, le=MAX_ID)]] | None,
@@ -429,6 +432,5 @@ def assigned_fulfillment_orders(
         stmt = stmt.where(FulfillmentOrder.assigned_location_id.in_(location_ids))
     if since_id is not None:
         stmt = stmt.where(FulfillmentOrder.id > since_id)
-    with transaction() as session:
-        orders = list(session.scalars(stmt.order_by(FulfillmentOrder.id).limit(limit)))
-        return FulfillmentOrderList(fulfillment_orders=present(session, orders))
+    orders = list(session.scalars(stmt.order_by(FulfillmentOrder.id).limit(limit)))
+    return FulfillmentOrderList(fulfillment_orders=present(session, orders))

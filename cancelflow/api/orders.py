@@ -7,11 +7,12 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import AliasPath, BaseModel, Field, field_validator
 
 from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
-from cancelflow.db import transaction
+from cancelflow.api.schemas import FromRow, mapping
 from cancelflow.errors import NotFound
 from cancelflow.models.enums import PaymentMethod
 from cancelflow.services import importer, request_view
@@ -48,6 +49,7 @@ def import_orders(
     payload: ImportPayload,
     principal: AkinonStaff,
     response: Response,
+    session: DbSession,
     replace_services: Annotated[
         bool,
         Query(
@@ -57,14 +59,13 @@ def import_orders(
     ] = False,
 ) -> ImportResult:
     data = payload.model_dump(mode="json")
-    with transaction() as session:
-        counts = importer.import_payload(session, data, replace_services=replace_services)
+    counts = importer.import_payload(session, data, replace_services=replace_services)
     if not any(counts.values()):
         response.status_code = 200
     return ImportResult(imported=counts)
 
 
-class OrderItemOut(BaseModel):
+class OrderItemOut(FromRow):
     id: int
     sku: str
     product_name: str
@@ -75,27 +76,34 @@ class OrderItemOut(BaseModel):
     inventory_item_id: int | None
 
 
-class PaymentOut(BaseModel):
+class PaymentOut(FromRow):
     id: int
     method: PaymentMethod
     amount: Decimal
     reference: str | None
 
 
-class OrderOut(BaseModel):
-    id: int
-    number: str
-    channel: int
-    customer: int
-    currency: str
-    shipping_option_slug: str | None
-    tracking_number: str | None
-    shipping_address: dict[str, Any]
+class OrderOut(FromRow):
+    # Validated from a `services.request_view.OrderDetail`.
+
+    id: int = Field(validation_alias=AliasPath("order", "id"))
+    number: str = Field(validation_alias=AliasPath("order", "number"))
+    channel: int = Field(validation_alias=AliasPath("order", "channel_id"))
+    customer: int = Field(validation_alias=AliasPath("order", "customer_id"))
+    currency: str = Field(validation_alias=AliasPath("order", "currency"))
+    shipping_option_slug: str | None = Field(validation_alias=AliasPath("order", "shipping_option_slug"))
+    tracking_number: str | None = Field(validation_alias=AliasPath("order", "tracking_number"))
+    shipping_address: dict[str, Any] = Field(validation_alias=AliasPath("order", "shipping_address"))
     items: list[OrderItemOut]
     payment: PaymentOut | None
-    fulfillment_orders: list[int] = Field(description="Ids of the order's fulfillment orders, in id order.")
-    created_date: datetime
-    modified_date: datetime
+    fulfillment_orders: list[int] = Field(
+        validation_alias="fulfillment_order_ids",
+        description="Ids of the order's fulfillment orders, in id order.",
+    )
+    created_date: datetime = Field(validation_alias=AliasPath("order", "created_date"))
+    modified_date: datetime = Field(validation_alias=AliasPath("order", "modified_date"))
+
+    shipping_address_as_dict = field_validator("shipping_address", mode="before")(mapping)
 
 
 @router.get(
@@ -104,40 +112,10 @@ class OrderOut(BaseModel):
     summary="Retrieve an order",
     description="The order with its items, payment and fulfillment-order ids. Staff token.",
 )
-def get_order(order_id: Annotated[int, Path(gt=0, le=2**63 - 1)], principal: AkinonStaff) -> OrderOut:
-    with transaction() as session:
-        detail = request_view.order(session, order_id)
-        if detail is None:
-            raise NotFound(f"order {order_id} not found")
-        order, payment = detail.order, detail.payment
-        return OrderOut(
-            id=order.id,
-            number=order.number,
-            channel=order.channel_id,
-            customer=order.customer_id,
-            currency=order.currency,
-            shipping_option_slug=order.shipping_option_slug,
-            tracking_number=order.tracking_number,
-            shipping_address=dict(order.shipping_address or {}),
-            items=[
-                OrderItemOut(
-                    id=item.id,
-                    sku=item.sku,
-                    product_name=item.product_name,
-                    quantity=item.quantity,
-                    unit_price=item.unit_price,
-                    requested_quantity=item.requested_quantity,
-                    variant_id=item.variant_id,
-                    inventory_item_id=item.inventory_item_id,
-                )
-                for item in detail.items
-            ],
-            payment=PaymentOut(
-                id=payment.id, method=payment.method, amount=payment.amount, reference=payment.reference
-            )
-            if payment is not None
-            else None,
-            fulfillment_orders=detail.fulfillment_order_ids,
-            created_date=order.created_date,
-            modified_date=order.modified_date,
-        )
+def get_order(
+    order_id: Annotated[int, Path(gt=0, le=2**63 - 1)], principal: AkinonStaff, session: DbSession
+) -> OrderOut:
+    detail = request_view.order(session, order_id)
+    if detail is None:
+        raise NotFound(f"order {order_id} not found")
+    return OrderOut.model_validate(detail)

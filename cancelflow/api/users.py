@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cancelflow.api.auth import AkinonCaller
+from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
 from cancelflow.api.throttling import THROTTLED_RESPONSE
 from cancelflow.db import transaction
@@ -80,33 +81,32 @@ async def login(body: LoginIn, request: Request) -> LoginOut:
     summary="The user behind the token",
     description="The logged-in user of the `Authorization: Token` key (any token kind).",
 )
-def active_user(principal: AkinonCaller) -> ActiveUserOut:
-    with transaction() as session:
-        token, user = users.user_of_token(session, principal.token_id)
-        if user is None:
-            return ActiveUserOut(
-                pk=None,
-                username=token.name,
-                first_name="",
-                last_name="",
-                email="",
-                is_staff=principal.is_staff,
-                is_active=token.revoked_at is None,
-                permissions=sorted(principal.permissions),
-                token_kind=principal.kind.value,
-                channel=principal.channel_id,
-                last_login=None,
-            )
+def active_user(principal: AkinonCaller, session: DbSession) -> ActiveUserOut:
+    token, user = users.user_of_token(session, principal.token_id)
+    if user is None:
         return ActiveUserOut(
-            pk=user.id,
-            username=user.username,
-            first_name=user.first_name,
-            last_name=user.last_name,
-            email=user.email,
-            is_staff=user.is_staff,
-            is_active=user.is_active,
+            pk=None,
+            username=token.name,
+            first_name="",
+            last_name="",
+            email="",
+            is_staff=principal.is_staff,
+            is_active=token.revoked_at is None,
             permissions=sorted(principal.permissions),
             token_kind=principal.kind.value,
             channel=principal.channel_id,
-            last_login=user.last_login,
+            last_login=None,
         )
+    return ActiveUserOut(
+        pk=user.id,
+        username=user.username,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        email=user.email,
+        is_staff=user.is_staff,
+        is_active=user.is_active,
+        permissions=sorted(principal.permissions),
+        token_kind=principal.kind.value,
+        channel=principal.channel_id,
+        last_login=user.last_login,
+    )

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from cancelflow.api.auth import AkinonStaff
+from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
-from cancelflow.db import transaction
 from cancelflow.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
@@ -168,13 +168,14 @@ def _attempt(a: WebhookAttempt) -> AttemptOut:
     summary="Subscribe to request and plan events",
     description=f"Creates a subscription and returns its signing secret, once. {SIGNING_NOTE} Staff token.",
 )
-def create_subscription(body: SubscriptionIn, principal: AkinonStaff) -> SubscriptionCreated:
-    with transaction() as session:
-        subscription = webhook_subscriptions.create_subscription(
-            session, url=body.url, events=body.events, channel_id=body.channel
-        )
-        session.refresh(subscription)
-        return SubscriptionCreated(**_subscription(subscription).model_dump(), secret=subscription.secret)
+def create_subscription(
+    body: SubscriptionIn, principal: AkinonStaff, session: DbSession
+) -> SubscriptionCreated:
+    subscription = webhook_subscriptions.create_subscription(
+        session, url=body.url, events=body.events, channel_id=body.channel
+    )
+    session.refresh(subscription)
+    return SubscriptionCreated(**_subscription(subscription).model_dump(), secret=subscription.secret)
 
 
 @router.get(
@@ -183,9 +184,8 @@ def create_subscription(body: SubscriptionIn, principal: AkinonStaff) -> Subscri
     summary="List active subscriptions",
     description="Active subscriptions in id order; secrets are never listed. Staff token.",
 )
-def list_subscriptions(principal: AkinonStaff) -> SubscriptionList:
-    with transaction() as session:
-        results = [_subscription(s) for s in webhook_subscriptions.list_subscriptions(session)]
+def list_subscriptions(principal: AkinonStaff, session: DbSession) -> SubscriptionList:
+    results = [_subscription(s) for s in webhook_subscriptions.list_subscriptions(session)]
     return SubscriptionList(count=len(results), results=results)
 
 
@@ -199,9 +199,8 @@ def list_subscriptions(principal: AkinonStaff) -> SubscriptionList:
         "Staff token."
     ),
 )
-def remove_subscription(subscription_id: Id, principal: AkinonStaff) -> Response:
-    with transaction() as session:
-        webhook_subscriptions.remove_subscription(session, subscription_id)
+def remove_subscription(subscription_id: Id, principal: AkinonStaff, session: DbSession) -> Response:
+    webhook_subscriptions.remove_subscription(session, subscription_id)
     return Response(status_code=204)
 
 
@@ -215,12 +214,11 @@ def remove_subscription(subscription_id: Id, principal: AkinonStaff) -> Response
         "paused is returned as it is. Staff token."
     ),
 )
-def resume_subscription(subscription_id: Id, principal: AkinonStaff) -> SubscriptionOut:
-    with transaction() as session:
-        subscription = webhook_subscriptions.resume_subscription(session, subscription_id)
-        session.flush()
-        session.refresh(subscription)
-        return _subscription(subscription)
+def resume_subscription(subscription_id: Id, principal: AkinonStaff, session: DbSession) -> SubscriptionOut:
+    subscription = webhook_subscriptions.resume_subscription(session, subscription_id)
+    session.flush()
+    session.refresh(subscription)
+    return _subscription(subscription)
 
 
 @router.get(
@@ -231,18 +229,18 @@ def resume_subscription(subscription_id: Id, principal: AkinonStaff) -> Subscrip
 )
 def list_deliveries(
     principal: AkinonStaff,
+    session: DbSession,
     status: Annotated[DeliveryStatus | None, Query()] = None,
     subscription: Annotated[int | None, Query(gt=0, le=2**63 - 1)] = None,
     request: Annotated[int | None, Query(gt=0, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeliveryList:
-    with transaction() as session:
-        results = [
-            _delivery(d)
-            for d in webhook_delivery.list_deliveries(
-                session, status=status, subscription_id=subscription, request_id=request, limit=limit
-            )
-        ]
+    results = [
+        _delivery(d)
+        for d in webhook_delivery.list_deliveries(
+            session, status=status, subscription_id=subscription, request_id=request, limit=limit
+        )
+    ]
     return DeliveryList(count=len(results), results=results)
 
 
@@ -252,11 +250,10 @@ def list_deliveries(
     summary="Retrieve a delivery with its attempts",
     description="The stored payload and every attempt (status code, duration, error). Staff token.",
 )
-def get_delivery(delivery_id: Id, principal: AkinonStaff) -> DeliveryDetail:
-    with transaction() as session:
-        delivery = webhook_delivery.get_delivery(session, delivery_id)
-        attempts = [_attempt(a) for a in webhook_delivery.list_attempts(session, delivery_id)]
-        return DeliveryDetail(**_delivery(delivery).model_dump(), payload=delivery.payload, attempts=attempts)
+def get_delivery(delivery_id: Id, principal: AkinonStaff, session: DbSession) -> DeliveryDetail:
+    delivery = webhook_delivery.get_delivery(session, delivery_id)
+    attempts = [_attempt(a) for a in webhook_delivery.list_attempts(session, delivery_id)]
+    return DeliveryDetail(**_delivery(delivery).model_dump(), payload=delivery.payload, attempts=attempts)
 
 
 @router.post(
@@ -269,9 +266,8 @@ def get_delivery(delivery_id: Id, principal: AkinonStaff) -> DeliveryDetail:
         "receiver that already has it can drop it. Staff token."
     ),
 )
-def redeliver(delivery_id: Id, principal: AkinonStaff) -> DeliveryOut:
-    with transaction() as session:
-        delivery = webhook_delivery.redeliver(session, delivery_id)
-        session.flush()
-        session.refresh(delivery)
-        return _delivery(delivery)
+def redeliver(delivery_id: Id, principal: AkinonStaff, session: DbSession) -> DeliveryOut:
+    delivery = webhook_delivery.redeliver(session, delivery_id)
+    session.flush()
+    session.refresh(delivery)
+    return _delivery(delivery)

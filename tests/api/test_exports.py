@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from cancelflow.api import errors
+from cancelflow.api.deps import DbSession
 from cancelflow.api.exports import export_response
 from cancelflow.db import transaction
 from cancelflow.services.exports import FIELD_NAMES
@@ -34,11 +35,11 @@ def export_app() -> FastAPI:
     errors.install(app)
 
     @app.get(EXPORT)
-    def export(request: Request, export_format: Annotated[str, Query()]) -> Response:
+    def export(request: Request, export_format: Annotated[str, Query()], session: DbSession) -> Response:
         from cancelflow.services.queries import RequestFilters
 
         return export_response(
-            request, RequestFilters.parse(request.query_params.multi_items()), export_format
+            session, request, RequestFilters.parse(request.query_params.multi_items()), export_format
         )
 
     return app
