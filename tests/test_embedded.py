@@ -525,7 +525,13 @@ def test_run_stops_children_and_servers_on_a_signal(run_env: Path, sig: signal.S
         servers = _server_pids(data_dir)
 
         proc.send_signal(sig)
-        rest, _ = proc.communicate(timeout=60)
+        try:
+            # A guard against a hang, not a timing: a loaded machine stops PostgreSQL slowly.
+            rest, _ = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, _ = proc.communicate()
+            raise AssertionError("still running 150 s after the signal:\n" + "".join(lines) + rest) from None
     finally:
         if proc.poll() is None:
             proc.kill()
