@@ -6,7 +6,7 @@ deadline, the fulfillment service). Every status change goes through `transition
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from cancelflow.config import get_settings
@@ -31,7 +31,7 @@ from cancelflow.models.enums import (
 )
 from cancelflow.models.transitions import allows, require
 from cancelflow.services import fulfillment_orders as fos
-from cancelflow.services import steps, transitions
+from cancelflow.services import intake, steps, transitions
 from cancelflow.services.locking import LockedOrder, fresh, lock_order, lock_order_of
 from cancelflow.services.money import plan_amount, refund_target
 
@@ -126,11 +126,7 @@ def reject_request(
         data={"code": code.value, "message": message},
     ):
         return False
-    session.execute(
-        update(OrderItem)
-        .where(OrderItem.id == request.order_item_id)
-        .values(requested_quantity=OrderItem.requested_quantity - request.quantity)
-    )
+    intake.release_quantity(session, request.order_item_id, request.quantity)
     return True
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, NoReturn
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, InvalidTransition, NotFound
@@ -220,17 +220,8 @@ def _edit_money_fields(session: Session, request: CancellationRequest, changed: 
     _check_refund_account(session, order_id=request.order_id, iban=iban, holder_name=holder, loyalty=loyalty)
     if new_item.id != old_item.id or quantity != request.quantity:
         # Give back the old reservation, then take the new one under the same guard intake uses.
-        session.execute(
-            update(OrderItem)
-            .where(OrderItem.id == old_item.id)
-            .values(requested_quantity=OrderItem.requested_quantity - request.quantity)
-        )
-        reserved = session.execute(
-            update(OrderItem)
-            .where(OrderItem.id == new_item.id, OrderItem.requested_quantity + quantity <= OrderItem.quantity)
-            .values(requested_quantity=OrderItem.requested_quantity + quantity)
-        ).rowcount  # type: ignore[attr-defined]
-        if not reserved:
+        intake.release_quantity(session, old_item.id, request.quantity)
+        if not intake.reserve_quantity(session, new_item.id, quantity):
             session.refresh(new_item)
             remaining = new_item.quantity - new_item.requested_quantity
             raise Invalid(

@@ -123,6 +123,26 @@ def lock_item(session: Session, item_id: int) -> LockedItem:
     return LockedItem(item, order, payment)
 
 
+def reserve_quantity(session: Session, item_id: int, quantity: int) -> bool:
+    """Hold `quantity` of the item for an active request; False (nothing held) when that is above what is
+    left. The CHECK constraint and this guard keep the active requests of an item <= what was ordered."""
+    held = session.execute(
+        update(OrderItem)
+        .where(OrderItem.id == item_id, OrderItem.requested_quantity + quantity <= OrderItem.quantity)
+        .values(requested_quantity=OrderItem.requested_quantity + quantity)
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(held)
+
+
+def release_quantity(session: Session, item_id: int, quantity: int) -> None:
+    """Give back what `reserve_quantity` held for a request that is no longer active (or moves)."""
+    session.execute(
+        update(OrderItem)
+        .where(OrderItem.id == item_id)
+        .values(requested_quantity=OrderItem.requested_quantity - quantity)
+    )
+
+
 def check_new(
     locked: LockedItem, *, quantity: int | None, iban: str | None, holder_name: str | None, loyalty: bool
 ) -> Rejection | None:
@@ -209,17 +229,10 @@ def create(
         loyalty=message.fully_refund_as_loyalty_money,
     )
     quantity = message.quantity if message.quantity is not None else item.quantity - item.requested_quantity
-    if rejection is None:
-        # Reserve the quantity; the CHECK constraint and this guard keep active requests <= ordered.
-        reserved = session.execute(
-            update(OrderItem)
-            .where(OrderItem.id == item.id, OrderItem.requested_quantity + quantity <= OrderItem.quantity)
-            .values(requested_quantity=OrderItem.requested_quantity + quantity)
-        ).rowcount  # type: ignore[attr-defined]
-        if not reserved:
-            rejection = Rejection(
-                RejectionCode.quantity_exceeded, "quantity", "quantity is above what is still cancellable"
-            )
+    if rejection is None and not reserve_quantity(session, item.id, quantity):
+        rejection = Rejection(
+            RejectionCode.quantity_exceeded, "quantity", "quantity is above what is still cancellable"
+        )
     if rejection is not None and refuse is not None:
         refuse(rejection, locked)
     if rejection is not None:
