@@ -103,13 +103,7 @@ def approve(
             "refund_target": target.value,
         },
     )
-    steps.create(
-        session,
-        request_id=request.id,
-        plan_id=plan.id,
-        kind=StepKind.route,
-        idempotency_key=f"{plan.id}:route:1",
-    )
+    steps.create_for_plan(session, plan, StepKind.route)
     return plan
 
 

@@ -40,11 +40,10 @@ def confirm(session: Session, plan: CancellationPlan, *, note: str) -> None:
     transitions.move(session, plan, PlanStatus.confirmed, data={"note": note})
     transitions.move(session, plan, PlanStatus.waiting_for_payment)
     if plan.amount > 0:
-        steps.create(
+        steps.create_for_plan(
             session,
-            request_id=plan.request_id,
-            plan_id=plan.id,
-            kind=STEP_FOR_TARGET[plan.refund_target],
+            plan,
+            STEP_FOR_TARGET[plan.refund_target],
             idempotency_key=money_key(plan.id, plan.refund_target),
         )
     else:
@@ -194,13 +193,7 @@ def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
     connection.execute(_LOCK_PLAN, {"plan_id": plan.id})
     unpaid = connection.execute(_UNPAID, {"plan_id": plan.id}).scalar()
     if unpaid == 0:
-        steps.create(
-            session,
-            request_id=plan.request_id,
-            plan_id=plan.id,
-            kind=StepKind.close,
-            idempotency_key=f"{plan.id}:close:1",
-        )
+        steps.create_for_plan(session, plan, StepKind.close)
 
 
 def close_step(session: Session, step: WorkflowStep) -> None:

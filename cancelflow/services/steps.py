@@ -149,6 +149,19 @@ def create(
     return int(row.id)
 
 
+def create_for_plan(
+    session: Session, plan: CancellationPlan, kind: StepKind, *, idempotency_key: str | None = None
+) -> int:
+    """`create` the plan's step of `kind`: once per plan, so the key defaults to `<plan id>:<kind>:1`."""
+    return create(
+        session,
+        request_id=plan.request_id,
+        plan_id=plan.id,
+        kind=kind,
+        idempotency_key=idempotency_key or f"{plan.id}:{kind.value}:1",
+    )
+
+
 def claim(session: Session, step_id: int, *, task: str) -> WorkflowStep:
     """Lock a pending, due step of a kind `task` owns for this transaction.
 
