@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cancelflow.errors import InvalidTransition
 
@@ -26,17 +26,32 @@ class Machine(Generic[S]):
 
     def require(self, current: S, target: S) -> None:
         """InvalidTransition unless the table allows `current -> target`."""
-        if not self.allows(current, target):
-            raise InvalidTransition(
-                f"{self.name}: {current.value} -> {target.value} is not allowed",
-                machine=self.name,
-                current=current.value,
-                target=target.value,
-            )
+        require_move(self.name, self.table, current, target)
 
     def sources(self, target: S) -> tuple[S, ...]:
         """Every status that may move to `target`, in the enum's order."""
         return tuple(status for status, targets in self.table.items() if target in targets)
 
 
-__all__ = ["Machine"]
+def require_move(
+    name: str,
+    table: Mapping[Any, frozenset[Any]],
+    current: StrEnum,
+    target: StrEnum,
+    *,
+    message: str | None = None,
+    code: str | None = None,
+) -> None:
+    """The one check of every status change in cancelflow: `InvalidTransition` (with `message`, or one naming
+    the move) unless machine `name`'s table allows `current -> target`."""
+    if target not in table[current]:
+        raise InvalidTransition(
+            message or f"{name}: {current.value} -> {target.value} is not allowed",
+            code=code,
+            machine=name,
+            current=current.value,
+            target=target.value,
+        )
+
+
+__all__ = ["Machine", "require_move"]

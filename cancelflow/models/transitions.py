@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from cancelflow.errors import InvalidTransition
 from cancelflow.models.enums import FORequestStatus, FOStatus, PlanStatus, RequestStatus, StepStatus
+from cancelflow.models.machine import require_move
 
 REQUEST_TRANSITIONS: Final[Mapping[RequestStatus, frozenset[RequestStatus]]] = {
     RequestStatus.waiting: frozenset({RequestStatus.approved, RequestStatus.rejected}),
@@ -112,14 +113,7 @@ def require(
     machine: str, current: StrEnum, target: StrEnum, *, message: str | None = None, code: str | None = None
 ) -> None:
     """Raise `InvalidTransition` (with `message`, or one naming the move) unless the machine allows it."""
-    if not allows(machine, current, target):
-        raise InvalidTransition(
-            message or f"{machine}: {current.value} -> {target.value} is not allowed",
-            code=code,
-            machine=machine,
-            current=current.value,
-            target=target.value,
-        )
+    require_move(machine, MACHINES[machine], current, target, message=message, code=code)
 
 
 def is_terminal(machine: str, state: StrEnum) -> bool:
