@@ -410,7 +410,12 @@ def claim_job(session: Session, job_id: uuid.UUID) -> ExportJob | None:
 
 
 def record_progress(session: Session, job_id: uuid.UUID, done: int) -> None:
-    session.execute(update(ExportJob).where(ExportJob.id == job_id).values(done=done))
+    """A running job's progress; a writer still going after its job finished or failed changes nothing."""
+    session.execute(
+        update(ExportJob)
+        .where(ExportJob.id == job_id, ExportJob.status == JobStatus.running)
+        .values(done=done)
+    )
 
 
 def finish_job(session: Session, job_id: uuid.UUID, *, path: Path, rows: int) -> None:
