@@ -284,6 +284,12 @@ class _Jobs(_OnRealRows):
 
     job_model: type[BulkJob] | type[ExportJob]
     job_id: Any = None
+    # The model of the row, set when the example writes it.
+    status: str
+    done: int
+    total: int
+    error: str | None
+    seen_terminal: str | None
 
     def job(self) -> Any:
         return self.fresh(self.job_model, self.job_id)
@@ -364,7 +370,7 @@ class ExportJobs(_Jobs):
         )
         self.job_id = job.id
         self.status, self.done, self.total, self.error = "pending", 0, total, None
-        self.seen_terminal: str | None = None
+        self.seen_terminal = None
 
     @rule(data=st.data())
     def worker_claims(self, data: st.DataObject) -> None:
@@ -454,7 +460,7 @@ class BulkJobs(_Jobs):
         self.job_id = job.id
         self.status, self.done, self.total, self.error = "pending", 0, len(self.ids), None
         self.position = 0
-        self.seen_terminal: str | None = None
+        self.seen_terminal = None
 
     @precondition(lambda self: self.job_id is not None)
     @rule(chunks=st.integers(1, 3))
