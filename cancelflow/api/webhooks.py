@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, Field
 
 from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.api.schemas.webhooks import (
+    AttemptOut,
+    DeliveryDetail,
+    DeliveryList,
+    DeliveryOut,
+    SubscriptionCreated,
+    SubscriptionIn,
+    SubscriptionList,
+    SubscriptionOut,
+)
 from cancelflow.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
@@ -27,93 +34,6 @@ SIGNING_NOTE = (
     "subscription's secret over `<timestamp>.<raw body>`. Answer 2xx to acknowledge; a 4xx other than "
     "408/429 stops the delivery; anything else is retried with exponential backoff."
 )
-
-
-class SubscriptionIn(BaseModel):
-    url: str = Field(
-        max_length=2000,
-        description=(
-            "Where events are POSTed (http or https). No credentials in the URL; the host must resolve to a "
-            "public address unless the operator allowlisted it (`CANCELFLOW_OUTBOUND_ALLOW`). Query values "
-            "are masked when the subscription is shown."
-        ),
-    )
-    events: list[str] = Field(
-        min_length=1,
-        max_length=50,
-        description='Event types such as `request.completed`, `plan.failed`, `plan.escalated`, or `"*"`.',
-        json_schema_extra={"example": ["request.completed", "plan.failed"]},
-    )
-    channel: int | None = Field(
-        default=None, gt=0, le=2**63 - 1, description="Only requests of this channel (default: all)."
-    )
-
-
-class SubscriptionOut(BaseModel):
-    id: int
-    url: str = Field(description="The URL with its query values masked.")
-    events: list[str]
-    channel: int | None
-    is_active: bool
-    status: Literal["active", "paused"] = Field(
-        description=(
-            "`paused` after `CANCELFLOW_WEBHOOK_PAUSE_AFTER` failed attempts in a row: its deliveries wait "
-            "until staff resume it (`POST /api/v1/webhooks/{id}/resume/`)."
-        )
-    )
-    consecutive_failures: int = Field(description="Failed attempts in a row; a delivered one resets it.")
-    paused_at: datetime | None
-    pause_reason: str | None = Field(description="How many attempts failed and the last short reason.")
-    created_date: datetime
-    modified_date: datetime
-
-
-class SubscriptionCreated(SubscriptionOut):
-    secret: str = Field(description="The HMAC signing key. Shown only in this response.")
-
-
-class SubscriptionList(BaseModel):
-    count: int
-    results: list[SubscriptionOut]
-
-
-class AttemptOut(BaseModel):
-    id: int
-    attempted_at: datetime
-    duration_ms: int
-    status_code: int | None
-    error: str | None = Field(
-        description="A short reason (`http 500`, `unreachable`, `destination not allowed`), never the answer."
-    )
-    outcome: str
-
-
-class DeliveryOut(BaseModel):
-    id: int
-    subscription: int
-    event_id: uuid.UUID
-    event_type: str
-    request: int
-    status: DeliveryStatus
-    attempt: int
-    next_attempt_at: datetime | None = Field(
-        description="When a pending or failed delivery is tried next; null once delivered or dead."
-    )
-    last_status_code: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-    created_date: datetime
-    modified_date: datetime
-
-
-class DeliveryDetail(DeliveryOut):
-    payload: dict[str, object]
-    attempts: list[AttemptOut]
-
-
-class DeliveryList(BaseModel):
-    count: int
-    results: list[DeliveryOut]
 
 
 def _subscription(s: WebhookSubscription) -> SubscriptionOut:
