@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -19,7 +19,7 @@ from cancelflow.api.schemas.webhooks import (
     SubscriptionList,
     SubscriptionOut,
 )
-from cancelflow.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
+from cancelflow.models import DeliveryStatus, WebhookDelivery, WebhookSubscription
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
@@ -36,48 +36,18 @@ SIGNING_NOTE = (
 )
 
 
-def _subscription(s: WebhookSubscription) -> SubscriptionOut:
-    return SubscriptionOut(
-        id=s.id,
-        url=webhook_subscriptions.display_url(s.url),
-        events=list(s.events),
-        channel=s.channel_id,
-        is_active=s.is_active,
-        status="paused" if s.paused_at is not None else "active",
-        consecutive_failures=s.consecutive_failures,
-        paused_at=s.paused_at,
-        pause_reason=s.pause_reason,
-        created_date=s.created_date,
-        modified_date=s.modified_date,
-    )
+Subscription = TypeVar("Subscription", bound=SubscriptionOut)
+
+
+def _subscription(model: type[Subscription], s: WebhookSubscription) -> Subscription:
+    """The subscription as `model` lists it: its URL's query values masked."""
+    return model.model_validate(s).model_copy(update={"url": webhook_subscriptions.display_url(s.url)})
 
 
 def _delivery(d: WebhookDelivery) -> DeliveryOut:
-    return DeliveryOut(
-        id=d.id,
-        subscription=d.subscription_id,
-        event_id=d.event_id,
-        event_type=d.event_type,
-        request=d.request_id,
-        status=d.status,
-        attempt=d.attempt,
-        next_attempt_at=webhook_delivery.next_attempt(d),
-        last_status_code=d.last_status_code,
-        last_error=d.last_error,
-        delivered_at=d.delivered_at,
-        created_date=d.created_date,
-        modified_date=d.modified_date,
-    )
-
-
-def _attempt(a: WebhookAttempt) -> AttemptOut:
-    return AttemptOut(
-        id=a.id,
-        attempted_at=a.attempted_at,
-        duration_ms=a.duration_ms,
-        status_code=a.status_code,
-        error=a.error,
-        outcome=a.outcome.value,
+    """The delivery as listed: no next attempt once it is delivered or dead."""
+    return DeliveryOut.model_validate(d).model_copy(
+        update={"next_attempt_at": webhook_delivery.next_attempt(d)}
     )
 
 
@@ -95,7 +65,7 @@ def create_subscription(
         session, url=body.url, events=body.events, channel_id=body.channel
     )
     session.refresh(subscription)
-    return SubscriptionCreated(**_subscription(subscription).model_dump(), secret=subscription.secret)
+    return _subscription(SubscriptionCreated, subscription)
 
 
 @router.get(
@@ -105,7 +75,7 @@ def create_subscription(
     description="Active subscriptions in id order; secrets are never listed. Staff token.",
 )
 def list_subscriptions(principal: AkinonStaff, session: DbSession) -> SubscriptionList:
-    results = [_subscription(s) for s in webhook_subscriptions.list_subscriptions(session)]
+    results = [_subscription(SubscriptionOut, s) for s in webhook_subscriptions.list_subscriptions(session)]
     return SubscriptionList(count=len(results), results=results)
 
 
@@ -138,7 +108,7 @@ def resume_subscription(subscription_id: Id, principal: AkinonStaff, session: Db
     subscription = webhook_subscriptions.resume_subscription(session, subscription_id)
     session.flush()
     session.refresh(subscription)
-    return _subscription(subscription)
+    return _subscription(SubscriptionOut, subscription)
 
 
 @router.get(
@@ -172,7 +142,7 @@ def list_deliveries(
 )
 def get_delivery(delivery_id: Id, principal: AkinonStaff, session: DbSession) -> DeliveryDetail:
     delivery = webhook_delivery.get_delivery(session, delivery_id)
-    attempts = [_attempt(a) for a in webhook_delivery.list_attempts(session, delivery_id)]
+    attempts = [AttemptOut.model_validate(a) for a in webhook_delivery.list_attempts(session, delivery_id)]
     return DeliveryDetail(**_delivery(delivery).model_dump(), payload=delivery.payload, attempts=attempts)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from cancelflow.api.schemas.common import FromRow
 from cancelflow.models import DeliveryStatus
 
 
@@ -31,23 +32,34 @@ class SubscriptionIn(BaseModel):
     )
 
 
-class SubscriptionOut(BaseModel):
+class SubscriptionOut(FromRow):
+    # Validated from a `WebhookSubscription`; `api.webhooks` masks the URL's query values.
+
     id: int
     url: str = Field(description="The URL with its query values masked.")
     events: list[str]
-    channel: int | None
+    channel: int | None = Field(validation_alias="channel_id")
     is_active: bool
     status: Literal["active", "paused"] = Field(
+        validation_alias="paused_at",
         description=(
             "`paused` after `CANCELFLOW_WEBHOOK_PAUSE_AFTER` failed attempts in a row: its deliveries wait "
             "until staff resume it (`POST /api/v1/webhooks/{id}/resume/`)."
-        )
+        ),
     )
     consecutive_failures: int = Field(description="Failed attempts in a row; a delivered one resets it.")
     paused_at: datetime | None
     pause_reason: str | None = Field(description="How many attempts failed and the last short reason.")
     created_date: datetime
     modified_date: datetime
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _paused_or_active(cls, value: Any) -> Any:
+        """Read off `paused_at` (FastAPI's second validation passes the status itself)."""
+        if value in ("active", "paused"):
+            return value
+        return "active" if value is None else "paused"
 
 
 class SubscriptionCreated(SubscriptionOut):
@@ -59,7 +71,7 @@ class SubscriptionList(BaseModel):
     results: list[SubscriptionOut]
 
 
-class AttemptOut(BaseModel):
+class AttemptOut(FromRow):
     id: int
     attempted_at: datetime
     duration_ms: int
@@ -70,12 +82,14 @@ class AttemptOut(BaseModel):
     outcome: str
 
 
-class DeliveryOut(BaseModel):
+class DeliveryOut(FromRow):
+    # Validated from a `WebhookDelivery`; `api.webhooks` sets `next_attempt_at` (`webhook_delivery.next_attempt`).
+
     id: int
-    subscription: int
+    subscription: int = Field(validation_alias="subscription_id")
     event_id: uuid.UUID
     event_type: str
-    request: int
+    request: int = Field(validation_alias="request_id")
     status: DeliveryStatus
     attempt: int
     next_attempt_at: datetime | None = Field(
