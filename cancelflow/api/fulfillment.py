@@ -169,13 +169,7 @@ def _fulfillment_order(detail: request_view.FulfillmentOrderDetail, shop_id: int
         outgoing_requests=[],
         fulfillment_service_handle=detail.service_handle,
         merchant_requests=[
-            MerchantRequestOut(
-                message=request.message,
-                request_options=dict(request.request_options or {}),
-                kind=request.kind,
-                sent_at=request.sent_at,
-            )
-            for request in detail.merchant_requests
+            MerchantRequestOut.model_validate(request) for request in detail.merchant_requests
         ],
     )
 

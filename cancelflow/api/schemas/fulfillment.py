@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cancelflow.api.schemas.common import FromRow, mapping
 from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
 
 OUTGOING_REQUESTS_NOTE = (
@@ -63,11 +64,13 @@ class LineItem(BaseModel):
     variant_id: int | None
 
 
-class MerchantRequestOut(BaseModel):
+class MerchantRequestOut(FromRow):
     message: str | None
     request_options: dict[str, Any]
     kind: MerchantRequestKind
     sent_at: datetime
+
+    request_options_as_dict = field_validator("request_options", mode="before")(mapping)
 
 
 class FulfillmentOrderOut(BaseModel):
