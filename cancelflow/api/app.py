@@ -20,6 +20,7 @@ from cancelflow.api import textcheck as textcheck_api
 from cancelflow.api import users as users_api
 from cancelflow.api import webhooks as webhooks_api
 from cancelflow.api.limits import BodyLimitMiddleware
+from cancelflow.api.schemas.fulfillment import OUTGOING_REQUESTS_NOTE
 from cancelflow.api.security_headers import SecurityHeadersMiddleware
 from cancelflow.api.throttling import install as install_throttling
 from cancelflow.config import get_settings
@@ -33,7 +34,7 @@ Order-cancellation workflow service.
 * **Shopify Admin REST** fulfillment-order cancellation requests under `/admin/api/{{version}}/` for
   versions {", ".join(f"`{v}`" for v in fulfillment.VERSIONS)}, with `X-Shopify-Access-Token: <key>`;
   every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`.
-  {fulfillment.OUTGOING_REQUESTS_NOTE}
+  {OUTGOING_REQUESTS_NOTE}
 
 Malformed JSON is a 400 in both dialects. Text anywhere in a request (body, query, path, headers) must
 not contain NUL or unpaired surrogates (`\\u0000`, `\\ud800`): a 400 (Shopify: 422) naming the field.

@@ -9,59 +9,19 @@ message) runs it; every chunk is resumable.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from cancelflow.api import links
 from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
-from cancelflow.models import BulkJob, JobStatus
+from cancelflow.api.schemas.bulk_jobs import BulkJobOut
 from cancelflow.services import after_commit, bulk
 
 router = APIRouter(prefix="/api/v1/bulk_jobs", tags=["jobs"], responses=AKINON_RESPONSES)
-
-
-class JobAccepted(BaseModel):
-    """202 body: the job was queued; poll `url` until `status` is `done` or `failed`."""
-
-    id: uuid.UUID
-    url: str = Field(
-        description="The job's progress resource: absolute under the configured public base URL, else a path."
-    )
-
-
-class BulkJobOut(BaseModel):
-    id: uuid.UUID
-    kind: str = Field(description="`tags.bulk_add` or `tags.bulk_remove`.")
-    status: JobStatus
-    total: int = Field(description="Requests selected when the job was created.")
-    done: int = Field(description="Requests handled so far (committed chunks).")
-    keys: list[str]
-    error: str | None
-    created_date: datetime
-    modified_date: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, job: BulkJob) -> BulkJobOut:
-        keys: Any = job.params.get("keys", [])
-        return cls(
-            id=job.id,
-            kind=job.kind,
-            status=job.status,
-            total=job.total,
-            done=job.done,
-            keys=[str(k) for k in keys],
-            error=job.error,
-            created_date=job.created_date,
-            modified_date=job.modified_date,
-            finished_at=job.finished_at,
-        )
 
 
 def send(session: Session, task: str, job_id: uuid.UUID) -> None:
@@ -85,4 +45,4 @@ def absolute(request: Request, path: str) -> str:
 def get_bulk_job(
     id: Annotated[uuid.UUID, Path(description="Job id.")], principal: AkinonStaff, session: DbSession
 ) -> BulkJobOut:
-    return BulkJobOut.of(bulk.get_job(session, id))
+    return BulkJobOut.model_validate(bulk.get_job(session, id))

@@ -33,9 +33,8 @@ from sqlalchemy.orm import Session
 from cancelflow.api import links, query_params
 from cancelflow.api.auth import AkinonCaller, Principal
 from cancelflow.api.deps import DbSession, ScopedRoutes
-from cancelflow.api.errors import AKINON_RESPONSES, AkinonDetail, akinon
-from cancelflow.api.schemas import (
-    MAX_ID,
+from cancelflow.api.errors import AKINON_RESPONSES, akinon
+from cancelflow.api.schemas.cancellation_requests import (
     CancellationRequestCreate,
     CancellationRequestOut,
     CancellationRequestPage,
@@ -44,6 +43,8 @@ from cancelflow.api.schemas import (
     DetailedCancellationRequestPage,
     PlanOut,
 )
+from cancelflow.api.schemas.common import MAX_ID
+from cancelflow.api.schemas.errors import AkinonDetail
 from cancelflow.config.logging import mask_text
 from cancelflow.db import transaction
 from cancelflow.errors import Forbidden, Invalid, NotFound

@@ -15,11 +15,11 @@ import psycopg2
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, RootModel
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cancelflow.api.schemas.errors import AkinonDetail, AkinonValidationError, ShopifyError
 from cancelflow.db import unavailable
 from cancelflow.errors import (
     AlreadyHandled,
@@ -54,32 +54,7 @@ class Unauthenticated(Exception):
         self.code = code
 
 
-# --- documented bodies (OpenAPI) ------------------------------------------------------------------------
-
-
-class ShopifyError(BaseModel):
-    """Shopify Admin REST error body."""
-
-    errors: str | dict[str, list[str]] = Field(
-        description='A message (`"Not Found"`) or messages per field (`{"assignment_status": ["..."]}`).'
-    )
-
-
-class AkinonDetail(BaseModel):
-    """Akinon (DRF) error body for 401, 403, 404, 409."""
-
-    detail: str
-    code: str | None = None
-
-
-class AkinonValidationError(RootModel[dict[str, list[str] | str]]):
-    """Akinon (DRF) 400 body: `{"<field>": ["msg", ...], "code": "..."}` or
-    `{"non_field_errors": ["msg"], "code": "..."}`, or `{"detail": "...", "code": "parse_error"}`."""
-
-    model_config = ConfigDict(
-        json_schema_extra={"example": {"orders.0.items": ["This field is required."], "code": "invalid"}}
-    )
-
+# --- documented bodies (OpenAPI; the bodies themselves are in `api.schemas.errors`) -------------------------
 
 SHOPIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ShopifyError, "description": "Malformed JSON body."},

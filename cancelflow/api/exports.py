@@ -29,20 +29,20 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from cancelflow.api.auth import AkinonCaller, Principal, akinon_staff
-from cancelflow.api.bulk_jobs import JobAccepted, absolute, send
+from cancelflow.api.bulk_jobs import absolute, send
 from cancelflow.api.cancellation_requests import VIEW_IBAN
 from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
+from cancelflow.api.schemas.bulk_jobs import JobAccepted
+from cancelflow.api.schemas.exports import ExportJobOut
 from cancelflow.config import get_settings
 from cancelflow.config.logging import mask_text
 from cancelflow.db import get_engine
@@ -130,20 +130,6 @@ def export_response(
     batches = exports.stream_batches(engine, stmt)
     body = exports.csv_chunks(batches) if fmt == ExportFormat.csv else exports.json_chunks(batches)
     return StreamingResponse(body, media_type=exports.MEDIA_TYPES[fmt], headers=_attachment(name))
-
-
-class ExportJobOut(BaseModel):
-    id: uuid.UUID
-    format: ExportFormat
-    status: JobStatus
-    total: int = Field(description="Rows the export has (when the job was created; exact once done).")
-    done: int = Field(description="Rows written so far.")
-    filters: dict[str, object] = Field(description="The list filters the export applies.")
-    download_url: str | None = Field(description="Where to get the file, once `status` is `done`.")
-    error: str | None
-    created_date: datetime
-    modified_date: datetime
-    finished_at: datetime | None
 
 
 def _job(session_job: ExportJob, request: Request, principal: Principal) -> ExportJobOut:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, cast
+from typing import Annotated, Final, Literal, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
@@ -24,12 +23,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cancelflow.api.auth import ShopifyReader, ShopifyService, ShopifyStaff
 from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import SHOPIFY_RESPONSES
+from cancelflow.api.schemas.fulfillment import (
+    CancellationRequestBody,
+    Destination,
+    FulfillmentOrderAction,
+    FulfillmentOrderEnvelope,
+    FulfillmentOrderList,
+    FulfillmentOrderOut,
+    LineItem,
+    MerchantRequestOut,
+    Origin,
+)
 from cancelflow.config import get_settings
 from cancelflow.errors import NotFound
 from cancelflow.models import (
     FulfillmentOrder,
 )
-from cancelflow.models.enums import FORequestStatus, FOStatus, MerchantRequestKind
+from cancelflow.models.enums import FORequestStatus, FOStatus
 from cancelflow.models.transitions import fulfillment_order_actions
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import replies, request_view, routing
@@ -38,12 +48,6 @@ VERSIONS: Final = ("2020-01", "2020-04", "2020-07", "2020-10", "2021-01", "2021-
 VERSION_HEADER: Final = "X-Shopify-API-Version"
 _VERSION_IN_PATH = re.compile(r"^/admin/api/([^/]+)/")
 MAX_ID: Final = 2**63 - 1
-
-OUTGOING_REQUESTS_NOTE = (
-    "Always `[]`, as in every example of the seed (its 2020-era name for the request records); "
-    "the requests themselves are listed in `merchant_requests`, the name later versions use."
-)
-
 
 # --- version -------------------------------------------------------------------------------------------
 
@@ -81,107 +85,6 @@ class ShopifyVersionHeaderMiddleware:
 
 
 # --- payloads ---------------------------------------------------------------------------------------------
-
-FulfillmentOrderAction = Literal[
-    "cancel_fulfillment_order",
-    "create_fulfillment",
-    "mark_as_open",
-    "release_hold",
-    "request_cancellation",
-    "request_fulfillment",
-]
-
-
-class Destination(BaseModel):
-    id: int | None
-    address1: str | None
-    address2: str | None
-    city: str | None
-    company: str | None
-    country: str | None
-    email: str | None
-    first_name: str | None
-    last_name: str | None
-    phone: str | None
-    province: str | None
-    zip: str | None
-
-
-class Origin(BaseModel):
-    address1: str | None
-    address2: str | None
-    city: str | None
-    country_code: str | None
-    location_id: int | None
-    name: str | None
-    phone: str | None
-    province: str | None
-    zip: str | None
-
-
-class LineItem(BaseModel):
-    id: int
-    shop_id: int
-    fulfillment_order_id: int
-    quantity: int
-    line_item_id: int = Field(description="The order item (line item of the order).")
-    inventory_item_id: int | None
-    fulfillable_quantity: int
-    variant_id: int | None
-
-
-class MerchantRequestOut(BaseModel):
-    message: str | None
-    request_options: dict[str, Any]
-    kind: MerchantRequestKind
-    sent_at: datetime
-
-
-class FulfillmentOrderOut(BaseModel):
-    id: int
-    shop_id: int
-    order_id: int
-    assigned_location_id: int | None
-    request_status: FORequestStatus
-    status: FOStatus
-    supported_actions: list[FulfillmentOrderAction] = Field(
-        description="Computed from `status` and `request_status`; empty once cancelled or closed."
-    )
-    destination: Destination
-    origin: Origin
-    line_items: list[LineItem]
-    outgoing_requests: list[MerchantRequestOut] = Field(description=OUTGOING_REQUESTS_NOTE)
-    fulfillment_service_handle: str | None
-    merchant_requests: list[MerchantRequestOut] = Field(
-        description="Requests sent to the fulfillment service about this fulfillment order, oldest first."
-    )
-
-
-class FulfillmentOrderEnvelope(BaseModel):
-    fulfillment_order: FulfillmentOrderOut
-
-
-class FulfillmentOrderList(BaseModel):
-    fulfillment_orders: list[FulfillmentOrderOut]
-
-
-class CancellationRequestIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    message: Annotated[str | None, Field(max_length=5000)] = Field(
-        default=None, description="The reason for the request, or for accepting / rejecting it."
-    )
-
-
-class CancellationRequestBody(BaseModel):
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "example": {"cancellation_request": {"message": "The customer changed his mind."}}
-        },
-    )
-
-    cancellation_request: CancellationRequestIn | None = None
 
 
 def _message(body: CancellationRequestBody | None) -> str | None:
@@ -266,13 +169,7 @@ def _fulfillment_order(detail: request_view.FulfillmentOrderDetail, shop_id: int
         outgoing_requests=[],
         fulfillment_service_handle=detail.service_handle,
         merchant_requests=[
-            MerchantRequestOut(
-                message=request.message,
-                request_options=dict(request.request_options or {}),
-                kind=request.kind,
-                sent_at=request.sent_at,
-            )
-            for request in detail.merchant_requests
+            MerchantRequestOut.model_validate(request) for request in detail.merchant_requests
         ],
     )
 

@@ -6,20 +6,15 @@ import logging
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from cancelflow.api.schemas.health import Health
 from cancelflow.db import transaction
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    ok: bool
-    database: str
 
 
 @router.get(

@@ -18,11 +18,10 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy.orm import Session
 
 from cancelflow.api.auth import AkinonStaff
-from cancelflow.api.bulk_jobs import JobAccepted, absolute, send
+from cancelflow.api.bulk_jobs import absolute, send
 from cancelflow.api.cancellation_requests import (
     Scope,
     check_page,
@@ -32,43 +31,17 @@ from cancelflow.api.cancellation_requests import (
 from cancelflow.api.deps import DbSession, ScopedRoutes
 from cancelflow.api.errors import AKINON_RESPONSES, parse_error_reason
 from cancelflow.api.query_params import filter_parameters, parse_cursor, parse_page
+from cancelflow.api.schemas.bulk_jobs import JobAccepted
+from cancelflow.api.schemas.tags import BulkTagsBody, TagBody, TagsBody
 from cancelflow.errors import Invalid
 from cancelflow.models.tags import TAG_KEY_MAX_LENGTH
 from cancelflow.services import bulk, tags
 from cancelflow.services.queries import RequestFilters
 
-TagKey = Annotated[str, StringConstraints(min_length=1, max_length=TAG_KEY_MAX_LENGTH)]
 RequestId = Annotated[
     int, Path(alias="id", gt=0, le=2**63 - 1, description="Unique identifier of the resource")
 ]
 NO_CONTENT: dict[int | str, dict[str, Any]] = {204: {"description": "No content."}}
-
-
-class TagBody(BaseModel):
-    key: TagKey = Field(description="Tag key to add to (or remove from) the object.", examples=["tag1"])
-
-
-class TagsBody(BaseModel):
-    keys: list[TagKey] = Field(min_length=1, description="List of tag keys.", examples=[["tag1", "tag2"]])
-
-
-class BulkTagsBody(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"objects": [1, 2, 3], "keys": ["tag1"]}})
-
-    objects: list[Annotated[int, Field(gt=0, le=2**63 - 1)]] = Field(
-        min_length=1,
-        description="List of cancellation request ids (`ids` is accepted as an alias). Unknown ids, "
-        "and on the channel route ids of other channels, are skipped.",
-    )
-    keys: list[TagKey] = Field(min_length=1, description="List of tag keys.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ids_alias(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "objects" not in data and "ids" in data:
-            data = {**data, "objects": data["ids"]}
-            del data["ids"]
-        return data
 
 
 async def tag_keys_param(request: Request) -> list[str]:

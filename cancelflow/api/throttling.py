@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from cancelflow.api.errors import AkinonDetail, akinon, is_shopify, shopify
+from cancelflow.api.errors import akinon, is_shopify, shopify
+from cancelflow.api.schemas.errors import AkinonDetail
 from cancelflow.errors import Throttled
 
 THROTTLED_RESPONSE: dict[str, Any] = {

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, Field
 
 from cancelflow.api.auth import AkinonStaff
 from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import AKINON_RESPONSES
-from cancelflow.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
+from cancelflow.api.schemas.webhooks import (
+    AttemptOut,
+    DeliveryDetail,
+    DeliveryList,
+    DeliveryOut,
+    SubscriptionCreated,
+    SubscriptionIn,
+    SubscriptionList,
+    SubscriptionOut,
+)
+from cancelflow.models import DeliveryStatus, WebhookDelivery, WebhookSubscription
 from cancelflow.services.webhooks import delivery as webhook_delivery
 from cancelflow.services.webhooks import subscriptions as webhook_subscriptions
 
@@ -29,135 +36,18 @@ SIGNING_NOTE = (
 )
 
 
-class SubscriptionIn(BaseModel):
-    url: str = Field(
-        max_length=2000,
-        description=(
-            "Where events are POSTed (http or https). No credentials in the URL; the host must resolve to a "
-            "public address unless the operator allowlisted it (`CANCELFLOW_OUTBOUND_ALLOW`). Query values "
-            "are masked when the subscription is shown."
-        ),
-    )
-    events: list[str] = Field(
-        min_length=1,
-        max_length=50,
-        description='Event types such as `request.completed`, `plan.failed`, `plan.escalated`, or `"*"`.',
-        json_schema_extra={"example": ["request.completed", "plan.failed"]},
-    )
-    channel: int | None = Field(
-        default=None, gt=0, le=2**63 - 1, description="Only requests of this channel (default: all)."
-    )
+Subscription = TypeVar("Subscription", bound=SubscriptionOut)
 
 
-class SubscriptionOut(BaseModel):
-    id: int
-    url: str = Field(description="The URL with its query values masked.")
-    events: list[str]
-    channel: int | None
-    is_active: bool
-    status: Literal["active", "paused"] = Field(
-        description=(
-            "`paused` after `CANCELFLOW_WEBHOOK_PAUSE_AFTER` failed attempts in a row: its deliveries wait "
-            "until staff resume it (`POST /api/v1/webhooks/{id}/resume/`)."
-        )
-    )
-    consecutive_failures: int = Field(description="Failed attempts in a row; a delivered one resets it.")
-    paused_at: datetime | None
-    pause_reason: str | None = Field(description="How many attempts failed and the last short reason.")
-    created_date: datetime
-    modified_date: datetime
-
-
-class SubscriptionCreated(SubscriptionOut):
-    secret: str = Field(description="The HMAC signing key. Shown only in this response.")
-
-
-class SubscriptionList(BaseModel):
-    count: int
-    results: list[SubscriptionOut]
-
-
-class AttemptOut(BaseModel):
-    id: int
-    attempted_at: datetime
-    duration_ms: int
-    status_code: int | None
-    error: str | None = Field(
-        description="A short reason (`http 500`, `unreachable`, `destination not allowed`), never the answer."
-    )
-    outcome: str
-
-
-class DeliveryOut(BaseModel):
-    id: int
-    subscription: int
-    event_id: uuid.UUID
-    event_type: str
-    request: int
-    status: DeliveryStatus
-    attempt: int
-    next_attempt_at: datetime | None = Field(
-        description="When a pending or failed delivery is tried next; null once delivered or dead."
-    )
-    last_status_code: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-    created_date: datetime
-    modified_date: datetime
-
-
-class DeliveryDetail(DeliveryOut):
-    payload: dict[str, object]
-    attempts: list[AttemptOut]
-
-
-class DeliveryList(BaseModel):
-    count: int
-    results: list[DeliveryOut]
-
-
-def _subscription(s: WebhookSubscription) -> SubscriptionOut:
-    return SubscriptionOut(
-        id=s.id,
-        url=webhook_subscriptions.display_url(s.url),
-        events=list(s.events),
-        channel=s.channel_id,
-        is_active=s.is_active,
-        status="paused" if s.paused_at is not None else "active",
-        consecutive_failures=s.consecutive_failures,
-        paused_at=s.paused_at,
-        pause_reason=s.pause_reason,
-        created_date=s.created_date,
-        modified_date=s.modified_date,
-    )
+def _subscription(model: type[Subscription], s: WebhookSubscription) -> Subscription:
+    """The subscription as `model` lists it: its URL's query values masked."""
+    return model.model_validate(s).model_copy(update={"url": webhook_subscriptions.display_url(s.url)})
 
 
 def _delivery(d: WebhookDelivery) -> DeliveryOut:
-    return DeliveryOut(
-        id=d.id,
-        subscription=d.subscription_id,
-        event_id=d.event_id,
-        event_type=d.event_type,
-        request=d.request_id,
-        status=d.status,
-        attempt=d.attempt,
-        next_attempt_at=webhook_delivery.next_attempt(d),
-        last_status_code=d.last_status_code,
-        last_error=d.last_error,
-        delivered_at=d.delivered_at,
-        created_date=d.created_date,
-        modified_date=d.modified_date,
-    )
-
-
-def _attempt(a: WebhookAttempt) -> AttemptOut:
-    return AttemptOut(
-        id=a.id,
-        attempted_at=a.attempted_at,
-        duration_ms=a.duration_ms,
-        status_code=a.status_code,
-        error=a.error,
-        outcome=a.outcome.value,
+    """The delivery as listed: no next attempt once it is delivered or dead."""
+    return DeliveryOut.model_validate(d).model_copy(
+        update={"next_attempt_at": webhook_delivery.next_attempt(d)}
     )
 
 
@@ -175,7 +65,7 @@ def create_subscription(
         session, url=body.url, events=body.events, channel_id=body.channel
     )
     session.refresh(subscription)
-    return SubscriptionCreated(**_subscription(subscription).model_dump(), secret=subscription.secret)
+    return _subscription(SubscriptionCreated, subscription)
 
 
 @router.get(
@@ -185,7 +75,7 @@ def create_subscription(
     description="Active subscriptions in id order; secrets are never listed. Staff token.",
 )
 def list_subscriptions(principal: AkinonStaff, session: DbSession) -> SubscriptionList:
-    results = [_subscription(s) for s in webhook_subscriptions.list_subscriptions(session)]
+    results = [_subscription(SubscriptionOut, s) for s in webhook_subscriptions.list_subscriptions(session)]
     return SubscriptionList(count=len(results), results=results)
 
 
@@ -218,7 +108,7 @@ def resume_subscription(subscription_id: Id, principal: AkinonStaff, session: Db
     subscription = webhook_subscriptions.resume_subscription(session, subscription_id)
     session.flush()
     session.refresh(subscription)
-    return _subscription(subscription)
+    return _subscription(SubscriptionOut, subscription)
 
 
 @router.get(
@@ -252,7 +142,7 @@ def list_deliveries(
 )
 def get_delivery(delivery_id: Id, principal: AkinonStaff, session: DbSession) -> DeliveryDetail:
     delivery = webhook_delivery.get_delivery(session, delivery_id)
-    attempts = [_attempt(a) for a in webhook_delivery.list_attempts(session, delivery_id)]
+    attempts = [AttemptOut.model_validate(a) for a in webhook_delivery.list_attempts(session, delivery_id)]
     return DeliveryDetail(**_delivery(delivery).model_dump(), payload=delivery.payload, attempts=attempts)
 
 

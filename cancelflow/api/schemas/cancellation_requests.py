@@ -1,4 +1,4 @@
-"""Bodies of the cancellation-request routes (`api.cancellation_requests`, `api.tags`, `api.exports`).
+"""Bodies of the cancellation-request routes (`api.cancellation_requests`).
 
 Responses are validated from the rows' attributes (`model_validate(row)`): a field named as its column
 reads it, a field named otherwise says where it comes from (`validation_alias`), and the fields the seed
@@ -13,6 +13,7 @@ from uuid import UUID
 
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cancelflow.api.schemas.common import MAX_ID, FromRow, constant, mapping
 from cancelflow.errors import Invalid
 from cancelflow.models.enums import (
     CancellationType,
@@ -24,8 +25,6 @@ from cancelflow.models.enums import (
 )
 from cancelflow.services import queries
 
-MAX_ID: Final = 2**63 - 1
-
 Description = Annotated[str | None, Field(max_length=2000)]
 IbanIn = Annotated[str | None, Field(max_length=64)]
 HolderIn = Annotated[str | None, Field(max_length=200)]
@@ -34,29 +33,6 @@ QuantityIn = Annotated[int, Field(gt=0, le=1_000_000)]
 
 
 # --- responses ----------------------------------------------------------------------------------------
-
-
-def _undocumented_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
-def constant(value: Any, description: str | None = None) -> Any:
-    """A field cancelflow always answers with `value` (the seed has it, cancelflow keeps no data for it):
-    not read from the row, and documented as the required field it is, without a default."""
-    return Field(default=value, description=description, json_schema_extra=_undocumented_default)
-
-
-class FromRow(BaseModel):
-    """A response read from attributes; FastAPI validates it again by field name when it sends it."""
-
-    model_config = ConfigDict(
-        from_attributes=True, validate_by_name=True, json_schema_serialization_defaults_required=True
-    )
-
-
-def mapping(value: Any) -> Any:
-    """A JSON column as a dict (null: empty)."""
-    return {} if value is None else dict(value)
 
 
 def _request(name: str) -> AliasPath:
