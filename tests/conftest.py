@@ -358,3 +358,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             return "tests/chaos" if path.startswith("tests/chaos/") else path
 
     return FileScheduling(config, log)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # pgserver logs its clean-up from an exit hook, after pytest has closed the streams the test logging wrote
+    # to: every such line printed a "--- Logging error ---" traceback at the end of the run.
+    import logging
+
+    logging.getLogger("pgserver").disabled = True
