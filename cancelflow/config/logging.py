@@ -50,7 +50,8 @@ _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f
 # An IBAN candidate: country letters, check digits, then 11-30 letters or digits, single spaces or dashes
 # allowed between them. A UUID (task ids) is matched first and left alone.
 _CANDIDATES = re.compile(
-    rf"(?<![0-9A-Za-z])(?:(?P<uuid>{_UUID})|(?P<iban>[A-Za-z]{{2}}[0-9]{{2}}(?:[ \-]?[0-9A-Za-z]){{11,30}}))"
+    # Not after "_": gateway ids such as `re_de01…` / `tr_…` are hex runs that can look like an IBAN.
+    rf"(?<![0-9A-Za-z_])(?:(?P<uuid>{_UUID})|(?P<iban>[A-Za-z]{{2}}[0-9]{{2}}(?:[ \-]?[0-9A-Za-z]){{11,30}}))"
     r"(?![0-9A-Za-z])"
 )
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")

@@ -52,3 +52,14 @@ def test_structlog_events_are_masked_at_any_depth(json_logs: io.StringIO, iban: 
     )
     assert_clean(json_logs.getvalue())
     assert "message rejected" in json_logs.getvalue()
+
+
+@pytest.mark.parametrize("movement_id", ["re_de0123456789abcdef01234567", "tr_be7145ab0123456789abcdef"])
+def test_gateway_movement_ids_stay_readable(movement_id: str) -> None:
+    """A payment gateway's refund and transfer ids are hex after a prefix and an underscore; a hex run
+    that starts like a country code and two digits is not an IBAN there, and an operator needs the id."""
+    from cancelflow.config.logging import mask_text
+
+    assert mask_text(f"refund {movement_id} recorded") == f"refund {movement_id} recorded"
+    for iban in IBAN_FORMS:  # while an IBAN beside it is still masked
+        assert_clean(mask_text(f"refund {movement_id} to {iban}"))
