@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cancelflow.config.allowlist import AllowRule, parse_allow_list
@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     payment_connector: str = "cancelflow.integrations.payments:HttpPaymentGateway"
     bank_connector: str = "cancelflow.integrations.bank:HttpBankTransfer"
     notifier_connector: str = "cancelflow.integrations.fulfillment:HttpNotifier"
-    payment_gateway_url: str = "http://127.0.0.1:8102"
+    # Unset: the sandbox gateway `make run` starts, on `sandbox_gateway_port`.
+    payment_gateway_url: str = ""
     payment_gateway_key: SecretStr = SecretStr("sandbox")
 
     # Sandbox services started by `make run`
@@ -142,6 +143,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="after")
+    def _gateway_follows_the_sandbox(self) -> Settings:
+        if not self.payment_gateway_url:
+            self.payment_gateway_url = f"http://127.0.0.1:{self.sandbox_gateway_port}"
+        return self
 
     @property
     def wants_embedded(self) -> bool:
