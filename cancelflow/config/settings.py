@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     bulk_jobs_per_token: int = Field(default=2, ge=1)
     # Files of finished export jobs are deleted this long after the job finished (the job reads `expired`).
     export_retention: Duration = timedelta(days=7)
+    # Refused storefront messages (`rejected_messages`, read by `cancelflow submit`) are kept this long.
+    rejected_message_retention: Duration = timedelta(days=30)
     # PostgreSQL statement_timeout of every export and bulk-tag statement (each cursor fetch, each chunk).
     job_statement_timeout: Duration = timedelta(minutes=2)
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -337,6 +338,21 @@ def record_rejection(
     ).returning(RejectedMessage)
     row: RejectedMessage = session.scalars(upsert).one()
     return row
+
+
+def prune_rejections(session: Session, *, older_than: datetime, batch: int = 5000) -> int:
+    """Delete up to `batch` refusals recorded before `older_than` (oldest first); how many went."""
+    oldest = (
+        select(RejectedMessage.id)
+        .where(RejectedMessage.rejected_at < older_than)
+        .order_by(RejectedMessage.rejected_at)
+        .limit(batch)
+    )
+    return len(
+        session.scalars(
+            delete(RejectedMessage).where(RejectedMessage.id.in_(oldest)).returning(RejectedMessage.id)
+        ).all()
+    )
 
 
 def rejection_since(session: Session, client_request_id: str, since: Any) -> RejectedMessage | None:

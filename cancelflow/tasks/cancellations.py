@@ -7,9 +7,11 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from cancelflow.config import get_settings
 from cancelflow.db import unavailable
 from cancelflow.errors import Invalid
 from cancelflow.services import approval, intake, routing, settlement
+from cancelflow.services.clock import now
 from cancelflow.textcheck import storable
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
@@ -94,3 +96,10 @@ def route(self: DbTask, step_id: int) -> str:
 def close(self: DbTask, step_id: int) -> str:
     """Complete the plan and the request once the money has moved."""
     return self.run_step(step_id, settlement.close_step)
+
+
+@celery_app.task(name="cancellations.prune_rejections", base=DbTask, bind=True)
+def prune_rejections(self: DbTask) -> int:
+    """Delete refused storefront messages older than CANCELFLOW_REJECTED_MESSAGE_RETENTION, a batch a run."""
+    with self.session() as session:
+        return intake.prune_rejections(session, older_than=now() - get_settings().rejected_message_retention)

@@ -75,6 +75,7 @@ ROUTES: dict[str, Route] = {
     "webhooks.sweep": {"queue": "sweep"},
     "workflow.sweep_due": {"queue": "sweep"},
     "workflow.sweep_lost": {"queue": "sweep"},
+    "cancellations.prune_rejections": {"queue": "sweep"},
     "fulfillment.chase_replies": {"queue": "sweep"},
 }
 
@@ -139,6 +140,8 @@ def celery_config(settings: Settings) -> CeleryConfig:
             "webhooks.sweep": every_sweep("webhooks.sweep"),
             # Export files past CANCELFLOW_EXPORT_RETENTION (queue `bulk`: its worker holds the files).
             "exports.expire": every_sweep("exports.expire"),
+            # Refused storefront messages past CANCELFLOW_REJECTED_MESSAGE_RETENTION.
+            "cancellations.prune_rejections": every_sweep("cancellations.prune_rejections"),
         },
     }
     if transport is not None:
