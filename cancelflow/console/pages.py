@@ -9,7 +9,7 @@ the user has `view_iban`.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -23,10 +23,11 @@ from cancelflow.config.logging import mask_text
 from cancelflow.console import web
 from cancelflow.console.web import Staff, StaffPost, render
 from cancelflow.db import transaction
-from cancelflow.errors import Invalid, Throttled, TransientError
+from cancelflow.errors import Invalid, InvalidTransition, NotFound, Throttled, TransientError
 from cancelflow.models import CancellationRequest
 from cancelflow.models.enums import CancellationType, PlanStatus, RequestStatus
-from cancelflow.services import console_sessions, iban, queries, request_view, throttle
+from cancelflow.services import cancellation_requests as requests_service
+from cancelflow.services import console_sessions, iban, queries, request_view, tags, throttle
 from cancelflow.services.console_sessions import SignedIn
 from cancelflow.services.queries import RequestFilters
 
@@ -53,6 +54,8 @@ CHOICES: Final[Mapping[str, Sequence[str]]] = {
     "bool": ["true", "false"],
 }
 PAGE_SIZE: Final = 25
+MAX_ID: Final = 2**63
+MAX_REASON: Final = 2000
 
 
 # --- sign-in ------------------------------------------------------------------------------------------
@@ -223,7 +226,19 @@ def _row(detail: request_view.RequestDetail, who: SignedIn) -> dict[str, Any]:
 
 @router.get("/requests/{request_id}", response_class=HTMLResponse)
 def request_page(request: Request, request_id: int, who: Staff, session: DbSession) -> Response:
-    picture = request_view.picture(session, request_id) if 0 < request_id < 2**63 else None
+    return _request_page(request, request_id, who, session)
+
+
+def _request_page(
+    request: Request,
+    request_id: int,
+    who: SignedIn,
+    session: Session,
+    *,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    picture = request_view.picture(session, request_id) if 0 < request_id < MAX_ID else None
     if picture is None:
         return render(
             request,
@@ -246,8 +261,91 @@ def request_page(request: Request, request_id: int, who: Staff, session: DbSessi
         "events": [
             (e, str(e.data.get("actor") or "system"), _masked(_note(e.data), who)) for e in picture.events
         ],
+        "tags": tags.keys_of(session, request_id),
+        "error": error,
     }
-    return render(request, "request.html", context)
+    return render(request, "request.html", context, status_code=status_code)
+
+
+# --- actions on one request ---------------------------------------------------------------------------
+
+
+async def _act(
+    request: Request,
+    request_id: int,
+    who: SignedIn,
+    session: Session,
+    action: Callable[[dict[str, str]], None],
+) -> Response:
+    """Run one service call for the signed-in user; on success back to the request's page (303), on a
+    refusal the page again with the service's message (nothing of the refused call is kept)."""
+    form = await web.form_fields(request)
+    if not 0 < request_id < MAX_ID:
+        return _request_page(request, request_id, who, session)
+    try:
+        with session.begin_nested():
+            action(form)
+    except (Invalid, InvalidTransition, NotFound) as exc:
+        code = 404 if isinstance(exc, NotFound) else 400
+        messages = (
+            [m for ms in (exc.field_errors or {}).values() for m in ms] if isinstance(exc, Invalid) else []
+        )
+        return _request_page(
+            request, request_id, who, session, error=" ".join(messages) or exc.message, status_code=code
+        )
+    response = RedirectResponse(f"{web.PREFIX}/requests/{request_id}", status_code=303)
+    web.no_store(response)
+    return response
+
+
+@router.post("/requests/{request_id}/approve", response_class=HTMLResponse)
+async def approve(request: Request, request_id: int, who: StaffPost, session: DbSession) -> Response:
+    """As `PATCH /api/v1/cancellation_requests/{id}/ {"status": "approved"}`."""
+
+    def work(form: dict[str, str]) -> None:
+        requests_service.update_request(
+            session, request_id, {"status": RequestStatus.approved.value}, actor=who.actor, channel_id=None
+        )
+
+    return await _act(request, request_id, who, session, work)
+
+
+@router.post("/requests/{request_id}/reject", response_class=HTMLResponse)
+async def reject(request: Request, request_id: int, who: StaffPost, session: DbSession) -> Response:
+    """As `POST /api/v1/cancellation_requests/{id}/reject/`, with the reason the user gave."""
+
+    def work(form: dict[str, str]) -> None:
+        reason = form.get("reason", "").strip()
+        if not reason:
+            raise Invalid("reason", field_errors={"reason": ["Say why the request is rejected."]})
+        requests_service.reject(
+            session, request_id, actor=who.actor, channel_id=None, message=reason[:MAX_REASON]
+        )
+
+    return await _act(request, request_id, who, session, work)
+
+
+@router.post("/requests/{request_id}/tags", response_class=HTMLResponse)
+async def add_tag(request: Request, request_id: int, who: StaffPost, session: DbSession) -> Response:
+    """As `POST /api/v1/cancellation_requests/{id}/tags/`."""
+
+    def work(form: dict[str, str]) -> None:
+        key = form.get("key", "").strip()
+        if not key:
+            raise Invalid("key", field_errors={"key": ["Enter a tag."]})
+        tags.add(session, request_id, [key])
+
+    return await _act(request, request_id, who, session, work)
+
+
+@router.post("/requests/{request_id}/tags/remove", response_class=HTMLResponse)
+async def remove_tag(request: Request, request_id: int, who: StaffPost, session: DbSession) -> Response:
+    """As `DELETE /api/v1/cancellation_requests/{id}/tags/`."""
+
+    def work(form: dict[str, str]) -> None:
+        tags.remove(session, request_id, [form.get("key", "")])
+
+    return await _act(request, request_id, who, session, work)
 
 
 def _note(data: Mapping[str, object]) -> str | None:

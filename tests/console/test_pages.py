@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,7 +16,7 @@ from cancelflow.services import approval
 from cancelflow.services.after_commit import Send
 from cancelflow.services.locking import get_request
 from tests.conftest import restored_logging
-from tests.console.support import sign_in, staff_user
+from tests.console.support import csrf_of, sign_in, staff_user
 from tests.factories import VALID_IBAN, new_order, new_request
 
 MASKED = re.compile(r"DE\*+3000")
@@ -102,3 +103,51 @@ def test_the_request_page_shows_the_timeline_with_its_actor(console: TestClient,
     assert "by staff (user:42)" in page.text
     assert sent  # the approval asked for routing, as through the API
     assert console.get("/console/requests/999999999").status_code == 404
+
+
+def _form_post(client: TestClient, path: str, **fields: str) -> httpx.Response:
+    page = client.get("/console/requests")
+    return client.post(path, data={"csrf_token": csrf_of(page), **fields}, follow_redirects=False)
+
+
+def test_approve_records_the_staff_user(console: TestClient, sent: list[Send]) -> None:
+    request = new_request()
+    answer = _form_post(console, f"/console/requests/{request.id}/approve")
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/console/requests/{request.id}"
+    page = console.get(answer.headers["location"])
+    assert re.search(r'waiting → approved\s+<span class="actor">by staff \(user:\d+\)</span>', page.text)
+    # Approving a rejected request is the service's refusal, shown on the page.
+    rejected = new_request()
+    assert (
+        _form_post(console, f"/console/requests/{rejected.id}/reject", reason="duplicate").status_code == 303
+    )
+    refused = _form_post(console, f"/console/requests/{rejected.id}/approve")
+    assert refused.status_code == 400
+    assert "Cannot change status from rejected to approved" in refused.text
+
+
+def test_reject_needs_a_reason_and_records_it(console: TestClient) -> None:
+    request = new_request()
+    assert _form_post(console, f"/console/requests/{request.id}/reject", reason=" ").status_code == 400
+    answer = _form_post(console, f"/console/requests/{request.id}/reject", reason="customer called back")
+    assert answer.status_code == 303
+    page = console.get(f"/console/requests/{request.id}")
+    assert "customer called back" in page.text
+    assert "status-rejected" in page.text
+
+
+def test_tags_are_added_and_removed(console: TestClient) -> None:
+    request = new_request()
+    assert _form_post(console, f"/console/requests/{request.id}/tags", key="vip").status_code == 303
+    assert 'aria-label="Remove tag vip"' in console.get(f"/console/requests/{request.id}").text
+    assert _form_post(console, f"/console/requests/{request.id}/tags/remove", key="vip").status_code == 303
+    assert "Remove tag vip" not in console.get(f"/console/requests/{request.id}").text
+    assert _form_post(console, "/console/requests/999999999/tags", key="vip").status_code == 404
+
+
+def test_actions_need_the_csrf_token(console: TestClient) -> None:
+    request = new_request()
+    answer = console.post(f"/console/requests/{request.id}/approve", follow_redirects=False)
+    assert answer.status_code == 403
+    assert "status-waiting" in console.get(f"/console/requests/{request.id}").text
