@@ -16,14 +16,19 @@ from cancelflow.services import approval
 from cancelflow.services.locking import get_request
 from tests.console.support import PASSWORD, staff_user
 from tests.factories import new_order, new_request, token_key
-from tests.harness import Stack
-from tests.workflow.conftest import stack
-
-__all__ = ["stack"]  # the module-scoped running stack, shared with the workflow tests' fixture
+from tests.harness import Stack, clean_workdir, running, wait_for
 
 pytestmark = pytest.mark.worker
 
 CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def stack(database: str) -> Iterator[Stack]:
+    """A running stack whose requests wait for staff (manual approval), so the pages can act on them."""
+    overrides = {"CANCELFLOW_APPROVAL_RULE": "manual"}
+    with running(Stack(clean_workdir("stack-console"), env_overrides=overrides)) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +80,11 @@ def sign_in(page: Any, username: str, password: str = PASSWORD) -> None:
     page.wait_for_load_state()
 
 
+def _completed(request_id: int) -> bool:
+    with transaction() as session:
+        return get_request(session, request_id).status.value == "completed"
+
+
 def row_ids(page: Any) -> list[str]:
     return [str(a.inner_text()) for a in page.get_by_role("table").locator("tbody a").all()]
 
@@ -124,6 +134,10 @@ def test_the_request_page_shows_the_timeline(fresh: Any, output_dir: Path) -> No
     timeline = page.get_by_role("region", name="Timeline")
     assert "waiting → approved" in timeline.inner_text()
     assert "by staff (user:7)" in timeline.inner_text()
+    # The stack's worker carries the approved request on; the timeline shows each move once reloaded.
+    wait_for(lambda: _completed(request.id), timeout=60, what=f"request {request.id} completed")
+    page.reload()
+    assert "approved → completed" in page.get_by_role("region", name="Timeline").inner_text()
     check_page(page, output_dir, "request")
 
 
@@ -157,3 +171,30 @@ def test_logout_then_pages_ask_to_sign_in(fresh: Any, output_dir: Path) -> None:
     assert "/console/login" in page.url
     page.get_by_role("heading", name="Sign in").wait_for()
     check_page(page, output_dir, "signed-out")
+
+
+def test_tag_approve_and_reject_from_the_request_page(fresh: Any, output_dir: Path) -> None:
+    waiting, other = new_request(), new_request()
+    page = fresh().new_page()
+    page.goto(f"/console/requests/{waiting.id}")
+    sign_in(page, staff_user())
+    actions = page.get_by_role("region", name="Actions")
+    actions.get_by_label("New tag").fill("call-back")
+    actions.get_by_role("button", name="Add tag").click()
+    page.get_by_role("button", name="Remove tag call-back").wait_for()
+    check_page(page, output_dir, "request-waiting")
+
+    page.get_by_role("button", name="Approve").click()
+    page.get_by_text("waiting → approved").wait_for()
+    assert "by staff (user:" in page.get_by_role("region", name="Timeline").inner_text()
+
+    page.get_by_role("button", name="Remove tag call-back").click()
+    page.get_by_text("No tags.").wait_for()
+
+    page.goto(f"/console/requests/{other.id}")
+    page.get_by_label("Reason for rejecting").fill("customer withdrew the request by phone")
+    page.get_by_role("button", name="Reject").click()
+    page.get_by_text("customer withdrew the request by phone").first.wait_for()
+    assert "rejected" in page.get_by_role("heading", level=1).inner_text()
+    assert "waiting → rejected by staff (user:" in page.get_by_role("region", name="Timeline").inner_text()
+    check_page(page, output_dir, "request-rejected")
