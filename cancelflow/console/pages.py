@@ -33,8 +33,10 @@ from cancelflow.services.queries import RequestFilters
 
 router = APIRouter(prefix=web.PREFIX, include_in_schema=False)
 
-# The filter bar: (query parameter, label, input kind). Every one is a filter of the API's list.
+# The filter bar: (query parameter, label, input kind). Every one is a filter of the API's list (`tag`: of
+# its `filter_by_tags/`).
 FILTER_BAR: Final[Sequence[tuple[str, str, str]]] = (
+    ("tag", "Tag", "text"),
     ("cancellation_plan_status", "Plan status", "plan_status"),
     ("cancellation_type", "Type", "type"),
     ("escalated", "Escalated", "bool"),
@@ -148,18 +150,42 @@ def _url(params: Mapping[str, str], **changes: Any) -> str:
     return f"{web.PREFIX}/requests" + (f"?{query}" if query else "")
 
 
-def _status_counts(session: Session, filters: RequestFilters) -> list[tuple[str | None, int, bool]]:
+def _page(
+    session: Session,
+    filters: RequestFilters,
+    tag: str | None,
+    page: int,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+) -> queries.Page:
+    """A page of the list: `queries.list_requests`, or with a tag `tags.list_tagged` (the API's
+    `filter_by_tags/`), under the same filters and keyset rules."""
+    if tag:
+        return tags.list_tagged(session, filters, [tag], page=page, limit=limit, after=after, before=before)
+    return queries.list_requests(session, filters, page, limit, after=after, before=before)
+
+
+def _status_counts(
+    session: Session, filters: RequestFilters, tag: str | None
+) -> list[tuple[str | None, int, bool]]:
     """(status or None for all, count, is_estimate) for the tabs, under the other filters."""
     tabs: list[tuple[str | None, int, bool]] = []
     for status in (None, *RequestStatus):
-        count, estimated = queries.count_requests(session, filters.model_copy(update={"status": status}))
+        narrowed = filters.model_copy(update={"status": status})
+        if tag:
+            page = _page(session, narrowed, tag, 1, 1)
+            count, estimated = page.count, page.count_is_estimate
+        else:
+            count, estimated = queries.count_requests(session, narrowed)
         tabs.append((status.value if status else None, count, estimated))
     return tabs
 
 
 @router.get("/requests", response_class=HTMLResponse)
 def requests_list(request: Request, who: Staff, session: DbSession) -> Response:
-    sent = {k: v for k, v in request.query_params.items() if k in RequestFilters.model_fields}
+    sent = {k: v for k, v in request.query_params.items() if k in RequestFilters.model_fields or k == "tag"}
+    tag = (sent.get("tag") or "").strip() or None
     filters = RequestFilters()
     errors: dict[str, list[str]] = {}
     page_number, after, before = 1, None, None
@@ -167,14 +193,16 @@ def requests_list(request: Request, who: Staff, session: DbSession) -> Response:
         filters = RequestFilters.parse(request.query_params.multi_items())
         page_number, _ = query_params.parse_page(request.query_params)
         after, before = query_params.parse_cursor(request.query_params)
+        if tag is not None:
+            tags.check_key_limits([tag], field="tag")
         if filters.iban is not None and not who.can_view_iban:
             raise Invalid(
                 "iban", field_errors={"iban": ["Filtering by IBAN needs the view_iban permission."]}
             )
     except Invalid as exc:
         errors = exc.field_errors or {"filters": [exc.message]}
-        filters, page_number, after, before = RequestFilters(), 1, None, None
-    page = queries.list_requests(session, filters, page_number, PAGE_SIZE, after=after, before=before)
+        filters, tag, page_number, after, before = RequestFilters(), None, 1, None, None
+    page = _page(session, filters, tag, page_number, PAGE_SIZE, after, before)
     rows = [_row(detail, who) for detail in request_view.details(session, page.results)]
     state = {k: v for k, v in sent.items() if k not in ("page", "page_after", "page_before")}
     next_url = (
@@ -192,7 +220,7 @@ def requests_list(request: Request, who: Staff, session: DbSession) -> Response:
         "who": who,
         "rows": rows,
         "page": page,
-        "tabs": [(s, c, e, _url(state, status=s)) for s, c, e in _status_counts(session, filters)],
+        "tabs": [(s, c, e, _url(state, status=s)) for s, c, e in _status_counts(session, filters, tag)],
         "current_status": filters.status.value if filters.status else None,
         "filter_bar": FILTER_BAR,
         "choices": CHOICES,

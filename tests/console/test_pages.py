@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from cancelflow.api.app import create_app
 from cancelflow.db import transaction
-from cancelflow.services import approval
+from cancelflow.services import approval, tags
 from cancelflow.services.after_commit import Send
 from cancelflow.services.locking import get_request
 from tests.conftest import restored_logging
@@ -151,3 +151,18 @@ def test_actions_need_the_csrf_token(console: TestClient) -> None:
     answer = console.post(f"/console/requests/{request.id}/approve", follow_redirects=False)
     assert answer.status_code == 403
     assert "status-waiting" in console.get(f"/console/requests/{request.id}").text
+
+
+def test_filter_by_tag_with_the_other_filters(console: TestClient) -> None:
+    order = new_order(quantity=3)
+    made = [new_request(order, quantity=1).id for _ in range(3)]
+    with transaction() as session:
+        for request_id in made[:2]:
+            tags.add(session, request_id, ["urgent-desk"])
+    page = console.get("/console/requests", params={"order_number": order.order.number, "tag": "urgent-desk"})
+    assert page.status_code == 200
+    assert _ids(page.text) == made[1::-1]
+    assert re.search(r'">\s*waiting <span class="count">2</span>', page.text)
+    assert 'value="urgent-desk"' in page.text
+    too_long = console.get("/console/requests", params={"tag": "x" * 10_000})
+    assert too_long.status_code == 400
