@@ -291,6 +291,7 @@ def _request_page(
         ],
         "tags": tags.keys_of(session, request_id),
         "error": error,
+        "poll_seconds": web.POLL_SECONDS,
     }
     return render(request, "request.html", context, status_code=status_code)
 

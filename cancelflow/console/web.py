@@ -23,6 +23,8 @@ COOKIE: Final = "cancelflow_console"
 LOGIN_COOKIE: Final = "cancelflow_console_login"  # double-submit token of the sign-in form
 CSRF_FIELD: Final = "csrf_token"
 CSRF_HEADER: Final = "X-CSRF-Token"
+POLL_HEADER: Final = "X-Console-Poll"  # sent by a page's own refresh (htmx polling)
+POLL_SECONDS: Final = 3
 PREFIX: Final = "/console"
 # Pages load their own scripts, styles and images only, and post forms to themselves.
 CONSOLE_CSP: Final = (
@@ -67,7 +69,9 @@ def safe_next(value: str | None) -> str:
 
 def signed_in(request: Request, session: DbSession) -> SignedIn:
     idle = timedelta(seconds=get_settings().console_session_idle)
-    found = console_sessions.resume(session, request.cookies.get(COOKIE), idle=idle)
+    # A page refreshing itself is not the user at work: it does not keep an idle session alive.
+    touch = request.headers.get(POLL_HEADER) is None
+    found = console_sessions.resume(session, request.cookies.get(COOKIE), idle=idle, touch=touch)
     if found is None:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise SignInRequired(path)

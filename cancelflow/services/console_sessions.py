@@ -64,9 +64,10 @@ def sign_in(session: Session, username: str, password: str, *, client: str) -> t
     return key, SignedIn(row, user)
 
 
-def resume(session: Session, key: str | None, *, idle: timedelta) -> SignedIn | None:
+def resume(session: Session, key: str | None, *, idle: timedelta, touch: bool = True) -> SignedIn | None:
     """The live session of a cookie's key, or None (unknown, idle too long, user inactive or not staff).
-    An idle session is deleted; a live one's last use is moved forward."""
+    An idle session is deleted; a live one's last use is moved forward unless `touch` is false (a page
+    refreshing itself, which must not keep a session alive)."""
     if not key or len(key) > 200:
         return None
     row = session.scalars(select(ConsoleSession).where(ConsoleSession.key_hash == _hash(key))).one_or_none()
@@ -78,7 +79,7 @@ def resume(session: Session, key: str | None, *, idle: timedelta) -> SignedIn | 
         session.delete(row)
         session.flush()
         return None
-    if moment - row.last_seen_at > TOUCH_EVERY:
+    if touch and moment - row.last_seen_at > TOUCH_EVERY:
         row.last_seen_at = moment
         session.flush()
     return SignedIn(row, user)

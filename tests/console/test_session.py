@@ -145,3 +145,24 @@ def test_sign_in_only_goes_back_to_a_console_page(browser: TestClient) -> None:
     assert 'name="next" value="/console/requests"' in form.text
     form = browser.get("/console/login?next=//evil.example/console/")
     assert 'value="//evil.example' not in form.text
+
+
+def test_a_page_refreshing_itself_does_not_keep_the_session_alive(browser: TestClient) -> None:
+    sign_in(browser, staff_user())
+    idle = get_settings().console_session_idle
+    start = now()
+    poll = {"X-Console-Poll": "1", "HX-Request": "true"}
+    with time_machine.travel(start + timedelta(seconds=idle - 60), tick=False):
+        assert browser.get("/console/requests", headers=poll, follow_redirects=False).status_code == 200
+    with time_machine.travel(start + timedelta(seconds=idle + 30), tick=False):
+        assert browser.get("/console/requests", follow_redirects=False).status_code == 303
+
+
+def test_use_keeps_the_session_alive(browser: TestClient) -> None:
+    sign_in(browser, staff_user())
+    idle = get_settings().console_session_idle
+    start = now()
+    with time_machine.travel(start + timedelta(seconds=idle - 60), tick=False):
+        assert browser.get("/console/requests", follow_redirects=False).status_code == 200
+    with time_machine.travel(start + timedelta(seconds=idle + 30), tick=False):
+        assert browser.get("/console/requests", follow_redirects=False).status_code == 200
