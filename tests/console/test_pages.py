@@ -18,6 +18,7 @@ from cancelflow.services.locking import get_request
 from tests.conftest import restored_logging
 from tests.console.support import csrf_of, sign_in, staff_user
 from tests.factories import VALID_IBAN, new_order, new_request
+from tests.unit.test_replay import dead_route_step
 
 MASKED = re.compile(r"DE\*+3000")
 
@@ -166,3 +167,20 @@ def test_filter_by_tag_with_the_other_filters(console: TestClient) -> None:
     assert 'value="urgent-desk"' in page.text
     too_long = console.get("/console/requests", params={"tag": "x" * 10_000})
     assert too_long.status_code == 400
+
+
+def test_dead_steps_are_listed_and_replayed(console: TestClient, sent: list[Send]) -> None:
+    with transaction() as session:
+        _plan, step = dead_route_step(session)
+        step_id = step.id
+    page = console.get("/console/dead-steps")
+    assert page.status_code == 200
+    assert f'aria-label="Replay step {step_id}"' in page.text
+    assert "TransientError: 503" in page.text
+    answer = _form_post(console, f"/console/dead-steps/{step_id}/replay")
+    assert answer.status_code == 303
+    assert f'aria-label="Replay step {step_id}"' not in console.get("/console/dead-steps").text
+    again = _form_post(console, f"/console/dead-steps/{step_id}/replay")
+    assert again.status_code == 409
+    assert 'role="alert"' in again.text
+    assert console.post(f"/console/dead-steps/{step_id}/replay", follow_redirects=False).status_code == 403
