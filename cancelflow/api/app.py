@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from cancelflow import __version__
+from cancelflow import __version__, console
 from cancelflow.api import bulk_jobs as jobs_api
 from cancelflow.api import cancellation_requests, docs, errors, fulfillment, health, metrics, orders
 from cancelflow.api import exports as exports_api
@@ -104,5 +104,6 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     for router in routers():
         app.include_router(router)
+    console.install(app)  # the staff console's pages under /console/ (not in the OpenAPI document)
     _document_errors_as_served(app)
     return app

@@ -639,6 +639,7 @@ def print_summary(
     rows = [
         ("API", base),
         ("API docs", f"{base}/api/docs/"),
+        ("Staff console", f"{base}/console/"),
         ("Flower", f"http://{flower_host}:{settings.flower_port}/"),
         ("Flower login", f"{settings.flower_user} / {flower_password(settings, creds)}"),
         ("Staff token", staff),
@@ -700,6 +701,10 @@ def print_summary(
             f"celery_app.send_task('cancellations.submit', kwargs=dict({celery_kwargs}))\""
         )
     show(f"  Then: {cancelflow} show ID  ·  {cancelflow} --help")
+    show(
+        f"  (staff console at {base}/console/: sign in with a staff user, made with "
+        f"{cancelflow} users create NAME)"
+    )
     console.print("[dim]Ctrl-C stops everything.[/dim]")
 
 

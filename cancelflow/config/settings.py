@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # or networks, `*` for any); empty: none, the peer address is the client.
     forwarded_allow_ips: str = ""
 
+    # Console sessions end after this many seconds without a request (default 8 hours).
+    console_session_idle: int = Field(default=8 * 3600, ge=60)
+
     # Login throttling (limits' notation, e.g. "10 per 15 minutes"). Attempts per username are counted
     # until a login succeeds; attempts per client address are all counted. Over either: 429.
     login_limit_per_username: Annotated[str, AfterValidator(_rate)] = "10 per 15 minutes"

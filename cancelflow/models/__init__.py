@@ -23,7 +23,7 @@ from cancelflow.models.catalog import (
 from cancelflow.models.fulfillment import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.rejections import RejectedMessage
 from cancelflow.models.tags import CancellationRequestTag, Tag
-from cancelflow.models.users import IdempotencyKey, User
+from cancelflow.models.users import ConsoleSession, IdempotencyKey, User
 from cancelflow.models.webhooks import (
     AttemptOutcome,
     DeliveryStatus,
@@ -42,6 +42,7 @@ __all__ = [
     "CancellationRequest",
     "CancellationRequestTag",
     "Channel",
+    "ConsoleSession",
     "Customer",
     "DeliveryStatus",
     "Event",

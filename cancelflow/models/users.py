@@ -1,4 +1,4 @@
-"""Staff users who log in for an API token, and the stored outcome of each HTTP `Idempotency-Key`."""
+"""Staff users (API tokens and console sessions), and the stored outcome of each HTTP `Idempotency-Key`."""
 
 from __future__ import annotations
 
@@ -46,3 +46,17 @@ class IdempotencyKey(Base):
     response_body: Mapped[dict[str, object] | None] = mapped_column(JSONB, nullable=True)
     created_date: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A staff user signed in to the console. The browser holds a random key in a cookie; only its SHA-256
+    is stored. `csrf_token` is compared with every state-changing request of the session."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_date: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -108,16 +108,22 @@ def approve(
 
 
 def reject_request(
-    session: Session, request: CancellationRequest, *, code: RejectionCode, message: str | None
+    session: Session,
+    request: CancellationRequest,
+    *,
+    code: RejectionCode,
+    message: str | None,
+    actor: str | None = None,
 ) -> bool:
-    """End a request as rejected and give its quantity back to the order item."""
+    """End a request as rejected and give its quantity back to the order item; `actor`, who decided it,
+    is recorded in the event when known."""
     if not transitions.move(
         session,
         request,
         RequestStatus.rejected,
         rejection_code=code.value,
         rejection_message=message,
-        data={"code": code.value, "message": message},
+        data={"code": code.value, "message": message, **({"actor": actor} if actor else {})},
     ):
         return False
     intake.release_quantity(session, request.order_item_id, request.quantity)
@@ -177,7 +183,7 @@ def reject_plan(
             session, plan, PlanStatus.rejected, data={"actor": actor, "message": message, **(data or {})}
         )
     _cancel_open_steps(session, request.id)
-    reject_request(session, request, code=code, message=message)
+    reject_request(session, request, code=code, message=message, actor=actor)
 
 
 _ASKED = (

@@ -13,11 +13,11 @@ import secrets
 from collections.abc import Iterable
 from typing import Final
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, NotFound
-from cancelflow.models import ApiToken, User
+from cancelflow.models import ApiToken, ConsoleSession, User
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import tokens
 from cancelflow.services.clock import now
@@ -211,7 +211,8 @@ def deactivate(session: Session, username: str) -> User:
 
 
 def _revoke_tokens(session: Session, user: User) -> None:
-    """Revoke every live token of the user."""
+    """Revoke every live token of the user and end its console sessions."""
+    session.execute(delete(ConsoleSession).where(ConsoleSession.user_id == user.id))
     session.execute(
         update(ApiToken)
         .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
