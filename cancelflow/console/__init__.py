@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from cancelflow.console import pages, web
+from cancelflow.console import overview, pages, web
 
 STATIC = Path(__file__).parent / "static"
 
@@ -23,3 +23,4 @@ def install(app: FastAPI) -> None:
     web.install_handlers(app)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(pages.router)
+    app.include_router(overview.router)
