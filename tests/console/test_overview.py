@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cancelflow.api.app import create_app
+from cancelflow.console.overview import chart, daily
 from cancelflow.db import transaction
 from cancelflow.models.enums import RequestStatus
 from cancelflow.services import overview
+from cancelflow.services.overview import HourBucket
 from tests.conftest import restored_logging
 from tests.console.support import sign_in, staff_user
 from tests.factories import new_request
@@ -68,3 +71,24 @@ def test_no_session_is_sent_to_sign_in(database: str) -> None:
         answer = client.get("/console/overview", follow_redirects=False)
     assert answer.status_code == 303
     assert answer.headers["location"] == "/console/login?next=%2Fconsole%2Foverview"
+
+
+def test_the_chart_scales_to_the_highest_hour_and_marks_each_midnight() -> None:
+    start = datetime(2026, 3, 1, 22, tzinfo=UTC)
+    hours = [HourBucket(start + timedelta(hours=i), created=i % 3, completed=0) for i in range(5)]
+    drawn = chart(hours)
+    created = [tuple(map(float, p.split(","))) for p in drawn.created.split()]
+    assert [x for x, _ in created] == sorted(x for x, _ in created)
+    assert (created[0][0], created[-1][0]) == (drawn.left, drawn.right)
+    # 0 sits on the base line, the highest hour (2) on the top of the plot.
+    assert [y for _, y in created] == [
+        drawn.bottom,
+        drawn.bottom - (drawn.bottom - drawn.top) / 2,
+        drawn.top,
+        drawn.bottom,
+        drawn.bottom - (drawn.bottom - drawn.top) / 2,
+    ]
+    assert {float(y) for _, y in (p.split(",") for p in drawn.completed.split())} == {drawn.bottom}
+    assert [(t.position, t.label) for t in drawn.x_ticks] == [(created[2][0], "Mar 02")]
+    assert [t.label for t in drawn.y_ticks] == ["0", "1", "2"]
+    assert [day.created for day in daily(hours)] == [1, 3]

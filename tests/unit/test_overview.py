@@ -103,27 +103,18 @@ def test_hourly_series_of_created_and_completed(session: Session) -> None:
             .where(CancellationRequest.id == request.id)
             .values(created_date=created)
         )
-    session.add(
+    an_hour_ago = current - timedelta(hours=1)
+    session.add_all(  # the request's move to completed; a plan's completion is not a request's
         Event(
-            entity="request",
+            entity=entity,
             entity_id=made[0].id,
             kind="status_changed",
-            from_status="approved",
+            from_status=None,
             to_status="completed",
             data={},
-            created_date=current - timedelta(hours=1),
+            created_date=an_hour_ago,
         )
-    )
-    session.add(  # a plan's completion is not a request's
-        Event(
-            entity="plan",
-            entity_id=made[0].id,
-            kind="status_changed",
-            from_status="waiting_for_payment",
-            to_status="completed",
-            data={},
-            created_date=current - timedelta(hours=1),
-        )
+        for entity in ("request", "plan")
     )
     session.flush()
     after = overview.hourly(session, at=at)
