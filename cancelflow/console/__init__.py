@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from cancelflow.console import pages, queues, web
+from cancelflow.console import overview, pages, queues, web
 
 STATIC = Path(__file__).parent / "static"
 
@@ -24,3 +24,4 @@ def install(app: FastAPI) -> None:
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(pages.router)
     app.include_router(queues.router)
+    app.include_router(overview.router)

@@ -8,7 +8,6 @@ aggregate over an indexed status column; the whole scrape is one short read-only
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -21,13 +20,13 @@ from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
     DeliveryStatus,
-    MoneyTransaction,
     Order,
     WebhookDelivery,
     WebhookSubscription,
     WorkflowStep,
 )
 from cancelflow.models.enums import PlanStatus, RefundTarget, RequestStatus, StepKind, StepStatus
+from cancelflow.services import overview
 from cancelflow.services.clock import now
 
 
@@ -44,7 +43,7 @@ def _by_status(
     session: Session, column: Any, statuses: Iterable[Enum], name: str, documentation: str, label: str
 ) -> GaugeMetricFamily:
     """Rows counted by their `column`, one series for each of `statuses` (0 for a status with none)."""
-    counts: dict[Enum, int] = dict(session.execute(select(column, func.count()).group_by(column)).all())
+    counts = overview.counts_by(session, column)
     return _gauge(name, documentation, [label], iter([(s.value, counts.get(s, 0)) for s in statuses]))
 
 
@@ -81,31 +80,18 @@ def collect_from(session: Session) -> list[Metric]:
         )
     )
 
-    # The plan's last change is when it started waiting (a waiting plan is only touched by its reply).
-    oldest: datetime | None = session.scalar(
-        select(func.min(CancellationPlan.modified_date)).where(
-            CancellationPlan.status == PlanStatus.confirmation_waiting
-        )
-    )
+    oldest = overview.oldest_confirmation_waiting(session)
     age = GaugeMetricFamily(
         "cancelflow_oldest_confirmation_waiting_seconds",
         "Age in seconds of the oldest plan waiting for its fulfillment service's answer (0 when none).",
     )
-    age.add_metric([], max(0.0, (now() - oldest).total_seconds()) if oldest is not None else 0.0)
+    age.add_metric([], max(0.0, (now() - oldest.since).total_seconds()) if oldest is not None else 0.0)
     metrics.append(age)
 
     # Money only ever moves out, so this is a counter (a `_total` name promises one). Each target is shown
     # for every currency an order or a plan has, at 0 until money moves, so the series exist before the
     # first request (a shop holds a handful of currencies; the distinct read is one pass over the orders).
-    currency = func.upper(MoneyTransaction.currency)
-    moved = {
-        (target, code): total
-        for target, code, total in session.execute(
-            select(MoneyTransaction.target, currency, func.sum(MoneyTransaction.amount)).group_by(
-                MoneyTransaction.target, currency
-            )
-        )
-    }
+    moved = overview.money_moved(session)
     currencies = set(session.scalars(select(func.upper(Order.currency)).distinct()))
     currencies |= set(session.scalars(select(func.upper(CancellationPlan.currency)).distinct()))
     currencies |= {code for _, code in moved}
