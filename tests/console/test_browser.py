@@ -208,3 +208,25 @@ def test_tag_approve_and_reject_from_the_request_page(fresh: Any, output_dir: Pa
     assert "rejected" in page.get_by_role("heading", level=1).inner_text()
     assert "waiting → rejected by staff (user:" in page.get_by_role("region", name="Timeline").inner_text()
     check_page(page, output_dir, "request-rejected")
+
+
+def test_the_overview_and_the_work_queues_pass_axe(fresh: Any, output_dir: Path) -> None:
+    """Every page of the navigation, reached by its link: no serious or critical axe-core problem."""
+    new_request()
+    page = fresh().new_page()
+    page.goto("/console/overview")
+    sign_in(page, staff_user())
+    page.get_by_role("heading", name="Overview").wait_for()
+    chart = page.get_by_role("img", name="Requests created and completed per hour over the last 7 days")
+    assert chart.count() == 1
+    check_page(page, output_dir, "overview")
+    nav = page.get_by_role("navigation", name="Main")
+    for link, heading, shot in (
+        ("Escalations", "Escalations", "escalations"),
+        ("Dead deliveries", "Dead webhook deliveries", "deliveries"),
+        ("Dead steps", "Dead steps", "dead-steps"),
+    ):
+        nav.get_by_role("link", name=link).click()
+        page.get_by_role("heading", name=heading).wait_for()
+        assert nav.get_by_role("link", name=link).get_attribute("aria-current") == "page"
+        check_page(page, output_dir, shot)
