@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from cancelflow.api import query_params
 from cancelflow.api.deps import DbSession
-from cancelflow.config.logging import mask_text
 from cancelflow.console import web
 from cancelflow.console.web import Staff, StaffPost, render
 from cancelflow.db import transaction
@@ -132,10 +131,6 @@ def logout(request: Request, who: StaffPost, session: DbSession) -> Response:
 # --- the requests list --------------------------------------------------------------------------------
 
 
-def _masked(value: str | None, who: SignedIn) -> str | None:
-    return value if value is None or who.can_view_iban else mask_text(value)
-
-
 def _iban(value: str | None, who: SignedIn) -> str | None:
     return value if who.can_view_iban else iban.mask(value)
 
@@ -245,7 +240,7 @@ def _row(detail: request_view.RequestDetail, who: SignedIn) -> dict[str, Any]:
         "order_number": detail.order.number,
         "sku": detail.item.sku,
         "quantity": r.quantity,
-        "email": _masked(detail.customer.email, who),
+        "email": web.masked(detail.customer.email, who),
         "reason": detail.reason.subject,
         "iban": _iban(r.iban, who),
     }
@@ -283,13 +278,13 @@ def _request_page(
         "row": _row(detail, who),
         "detail": detail,
         "customer_name": f"{detail.customer.first_name} {detail.customer.last_name}".strip(),
-        "holder_name": _masked(detail.request.holder_name, who),
-        "rejection_message": _masked(detail.request.rejection_message, who),
-        "steps": [(s, _masked(s.last_error, who)) for s in detail.steps],
+        "holder_name": web.masked(detail.request.holder_name, who),
+        "rejection_message": web.masked(detail.request.rejection_message, who),
+        "steps": [(s, web.masked(s.last_error, who)) for s in detail.steps],
         "fulfillment_orders": picture.fulfillment_orders,
         "money": detail.money,
         "events": [
-            (e, str(e.data.get("actor") or "system"), _masked(_note(e.data), who)) for e in picture.events
+            (e, str(e.data.get("actor") or "system"), web.masked(_note(e.data), who)) for e in picture.events
         ],
         "tags": tags.keys_of(session, request_id),
         "error": error,
@@ -391,7 +386,7 @@ def _dead_steps_page(
     context = {
         "title": "Dead steps",
         "who": who,
-        "steps": [(step, _masked(step.last_error, who)) for step in dead],
+        "steps": [(step, web.masked(step.last_error, who)) for step in dead],
         "shown": DEAD_STEPS_SHOWN,
         "error": error,
     }

@@ -17,7 +17,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from cancelflow.api.deps import DbSession
-from cancelflow.config.logging import mask_text
 from cancelflow.console import web
 from cancelflow.console.pages import MAX_ID
 from cancelflow.console.web import Staff, StaffPost, render
@@ -109,10 +108,7 @@ def _deliveries_page(
     context = {
         "title": "Dead webhook deliveries",
         "who": who,
-        "deliveries": [
-            (d, d.last_error if d.last_error is None or who.can_view_iban else mask_text(d.last_error))
-            for d in dead
-        ],
+        "deliveries": [(d, web.masked(d.last_error, who)) for d in dead],
         "shown": SHOWN,
         "error": error,
     }

@@ -144,3 +144,10 @@ def install_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(SignInRequired, to_sign_in)
     app.add_exception_handler(CsrfRefused, refused)
+
+
+def masked(value: str | None, who: SignedIn) -> str | None:
+    """Free text as the reader may see it: IBANs and e-mail addresses masked unless they have `view_iban`."""
+    from cancelflow.config.logging import mask_text
+
+    return value if value is None or who.can_view_iban else mask_text(value)
