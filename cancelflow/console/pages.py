@@ -22,14 +22,13 @@ from cancelflow.api.deps import DbSession
 from cancelflow.console import web
 from cancelflow.console.web import Staff, StaffPost, render
 from cancelflow.db import transaction
-from cancelflow.errors import Conflict, Invalid, InvalidTransition, NotFound, Throttled, TransientError
+from cancelflow.errors import Invalid, InvalidTransition, NotFound, Throttled, TransientError
 from cancelflow.models import CancellationRequest
 from cancelflow.models.enums import CancellationType, PlanStatus, RequestStatus
 from cancelflow.services import cancellation_requests as requests_service
-from cancelflow.services import console_sessions, iban, queries, replay, request_view, tags, throttle
+from cancelflow.services import console_sessions, iban, queries, request_view, tags, throttle
 from cancelflow.services.console_sessions import SignedIn
 from cancelflow.services.queries import RequestFilters
-from cancelflow.services.step_view import present_step
 
 router = APIRouter(prefix=web.PREFIX, include_in_schema=False)
 
@@ -56,7 +55,6 @@ CHOICES: Final[Mapping[str, Sequence[str]]] = {
     "bool": ["true", "false"],
 }
 PAGE_SIZE: Final = 25
-DEAD_STEPS_SHOWN: Final = 200
 MAX_ID: Final = 2**63
 MAX_REASON: Final = 2000
 
@@ -372,45 +370,6 @@ async def remove_tag(request: Request, request_id: int, who: StaffPost, session:
         tags.remove(session, request_id, [form.get("key", "")])
 
     return await _act(request, request_id, who, session, work)
-
-
-# --- the dead-steps queue -----------------------------------------------------------------------------
-
-
-def _dead_steps_page(
-    request: Request, who: SignedIn, session: Session, *, error: str | None = None, status_code: int = 200
-) -> Response:
-    """Steps that exhausted their retries (`replay.dead_steps`, the newest death first), each with its last
-    error and a replay button (`replay.replay_step`, as `cancelflow replay`)."""
-    dead = [present_step(step) for step in replay.dead_steps(session, limit=DEAD_STEPS_SHOWN)]
-    context = {
-        "title": "Dead steps",
-        "who": who,
-        "steps": [(step, web.masked(step.last_error, who)) for step in dead],
-        "shown": DEAD_STEPS_SHOWN,
-        "error": error,
-    }
-    return render(request, "dead_steps.html", context, status_code=status_code)
-
-
-@router.get("/dead-steps", response_class=HTMLResponse)
-def dead_steps(request: Request, who: Staff, session: DbSession) -> Response:
-    return _dead_steps_page(request, who, session)
-
-
-@router.post("/dead-steps/{step_id}/replay", response_class=HTMLResponse)
-def replay_step(request: Request, step_id: int, who: StaffPost, session: DbSession) -> Response:
-    try:
-        with session.begin_nested():
-            if not 0 < step_id < MAX_ID:
-                raise NotFound(f"step {step_id} not found")
-            replay.replay_step(session, step_id, actor=who.actor)
-    except (Conflict, NotFound, InvalidTransition) as exc:
-        code = 404 if isinstance(exc, NotFound) else 409
-        return _dead_steps_page(request, who, session, error=exc.message, status_code=code)
-    response = RedirectResponse(f"{web.PREFIX}/dead-steps", status_code=303)
-    web.no_store(response)
-    return response
 
 
 def _note(data: Mapping[str, object]) -> str | None:

@@ -1,9 +1,13 @@
 """What every console page shares: templates, the session cookie, the CSRF check and the answers to a
-missing session (a redirect to sign-in) or a missing CSRF token (403)."""
+missing session (a redirect to sign-in), a missing CSRF token (403) and every other error (an HTML page in
+the console's layout, with the status code the API would answer but no detail of the failure)."""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import secrets
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -16,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from cancelflow import textcheck
 from cancelflow.api.deps import DbSession
 from cancelflow.config import get_settings
+from cancelflow.db import transaction
 from cancelflow.services import console_sessions
 from cancelflow.services.console_sessions import SignedIn
 
@@ -31,6 +36,25 @@ CONSOLE_CSP: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+
+# The error pages: (title, message) by status code; anything else falls back on the nearest class (4xx, 5xx).
+ERROR_PAGES: Final[Mapping[int, tuple[str, str]]] = {
+    400: ("Bad request", "The console could not read this request."),
+    403: ("Refused", "You may not do this."),
+    404: ("Not found", "There is no such page or request in the console."),
+    405: ("Not allowed", "This page cannot be used that way."),
+    413: ("Too large", "What was sent is too large."),
+    429: ("Too many requests", "Too many requests in a short time; wait a moment and try again."),
+    500: (
+        "Something went wrong",
+        "The console could not complete this request. The problem has been logged; try again, or tell your "
+        "administrator if it keeps happening.",
+    ),
+    503: ("Unavailable", "The console cannot reach its database just now; try again shortly."),
+}
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Request, Exception], Response | Awaitable[Response]]
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -131,19 +155,68 @@ def install_handlers(app: FastAPI) -> None:
         return response
 
     async def refused(request: Request, exc: Exception) -> Response:
-        return render(
+        return error_page(
             request,
-            "error.html",
-            {
-                "title": "Refused",
-                "message": "This form has expired or did not come from the console. "
-                "Reload the page and try again.",
-            },
-            status_code=403,
+            403,
+            message="This form has expired or did not come from the console. Reload the page and try again.",
         )
 
+    # Installed after the API's own handlers: on a console path each answers an HTML page instead of JSON.
+    for exc_class, handler in list(app.exception_handlers.items()):
+        app.add_exception_handler(exc_class, _html_on_console(handler))
     app.add_exception_handler(SignInRequired, to_sign_in)
     app.add_exception_handler(CsrfRefused, refused)
+
+
+def is_console(request: Request) -> bool:
+    path = request.url.path
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def _html_on_console(api_handler: Handler) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The API's handler for an exception, whose status code (and headers, such as `Retry-After`) an
+    error page of the console keeps, with a fixed message by status: nothing of the exception is shown."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        answer = api_handler(request, exc)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if not is_console(request):
+            return answer
+        page = error_page(request, answer.status_code)
+        for name in ("Retry-After", "Allow"):
+            if name in answer.headers:
+                page.headers[name] = answer.headers[name]
+        return page
+
+    return handler
+
+
+def error_page(request: Request, status_code: int, *, message: str | None = None) -> HTMLResponse:
+    """The console's page for an error: its layout (with the navigation when a live session is known), the
+    status's title and message, and a link back to the requests."""
+    title, text = ERROR_PAGES.get(status_code) or ERROR_PAGES[500 if status_code >= 500 else 400]
+    return render(
+        request,
+        "error.html",
+        {"title": title, "message": message or text, "who": _who(request) if status_code < 500 else None},
+        status_code=status_code,
+    )
+
+
+def _who(request: Request) -> SignedIn | None:
+    """The signed-in user of an error page's request, without moving the session's last use; None when there
+    is none or it cannot be read (an error page never fails for want of the navigation)."""
+    key = request.cookies.get(COOKIE)
+    if not key:
+        return None
+    idle = timedelta(seconds=get_settings().console_session_idle)
+    try:
+        with transaction() as session:
+            return console_sessions.resume(session, key, idle=idle, touch=False)
+    except Exception:  # the page is shown without its navigation
+        log.warning("console error page: the session could not be read", exc_info=True)
+        return None
 
 
 def masked(value: str | None, who: SignedIn) -> str | None:

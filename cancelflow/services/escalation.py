@@ -29,6 +29,7 @@ arriving later finds no pending request, is refused (422) and recorded as a flag
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal, get_args
@@ -54,7 +55,7 @@ from cancelflow.models.enums import (
     StepKind,
 )
 from cancelflow.models.transitions import EscalationState, allows, escalation_of
-from cancelflow.services import approval, locking, settlement, steps, transitions
+from cancelflow.services import approval, keyset, locking, settlement, steps, transitions
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services.clock import now
 from cancelflow.services.importer import ReplyPolicyIn
@@ -377,17 +378,35 @@ def _reject(
 # --- staff --------------------------------------------------------------------------------------------
 
 
+_ESCALATED = select(CancellationPlan).where(
+    CancellationPlan.status == PlanStatus.confirmation_waiting,
+    CancellationPlan.escalated_at.is_not(None),
+)
+
+
 def escalations(session: Session, *, limit: int = 500) -> list[Escalation]:
     """Plans escalated at their reply deadline and still waiting for a staff decision, oldest first."""
-    plans = session.scalars(
-        select(CancellationPlan)
-        .where(
-            CancellationPlan.status == PlanStatus.confirmation_waiting,
-            CancellationPlan.escalated_at.is_not(None),
-        )
-        .order_by(CancellationPlan.escalated_at, CancellationPlan.id)
-        .limit(limit)
-    ).all()
+    return list(escalations_page(session, limit=limit).rows)
+
+
+def escalations_page(
+    session: Session, *, limit: int, after: keyset.Key | None = None, before: keyset.Key | None = None
+) -> keyset.KeysetPage[Escalation]:
+    """A page of `escalations`, oldest escalation first; its cursors are the plan's `(escalated_at, id)`."""
+    plans = keyset.page(
+        session,
+        _ESCALATED,
+        (CancellationPlan.escalated_at, CancellationPlan.id),
+        lambda plan: (plan.escalated_at or keyset.EPOCH, plan.id),
+        descending=False,
+        limit=limit,
+        after=after,
+        before=before,
+    )
+    return keyset.KeysetPage(_shown(session, plans.rows), plans.next_key, plans.previous_key)
+
+
+def _shown(session: Session, plans: Sequence[CancellationPlan]) -> list[Escalation]:
     out: list[Escalation] = []
     for plan in plans:
         rows = session.execute(_unanswered(plan.id)).all()

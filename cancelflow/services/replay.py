@@ -17,7 +17,7 @@ from cancelflow.errors import Conflict, NotFound
 from cancelflow.models import CancellationPlan, CancellationRequest, WorkflowStep
 from cancelflow.models.enums import PlanStatus, StepStatus
 from cancelflow.models.transitions import is_terminal
-from cancelflow.services import locking, steps, transitions
+from cancelflow.services import keyset, locking, steps, transitions
 from cancelflow.services.after_commit import enqueue_after_commit
 from cancelflow.services.clock import now
 
@@ -33,15 +33,29 @@ class ReplayResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+_DEAD = select(WorkflowStep).where(WorkflowStep.status == StepStatus.dead)
+# The order of the dead-steps queue: the most recent death first.
+_DEAD_ORDER = (WorkflowStep.modified_date, WorkflowStep.id)
+
+
 def dead_steps(session: Session, *, limit: int = 500) -> list[WorkflowStep]:
     """Dead steps, the most recent death first."""
-    return list(
-        session.scalars(
-            select(WorkflowStep)
-            .where(WorkflowStep.status == StepStatus.dead)
-            .order_by(WorkflowStep.modified_date.desc(), WorkflowStep.id.desc())
-            .limit(limit)
-        )
+    return list(dead_steps_page(session, limit=limit).rows)
+
+
+def dead_steps_page(
+    session: Session, *, limit: int, after: keyset.Key | None = None, before: keyset.Key | None = None
+) -> keyset.KeysetPage[WorkflowStep]:
+    """A page of dead steps, the most recent death first; its cursors are `(modified_date, id)`."""
+    return keyset.page(
+        session,
+        _DEAD,
+        _DEAD_ORDER,
+        lambda step: (step.modified_date, step.id),
+        descending=True,
+        limit=limit,
+        after=after,
+        before=before,
     )
 
 

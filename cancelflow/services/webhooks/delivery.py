@@ -40,6 +40,7 @@ from cancelflow.models import (
     WebhookSubscription,
 )
 from cancelflow.models.webhooks import DELIVERY_MACHINE, UNFINISHED
+from cancelflow.services import keyset
 from cancelflow.services.after_commit import enqueue_after_commit
 from cancelflow.services.clock import now
 from cancelflow.services.redelivery import redelivery_wait
@@ -300,6 +301,23 @@ def list_deliveries(
     if request_id is not None:
         query = query.where(WebhookDelivery.request_id == request_id)
     return list(session.scalars(query))
+
+
+def dead_deliveries_page(
+    session: Session, *, limit: int, after: keyset.Key | None = None, before: keyset.Key | None = None
+) -> keyset.KeysetPage[WebhookDelivery]:
+    """A page of the deliveries that died, newest first (as `list_deliveries(status=dead)`); its cursors are
+    delivery ids."""
+    return keyset.page(
+        session,
+        select(WebhookDelivery).where(WebhookDelivery.status == DeliveryStatus.dead),
+        (WebhookDelivery.id,),
+        lambda delivery: (delivery.id,),
+        descending=True,
+        limit=limit,
+        after=after,
+        before=before,
+    )
 
 
 def list_attempts(session: Session, delivery_id: int) -> list[WebhookAttempt]:
