@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from cancelflow.api import query_params
 from cancelflow.api.deps import DbSession
-from cancelflow.console import web
+from cancelflow.console import views, web
 from cancelflow.console.web import Staff, StaffPost, render
 from cancelflow.db import transaction
 from cancelflow.errors import Invalid, InvalidTransition, NotFound, Throttled, TransientError
@@ -55,7 +55,7 @@ CHOICES: Final[Mapping[str, Sequence[str]]] = {
     "bool": ["true", "false"],
 }
 PAGE_SIZE: Final = 25
-MAX_ID: Final = 2**63
+MAX_ID: Final = web.MAX_ID
 MAX_REASON: Final = 2000
 
 
@@ -223,6 +223,7 @@ def requests_list(request: Request, who: Staff, session: DbSession) -> Response:
         "errors": errors,
         "next_url": next_url,
         "previous_url": previous_url,
+        **views.list_context(session, who, state),
     }
     return render(request, "requests.html", context, status_code=400 if errors else 200)
 

@@ -31,6 +31,7 @@ CSRF_HEADER: Final = "X-CSRF-Token"
 POLL_HEADER: Final = "X-Console-Poll"  # sent by a page's own refresh (htmx polling)
 POLL_SECONDS: Final = 3
 PREFIX: Final = "/console"
+MAX_ID: Final = 2**63  # ids are BIGINT: anything from here up names no row
 # Pages load their own scripts, styles and images only, and post forms to themselves.
 CONSOLE_CSP: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -23,7 +23,7 @@ from cancelflow.models.catalog import (
 from cancelflow.models.fulfillment import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.rejections import RejectedMessage
 from cancelflow.models.tags import CancellationRequestTag, Tag
-from cancelflow.models.users import ConsoleSession, IdempotencyKey, User
+from cancelflow.models.users import ConsoleSession, IdempotencyKey, SavedView, User
 from cancelflow.models.webhooks import (
     AttemptOutcome,
     DeliveryStatus,
@@ -60,6 +60,7 @@ __all__ = [
     "OrderItem",
     "Payment",
     "RejectedMessage",
+    "SavedView",
     "Tag",
     "User",
     "WebhookAttempt",

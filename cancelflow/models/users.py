@@ -60,3 +60,16 @@ class ConsoleSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_date: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SavedView(TimestampMixin, Base):
+    """A staff user's named filter state of the console's requests list: the list's URL query, without its
+    page cursor. Each user has their own; a name is unique per user."""
+
+    __tablename__ = "console_saved_views"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    query: Mapped[str] = mapped_column(String(4000))

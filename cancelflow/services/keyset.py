@@ -68,7 +68,9 @@ def page(
         return KeysetPage(rows, None, None)
     if backwards:
         return KeysetPage(rows, key_of(rows[-1]), key_of(rows[0]) if more else None)
-    return KeysetPage(rows, key_of(rows[-1]) if more else None, key_of(rows[0]) if after is not None else None)
+    return KeysetPage(
+        rows, key_of(rows[-1]) if more else None, key_of(rows[0]) if after is not None else None
+    )
 
 
 class Cursor:
@@ -93,7 +95,9 @@ class Cursor:
             return None
         parts = text.split("_")
         problem = Invalid(field, field_errors={field: ["Not a page of this list: follow the page links."]})
-        if len(parts) != len(self.kinds) or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
+        if len(parts) != len(self.kinds) or not all(
+            p.isascii() and p.isdigit() and len(p) <= 18 for p in parts
+        ):
             raise problem
         numbers = [int(p) for p in parts]
         if any(n >= MAX_PART for n in numbers):
