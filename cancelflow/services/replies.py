@@ -39,6 +39,11 @@ class ReplyOutcome:
     error: str | None = None
 
 
+def _replier(service_id: int | None) -> str:
+    """Who answered, as an event's actor (a staff user's is `staff (user:<id>)`)."""
+    return "fulfillment service" if service_id is None else f"fulfillment service (service:{service_id})"
+
+
 def answer_cancellation(
     session: Session,
     fo_id: int,
@@ -97,7 +102,7 @@ def answer_cancellation(
         fo,
         request_status=done_state,
         status=FOStatus.cancelled if accepted else FOStatus.in_progress,
-        data={"message": message},
+        data={"message": message, "actor": _replier(service_id)},
     )
     if fo.cancellation_plan_id is not None:
         plan = fresh(session, CancellationPlan, fo.cancellation_plan_id)

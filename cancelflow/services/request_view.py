@@ -53,7 +53,7 @@ class RequestDetail:
 @dataclass(frozen=True, slots=True)
 class RequestPicture:
     """Everything about one request: its detail, the fulfillment orders of its plan and its events (the
-    request's and the plan's, in order)."""
+    request's, the plan's and those fulfillment orders', in order)."""
 
     detail: RequestDetail
     fulfillment_orders: list[FulfillmentOrder]
@@ -149,11 +149,16 @@ def picture(session: Session, request_id: int) -> RequestPicture | None:
                 .order_by(FulfillmentOrder.id)
             )
         )
+    # The request's, its plan's and its fulfillment orders' events (the warehouse's replies, a withdrawal).
     events = session.scalars(
         select(Event)
         .where(
             ((Event.entity == "request") & (Event.entity_id == request.id))
             | ((Event.entity == "plan") & (Event.entity_id == (plan.id if plan else -1)))
+            | (
+                (Event.entity == "fulfillment_order")
+                & Event.entity_id.in_([fo.id for fo in fulfillment_orders])
+            )
         )
         .order_by(Event.id)
     ).all()
