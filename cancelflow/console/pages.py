@@ -280,7 +280,16 @@ def _request_page(
         "holder_name": web.masked(detail.request.holder_name, who),
         "rejection_message": web.masked(detail.request.rejection_message, who),
         "steps": [(s, web.masked(s.last_error, who)) for s in detail.steps],
-        "fulfillment_orders": picture.fulfillment_orders,
+        "fulfillment_orders": [
+            (
+                fo,
+                [
+                    (m, web.masked(m.message, who), web.masked(m.response_message, who))
+                    for m in fo.merchant_requests
+                ],
+            )
+            for fo in request_view.fulfillment_orders(session, picture.fulfillment_orders)
+        ],
         "money": detail.money,
         "events": [
             (e, str(e.data.get("actor") or "system"), web.masked(_note(e.data), who)) for e in picture.events
