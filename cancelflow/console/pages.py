@@ -250,7 +250,8 @@ def _row(detail: request_view.RequestDetail, who: SignedIn) -> dict[str, Any]:
 
 @router.get("/requests/{request_id}", response_class=HTMLResponse)
 def request_page(request: Request, request_id: int, who: Staff, session: DbSession) -> Response:
-    return _request_page(request, request_id, who, session)
+    # `shown`: the status the polling page shows; its decision forms are sent again only when it changed.
+    return _request_page(request, request_id, who, session, shown=request.query_params.get("shown"))
 
 
 def _request_page(
@@ -261,6 +262,7 @@ def _request_page(
     *,
     error: str | None = None,
     status_code: int = 200,
+    shown: str | None = None,
 ) -> Response:
     picture = request_view.picture(session, request_id) if 0 < request_id < MAX_ID else None
     if picture is None:
@@ -297,6 +299,7 @@ def _request_page(
         "tags": tags.keys_of(session, request_id),
         "error": error,
         "poll_seconds": web.POLL_SECONDS,
+        "decision_changed": shown != detail.request.status.value,
     }
     return render(request, "request.html", context, status_code=status_code)
 

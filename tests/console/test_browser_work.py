@@ -168,6 +168,10 @@ def test_the_page_follows_the_warehouse_reply_and_the_money_without_reloading(
     assert "No money moved yet." not in money.inner_text()
     assert "TRY" in money.inner_text() or "try" in money.inner_text()
     page.get_by_text("approved → completed").wait_for(timeout=60_000)
+    # The heading and the decision forms follow too: a completed request offers no approve or reject.
+    page.get_by_role("heading", level=1).get_by_text("completed").wait_for()
+    page.get_by_role("button", name="Reject").wait_for(state="detached")
+    assert page.get_by_role("button", name="Approve").count() == 0
     assert page.evaluate("window.notReloaded") is True
     check_page(page, output_dir, "request-accepted-and-refunded")
 

@@ -190,6 +190,22 @@ def test_a_server_error_shows_no_detail(database: str) -> None:
         assert api.headers["content-type"].startswith("application/json")
 
 
+# --- live updates -------------------------------------------------------------------------------------
+
+
+def test_the_polling_page_gets_its_decision_forms_only_when_the_status_changed(console: TestClient) -> None:
+    request = new_request()
+    full = console.get(f"/console/requests/{request.id}")
+    assert 'id="decision"' in full.text
+    assert 'hx-vals=\'{"shown": "waiting"}\'' in full.text
+    polled = {"X-Console-Poll": "1"}
+    same = console.get(f"/console/requests/{request.id}", params={"shown": "waiting"}, headers=polled)
+    assert 'id="decision-unchanged"' in same.text
+    assert 'id="decision"' not in same.text
+    moved = console.get(f"/console/requests/{request.id}", params={"shown": "approved"}, headers=polled)
+    assert 'id="decision"' in moved.text
+
+
 # --- the work queues' paging --------------------------------------------------------------------------
 
 
