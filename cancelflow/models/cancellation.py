@@ -103,6 +103,8 @@ class WorkflowStep(TimestampMixin, Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_workflow_steps_plan_kind", "plan_id", "kind"),
+        # The dead-steps queue, read by keyset on (modified_date, id): dead steps are few among millions.
+        Index("ix_workflow_steps_dead", "modified_date", "id", postgresql_where=text("status = 'dead'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
