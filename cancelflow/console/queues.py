@@ -81,9 +81,10 @@ class Paging:
 class BadCursor(Exception):
     """A cursor no page link makes: the queue answers 400 with a link to its first page."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, first_url: str) -> None:
         super().__init__(message)
         self.message = message
+        self.first_url = first_url
 
 
 def _link(path: str, params: Mapping[str, str]) -> str:
@@ -103,9 +104,13 @@ def _read_page(
         after = cursor.read(params.get("after"), field="after")
         before = cursor.read(params.get("before"), field="before")
     except Invalid:
-        raise BadCursor("This page link is not valid; start again from the first page.") from None
+        raise BadCursor(
+            "This page link is not valid; start again from the first page.", _link(path, {})
+        ) from None
     if after is not None and before is not None:
-        raise BadCursor("A page link has after or before, not both; start again from the first page.")
+        raise BadCursor(
+            "A page link has after or before, not both; start again from the first page.", _link(path, {})
+        )
     found = read(limit=PAGE_SIZE, after=after, before=before)
     here = after is not None or before is not None
     paging = Paging(
@@ -138,7 +143,7 @@ def _queue_page(
                 "title": "Bad page link",
                 "who": who,
                 "message": exc.message,
-                "back_url": request.url.path,
+                "back_url": exc.first_url,
                 "back_text": "First page",
             },
             status_code=400,
