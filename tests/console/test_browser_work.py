@@ -243,9 +243,14 @@ def test_an_action_without_the_csrf_token_or_with_an_api_token_is_refused(
     forged = context.request.post(approve, form={"csrf_token": "not-the-token"}, max_redirects=0)
     assert forged.status == 403
     assert "<h1>Refused</h1>" in forged.text()
-    # The browser shows the refusal as a page of the console.
-    page.set_content(forged.text())
+    # A form that lost its token (a plain post: the sign-out form) gets the refusal as a page of the console.
+    page.locator("form.signout input[name=csrf_token]").evaluate("input => input.remove()")
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("heading", name="Refused").wait_for()
     assert page.get_by_role("alert").inner_text().startswith("This form has expired")
+    check_page(page, output_dir, "refused")
+    page.goto("/console/requests")
+    page.get_by_role("heading", name="Cancellation requests").wait_for()  # still signed in
     assert status_of(request.id) == RequestStatus.waiting
 
     # API tokens (a storefront's, a fulfillment service's) open no page and move nothing.
