@@ -50,6 +50,9 @@ FORMATS: Final = tuple(f.value for f in ExportFormat)
 MAX_REASON: Final = bulk_decisions.MAX_MESSAGE
 JOBS_SHOWN: Final = 50
 POLL_SECONDS: Final = 1
+# A tag job started here commits (and so reports) its progress every this many requests; the API's and
+# the CLI's jobs keep `bulk.CHUNK_SIZE`.
+TAG_CHUNK_SIZE: Final = 5000
 FILTER_LABELS: Final[dict[str, str]] = {
     "status": "Status",
     "tag": "Tag",
@@ -298,7 +301,14 @@ def _store(session: Session, order: Instruction, who: SignedIn, count: int) -> t
     if order.action in ("add_tag", "remove_tag"):
         op: bulk.Op = "add" if order.action == "add_tag" else "remove"
         job = bulk.create_job(
-            session, op, [order.key], ids=order.ids, filters=filters, tag=order.tag, user_id=user_id
+            session,
+            op,
+            [order.key],
+            ids=order.ids,
+            filters=filters,
+            tag=order.tag,
+            user_id=user_id,
+            chunk_size=TAG_CHUNK_SIZE,
         )
         return job.id, task_ids.BULK_TASK
     if order.action in ("approve", "reject"):

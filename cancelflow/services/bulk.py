@@ -107,6 +107,7 @@ def create_job(
     channel_id: int | None = None,
     token_id: int | None = None,
     user_id: int | None = None,
+    chunk_size: int | None = None,
 ) -> BulkJob:
     """A pending job over explicit ids or a filter, or Invalid / TooManyJobs with nothing stored.
 
@@ -114,12 +115,16 @@ def create_job(
     100,000 ids twice would cost a third of the job) and becomes the number of existing requests when the
     job finishes, since unknown ids drop out. `token_id`: the API token that asks, counted against its
     `bulk_jobs_per_token` (None from the CLI); `user_id`: the console user who asks, counted the same way.
+    `chunk_size`: requests per committed chunk when the task runs it (default `CHUNK_SIZE`), so a job whose
+    progress someone watches can report it more often.
     """
     params: dict[str, Any] = {"op": op, "keys": tags.check_key_limits(keys), "channel_id": channel_id}
     if token_id is not None:
         params["token_id"] = token_id
     if user_id is not None:
         params["user_id"] = user_id
+    if chunk_size is not None:
+        params["chunk_size"] = max(1, chunk_size)
     limits.set_statement_timeout(session)  # the selection's count and the tag-cap check below
     if ids is not None:
         if token_id is not None or user_id is not None:  # operators (the CLI) may name more
@@ -255,6 +260,9 @@ def drive(
     kind, params = row
     if kind not in KINDS.values():
         raise Invalid(f"bulk job {job_id} is a {kind} job, not a tag job", code="wrong_kind")
+    stored_chunk = params.get("chunk_size")
+    if isinstance(stored_chunk, int) and stored_chunk > 0 and chunk_size == CHUNK_SIZE:
+        chunk_size = stored_chunk  # the job's own size, unless the caller chose one
     chunks = 0
     while stop_after is None or chunks < stop_after:
         with unit_of_work() as session:
