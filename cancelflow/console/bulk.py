@@ -61,6 +61,7 @@ FILTER_LABELS: Final[dict[str, str]] = {
     "escalated": "Escalated",
     "order_number": "Order number",
     "order__customer__email__iexact": "Customer e-mail",
+    "email": "Customer e-mail",
     "sku": "SKU",
     "channel": "Channel id",
     "reason": "Reason id",

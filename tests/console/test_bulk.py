@@ -81,6 +81,19 @@ def test_the_list_offers_the_bulk_bar_with_named_checkboxes(console: TestClient)
     assert 'href="/console/jobs"' in page.text
 
 
+def test_all_matching_carries_the_filters_as_the_list_read_them(console: TestClient) -> None:
+    """An alias in a shared link (`email` for the customer e-mail) narrows the list; the bulk bar carries
+    it too, so "all matching" is the rows the list shows, not every request."""
+    email = f"{unique('alias')}@example.com"
+    make_requests(2, email=email)
+    page = console.get("/console/requests", params={"email": email, "page": "1"})
+    assert "Select all 2 matching this filter" in page.text
+    assert f'name="filter:email" value="{email}"' in page.text
+    assert 'name="filter:page"' not in page.text
+    confirm = _confirm(console, action="approve", scope="all", **{"filter:email": email})
+    assert "Confirm: Approve 2 requests" in confirm.text
+
+
 def test_all_matching_is_confirmed_with_its_count_then_started_as_a_job(
     console: TestClient, sent: list[Send]
 ) -> None:
