@@ -36,7 +36,7 @@ def _statuses(ids: list[int]) -> dict[int, RequestStatus]:
         rows = session.execute(
             select(CancellationRequest.id, CancellationRequest.status).where(CancellationRequest.id.in_(ids))
         )
-        return dict(rows)
+        return {row[0]: row[1] for row in rows}
 
 
 def _open_list(page: Any, **filters: str) -> None:
@@ -226,15 +226,14 @@ def test_a_bulk_decision_job_survives_its_worker_being_killed(stack: Stack) -> N
     with transaction() as session:
         job = session.get_one(BulkJob, job_id)
         assert (job.done, job.total, job.skipped) == (len(ids), len(ids), 0)
-        per_request = dict(
-            session.execute(
-                text(
-                    "SELECT entity_id, count(*) FROM events WHERE entity = 'request' AND to_status = 'rejected' "
-                    "AND entity_id = ANY(:ids) GROUP BY entity_id"
-                ),
-                {"ids": ids},
-            )
+        counted = session.execute(
+            text(
+                "SELECT entity_id, count(*) FROM events WHERE entity = 'request' AND to_status = 'rejected' "
+                "AND entity_id = ANY(:ids) GROUP BY entity_id"
+            ),
+            {"ids": ids},
         )
+        per_request = {row[0]: row[1] for row in counted}
     assert per_request == dict.fromkeys(ids, 1)
     assert set(_statuses(ids).values()) == {RequestStatus.rejected}
     assert stack.procs["worker"].alive()
