@@ -285,3 +285,25 @@ def test_a_request_the_service_refuses_is_skipped_with_its_reason(sent: list[Sen
     assert _statuses(waiting) == {RequestStatus.approved}
     assert _statuses(done) == {RequestStatus.completed}
     assert len(sent) == 2  # each approval's first step, sent when its chunk committed
+
+
+def test_each_bulk_task_refuses_the_other_kind_of_bulk_job(sent: list[Send]) -> None:
+    """`tags.bulk` and `decisions.bulk` both run `bulk_jobs` rows: each refuses the other's, untouched."""
+    from cancelflow.services import bulk
+    from cancelflow.worker.app import celery_app
+
+    celery_app.loader.import_default_modules()
+    ids = waiting_requests(2)
+    with transaction() as session:
+        decision = bulk_decisions.create_job(session, "approve", actor="staff (user:43)", ids=ids).id
+        tagging = bulk.create_job(session, "remove", ["vip"], ids=ids).id
+    assert celery_app.tasks["tags.bulk"](str(decision)) == "refused"
+    assert celery_app.tasks["decisions.bulk"](str(tagging)) == "refused"
+    with transaction() as session:
+        for job_id in (decision, tagging):
+            job = session.get_one(BulkJob, job_id)
+            assert (job.status, job.done) == (JobStatus.pending, 0)
+    assert _statuses(ids) == {RequestStatus.waiting}
+    # Its own task runs it.
+    assert celery_app.tasks["decisions.bulk"](str(decision)) == "done"
+    assert _statuses(ids) == {RequestStatus.approved}
