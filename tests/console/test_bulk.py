@@ -307,3 +307,32 @@ def test_each_bulk_task_refuses_the_other_kind_of_bulk_job(sent: list[Send]) -> 
     # Its own task runs it.
     assert celery_app.tasks["decisions.bulk"](str(decision)) == "done"
     assert _statuses(ids) == {RequestStatus.approved}
+
+
+def test_an_export_is_confirmed_by_get_too_and_downloads_only_when_done(
+    console: TestClient, sent: list[Send]
+) -> None:
+    email = f"{unique('file')}@example.com"
+    waiting_requests(2, email=email)
+    page = console.get(
+        "/console/bulk/confirm",
+        params={"action": "export", "format": "xlsx", "scope": "all", "filter:email": email},
+    )
+    assert page.status_code == 200
+    assert "Confirm: Export 2 requests as XLSX" in page.text
+    started = _start(console, _confirmed_fields(page))
+    assert started.status_code == 303
+    job_id = started.headers["location"].rsplit("/", 1)[1]
+    assert sent == [Send("exports.run", (job_id,))]
+    shown = console.get(started.headers["location"])
+    # Without JavaScript the running job's page reloads itself; the file is offered only once written.
+    assert '<noscript><meta http-equiv="refresh" content="3"></noscript>' in shown.text
+    assert "Download the XLSX file" not in shown.text
+    early = console.get(f"/console/jobs/{job_id}/download")
+    assert early.status_code == 409
+    assert "is pending, not done" in early.text
+    assert console.get(f"/console/jobs/{uuid.uuid4()}/download").status_code == 404
+    assert console.get("/console/jobs/not-a-job").status_code == 404
+    with transaction() as session:
+        job = session.get_one(ExportJob, uuid.UUID(job_id))
+        assert job.params["filters"] == {"order__customer__email__iexact": email}
