@@ -46,7 +46,7 @@ from cancelflow.api.schemas.exports import ExportJobOut
 from cancelflow.config import get_settings
 from cancelflow.config.logging import mask_text
 from cancelflow.db import get_engine
-from cancelflow.errors import Conflict, Gone, Invalid, NotFound
+from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import ExportFormat, ExportJob, JobStatus
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import exports
@@ -210,15 +210,5 @@ def get_export(job_id: JobId, request: Request, principal: AkinonCaller, session
     },
 )
 def download_export(job_id: JobId, principal: AkinonCaller, session: DbSession) -> FileResponse:
-    job = _visible_job(session, job_id, principal)
-    status, file_path, fmt, name = job.status, job.file_path, job.format, exports.file_name(job)
-    if status == JobStatus.expired:
-        raise Gone(
-            f"export {job_id} expired: its file was deleted after the retention period", code="export_expired"
-        )
-    if status != JobStatus.done or not file_path:
-        raise Conflict(f"export {job_id} is {status.value}, not done", code="export_not_ready")
-    path = FsPath(file_path)
-    if not path.is_file():
-        raise NotFound(f"the file of export {job_id} is gone")
-    return FileResponse(path, media_type=exports.MEDIA_TYPES[fmt], filename=name)
+    ready = exports.ready_file(_visible_job(session, job_id, principal))
+    return FileResponse(ready.path, media_type=ready.media_type, filename=ready.name)

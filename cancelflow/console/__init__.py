@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from cancelflow.console import overview, pages, queues, views, web
+from cancelflow.console import bulk, overview, pages, queues, views, web
 
 STATIC = Path(__file__).parent / "static"
 
@@ -26,3 +26,4 @@ def install(app: FastAPI) -> None:
     app.include_router(queues.router)
     app.include_router(overview.router)
     app.include_router(views.router)
+    app.include_router(bulk.router)

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, Uuid
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -45,7 +45,8 @@ class ExportFormat(StrEnum):
 
 
 class BulkJob(TimestampMixin, Base):
-    """A bulk tag operation over many requests, done in committed chunks in request-id order."""
+    """A bulk operation over many requests (tags added or removed, requests approved or rejected), done in
+    committed chunks in request-id order."""
 
     __tablename__ = "bulk_jobs"
 
@@ -54,12 +55,18 @@ class BulkJob(TimestampMixin, Base):
     status: Mapped[JobStatus] = mapped_column(enum_column(JobStatus, "job_status"), default=JobStatus.pending)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
-    # What to do and to which requests: {"keys": [...], "ids": [...]} or {"keys": [...], "filters": {...}}.
+    # What to do and to which requests: {"keys": [...], "ids": [...]} or {"keys": [...], "filters": {...}};
+    # a decision job names its decision, actor and message instead of keys.
     params: Mapped[dict[str, object]] = mapped_column(JSONB, default=dict)
     # Keyset resume point: every request with a lower or equal id has been handled and committed.
     last_id: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Requests a decision job left as they were (counted in `done` too), and the first few with the reason.
+    skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    skips: Mapped[list[dict[str, object]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
 
 
 class ExportJob(TimestampMixin, Base):

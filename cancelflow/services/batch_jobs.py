@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import NotFound
@@ -49,4 +49,25 @@ def move(
     )
 
 
-__all__ = ["add", "get", "move"]
+def find(session: Session, job_id: uuid.UUID) -> BulkJob | ExportJob | None:
+    """The bulk or export job with this id, or None."""
+    return session.get(BulkJob, job_id) or session.get(ExportJob, job_id)
+
+
+def started_by(session: Session, user_id: int, *, limit: int = 50) -> list[BulkJob | ExportJob]:
+    """The newest jobs a console user started (`params["user_id"]`), bulk and export jobs together."""
+    found: list[BulkJob | ExportJob] = []
+    for model in (BulkJob, ExportJob):
+        found.extend(
+            session.scalars(
+                select(model)
+                .where(model.params["user_id"].as_integer() == user_id)
+                .order_by(model.created_date.desc())
+                .limit(limit)
+            )
+        )
+    found.sort(key=lambda job: job.created_date, reverse=True)
+    return found[:limit]
+
+
+__all__ = ["add", "find", "get", "move", "started_by"]

@@ -65,7 +65,7 @@ def apply_to_ids(
 
 
 def selection_of(params: dict[str, Any]) -> Select[int]:
-    """The request ids a job acts on, from its stored params (explicit ids, or list filters)."""
+    """The request ids a job acts on, from its stored params (explicit ids, or list filters and a tag)."""
     channel_id = params.get("channel_id")
     if "ids" in params:
         return tags.requests_by_ids([int(i) for i in params["ids"]], channel_id=channel_id)
@@ -75,7 +75,25 @@ def selection_of(params: dict[str, Any]) -> Select[int]:
     stmt = filter_requests(select(CancellationRequest.id), filters)
     if channel_id is not None:
         stmt = stmt.where(CancellationRequest.channel_id == channel_id)
+    tag = params.get("tag")
+    if tag:  # the list's tag filter (`filter_by_tags/` with one key)
+        stmt = stmt.where(tags.has_any_tag(tags.check_key_limits([str(tag)], field="tag")))
     return stmt
+
+
+def count_selection(session: Session, params: dict[str, Any]) -> int:
+    """How many requests a filter-selected job's `params` select now (validating the filters), or Invalid
+    `too_many_rows` above `bulk_max_rows`."""
+    selection = selection_of(params)
+    total = int(session.scalar(select(func.count()).select_from(selection.subquery())) or 0)
+    limit = get_settings().bulk_max_rows
+    if total > limit:
+        raise Invalid(
+            f"the filters select {total} requests; a bulk job may act on at most {limit} "
+            "(CANCELFLOW_BULK_MAX_ROWS): narrow the filters",
+            code="too_many_rows",
+        )
+    return total
 
 
 def create_job(
@@ -85,39 +103,42 @@ def create_job(
     *,
     ids: Sequence[int] | None = None,
     filters: dict[str, Any] | None = None,
+    tag: str | None = None,
     channel_id: int | None = None,
     token_id: int | None = None,
+    user_id: int | None = None,
+    chunk_size: int | None = None,
 ) -> BulkJob:
     """A pending job over explicit ids or a filter, or Invalid / TooManyJobs with nothing stored.
 
     `total` is the size of a filter's selection now; for explicit ids it is how many were given (reading
     100,000 ids twice would cost a third of the job) and becomes the number of existing requests when the
     job finishes, since unknown ids drop out. `token_id`: the API token that asks, counted against its
-    `bulk_jobs_per_token` (None from the CLI).
+    `bulk_jobs_per_token` (None from the CLI); `user_id`: the console user who asks, counted the same way.
+    `chunk_size`: requests per committed chunk when the task runs it (default `CHUNK_SIZE`), so a job whose
+    progress someone watches can report it more often.
     """
     params: dict[str, Any] = {"op": op, "keys": tags.check_key_limits(keys), "channel_id": channel_id}
     if token_id is not None:
         params["token_id"] = token_id
+    if user_id is not None:
+        params["user_id"] = user_id
+    if chunk_size is not None:
+        params["chunk_size"] = max(1, chunk_size)
     limits.set_statement_timeout(session)  # the selection's count and the tag-cap check below
     if ids is not None:
-        if token_id is not None:  # an API caller; operators (the CLI, token_id None) may name more
+        if token_id is not None or user_id is not None:  # operators (the CLI) may name more
             check_ids(ids)
         params["ids"] = sorted(set(ids))
         total = len(params["ids"])
     else:
         params["filters"] = dict(filters or {})
-        selection = selection_of(params)  # validates the filters before anything is stored
-        total = session.scalar(select(func.count()).select_from(selection.subquery())) or 0
-        limit = get_settings().bulk_max_rows
-        if total > limit:
-            raise Invalid(
-                f"the filters select {total} requests; a bulk job may act on at most {limit} "
-                "(CANCELFLOW_BULK_MAX_ROWS): narrow the filters",
-                code="too_many_rows",
-            )
+        if tag:
+            params["tag"] = tag
+        total = count_selection(session, params)
     if op == "add":
         tags.check_tag_cap(session, selection_of(params), params["keys"])
-    limits.claim_job_slot(session, BulkJob, token_id)
+    limits.claim_job_slot(session, BulkJob, token_id, user_id=user_id)
     if op == "add":
         tags.ensure_tags(session, params["keys"])
     job = BulkJob(id=uuid.uuid4(), kind=KINDS[op], status=JobStatus.pending, total=total, params=params)
@@ -233,9 +254,15 @@ def drive(
     `stop_after` ends the run early, leaving the job `running` as a crash would (tests, benchmarks).
     """
     with unit_of_work() as session:
-        params: dict[str, Any] | None = session.scalar(select(BulkJob.params).where(BulkJob.id == job_id))
-    if params is None:
+        row = session.execute(select(BulkJob.kind, BulkJob.params).where(BulkJob.id == job_id)).one_or_none()
+    if row is None:
         raise NotFound(f"bulk job {job_id} not found")
+    kind, params = row
+    if kind not in KINDS.values():
+        raise Invalid(f"bulk job {job_id} is a {kind} job, not a tag job", code="wrong_kind")
+    stored_chunk = params.get("chunk_size")
+    if isinstance(stored_chunk, int) and stored_chunk > 0 and chunk_size == CHUNK_SIZE:
+        chunk_size = stored_chunk  # the job's own size, unless the caller chose one
     chunks = 0
     while stop_after is None or chunks < stop_after:
         with unit_of_work() as session:
@@ -254,6 +281,7 @@ __all__ = [
     "apply",
     "apply_to_ids",
     "check_ids",
+    "count_selection",
     "create_job",
     "drive",
     "get_job",

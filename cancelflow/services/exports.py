@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from cancelflow.errors import NotFound
+from cancelflow.errors import Conflict, Gone, NotFound
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
@@ -153,9 +153,14 @@ def _masked_iban() -> ColumnElement[str | None]:
 
 
 def export_select(
-    filters: RequestFilters | None = None, *, channel_id: int | None = None, typed: bool = False
+    filters: RequestFilters | None = None,
+    *,
+    channel_id: int | None = None,
+    typed: bool = False,
+    tag: str | None = None,
 ) -> Select[Any]:
-    """The export rows in id order. `typed`: ints, booleans and a tag array (JSON); else all text."""
+    """The export rows in id order. `typed`: ints, booleans and a tag array (JSON); else all text.
+    `tag`: only the requests that carry it (the list's tag filter)."""
     tag_keys = (
         select(Tag.key)
         .join(CancellationRequestTag, CancellationRequestTag.tag_id == Tag.id)
@@ -199,24 +204,34 @@ def export_select(
         .outerjoin(CancellationPlan, CancellationPlan.request_id == CancellationRequest.id)
         .order_by(CancellationRequest.id)
     )
-    return _narrow(stmt, filters, channel_id)
+    return _narrow(stmt, filters, channel_id, tag)
 
 
-def _narrow(stmt: Select[Any], filters: RequestFilters | None, channel_id: int | None) -> Select[Any]:
+def _narrow(
+    stmt: Select[Any], filters: RequestFilters | None, channel_id: int | None, tag: str | None = None
+) -> Select[Any]:
     if filters is not None:
         from cancelflow.services.queries import filter_requests
 
         stmt = filter_requests(stmt, filters)
     if channel_id is not None:
         stmt = stmt.where(CancellationRequest.channel_id == channel_id)
+    if tag:
+        from cancelflow.services.tags import has_any_tag
+
+        stmt = stmt.where(has_any_tag([tag]))
     return stmt
 
 
 def count_rows(
-    session: Session, filters: RequestFilters | None = None, *, channel_id: int | None = None
+    session: Session,
+    filters: RequestFilters | None = None,
+    *,
+    channel_id: int | None = None,
+    tag: str | None = None,
 ) -> int:
     """How many rows the export would have (exact: it decides between streaming and a job)."""
-    stmt = _narrow(select(CancellationRequest.id), filters, channel_id)
+    stmt = _narrow(select(CancellationRequest.id), filters, channel_id, tag)
     return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
 
 
@@ -331,9 +346,10 @@ def write_file(
     *,
     channel_id: int | None = None,
     progress: Progress | None = None,
+    tag: str | None = None,
 ) -> int:
     """Write the whole export to `path` (via a temporary file and a rename); returns the rows written."""
-    stmt = export_select(filters, channel_id=channel_id, typed=export_format == ExportFormat.json)
+    stmt = export_select(filters, channel_id=channel_id, typed=export_format == ExportFormat.json, tag=tag)
     written = 0
 
     def counted() -> Iterator[Sequence[Any]]:
@@ -377,13 +393,19 @@ def create_job(
     channel_id: int | None = None,
     total: int = 0,
     token_id: int | None = None,
+    user_id: int | None = None,
+    tag: str | None = None,
 ) -> ExportJob:
-    """A pending export job; TooManyJobs (nothing stored) when `token_id` has `export_jobs_per_token`
-    jobs queued or running already."""
-    limits.claim_job_slot(session, ExportJob, token_id)
+    """A pending export job; TooManyJobs (nothing stored) when `token_id` (or the console's `user_id`)
+    has `export_jobs_per_token` jobs queued or running already. `tag`: only requests carrying it."""
+    limits.claim_job_slot(session, ExportJob, token_id, user_id=user_id)
     params: dict[str, Any] = {"filters": filters, "channel_id": channel_id}
     if token_id is not None:
         params["token_id"] = token_id
+    if user_id is not None:
+        params["user_id"] = user_id
+    if tag:
+        params["tag"] = tag
     job = ExportJob(
         id=uuid.uuid4(),
         format=export_format,
@@ -432,9 +454,7 @@ def finish_job(session: Session, job_id: uuid.UUID, *, path: Path, rows: int) ->
 
 
 def fail_job(session: Session, job_id: uuid.UUID, error: str) -> None:
-    batch_jobs.move(
-        session, ExportJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now()
-    )
+    batch_jobs.move(session, ExportJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
 
 
 EXPIRE_BATCH = 500
@@ -466,6 +486,30 @@ def file_name(job: ExportJob) -> str:
     return f"cancellation_requests_{job.id}.{job.format.value}"
 
 
+@dataclass(frozen=True, slots=True)
+class ReadyFile:
+    """A finished export's file, as a download serves it."""
+
+    path: Path
+    media_type: str
+    name: str
+
+
+def ready_file(job: ExportJob) -> ReadyFile:
+    """The job's file to download: Gone (`export_expired`) once the retention sweep deleted it, Conflict
+    (`export_not_ready`) while the job is not done, NotFound when the file went missing."""
+    if job.status == JobStatus.expired:
+        raise Gone(
+            f"export {job.id} expired: its file was deleted after the retention period", code="export_expired"
+        )
+    if job.status != JobStatus.done or not job.file_path:
+        raise Conflict(f"export {job.id} is {job.status.value}, not done", code="export_not_ready")
+    path = Path(job.file_path)
+    if not path.is_file():
+        raise NotFound(f"the file of export {job.id} is gone")
+    return ReadyFile(path, MEDIA_TYPES[job.format], file_name(job))
+
+
 __all__ = [
     "BATCH_ROWS",
     "FIELDS",
@@ -474,6 +518,7 @@ __all__ = [
     "MEDIA_TYPES",
     "TAG_SEPARATOR",
     "ExportField",
+    "ReadyFile",
     "claim_job",
     "count_rows",
     "create_job",
@@ -487,6 +532,7 @@ __all__ = [
     "get_job",
     "json_chunks",
     "neutralise",
+    "ready_file",
     "record_progress",
     "stream_batches",
     "write_file",

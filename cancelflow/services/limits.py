@@ -1,10 +1,12 @@
 """Bounds on background work: jobs per token, and the statement timeout of export and bulk-tag queries.
 
-* **Jobs per token.** An export or bulk-tag job started through the API records its token
-  (`params["token_id"]`). Before a new one is stored, `claim_job_slot` counts that token's jobs still
-  `pending` or `running` under a transaction-scoped advisory lock on the token, so concurrent requests of
-  one token cannot both take the last slot; at the limit the answer is `TooManyJobs` (HTTP 429 with
-  `Retry-After`). Jobs started from the CLI carry no token and are not counted.
+* **Jobs per token (or console user).** An export or bulk job started through the API records its token
+  (`params["token_id"]`), one started from the console its user (`params["user_id"]`). Before a new one is
+  stored, `claim_job_slot` counts that owner's jobs still `pending` or `running` under a
+  transaction-scoped advisory lock on the owner, so concurrent requests cannot both take the last slot; at
+  the limit the answer is `TooManyJobs` (HTTP 429 with `Retry-After`). The limits are
+  `export_jobs_per_token` and `bulk_jobs_per_token` for either owner. Jobs started from the CLI carry
+  neither and are not counted.
 * **Statement timeout.** Every statement of an export (each cursor fetch) and of a bulk-tag chunk runs
   under `SET LOCAL statement_timeout = job_statement_timeout`; PostgreSQL cancels a longer one
   (SQLSTATE 57014), which `is_statement_timeout` recognises so the job fails with that reason instead of
@@ -27,32 +29,43 @@ RETRY_AFTER_SECONDS: Final = 30
 ACTIVE: Final = (JobStatus.pending, JobStatus.running)
 
 
-def claim_job_slot(session: Session, model: type[BulkJob] | type[ExportJob], token_id: int | None) -> None:
-    """TooManyJobs unless `token_id` has fewer active jobs of this kind than its limit. Call in the
-    transaction that then stores the job: the advisory lock is held until it commits."""
+def claim_job_slot(
+    session: Session,
+    model: type[BulkJob] | type[ExportJob],
+    token_id: int | None,
+    *,
+    user_id: int | None = None,
+) -> None:
+    """TooManyJobs unless the owner (`token_id`, or else the console's `user_id`) has fewer active jobs of
+    this kind than its limit. Call in the transaction that then stores the job: the advisory lock is held
+    until it commits."""
+    owner_key, owner_id, who = "token_id", token_id, "This token"
     if token_id is None:
+        owner_key, owner_id, who = "user_id", user_id, "You"
+    if owner_id is None:
         return
     settings = get_settings()
     limit, what = (
         (settings.export_jobs_per_token, "export")
         if model is ExportJob
-        else (settings.bulk_jobs_per_token, "bulk tag")
+        else (settings.bulk_jobs_per_token, "bulk")
     )
     session.execute(
         select(
             func.pg_advisory_xact_lock(
-                func.hashtextextended(f"cancelflow.jobs:{model.__tablename__}", token_id)
+                func.hashtextextended(f"cancelflow.jobs:{model.__tablename__}:{owner_key}", owner_id)
             )
         )
     )
     active = session.scalar(
         select(func.count())
         .select_from(model)
-        .where(model.status.in_(ACTIVE), model.params["token_id"].as_integer() == token_id)
+        .where(model.status.in_(ACTIVE), model.params[owner_key].as_integer() == owner_id)
     )
     if (active or 0) >= limit:
+        has = "has" if owner_key == "token_id" else "have"
         raise TooManyJobs(
-            f"This token already has {active} {what} jobs queued or running (at most {limit}); "
+            f"{who} already {has} {active} {what} jobs queued or running (at most {limit}); "
             "wait for one to finish.",
             retry_after=RETRY_AFTER_SECONDS,
         )

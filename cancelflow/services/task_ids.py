@@ -17,6 +17,9 @@ from cancelflow.models import BulkJob, ExportJob
 
 EXPORT_TASK: Final = "exports.run"
 BULK_TASK: Final = "tags.bulk"
+DECISION_TASK: Final = "decisions.bulk"
+# Bulk jobs of these kinds are decisions (services.bulk_decisions.KINDS), run by DECISION_TASK.
+DECISION_KINDS: Final = ("requests.bulk_approve", "requests.bulk_reject")
 BIGINT_MAX: Final = 2**63 - 1
 
 
@@ -49,8 +52,9 @@ def owner_of_job(session: Session, job_id: uuid.UUID) -> str | None:
     """The task that runs job `job_id`, or None when there is no such job (deleted since it was queued)."""
     if session.scalar(select(ExportJob.id).where(ExportJob.id == job_id)) is not None:
         return EXPORT_TASK
-    if session.scalar(select(BulkJob.id).where(BulkJob.id == job_id)) is not None:
-        return BULK_TASK
+    kind = session.scalar(select(BulkJob.kind).where(BulkJob.id == job_id))
+    if kind is not None:
+        return DECISION_TASK if kind in DECISION_KINDS else BULK_TASK
     return None
 
 
@@ -58,5 +62,5 @@ def check_job(session: Session, task: str, job_id: uuid.UUID) -> None:
     """Refuse a job of another task's kind; a missing job is left to the task (it may have been deleted)."""
     owner = owner_of_job(session, job_id)
     if owner is not None and owner != task:
-        kind = "export job" if owner == EXPORT_TASK else "bulk job"
+        kind = {EXPORT_TASK: "export job", DECISION_TASK: "bulk decision job"}.get(owner, "bulk job")
         raise Refused(f"{task} does not run {kind} {job_id}", reason="wrong_kind", kind=kind)

@@ -48,7 +48,13 @@ def _write_export(job_id: uuid.UUID) -> str:
                 exports.record_progress(s, job_id, done)
 
     rows = exports.write_file(
-        get_engine(), export_format, path, filters, channel_id=params.get("channel_id"), progress=progress
+        get_engine(),
+        export_format,
+        path,
+        filters,
+        channel_id=params.get("channel_id"),
+        progress=progress,
+        tag=params.get("tag") or None,
     )
     with transaction() as session:
         exports.finish_job(session, job_id, path=path, rows=rows)

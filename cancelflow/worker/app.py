@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 TASK_MODULES = [
     "cancelflow.tasks.cancellations",
+    "cancelflow.tasks.decisions",
     "cancelflow.tasks.escalation",
     "cancelflow.tasks.exports",
     "cancelflow.tasks.fulfillment",

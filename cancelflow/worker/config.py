@@ -70,6 +70,7 @@ ROUTES: dict[str, Route] = {
     "loyalty.*": {"queue": "money"},
     "tags.*": {"queue": "bulk"},
     "exports.*": {"queue": "bulk"},
+    "decisions.*": {"queue": "bulk"},
     "webhooks.deliver": {"queue": "webhooks"},
     # Exact names win over the patterns above: every beat sweep runs on its own queue.
     "webhooks.sweep": {"queue": "sweep"},

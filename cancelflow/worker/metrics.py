@@ -31,7 +31,13 @@ _histogram: Histogram | None = None
 _forged: Counter | None = None
 
 # Every task that takes a row id (a step, a delivery, a job): each refuses an id that is not its own kind.
-ID_TASKS = (*dict.fromkeys(TASK_FOR_KIND.values()), "webhooks.deliver", "exports.run", "tags.bulk")
+ID_TASKS = (
+    *dict.fromkeys(TASK_FOR_KIND.values()),
+    "webhooks.deliver",
+    "exports.run",
+    "tags.bulk",
+    "decisions.bulk",
+)
 _multiprocess_dir: Path | None = None
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_saved_views"
-down_revision = "0015"
+down_revision = "0016_console_bulk"
 branch_labels = None
 depends_on = None
 
