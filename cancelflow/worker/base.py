@@ -204,7 +204,9 @@ class DbTask(Task[..., object]):
             return self.refuse(exc, task=task, step_id=task_ids.shown(step_id), step_kind=exc.kind or kind)
         if failure is StepFailure.unexpected:
             log.exception("step raised an unexpected error")
-        return self._failed(task, step_id, exc, permanent=failure is StepFailure.permanent, chained=chained)
+        return self._failed(
+            step_id, exc, permanent=failure is StepFailure.permanent, task=task, chained=chained
+        )
 
     def run_job(self, job_id: str, body: JobBody, *, fail: JobFail, what: str, log_key: str) -> str:
         """Check the job id belongs to this task, run `body`, classify what it raised (`classify_job_error`).
@@ -280,7 +282,18 @@ class DbTask(Task[..., object]):
         log.warning("forged task refused", task=task, reason=exc.reason, error=exc.message, **ids)
         return "refused"
 
-    def _failed(self, task: str, step_id: int, exc: BaseException, *, permanent: bool, chained: bool) -> str:
+    def _failed(
+        self,
+        step_id: int,
+        exc: BaseException,
+        *,
+        permanent: bool,
+        task: str | None = None,
+        chained: bool = False,
+    ) -> str:
+        """Record a failed attempt of the step (of `task`, this task's by default; `chained`: run in-process
+        after the step before, so there is no message of its own to retry)."""
+        task = task or self.name
         error = f"{type(exc).__name__}: {exc}"
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         try:
