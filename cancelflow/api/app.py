@@ -15,6 +15,7 @@ from cancelflow import __version__, console
 from cancelflow.api import bulk_jobs as jobs_api
 from cancelflow.api import cancellation_requests, docs, errors, fulfillment, health, metrics, orders
 from cancelflow.api import exports as exports_api
+from cancelflow.api import graphql as graphql_api
 from cancelflow.api import tags as tags_api
 from cancelflow.api import textcheck as textcheck_api
 from cancelflow.api import users as users_api
@@ -35,6 +36,8 @@ Order-cancellation workflow service.
   versions {", ".join(f"`{v}`" for v in fulfillment.VERSIONS)}, with `X-Shopify-Access-Token: <key>`;
   every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`.
   {OUTGOING_REQUESTS_NOTE}
+* **Shopify GraphQL Admin** for the same fulfillment orders at `POST /admin/api/{{version}}/graphql.json`
+  for versions `2024-01` to `2027-01` and `unstable`, same token.
 
 Malformed JSON is a 400 in both dialects. Text anywhere in a request (body, query, path, headers) must
 not contain NUL or unpaired surrogates (`\\u0000`, `\\ud800`): a 400 (Shopify: 422) naming the field.
@@ -46,6 +49,7 @@ def routers() -> list[APIRouter]:
         health.router,
         orders.router,
         fulfillment.router,
+        graphql_api.router,
         metrics.router,
         # Before the cancellation-request routers: `filter_by_tags/` must not be taken for an `{id}`.
         tags_api.router,

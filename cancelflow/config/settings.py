@@ -140,6 +140,8 @@ class Settings(BaseSettings):
 
     # Shop identity echoed in fulfillment-order payloads
     shop_id: int = 1
+    # The shop's name (GraphQL Admin `shop { name }`)
+    shop_name: str = "cancelflow"
 
     # Prometheus: when set, the worker's main process serves its pool's task histograms on this port
     # (prometheus_client multiprocess mode; PROMETHEUS_MULTIPROC_DIR if set, else a fresh temporary

@@ -1,0 +1,140 @@
+"""Shopify's GraphQL Admin API, the fulfillment-order cancellation subset: `POST /admin/api/{version}/graphql.json`.
+
+The same tokens as the REST twin (`X-Shopify-Access-Token`; a missing or unknown one is the REST 401 body,
+a storefront token the REST 403). The body is `{"query", "variables", "operationName"}`, the last two
+possibly `null`; the answer is a GraphQL response (`data`, `errors`, `extensions`), always 200 once the
+request is read. A request goes parse -> validate -> execute, in one database transaction (committed
+when the answer is built, as for REST), against the schema of its version (`cancelflow.graphql.schema`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+from graphql import GraphQLError, execute_sync, parse, validate
+from sqlalchemy.orm import Session
+
+from cancelflow.api.auth import Principal, ShopifyReader
+from cancelflow.api.deps import DbSession
+from cancelflow.api.errors import SHOPIFY_RESPONSES, body_parse_error, parse_error_reason
+from cancelflow.errors import NotFound
+from cancelflow.graphql.resolvers import Caller, Context
+from cancelflow.graphql.schema import SCHEMAS
+from cancelflow.graphql.versions import VERSIONS
+
+VERSION_HEADER: Final = "X-Shopify-API-Version"
+_MISSING_QUERY: Final = {"errors": {"query": "Required parameter missing or invalid"}}
+
+
+def graphql_version(
+    version: Annotated[
+        str, Path(description="Admin API version.", json_schema_extra={"enum": list(VERSIONS)})
+    ],
+) -> str:
+    """Checked before the token, so an unknown version is a 404 whoever asks."""
+    if version not in VERSIONS:
+        raise NotFound("Not Found")
+    return version
+
+
+async def raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+class BadRequest(Exception):
+    """A body that is not a GraphQL request: 400 with Shopify's `{"errors": {...}}`."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.body = body
+
+
+def read_request(raw: bytes) -> tuple[str, dict[str, Any] | None, str | None]:
+    """`query`, `variables` and `operationName` of a GraphQL-over-HTTP body (`null`s accepted)."""
+    data = json.loads(raw) if raw else None
+    if not isinstance(data, dict) or not isinstance(data.get("query"), str) or not data["query"].strip():
+        raise BadRequest(_MISSING_QUERY)
+    variables = data.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise BadRequest({"errors": {"variables": "must be a JSON object or null"}})
+    operation_name = data.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise BadRequest({"errors": {"operationName": "must be a string or null"}})
+    return data["query"], variables, operation_name
+
+
+def caller_of(principal: Principal) -> Caller:
+    return Caller(is_staff=principal.is_staff, fulfillment_service_id=principal.fulfillment_service_id)
+
+
+def run(
+    version: str,
+    session: Session,
+    caller: Caller,
+    query: str,
+    variables: dict[str, Any] | None,
+    operation_name: str | None,
+) -> dict[str, Any]:
+    """One GraphQL request: a response body (request errors come without `data`, per the spec)."""
+    schema = SCHEMAS[version]
+    try:
+        document = parse(query)
+    except GraphQLError as error:
+        return {"errors": [error.formatted]}
+    errors = validate(schema, document)
+    if errors:
+        return {"errors": [e.formatted for e in errors]}
+    result = execute_sync(
+        schema,
+        document,
+        variable_values=variables,
+        operation_name=operation_name,
+        context_value=Context(session, caller),
+    )
+    for failure in result.errors or ():
+        cause = failure.original_error
+        if cause is not None and not isinstance(cause, GraphQLError):
+            # Not a GraphQL answer: the transaction is rolled back and the error mapped as for REST.
+            raise cause
+    return dict(result.formatted)
+
+
+router = APIRouter(
+    prefix="/admin/api/{version}",
+    tags=["GraphQL Admin API"],
+    dependencies=[Depends(graphql_version)],
+    responses=SHOPIFY_RESPONSES,
+)
+
+
+@router.post(
+    "/graphql.json",
+    summary="GraphQL Admin API",
+    description=(
+        "Shopify's GraphQL Admin API for fulfillment orders and their cancellation requests: "
+        "`fulfillmentOrder`, `assignedFulfillmentOrders` (on `shop` before 2024-07), `node`/`nodes`, `shop`, "
+        "and the mutations `fulfillmentOrderSubmitCancellationRequest` (merchant token), "
+        "`fulfillmentOrderAcceptCancellationRequest` and `fulfillmentOrderRejectCancellationRequest` "
+        '(the assigned service\'s token). Body: `{"query", "variables", "operationName"}`. '
+        "A refused mutation is a `userErrors` entry; the schema answers introspection."
+    ),
+    response_model=None,
+)
+def graphql_endpoint(
+    version: str,
+    request: Request,
+    principal: ShopifyReader,
+    session: DbSession,
+    raw: Annotated[bytes, Depends(raw_body)],
+) -> JSONResponse:
+    try:
+        query, variables, operation_name = read_request(raw)
+    except (ValueError, RecursionError) as exc:
+        return body_parse_error(request, parse_error_reason(exc))
+    except BadRequest as exc:
+        return JSONResponse(exc.body, status_code=400)
+    body = run(version, session, caller_of(principal), query, variables, operation_name)
+    return JSONResponse(body, headers={VERSION_HEADER: version})
