@@ -18,7 +18,7 @@ from typing import Any, Final
 from graphql import GraphQLError
 
 from cancelflow.config import get_settings
-from cancelflow.services.buckets import Bucket, Level, get_buckets
+from cancelflow.services.buckets import EPSILON, Bucket, Level, get_buckets
 
 LIMITS_DOCUMENTATION: Final = "https://shopify.dev/api/usage/limits#rate-limits"
 RATE_LIMITS_DOCUMENTATION: Final = "https://shopify.dev/api/usage/rate-limits"
@@ -53,7 +53,7 @@ def _status(spec: Bucket, level: Level) -> ThrottleStatus:
     return ThrottleStatus(
         maximum_available=float(spec.capacity),
         # Shopify reports whole points; never more than is really there.
-        currently_available=max(0, math.floor(spec.capacity - level.level + 1e-9)),
+        currently_available=max(0, math.floor(spec.capacity - level.level + EPSILON)),
         restore_rate=float(spec.rate),
     )
 

@@ -37,10 +37,13 @@ from cancelflow.services.throttle import storage_uri
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "cancelflow-bucket"
+EPSILON: Final = 1e-3  # a thousandth of a unit: clock rounding (2.4e-7 s at today's epoch) times any rate
 _WARN_EVERY: Final = 60.0  # seconds between two "store away" warnings of one process
 
 # KEYS[1] bucket; ARGV: capacity, rate, amount, now, mode ("take" pours in if it fits, "refund" pours out).
-# Returns {admitted 0/1, level as a string (Lua numbers would be truncated to integers)}.
+# Returns {admitted 0/1, level as a string (Lua numbers would be truncated to integers)}. Numbers are
+# stored with all 17 digits (`tostring` keeps 14: a timestamp would lose its milliseconds). A thousandth
+# of a unit of slack absorbs the rounding of clock differences.
 _SCRIPT: Final = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -55,16 +58,16 @@ if now > ts then
 end
 local admitted = 0
 if ARGV[5] == 'take' then
-  if level + amount <= capacity then
+  if level + amount <= capacity + 1e-3 then
     level = level + amount
     admitted = 1
   end
 else
   level = math.max(0, level - amount)
 end
-redis.call('HSET', KEYS[1], 'level', tostring(level), 'ts', tostring(ts))
+redis.call('HSET', KEYS[1], 'level', string.format('%.17g', level), 'ts', string.format('%.17g', ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil(level / rate * 1000) + 1000)
-return {admitted, tostring(level)}
+return {admitted, string.format('%.17g', level)}
 """
 
 
@@ -101,7 +104,7 @@ class _MemoryStore:
                 level, ts = max(0.0, level - (now - ts) * bucket.rate), now
             admitted = False
             if take:
-                if level + amount <= bucket.capacity:
+                if level + amount <= bucket.capacity + EPSILON:
                     level += amount
                     admitted = True
             else:
