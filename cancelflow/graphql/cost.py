@@ -107,6 +107,8 @@ class _Document:
         self.fragments = {
             d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
         }
+        self._collected: dict[tuple[object, ...], dict[str, list[FieldNode]]] = {}
+        self._arguments: dict[tuple[int, int], dict[str, Any]] = {}
 
     def root_type(self) -> GraphQLObjectType | None:
         kind = self.operation.operation
@@ -117,12 +119,17 @@ class _Document:
         return self.schema.query_type
 
     def fields(
-        self, runtime_type: GraphQLObjectType, selection_sets: Iterable[SelectionSetNode]
+        self, runtime_type: GraphQLObjectType, selection_sets: list[SelectionSetNode]
     ) -> dict[str, list[FieldNode]]:
-        grouped: dict[str, list[FieldNode]] = defaultdict(list)
-        visited: set[str] = set()
-        for selection_set in selection_sets:
-            self._collect(runtime_type, selection_set, grouped, visited)
+        # Collected once per type and selection (every item of a list walks the same ones).
+        key = (runtime_type.name, *map(id, selection_sets))
+        grouped = self._collected.get(key)
+        if grouped is None:
+            grouped = defaultdict(list)
+            visited: set[str] = set()
+            for selection_set in selection_sets:
+                self._collect(runtime_type, selection_set, grouped, visited)
+            self._collected[key] = grouped
         return grouped
 
     def _collect(
@@ -179,12 +186,17 @@ class _Document:
 
     def arguments(self, field: GraphQLField, node: FieldNode) -> dict[str, Any]:
         """The field's arguments by their schema names, or {} when execution would refuse them."""
-        try:
-            values = get_argument_values(field, node, self.variables)
-        except GraphQLError:
-            return {}
-        by_out_name = {(arg.out_name or name): name for name, arg in field.args.items()}
-        return {by_out_name.get(key, key): value for key, value in values.items()}
+        key = (id(field), id(node))
+        arguments = self._arguments.get(key)
+        if arguments is None:
+            try:
+                values = get_argument_values(field, node, self.variables)
+            except GraphQLError:
+                values = {}
+            by_out_name = {(arg.out_name or name): name for name, arg in field.args.items()}
+            arguments = {by_out_name.get(k, k): value for k, value in values.items()}
+            self._arguments[key] = arguments
+        return arguments
 
     def object_types(self, named: Any) -> list[GraphQLObjectType]:
         """The object types a value of `named` may be at run time."""
