@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from graphql import GraphQLSchema, build_schema, get_introspection_query, parse, validate
+from hypothesis import HealthCheck, given, settings
+from hypothesis_graphql import mutations, queries
 
 from cancelflow.graphql.cost import actual_cost, check_query_limits, requested_cost
 
@@ -280,3 +282,18 @@ class TestQueryLimits:
     def test_an_unknown_operation_name_is_left_to_execution(self, operation: str) -> None:
         document = parse(f"{operation} A {{ __typename }}")
         assert check_query_limits(schema(), document, "B", None) == []
+
+
+class TestAnyQuery:
+    """Whatever valid document the schema allows, the checks answer (no exception) and agree."""
+
+    @given(query=queries(SDL.read_text()) | mutations(SDL.read_text()))
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    def test_limits_and_costs_always_answer(self, query: str) -> None:
+        document = parse(query)
+        assert validate(schema(), document) == []
+        errors = check_query_limits(schema(), document, None, None)
+        assert all(error.extensions and error.extensions.get("code") for error in errors)
+        requested = requested_cost(schema(), document, None, None)
+        assert requested >= 0
+        assert actual_cost(schema(), document, None, None, {}) == 0
