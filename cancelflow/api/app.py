@@ -23,6 +23,7 @@ from cancelflow.api import webhooks as webhooks_api
 from cancelflow.api.limits import BodyLimitMiddleware
 from cancelflow.api.schemas.fulfillment import OUTGOING_REQUESTS_NOTE
 from cancelflow.api.security_headers import SecurityHeadersMiddleware
+from cancelflow.api.shopify_limits import ShopifyCallLimitMiddleware
 from cancelflow.api.throttling import install as install_throttling
 from cancelflow.config import get_settings
 from cancelflow.config.logging import configure_logging
@@ -34,7 +35,9 @@ Order-cancellation workflow service.
   (`{{"detail", "code"}}`, `{{"<field>": ["msg"], "code"}}`).
 * **Shopify Admin REST** fulfillment-order cancellation requests under `/admin/api/{{version}}/` for
   versions {", ".join(f"`{v}`" for v in fulfillment.VERSIONS)}, with `X-Shopify-Access-Token: <key>`;
-  every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`.
+  every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`. Calls are limited per
+  token by Shopify's leaky bucket (40 calls, leaking 2 per second by default): every answer carries
+  `X-Shopify-Shop-Api-Call-Limit: used/size`, and a call over the limit is a 429 with `Retry-After`.
   {OUTGOING_REQUESTS_NOTE}
 * **Shopify GraphQL Admin** for the same fulfillment orders at `POST /admin/api/{{version}}/graphql.json`
   for versions `2024-01` to `2027-01` and `unstable`, same token.
@@ -104,6 +107,8 @@ def create_app() -> FastAPI:
     install_throttling(app)
     docs.install(app)
     app.add_middleware(BodyLimitMiddleware)  # body sizes checked before any body is read (api.limits)
+    # Shopify's REST call limit, outside the body limit so its 413s are counted and carry the header too.
+    app.add_middleware(ShopifyCallLimitMiddleware)
     app.add_middleware(fulfillment.ShopifyVersionHeaderMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     for router in routers():
