@@ -3,8 +3,11 @@
 The same tokens as the REST twin (`X-Shopify-Access-Token`; a missing or unknown one is the REST 401 body,
 a storefront token the REST 403). The body is `{"query", "variables", "operationName"}`, the last two
 possibly `null`; the answer is a GraphQL response (`data`, `errors`, `extensions`), always 200 once the
-request is read. A request goes parse -> validate -> execute, in one database transaction (committed
-when the answer is built, as for REST), against the schema of its version (`cancelflow.graphql.schema`).
+request is read. A request goes parse -> validate -> query limits -> requested cost (over the single query
+maximum: `MAX_COST_EXCEEDED`) -> the token's cost bucket (`THROTTLED` when it does not fit: nothing runs)
+-> execute -> actual cost -> the unused points given back -> `extensions.cost`. It executes in one
+database transaction (committed when the answer is built, as for REST), against the schema of its version
+(`cancelflow.graphql.schema`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from sqlalchemy.orm import Session
 from cancelflow.api.auth import Principal, ShopifyReader
 from cancelflow.api.deps import DbSession
 from cancelflow.api.errors import SHOPIFY_RESPONSES, body_parse_error, parse_error_reason
+from cancelflow.api.shopify_limits import bucket_key
+from cancelflow.config import get_settings
 from cancelflow.errors import NotFound
+from cancelflow.graphql import cost, limits
 from cancelflow.graphql.resolvers import Caller, Context
 from cancelflow.graphql.schema import SCHEMAS
 from cancelflow.graphql.versions import VERSIONS
@@ -74,19 +80,31 @@ def run(
     version: str,
     session: Session,
     caller: Caller,
+    token_key: str,
     query: str,
     variables: dict[str, Any] | None,
     operation_name: str | None,
 ) -> dict[str, Any]:
-    """One GraphQL request: a response body (request errors come without `data`, per the spec)."""
+    """One GraphQL request, as Shopify runs it: a response body. Parse and validation errors come without
+    `data` (the spec's request errors); from the limits on, every answer carries `extensions.cost`."""
     schema = SCHEMAS[version]
     try:
-        document = parse(query)
+        document = parse(query, max_tokens=cost.MAX_TOKENS)
     except GraphQLError as error:
         return {"errors": [error.formatted]}
     errors = validate(schema, document)
     if errors:
         return {"errors": [e.formatted for e in errors]}
+    errors = cost.check_query_limits(schema, document, operation_name, variables)
+    requested = 0 if errors else cost.requested_cost(schema, document, operation_name, variables)
+    if not errors and requested > get_settings().graphql_max_cost:
+        errors = [limits.max_cost_error(requested)]
+    if errors:
+        status = limits.admit(token_key, 0)[1]  # takes nothing: the caller still sees its bucket
+        return refused(errors, requested, status)
+    admitted, status = limits.admit(token_key, requested)
+    if not admitted:
+        return refused([limits.throttled_error()], requested, status)
     result = execute_sync(
         schema,
         document,
@@ -99,7 +117,17 @@ def run(
         if cause is not None and not isinstance(cause, GraphQLError):
             # Not a GraphQL answer: the transaction is rolled back and the error mapped as for REST.
             raise cause
-    return dict(result.formatted)
+    actual = cost.actual_cost(schema, document, operation_name, variables, result.data)
+    status = limits.settle(token_key, requested, actual)
+    return {**result.formatted, "extensions": {"cost": limits.cost_extension(requested, actual, status)}}
+
+
+def refused(errors: list[GraphQLError], requested: int, status: limits.ThrottleStatus) -> dict[str, Any]:
+    """A query that does not run: no `data`, `actualQueryCost` null."""
+    return {
+        "errors": [e.formatted for e in errors],
+        "extensions": {"cost": limits.cost_extension(requested, None, status)},
+    }
 
 
 router = APIRouter(
@@ -136,5 +164,6 @@ def graphql_endpoint(
         return body_parse_error(request, parse_error_reason(exc))
     except BadRequest as exc:
         return JSONResponse(exc.body, status_code=400)
-    body = run(version, session, caller_of(principal), query, variables, operation_name)
+    token = request.headers.get("X-Shopify-Access-Token", "").strip()
+    body = run(version, session, caller_of(principal), bucket_key(token), query, variables, operation_name)
     return JSONResponse(body, headers={VERSION_HEADER: version})

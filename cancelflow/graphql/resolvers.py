@@ -349,7 +349,9 @@ def _submit(_obj: Any, info: GraphQLResolveInfo[Any], id: str, message: str | No
 def _answer(decision: Literal["accept", "reject"]) -> Callable[..., dict[str, Any]]:
     field = f"fulfillmentOrder{decision.capitalize()}CancellationRequest"
 
-    def answer(_obj: Any, info: GraphQLResolveInfo[Any], id: str, message: str | None = None) -> dict[str, Any]:
+    def answer(
+        _obj: Any, info: GraphQLResolveInfo[Any], id: str, message: str | None = None
+    ) -> dict[str, Any]:
         context = _context(info)
         service_id = context.caller.fulfillment_service_id
         if context.caller.is_staff or service_id is None:
