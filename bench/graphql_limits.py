@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 REDIS = os.environ.get("CANCELFLOW_BENCH_REDIS", "redis://127.0.0.1:6379")
+VERSION = "2026-01"
 
 QUERY = """query Pending($first: Int!) {
   assignedFulfillmentOrders(first: $first, assignmentStatus: CANCELLATION_REQUESTED) {
@@ -72,15 +73,10 @@ def per_call_us(work: Callable[[], object], rounds: int) -> tuple[float, float]:
 
 
 def schema() -> Any:
-    """The served schema of the newest version when the endpoint's SDL is there, else the tests' subset."""
-    from graphql import build_schema
+    """The served schema of one version (its resolvers are not run here)."""
+    from cancelflow.graphql.schema import SCHEMAS
 
-    sdl_dir = ROOT / "cancelflow" / "graphql" / "sdl"
-    files = sorted(sdl_dir.glob("*.graphql")) if sdl_dir.is_dir() else []
-    if files:
-        return build_schema(files[-1].read_text()), files[-1].name
-    path = ROOT / "tests" / "graphql" / "cost_schema.graphql"
-    return build_schema(path.read_text()), path.name
+    return SCHEMAS[VERSION], VERSION
 
 
 def measure(rounds: int) -> dict[str, tuple[float, float]]:

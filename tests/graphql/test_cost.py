@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis_graphql import mutations, queries
 
 from cancelflow.graphql.cost import actual_cost, check_query_limits, requested_cost
+from cancelflow.graphql.schema import SCHEMAS
+from cancelflow.graphql.versions import VERSIONS
 
 SDL = Path(__file__).with_name("cost_schema.graphql")
 
@@ -297,3 +299,21 @@ class TestAnyQuery:
         requested = requested_cost(schema(), document, None, None)
         assert requested >= 0
         assert actual_cost(schema(), document, None, None, {}) == 0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_served_schemas_are_costed_by_the_same_rules(version: str) -> None:
+    # The worked example's shape on each version's own schema (the assigned orders hang off `shop` before 2024-07)
+    served = SCHEMAS[version]
+    inner = "assignedFulfillmentOrders(first: 10) { edges { node { id lineItems(first: 5) { edges { node { id } } } } } }"
+    text = f"{{ shop {{ {inner} }} }}" if version < "2024-07" else f"{{ {inner} }}"
+    document = parse(text)
+    assert validate(served, document) == []
+    assert check_query_limits(served, document, None, None) == []
+    expected = 82 + (1 if version < "2024-07" else 0)  # + the shop object
+    assert requested_cost(served, document, None, None) == expected
+    mutation = parse(
+        'mutation { fulfillmentOrderAcceptCancellationRequest(id: "gid://shopify/FulfillmentOrder/1") '
+        "{ fulfillmentOrder { id status requestStatus } userErrors { field message } } }"
+    )
+    assert requested_cost(served, mutation, None, None) == 12
