@@ -1,6 +1,6 @@
-"""The GraphQL endpoint's cost and throttling as a Shopify client sees them: `extensions.cost` on every
-answer, `MAX_COST_EXCEEDED` before anything runs, `THROTTLED` with no data, and a client that waits what
-`throttleStatus` tells it finishing a burst without an error. The bucket is the real one, in Redis."""
+"""Throttling through Shopify's own Python client: a client that waits what `throttleStatus` tells it
+finishes a burst without an error (tests/graphql/test_throttle.py checks the figures themselves). The
+bucket is the real one, in Redis."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import shopify
-from fastapi.testclient import TestClient
 
 from cancelflow.config import get_settings
 from tests.conftest import restored_logging
@@ -26,75 +25,6 @@ def small_bucket(database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bucket of 50 points restoring 25 a second: two queries of 20 fit, the third waits."""
     monkeypatch.setattr(get_settings(), "graphql_bucket_size", 50)
     monkeypatch.setattr(get_settings(), "graphql_restore_rate", 25.0)
-
-
-def post(client: TestClient, token: str, query: str, variables: dict[str, Any] | None = None) -> Any:
-    response = client.post(
-        "/admin/api/2026-01/graphql.json",
-        headers={"X-Shopify-Access-Token": token},
-        json={"query": query, "variables": variables, "operationName": None},
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def test_every_answer_carries_its_cost(client: TestClient) -> None:
-    token = token_key("staff")
-    body = post(client, token, TWENTY)
-    cost = body["extensions"]["cost"]
-    assert (cost["requestedQueryCost"], cost["actualQueryCost"]) == (20, 20)
-    status = cost["throttleStatus"]
-    assert status["maximumAvailable"] == float(get_settings().graphql_bucket_size)
-    assert isinstance(status["maximumAvailable"], float)
-    assert isinstance(status["currentlyAvailable"], int)
-    assert status["currentlyAvailable"] <= status["maximumAvailable"] - 20 + 1
-    # A connection is requested by its page size and costs what it returned
-    listed = post(
-        client,
-        token,
-        "{ assignedFulfillmentOrders(first: 100, assignmentStatus: CANCELLATION_REQUESTED,"
-        ' locationIds: ["gid://shopify/Location/1"]) { nodes { id } } }',
-    )
-    assert listed["extensions"]["cost"]["requestedQueryCost"] == 102
-    assert listed["extensions"]["cost"]["actualQueryCost"] == 2
-
-
-def test_a_query_over_the_maximum_is_refused_before_it_runs(client: TestClient) -> None:
-    token = token_key("staff")
-    query = (
-        "{ "
-        + " ".join(f"a{i}: assignedFulfillmentOrders(first: 250) {{ nodes {{ id }} }}" for i in range(5))
-        + " }"
-    )
-    body = post(client, token, query)
-    assert "data" not in body
-    [error] = body["errors"]
-    assert error["extensions"]["code"] == "MAX_COST_EXCEEDED"
-    assert error["extensions"]["cost"] == 5 * 252
-    assert body["extensions"]["cost"]["actualQueryCost"] is None
-    # Nothing was taken from the bucket
-    assert (
-        body["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"]
-        == get_settings().graphql_bucket_size
-    )
-
-
-def test_over_the_bucket_is_throttled_with_no_data(
-    client: TestClient, small_bucket: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(get_settings(), "graphql_restore_rate", 1.0)  # nothing comes back meanwhile
-    token = token_key("staff")
-    assert "errors" not in post(client, token, TWENTY)
-    assert "errors" not in post(client, token, TWENTY)
-    body = post(client, token, TWENTY)
-    assert "data" not in body
-    assert body["errors"][0]["extensions"]["code"] == "THROTTLED"
-    cost = body["extensions"]["cost"]
-    assert (cost["requestedQueryCost"], cost["actualQueryCost"]) == (20, None)
-    assert cost["throttleStatus"]["currentlyAvailable"] < 20
-    assert cost["throttleStatus"]["restoreRate"] == 1.0
-    # Another token has its own bucket
-    assert "errors" not in post(client, token_key("staff"), TWENTY)
 
 
 def test_a_client_that_honours_throttle_status_finishes_a_burst(small_bucket: None) -> None:
