@@ -150,6 +150,34 @@ router = APIRouter(
         "A refused mutation is a `userErrors` entry; the schema answers introspection."
     ),
     response_model=None,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["query"],
+                        "properties": {
+                            "query": {"type": "string", "description": "The GraphQL document."},
+                            "variables": {"type": ["object", "null"], "description": "Its variables."},
+                            "operationName": {
+                                "type": ["string", "null"],
+                                "description": "The operation to run, when the document has several.",
+                            },
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "A GraphQL response: `data`, `errors`, `extensions.cost`.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "400": {"description": "No usable `query`, or a body that is not JSON."},
+        },
+    },
 )
 def graphql_endpoint(
     version: str,
