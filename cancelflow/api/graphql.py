@@ -13,11 +13,12 @@ database transaction (committed when the answer is built, as for REST), against 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from graphql import GraphQLError, execute_sync, parse, validate
+from graphql import DocumentNode, GraphQLError, execute_sync, parse, validate
 from sqlalchemy.orm import Session
 
 from cancelflow.api.auth import Principal, ShopifyReader
@@ -32,6 +33,8 @@ from cancelflow.graphql.schema import SCHEMAS
 from cancelflow.graphql.versions import VERSIONS
 
 VERSION_HEADER: Final = "X-Shopify-API-Version"
+CACHED_DOCUMENTS: Final = 512
+CACHED_QUERY_LENGTH: Final = 8_000  # characters: at most some 4 MB of remembered text
 _MISSING_QUERY: Final = {"errors": {"query": "Required parameter missing or invalid"}}
 
 
@@ -76,6 +79,31 @@ def caller_of(principal: Principal) -> Caller:
     return Caller(is_staff=principal.is_staff, fulfillment_service_id=principal.fulfillment_service_id)
 
 
+def _parse_and_validate(version: str, query: str) -> tuple[DocumentNode | None, tuple[Any, ...]]:
+    try:
+        document = parse(query, max_tokens=cost.MAX_TOKENS)
+    except GraphQLError as error:
+        return None, (error.formatted,)
+    errors = validate(SCHEMAS[version], document)
+    if errors:
+        return None, tuple(e.formatted for e in errors)
+    return document, ()
+
+
+_checked_cached = lru_cache(maxsize=CACHED_DOCUMENTS)(_parse_and_validate)
+
+
+def checked(version: str, query: str) -> tuple[DocumentNode | None, tuple[Any, ...]]:
+    """The document, once parsed and validated against `version`'s schema, or the request errors.
+
+    Apps send the same few documents over and over (variables change, the text does not), and validation
+    is the dearest step before execution: short documents are remembered (neither graphql-core nor the
+    cost walk changes a document)."""
+    if len(query) > CACHED_QUERY_LENGTH:
+        return _parse_and_validate(version, query)
+    return _checked_cached(version, query)
+
+
 def run(
     version: str,
     session: Session,
@@ -88,13 +116,9 @@ def run(
     """One GraphQL request, as Shopify runs it: a response body. Parse and validation errors come without
     `data` (the spec's request errors); from the limits on, every answer carries `extensions.cost`."""
     schema = SCHEMAS[version]
-    try:
-        document = parse(query, max_tokens=cost.MAX_TOKENS)
-    except GraphQLError as error:
-        return {"errors": [error.formatted]}
-    errors = validate(schema, document)
-    if errors:
-        return {"errors": [e.formatted for e in errors]}
+    document, request_errors = checked(version, query)
+    if document is None:
+        return {"errors": list(request_errors)}
     errors = cost.check_query_limits(schema, document, operation_name, variables)
     requested = 0 if errors else cost.requested_cost(schema, document, operation_name, variables)
     if not errors and requested > get_settings().graphql_max_cost:
