@@ -269,6 +269,7 @@ def main() -> int:
         return 0
 
     from bench._env import bench_environment
+    from bench.graphql_latency import accept_latency
 
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-api-"))
     with bench_environment(workdir) as url:
@@ -291,6 +292,7 @@ def main() -> int:
         finally:
             api.terminate()
             api.wait(timeout=20)
+        accept_latency(workdir, args.samples)
 
         job, bare = time_bulk(url, args.bulk)
         print(
