@@ -133,6 +133,18 @@ def measure(rounds: int) -> dict[str, tuple[float, float]]:
     return figures
 
 
+def print_figures(rounds: int) -> None:
+    """The table `main` prints (bench/api.py prints it beside the accept latencies)."""
+    from cancelflow.config import get_settings
+    from cancelflow.services.throttle import storage_uri
+
+    store, version = storage_uri(get_settings()), schema()[1]
+    print(f"\nrate-limit checks per request (store {store}, schema {version}, {rounds} rounds each):")
+    print(f"  {'per request':48} {'p50 us':>9} {'p95 us':>9}")
+    for name, (p50, p95) in measure(rounds).items():
+        print(f"  {name:48} {p50:9.1f} {p95:9.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,13 +153,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("CANCELFLOW_BROKER_URL", f"{REDIS}/15")
     os.environ.setdefault("CANCELFLOW_DATABASE_URL", "postgresql://unused/none")  # settings only: no database
-    from cancelflow.config import get_settings
-    from cancelflow.services.throttle import storage_uri
-
-    print(f"throttle store: {storage_uri(get_settings())}; schema: {schema()[1]}; {args.rounds} rounds each")
-    print(f"  {'per request':48} {'p50 us':>9} {'p95 us':>9}")
-    for name, (p50, p95) in measure(args.rounds).items():
-        print(f"  {name:48} {p50:9.1f} {p95:9.1f}")
+    print_figures(args.rounds)
     return 0
 
 
