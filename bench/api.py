@@ -269,6 +269,8 @@ def main() -> int:
         return 0
 
     from bench._env import bench_environment
+    from bench.graphql_latency import accept_latency
+    from bench.graphql_limits import print_figures as rate_limit_figures
 
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-api-"))
     with bench_environment(workdir) as url:
@@ -291,6 +293,8 @@ def main() -> int:
         finally:
             api.terminate()
             api.wait(timeout=20)
+        accept_latency(workdir, args.samples)
+        rate_limit_figures(1000)  # the cost of the throttling checks per request
 
         job, bare = time_bulk(url, args.bulk)
         print(

@@ -141,6 +141,9 @@ def _bootstrap() -> tuple[str, str, object | None]:
         "HTTP_TIMEOUT": "5",
         # The tests' receivers and sandboxes listen on loopback ports chosen at run time.
         "OUTBOUND_ALLOW": "127.0.0.1",
+        # Shopify's REST call limit (40 calls, 2/s) would pace every module that calls /admin/api/ with one
+        # token; tests/api/test_shopify_limits.py runs with Shopify's own figures.
+        "SHOPIFY_REST_BUCKET_SIZE": "100000",
     }.items():
         os.environ.setdefault(f"CANCELFLOW_{name}", value)
     return admin, broker, embedded

@@ -15,6 +15,7 @@ from cancelflow import __version__, console
 from cancelflow.api import bulk_jobs as jobs_api
 from cancelflow.api import cancellation_requests, docs, errors, fulfillment, health, metrics, orders
 from cancelflow.api import exports as exports_api
+from cancelflow.api import graphql as graphql_api
 from cancelflow.api import tags as tags_api
 from cancelflow.api import textcheck as textcheck_api
 from cancelflow.api import users as users_api
@@ -22,6 +23,7 @@ from cancelflow.api import webhooks as webhooks_api
 from cancelflow.api.limits import BodyLimitMiddleware
 from cancelflow.api.schemas.fulfillment import OUTGOING_REQUESTS_NOTE
 from cancelflow.api.security_headers import SecurityHeadersMiddleware
+from cancelflow.api.shopify_limits import ShopifyCallLimitMiddleware
 from cancelflow.api.throttling import install as install_throttling
 from cancelflow.config import get_settings
 from cancelflow.config.logging import configure_logging
@@ -33,8 +35,12 @@ Order-cancellation workflow service.
   (`{{"detail", "code"}}`, `{{"<field>": ["msg"], "code"}}`).
 * **Shopify Admin REST** fulfillment-order cancellation requests under `/admin/api/{{version}}/` for
   versions {", ".join(f"`{v}`" for v in fulfillment.VERSIONS)}, with `X-Shopify-Access-Token: <key>`;
-  every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`.
+  every response carries `X-Shopify-API-Version`; errors are `{{"errors": ...}}`. Calls are limited per
+  token by Shopify's leaky bucket (40 calls, leaking 2 per second by default): every answer carries
+  `X-Shopify-Shop-Api-Call-Limit: used/size`, and a call over the limit is a 429 with `Retry-After`.
   {OUTGOING_REQUESTS_NOTE}
+* **Shopify GraphQL Admin** for the same fulfillment orders at `POST /admin/api/{{version}}/graphql.json`
+  for versions `2024-01` to `2027-01` and `unstable`, same token.
 
 Malformed JSON is a 400 in both dialects. Text anywhere in a request (body, query, path, headers) must
 not contain NUL or unpaired surrogates (`\\u0000`, `\\ud800`): a 400 (Shopify: 422) naming the field.
@@ -46,6 +52,7 @@ def routers() -> list[APIRouter]:
         health.router,
         orders.router,
         fulfillment.router,
+        graphql_api.router,
         metrics.router,
         # Before the cancellation-request routers: `filter_by_tags/` must not be taken for an `{id}`.
         tags_api.router,
@@ -100,6 +107,8 @@ def create_app() -> FastAPI:
     install_throttling(app)
     docs.install(app)
     app.add_middleware(BodyLimitMiddleware)  # body sizes checked before any body is read (api.limits)
+    # Shopify's REST call limit, outside the body limit so its 413s are counted and carry the header too.
+    app.add_middleware(ShopifyCallLimitMiddleware)
     app.add_middleware(fulfillment.ShopifyVersionHeaderMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     for router in routers():

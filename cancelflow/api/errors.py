@@ -62,6 +62,17 @@ SHOPIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ShopifyError, "description": "The token's kind may not call this endpoint."},
     404: {"model": ShopifyError, "description": "Unknown API version or fulfillment order (or not yours)."},
     422: {"model": ShopifyError, "description": "Invalid parameters or a state that does not allow it."},
+    429: {
+        "model": ShopifyError,
+        "description": "The token's call limit is reached (`X-Shopify-Shop-Api-Call-Limit`): wait `Retry-After`.",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait, e.g. `2.0`.", "schema": {"type": "string"}},
+            "X-Shopify-Shop-Api-Call-Limit": {
+                "description": "Calls in the token's bucket / its size (on every answer), e.g. `40/40`.",
+                "schema": {"type": "string"},
+            },
+        },
+    },
 }
 
 AKINON_RESPONSES: dict[int | str, dict[str, Any]] = {

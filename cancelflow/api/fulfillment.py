@@ -15,7 +15,6 @@ from typing import Annotated, Final, Literal, cast
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,7 +38,7 @@ from cancelflow.errors import NotFound
 from cancelflow.models import (
     FulfillmentOrder,
 )
-from cancelflow.models.enums import FORequestStatus, FOStatus
+from cancelflow.models.enums import FORequestStatus
 from cancelflow.models.transitions import fulfillment_order_actions
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import replies, request_view, routing
@@ -318,15 +317,11 @@ def assigned_fulfillment_orders(
     limit: Annotated[int, Query(ge=1, le=250)] = 50,
     since_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only ids greater than this.")] = None,
 ) -> FulfillmentOrderList:
-    stmt = select(FulfillmentOrder).where(FulfillmentOrder.fulfillment_service_id.is_not(None))
-    if principal.visible_service_id is not None:
-        stmt = stmt.where(FulfillmentOrder.fulfillment_service_id == principal.visible_service_id)
-    if assignment_status is not None:
-        stmt = stmt.where(FulfillmentOrder.request_status == REQUEST_STATUS_FOR[assignment_status])
-    else:
-        stmt = stmt.where(FulfillmentOrder.status.not_in((FOStatus.closed, FOStatus.cancelled)))
-    if location_ids:
-        stmt = stmt.where(FulfillmentOrder.assigned_location_id.in_(location_ids))
+    stmt = fos.assigned(
+        principal.visible_service_id,
+        request_status=REQUEST_STATUS_FOR[assignment_status] if assignment_status is not None else None,
+        location_ids=location_ids,
+    )
     if since_id is not None:
         stmt = stmt.where(FulfillmentOrder.id > since_id)
     orders = list(session.scalars(stmt.order_by(FulfillmentOrder.id).limit(limit)))

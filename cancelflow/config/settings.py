@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     # Unset: the broker when it is Redis, else this process's memory.
     throttle_url: str | None = None
 
+    # Shopify's API rate limits, kept in the throttle store above (README "Rate limits"). REST under
+    # /admin/api/: a leaky bucket of `shopify_rest_bucket_size` calls per token, draining
+    # `shopify_rest_leak_rate` calls per second. GraphQL: a bucket of `graphql_bucket_size` cost points per
+    # token, restoring `graphql_restore_rate` points per second; one query may cost at most
+    # `graphql_max_cost`, nest fields at most `graphql_max_depth` deep and select at most
+    # `graphql_max_fields` fields (fragments expanded).
+    shopify_rest_bucket_size: int = Field(default=40, ge=1)
+    shopify_rest_leak_rate: float = Field(default=2.0, gt=0)
+    graphql_bucket_size: int = Field(default=1000, ge=1)
+    graphql_restore_rate: float = Field(default=50.0, gt=0)
+    graphql_max_cost: int = Field(default=1000, ge=1)
+    graphql_max_depth: int = Field(default=20, ge=2)
+    graphql_max_fields: int = Field(default=1000, ge=10)
+
     # Flower. Loopback by default: it has basic auth only, with no lockout (put it behind a proxy to expose it).
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
@@ -146,6 +160,8 @@ class Settings(BaseSettings):
 
     # Shop identity echoed in fulfillment-order payloads
     shop_id: int = 1
+    # The shop's name (GraphQL Admin `shop { name }`)
+    shop_name: str = "cancelflow"
 
     # Prometheus: when set, the worker's main process serves its pool's task histograms on this port
     # (prometheus_client multiprocess mode; PROMETHEUS_MULTIPROC_DIR if set, else a fresh temporary

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
+from collections.abc import Sequence
+
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, InvalidTransition, NotFound
@@ -37,6 +39,27 @@ def get_for_service(
     if fo is None or (service_id is not None and fo.fulfillment_service_id != service_id):
         raise NotFound("Not Found")
     return fo
+
+
+def assigned(
+    service_id: int | None,
+    *,
+    request_status: FORequestStatus | None = None,
+    location_ids: Sequence[int] | None = None,
+) -> Select[FulfillmentOrder]:
+    """Shopify's assigned fulfillment orders, unordered: those of service `service_id` (None: every
+    service's), in `request_status` if given, else every one that is not closed or cancelled, at
+    `location_ids` if given. The REST list and the GraphQL connection order and page it."""
+    stmt = select(FulfillmentOrder).where(FulfillmentOrder.fulfillment_service_id.is_not(None))
+    if service_id is not None:
+        stmt = stmt.where(FulfillmentOrder.fulfillment_service_id == service_id)
+    if request_status is not None:
+        stmt = stmt.where(FulfillmentOrder.request_status == request_status)
+    else:
+        stmt = stmt.where(FulfillmentOrder.status.not_in((FOStatus.closed, FOStatus.cancelled)))
+    if location_ids:
+        stmt = stmt.where(FulfillmentOrder.assigned_location_id.in_(location_ids))
+    return stmt
 
 
 def line_items(session: Session, fo_id: int) -> list[FulfillmentOrderLineItem]:

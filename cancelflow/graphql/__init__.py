@@ -1,0 +1,1 @@
+"""Shopify's GraphQL Admin API: the fulfillment-order cancellation subset."""
