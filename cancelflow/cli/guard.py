@@ -49,7 +49,9 @@ def explain(exc: BaseException) -> str | None:
         return "the database has no cancelflow schema yet: run `cancelflow migrate`"
     if isinstance(exc, (BrokerError, RedisConnectionError)):
         return f"the broker does not answer: {_first_line(exc)}"
-    if isinstance(exc, TransientError) and exc.code == "broker_unavailable":  # `after_commit.send_now` said so
+    if (
+        isinstance(exc, TransientError) and exc.code == "broker_unavailable"
+    ):  # `after_commit.send_now` said so
         return _first_line(exc)
     return None
 

@@ -23,6 +23,7 @@ from cancelflow.models.catalog import (
 from cancelflow.models.fulfillment import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.rejections import RejectedMessage
 from cancelflow.models.tags import CancellationRequestTag, Tag
+from cancelflow.models.tallies import Tally
 from cancelflow.models.users import ConsoleSession, IdempotencyKey, User
 from cancelflow.models.webhooks import (
     AttemptOutcome,
@@ -61,6 +62,7 @@ __all__ = [
     "Payment",
     "RejectedMessage",
     "Tag",
+    "Tally",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

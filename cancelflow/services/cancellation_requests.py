@@ -266,5 +266,3 @@ def reject(
     )
     session.flush()
     return request
-
-

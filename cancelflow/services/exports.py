@@ -432,9 +432,7 @@ def finish_job(session: Session, job_id: uuid.UUID, *, path: Path, rows: int) ->
 
 
 def fail_job(session: Session, job_id: uuid.UUID, error: str) -> None:
-    batch_jobs.move(
-        session, ExportJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now()
-    )
+    batch_jobs.move(session, ExportJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
 
 
 EXPIRE_BATCH = 500

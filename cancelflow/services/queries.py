@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Invalid
 from cancelflow.models import CancellationPlan, CancellationRequest, Customer, Order, OrderItem
 from cancelflow.models.enums import CancellationType, PlanStatus, RequestStatus
+from cancelflow.services import tallies
 
 MAX_BIGINT: Final = 2**63 - 1
 MAX_PK_IN: Final = 10_000
@@ -454,7 +455,11 @@ class Page:
 def count_requests(
     session: Session, filters: RequestFilters, *, channel_id: int | None = None
 ) -> tuple[int, bool]:
-    """(count, is_estimate): exact up to EXACT_COUNT_LIMIT rows, else the planner's estimate."""
+    """(count, is_estimate): exact up to EXACT_COUNT_LIMIT rows, else the planner's estimate. With no
+    filter but the status, the exact count of the tally rows (`services.tallies`), whatever the size."""
+    if channel_id is None and set(filters.model_dump(exclude_none=True)) <= {"status"}:
+        counted = tallies.counts(session, "requests")
+        return (counted.get(filters.status.value, 0) if filters.status else sum(counted.values())), False
     return count_matching(
         session, filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
     )
