@@ -112,8 +112,14 @@ def upgrade() -> None:
         "CREATE INDEX ix_cancellation_plans_chase ON cancellation_plans (deadline_at, id) "
         "WHERE status = 'confirmation_waiting' AND escalated_at IS NULL"
     )
+    # The `escalated` filter (yes or no) reads only the plans ever escalated.
+    op.execute(
+        "CREATE INDEX ix_cancellation_plans_ever_escalated ON cancellation_plans (request_id) "
+        "WHERE escalated_at IS NOT NULL"
+    )
     # Windowed figures (the last 7 days, today): an index on the time reads only the window.
     op.create_index("ix_cancellation_requests_created_date", "cancellation_requests", ["created_date"])
+    op.create_index("ix_cancellation_requests_modified_date", "cancellation_requests", ["modified_date"])
     op.create_index("ix_money_transactions_created_date", "money_transactions", ["created_date"])
     op.execute(
         "CREATE INDEX ix_events_request_completed ON events (created_date) "
@@ -124,7 +130,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_events_request_completed", table_name="events")
     op.drop_index("ix_money_transactions_created_date", table_name="money_transactions")
+    op.drop_index("ix_cancellation_requests_modified_date", table_name="cancellation_requests")
     op.drop_index("ix_cancellation_requests_created_date", table_name="cancellation_requests")
+    op.drop_index("ix_cancellation_plans_ever_escalated", table_name="cancellation_plans")
     op.drop_index("ix_cancellation_plans_chase", table_name="cancellation_plans")
     op.drop_index("ix_cancellation_plans_escalated", table_name="cancellation_plans")
     op.drop_index("ix_cancellation_plans_waiting_since", table_name="cancellation_plans")
