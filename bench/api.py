@@ -334,6 +334,13 @@ def time_history(base: str, samples: int, rows: int) -> list[tuple[str, float, f
     for name, took in per_part.items():
         out.append((f"  {name}", statistics.median(took), pct(took, 0.95), "", float("nan")))
 
+    from cancelflow.services import escalation
+
+    def escalated() -> None:
+        with transaction() as session:
+            escalation.escalations(session)
+
+    out.append(("escalation.escalations() (the query)", *_timed(escalated, samples), "", 200.0))
     runner = CliRunner()
 
     def escalations() -> None:
