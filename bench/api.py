@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,18 +53,83 @@ INSERT INTO cancellation_requests (id, uuid, order_item_id, order_id, channel_id
     created_date, modified_date)
   SELECT n, gen_random_uuid(), n, 1 + (n - 1) / 2, 1 + ((1 + (n - 1) / 2) % 5), 1 + n % 2, NULL,
          (ARRAY['cancel', 'refund'])[1 + n % 2],
-         (ARRAY['waiting', 'approved', 'rejected', 'completed'])[1 + n % 4],
+         CASE WHEN n > :rows - 2000 THEN (ARRAY['waiting', 'approved', 'approved', 'completed'])[1 + n % 4]
+              WHEN n % 50 = 0 THEN 'rejected' WHEN n % 100 = 1 THEN 'waiting' WHEN n % 100 = 2 THEN 'approved'
+              WHEN n % 2000 = 7 THEN 'approved' ELSE 'completed' END,
          CASE WHEN n % 3 = 0 THEN 'TR330006100519786457841326' END,
          CASE WHEN n % 3 = 0 THEN 'Holder ' || n END, 1, n % 10 = 0, '{}', 1,
-         now() - make_interval(secs => (:rows - n)), now() - make_interval(secs => (:rows - n))
+         now() - make_interval(mins => (:rows - n)), now() - make_interval(mins => (:rows - n))
   FROM generate_series(1, :rows) n;
-INSERT INTO cancellation_plans (id, request_id, status, plan_type, amount, currency, refund_target, version)
-  SELECT n, n, (ARRAY['waiting', 'confirmation_waiting', 'confirmed', 'waiting_for_payment', 'completed',
-                      'rejected', 'failed'])[1 + n % 7],
+INSERT INTO cancellation_plans (id, request_id, status, plan_type, amount, currency, refund_target, version,
+    created_date, modified_date)
+  SELECT n, n, CASE WHEN n > :rows - 2000 THEN (ARRAY['waiting', 'confirmed', 'waiting_for_payment',
+                                                     'completed'])[1 + n % 4]
+                    WHEN n % 50 = 0 THEN 'rejected' WHEN n % 100 = 1 THEN 'waiting' WHEN n % 100 = 2 THEN 'failed'
+                    ELSE 'completed' END,
          (ARRAY['cancel', 'refund'])[1 + n % 2], 49.90, 'try',
-         (ARRAY['original_payment', 'bank_transfer', 'loyalty_money'])[1 + n % 3], 1
-  FROM generate_series(1, :rows) n WHERE n % 10 < 7;
+         (ARRAY['original_payment', 'bank_transfer', 'loyalty_money'])[1 + n % 3], 1,
+         now() - make_interval(mins => (:rows - n)), now() - make_interval(mins => (:rows - n)) + interval '2 hours'
+  FROM generate_series(1, :rows) n;
 INSERT INTO tags (id, key) SELECT t, 'tag' || t FROM generate_series(1, 20) t;
+UPDATE cancellation_plans SET status = 'confirmation_waiting', deadline_at = now() - interval '2 days',
+    escalated_at = now() - interval '1 day', modified_date = now() - interval '3 days'
+  WHERE id % 2000 = 7;
+UPDATE cancellation_plans SET status = 'confirmation_waiting', deadline_at = now() + interval '2 days',
+    modified_date = now() - make_interval(secs => (:rows - id))
+  WHERE id > :rows - 500 AND status IN ('waiting', 'confirmed');
+INSERT INTO fulfillment_services (id, handle, name, callback_url, secret, location_id, location_name,
+    reply_deadline_seconds, reminder_interval_seconds, reminder_count, deadline_action)
+  SELECT s, 'wh' || s, 'Warehouse ' || s, 'http://127.0.0.1:9/fs' || s, 'secret', s, 'Location ' || s,
+         86400, 21600, 3, 'escalate' FROM generate_series(1, 3) s;
+INSERT INTO fulfillment_orders (id, order_id, fulfillment_service_id, request_status, status, destination,
+    origin, cancellation_plan_id, version)
+  SELECT p.id, (p.request_id - 1) / 2 + 1, 1 + p.id % 3,
+         CASE p.status WHEN 'confirmation_waiting' THEN 'cancellation_requested'
+                       WHEN 'completed' THEN 'cancellation_accepted' ELSE 'accepted' END,
+         CASE p.status WHEN 'completed' THEN 'cancelled' ELSE 'in_progress' END, '{}', '{}', p.id, 1
+  FROM cancellation_plans p;
+INSERT INTO fulfillment_order_requests (id, fulfillment_order_id, kind, message, request_options, sent_at,
+    response, responded_at, reminders_sent, escalated)
+  SELECT p.id, p.id, 'cancellation_request', 'Customer cancelled', '{}', p.modified_date - interval '1 day',
+         CASE WHEN p.status = 'confirmation_waiting' THEN NULL ELSE 'accepted' END,
+         CASE WHEN p.status = 'confirmation_waiting' THEN NULL ELSE p.modified_date END,
+         CASE WHEN p.escalated_at IS NULL THEN 0 ELSE 3 END, p.escalated_at IS NOT NULL
+  FROM cancellation_plans p WHERE p.status IN ('confirmation_waiting', 'completed', 'confirmed');
+INSERT INTO workflow_steps (request_id, plan_id, kind, status, attempt, max_attempts, next_attempt_at,
+    idempotency_key, fulfillment_order_id, last_error, result, finished_at, version, created_date, modified_date)
+  SELECT p.request_id, p.id, k.kind,
+         CASE WHEN p.status = 'failed' AND k.i = 4 THEN 'dead'
+              WHEN p.status IN ('waiting_for_payment', 'confirmed') AND k.i = 4 THEN 'pending'
+              WHEN p.status IN ('waiting', 'confirmation_waiting') AND k.i > 2 THEN 'cancelled'
+              ELSE 'done' END,
+         1, 8, now() + interval '1 hour', p.id || ':' || k.kind || ':1', CASE WHEN k.i = 3 THEN p.id END,
+         CASE WHEN p.status = 'failed' AND k.i = 4 THEN 'gateway said no' END, '{}',
+         p.modified_date, 1, p.modified_date, p.modified_date
+  FROM cancellation_plans p
+  CROSS JOIN (VALUES (1, 'validate'), (2, 'route'), (3, 'notify'), (4, 'refund')) AS k(i, kind);
+INSERT INTO money_transactions (plan_id, step_id, target, amount, currency, idempotency_key, external_id,
+    created_date)
+  SELECT s.plan_id, s.id, p.refund_target, p.amount, p.currency, 'money:' || s.id, 'gw-' || s.id, s.modified_date
+  FROM workflow_steps s JOIN cancellation_plans p ON p.id = s.plan_id
+  WHERE s.kind = 'refund' AND p.status = 'completed';
+INSERT INTO events (entity, entity_id, kind, from_status, to_status, data, created_date)
+  SELECT 'request', r.id, e.kind, e.from_status, e.to_status, '{}', r.created_date + e.after
+  FROM cancellation_requests r
+  CROSS JOIN (VALUES ('request.created', NULL, 'waiting', interval '0'),
+                     ('request.approved', 'waiting', 'approved', interval '5 minutes'),
+                     ('request.completed', 'approved', 'completed', interval '2 hours')) AS e(kind, from_status, to_status, after)
+  WHERE e.to_status = 'waiting' OR (e.to_status = 'approved' AND r.status <> 'waiting')
+     OR (e.to_status = 'completed' AND r.status = 'completed');
+INSERT INTO events (entity, entity_id, kind, from_status, to_status, data, created_date)
+  SELECT 'plan', p.id, 'plan.' || p.status, 'waiting', p.status, '{}', p.modified_date FROM cancellation_plans p;
+INSERT INTO webhook_subscriptions (id, url, secret, events, is_active)
+  VALUES (1, 'http://127.0.0.1:9/hook', 'secret', '["*"]', true);
+INSERT INTO webhook_deliveries (subscription_id, event_id, event_type, request_id, payload, status, attempt,
+    next_attempt_at, delivered_at, created_date, modified_date)
+  SELECT 1, gen_random_uuid(), 'request.' || r.status, r.id, '{}',
+         CASE WHEN r.id % 1000 = 3 THEN 'dead' ELSE 'delivered' END, 1, r.modified_date, r.modified_date,
+         r.modified_date, r.modified_date
+  FROM cancellation_requests r WHERE r.status IN ('completed', 'rejected');
 INSERT INTO cancellation_request_tags (request_id, tag_id)
   SELECT n, 1 + n % 20 FROM generate_series(1, :rows) n WHERE n % 5 = 0;
 """
@@ -93,6 +160,14 @@ def generate(url: str, rows: int) -> None:
             "cancellation_requests",
             "cancellation_plans",
             "tags",
+            "fulfillment_services",
+            "fulfillment_orders",
+            "fulfillment_order_requests",
+            "workflow_steps",
+            "money_transactions",
+            "events",
+            "webhook_subscriptions",
+            "webhook_deliveries",
         ):
             cur.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"  # noqa: S608 - fixed table names
@@ -179,6 +254,163 @@ def time_lists(base: str, key: str, samples: int, rows: int) -> list[tuple[str, 
     return out
 
 
+def _timed(call: Any, samples: int) -> tuple[float, float]:
+    for _ in range(3):
+        call()
+    took = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        call()
+        took.append((time.perf_counter() - start) * 1000)
+    return statistics.median(took), pct(took, 0.95)
+
+
+def sweeper_steps() -> list[tuple[str, Any]]:
+    """What the beat runs each tick, each as its task does it (one transaction each)."""
+    from cancelflow.config import get_settings
+    from cancelflow.db import transaction
+    from cancelflow.services import escalation, exports, intake, steps
+    from cancelflow.services.clock import now
+    from cancelflow.services.webhooks import delivery
+    from cancelflow.worker.app import celery_app
+    from cancelflow.worker.broker_loss import broker_was_emptied
+
+    settings = get_settings()
+
+    def in_tx(work: Any) -> Any:
+        def run() -> None:
+            with transaction() as session:
+                work(session)
+
+        return run
+
+    return [
+        ("broker-loss check", lambda: broker_was_emptied(celery_app)),
+        ("workflow.sweep_due", in_tx(steps.sweep_due)),
+        ("fulfillment.chase_replies", in_tx(escalation.chase)),
+        ("webhooks.sweep", in_tx(delivery.sweep_due)),
+        ("exports.expire", in_tx(lambda s: exports.expire_jobs(s, retention=settings.export_retention))),
+        (
+            "cancellations.prune_rejections",
+            in_tx(
+                lambda s: intake.prune_rejections(s, older_than=now() - settings.rejected_message_retention)
+            ),
+        ),
+    ]
+
+
+def time_history(base: str, samples: int, rows: int) -> list[tuple[str, float, float, str, float]]:
+    """(case, p50, p95, note, target) of the figures whose cost must not grow with history."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from cancelflow.cli.main import app as cli
+    from cancelflow.console import web
+    from cancelflow.db import transaction
+    from cancelflow.services import console_sessions, users
+
+    out: list[tuple[str, float, float, str, float]] = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+
+        def metrics() -> None:
+            assert client.get("/metrics").status_code == 200
+
+        out.append(("GET /metrics", *_timed(metrics, samples), "", 100.0))
+
+    parts = sweeper_steps()
+    total: list[float] = []
+    for _ in range(3):
+        for _, call in parts:
+            call()
+    per_part: dict[str, list[float]] = {name: [] for name, _ in parts}
+    for _ in range(samples):
+        start = time.perf_counter()
+        for name, call in parts:
+            t0 = time.perf_counter()
+            call()
+            per_part[name].append((time.perf_counter() - t0) * 1000)
+        total.append((time.perf_counter() - start) * 1000)
+    out.append(("sweeper pass (all beat tasks)", statistics.median(total), pct(total, 0.95), "", 20.0))
+    for name, took in per_part.items():
+        out.append((f"  {name}", statistics.median(took), pct(took, 0.95), "", float("nan")))
+
+    from cancelflow.services import escalation
+
+    def escalated() -> None:
+        with transaction() as session:
+            escalation.escalations(session)
+
+    out.append(("escalation.escalations() (the query)", *_timed(escalated, samples), "", 200.0))
+    runner = CliRunner()
+
+    def escalations() -> None:
+        result = runner.invoke(cli, ["escalations"])
+        assert result.exit_code == 0, result.output
+
+    listed = runner.invoke(cli, ["escalations"]).output.strip().splitlines()[-1:]
+    out.append(
+        ("cancelflow escalations (in-process)", *_timed(escalations, samples), " ".join(listed)[:40], 200.0)
+    )
+
+    password = secrets.token_urlsafe(16)
+    with transaction() as session:
+        users.create_user(session, username="bench-staff", password=password)
+    with transaction() as session:
+        key, _ = console_sessions.sign_in(session, "bench-staff", password, client="bench")
+    day = 86400 // 60  # requests are one minute apart (GENERATE)
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    cases: dict[str, tuple[str, dict[str, str]]] = {
+        "console list, no filter": ("/console/requests", {}),
+        "console list, status tab=approved": ("/console/requests", {"status": "approved"}),
+        "console list, tag": ("/console/requests", {"tag": "tag6"}),
+        "console list, plan status=failed": ("/console/requests", {"cancellation_plan_status": "failed"}),
+        "console list, type=refund": ("/console/requests", {"cancellation_type": "refund"}),
+        "console list, escalated=true": ("/console/requests", {"escalated": "true"}),
+        "console list, escalated=false": ("/console/requests", {"escalated": "false"}),
+        "console list, order number": ("/console/requests", {"order_number": f"ord{rows // 4 + 1:08d}"}),
+        "console list, e-mail": (
+            "/console/requests",
+            {"order__customer__email__iexact": "USER4242@example.com"},
+        ),
+        "console list, SKU": ("/console/requests", {"sku": f"sku{rows // 3}"}),
+        "console list, channel": ("/console/requests", {"channel": "3"}),
+        "console list, reason": ("/console/requests", {"reason": "2"}),
+        "console list, created from": (
+            "/console/requests",
+            {"created_date__date__gte": str(today - timedelta(days=2))},
+        ),
+        "console list, created until": (
+            "/console/requests",
+            {"created_date__date__lte": str(today - timedelta(days=rows // day // 2))},
+        ),
+        "console list, modified from": (
+            "/console/requests",
+            {"modified_date__date__gte": str(today - timedelta(days=2))},
+        ),
+        "console list, modified until": (
+            "/console/requests",
+            {"modified_date__date__lte": str(today - timedelta(days=rows // day // 2))},
+        ),
+        "console request page (completed)": (f"/console/requests/{rows // 2 + 3}", {}),
+        "console request page (escalated)": (f"/console/requests/{(rows // 4000) * 2000 + 7}", {}),
+        "console overview": ("/console/overview", {}),
+    }
+    with httpx.Client(base_url=base, timeout=60, cookies={web.COOKIE: key}) as client:
+        for name, (path, params) in cases.items():
+            first = client.get(path, params=params)
+            if first.status_code != 200:
+                out.append((name, float("nan"), float("nan"), f"HTTP {first.status_code}", 100.0))
+                continue
+
+            def get(path: str = path, params: dict[str, str] = params) -> None:
+                assert client.get(path, params=params).status_code == 200
+
+            out.append((name, *_timed(get, samples), "", 100.0))
+    return out
+
+
 def time_bulk(url: str, n: int, rounds: int = 3) -> tuple[float, float]:
     """Median seconds of (job, bare) over `rounds` fresh id ranges. Each round tags one range both ways,
     bare first; a CHECKPOINT before each timing keeps a checkpoint the previous write forced out of it."""
@@ -261,6 +493,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--bulk", type=int, default=100_000)
+    parser.add_argument("--no-bulk", action="store_true", help="skip the bulk tagging and export figures")
     parser.add_argument(CHILD, dest="child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures as they come
@@ -290,12 +523,23 @@ def main() -> int:
             for name, p50, p95, note in time_lists(base, key, args.samples, args.rows):
                 flag = "" if p95 != p95 else ("  ok" if p95 < 50 else "  over 50 ms target")
                 print(f"  {name:32} {p50:8.1f} {p95:8.1f}  {note}{flag}")
+            print(f"\ncosts that must not grow with history ({args.samples} sequential samples each), ms:")
+            print(f"  {'case':40} {'p50':>8} {'p95':>8}  note")
+            for name, p50, p95, note, target in time_history(base, args.samples, args.rows):
+                flag = (
+                    ""
+                    if p95 != p95 or target != target
+                    else ("  ok" if p95 < target else f"  over {target:.0f} ms target")
+                )
+                print(f"  {name:40} {p50:8.1f} {p95:8.1f}  {note}{flag}")
         finally:
             api.terminate()
             api.wait(timeout=20)
         accept_latency(workdir, args.samples)
         rate_limit_figures(1000)  # the cost of the throttling checks per request
 
+        if args.no_bulk:
+            return 0
         job, bare = time_bulk(url, args.bulk)
         print(
             f"\nbulk tag {args.bulk:,} requests (median of 3 ranges): job {job:.2f}s, bare INSERT … SELECT {bare:.2f}s, "

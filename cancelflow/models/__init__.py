@@ -23,6 +23,7 @@ from cancelflow.models.catalog import (
 from cancelflow.models.fulfillment import FulfillmentOrder, FulfillmentOrderLineItem, MerchantRequest
 from cancelflow.models.rejections import RejectedMessage
 from cancelflow.models.tags import CancellationRequestTag, Tag
+from cancelflow.models.tallies import Tally
 from cancelflow.models.users import ConsoleSession, IdempotencyKey, SavedView, User
 from cancelflow.models.webhooks import (
     AttemptOutcome,
@@ -62,6 +63,7 @@ __all__ = [
     "RejectedMessage",
     "SavedView",
     "Tag",
+    "Tally",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

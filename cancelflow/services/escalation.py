@@ -227,13 +227,13 @@ def _chase_plan(session: Session, plan_id: int, stamp: datetime, result: ChaseRe
             result.reminders += 1
 
 
-def _unanswered(plan_id: int) -> Select[FulfillmentOrder, FulfillmentService]:
-    """The plan's fulfillment orders whose cancellation request is not answered yet, with their services."""
+def _unanswered(*plan_ids: int) -> Select[FulfillmentOrder, FulfillmentService]:
+    """The plans' fulfillment orders whose cancellation request is not answered yet, with their services."""
     return (
         select(FulfillmentOrder, FulfillmentService)
         .join(FulfillmentService, FulfillmentService.id == FulfillmentOrder.fulfillment_service_id)
         .where(
-            FulfillmentOrder.cancellation_plan_id == plan_id,
+            FulfillmentOrder.cancellation_plan_id.in_(plan_ids),
             FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
         )
         .order_by(FulfillmentOrder.id)
@@ -407,10 +407,18 @@ def escalations_page(
 
 
 def _shown(session: Session, plans: Sequence[CancellationPlan]) -> list[Escalation]:
+    # Three queries whatever the number of plans: the plans, their unanswered orders, the orders' requests.
+    unanswered: dict[int, list[tuple[FulfillmentOrder, FulfillmentService]]] = {plan.id: [] for plan in plans}
+    for fo, service in session.execute(_unanswered(*unanswered)):
+        assert fo.cancellation_plan_id is not None
+        unanswered[fo.cancellation_plan_id].append((fo, service))
+    open_requests = fos.open_cancellation_requests(
+        session, [fo.id for rows in unanswered.values() for fo, _ in rows]
+    )
     out: list[Escalation] = []
     for plan in plans:
-        rows = session.execute(_unanswered(plan.id)).all()
-        requests = [r for fo, _ in rows if (r := fos.open_cancellation_request(session, fo.id)) is not None]
+        rows = unanswered[plan.id]
+        requests = [open_requests[fo.id] for fo, _ in rows if fo.id in open_requests]
         assert plan.escalated_at is not None
         out.append(
             Escalation(

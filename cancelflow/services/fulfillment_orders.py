@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import Select, bindparam, select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid, InvalidTransition, NotFound
@@ -171,3 +172,20 @@ _OPEN_CANCELLATION_REQUEST = (
 
 def open_cancellation_request(session: Session, fo_id: int) -> MerchantRequest | None:
     return session.scalars(_OPEN_CANCELLATION_REQUEST, {"fo_id": fo_id}).one_or_none()
+
+
+def open_cancellation_requests(session: Session, fo_ids: Sequence[int]) -> dict[int, MerchantRequest]:
+    """`open_cancellation_request` of each of `fo_ids` in one query: fulfillment order id -> its latest
+    cancellation request (absent when it has none)."""
+    if not fo_ids:
+        return {}
+    rows = session.scalars(
+        select(MerchantRequest)
+        .where(
+            MerchantRequest.fulfillment_order_id.in_(sorted(set(fo_ids))),
+            MerchantRequest.kind == MerchantRequestKind.cancellation_request,
+        )
+        .order_by(MerchantRequest.fulfillment_order_id, MerchantRequest.id.desc())
+        .ext(distinct_on(MerchantRequest.fulfillment_order_id))
+    )
+    return {row.fulfillment_order_id: row for row in rows}

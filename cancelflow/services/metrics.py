@@ -1,15 +1,16 @@
 """Prometheus gauges computed from PostgreSQL at scrape time.
 
 The database is the source of truth, so the numbers are read from it on every scrape rather than
-counted in a process: any API replica answers the same, and a restart loses nothing. Each query is an
-aggregate over an indexed status column; the whole scrape is one short read-only transaction.
+counted in a process: any API replica answers the same, and a restart loses nothing. No query reads the
+history: the counts and sums are the tally rows (`services.tallies`, kept by triggers in the transaction of
+each change), the oldest waiting plan is a partial index on the live status; the whole scrape is one short
+read-only transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -17,16 +18,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cancelflow.models import (
-    CancellationPlan,
-    CancellationRequest,
     DeliveryStatus,
-    Order,
-    WebhookDelivery,
     WebhookSubscription,
-    WorkflowStep,
 )
 from cancelflow.models.enums import PlanStatus, RefundTarget, RequestStatus, StepKind, StepStatus
-from cancelflow.services import overview
+from cancelflow.services import overview, tallies
 from cancelflow.services.clock import now
 
 
@@ -40,11 +36,11 @@ def _gauge(
 
 
 def _by_status(
-    session: Session, column: Any, statuses: Iterable[Enum], name: str, documentation: str, label: str
+    session: Session, tally: str, statuses: type[Enum], name: str, documentation: str, label: str
 ) -> GaugeMetricFamily:
-    """Rows counted by their `column`, one series for each of `statuses` (0 for a status with none)."""
-    counts = overview.counts_by(session, column)
-    return _gauge(name, documentation, [label], iter([(s.value, counts.get(s, 0)) for s in statuses]))
+    """The tally's rows counted by status, one series for each of `statuses` (0 for a status with none)."""
+    counts = overview.counts_of(session, tally, statuses)
+    return _gauge(name, documentation, [label], iter([(s.value, n) for s, n in counts.items()]))
 
 
 def collect_from(session: Session) -> list[Metric]:
@@ -52,31 +48,22 @@ def collect_from(session: Session) -> list[Metric]:
     rows is reported as 0, so no series appears late or vanishes."""
     metrics: list[Metric] = []
 
-    for column, statuses, name, documentation in (
-        (
-            CancellationRequest.status,
-            RequestStatus,
-            "cancelflow_requests",
-            "Cancellation requests by status.",
-        ),
-        (CancellationPlan.status, PlanStatus, "cancelflow_plans", "Cancellation plans by status."),
-    ):
-        metrics.append(_by_status(session, column, statuses, name, documentation, "status"))
+    statuses: tuple[tuple[str, type[Enum], str, str], ...] = (
+        ("requests", RequestStatus, "cancelflow_requests", "Cancellation requests by status."),
+        ("plans", PlanStatus, "cancelflow_plans", "Cancellation plans by status."),
+    )
+    for tally, values, name, documentation in statuses:
+        metrics.append(_by_status(session, tally, values, name, documentation, "status"))
 
-    steps = {
-        (status, kind): n
-        for status, kind, n in session.execute(
-            select(WorkflowStep.status, WorkflowStep.kind, func.count()).group_by(
-                WorkflowStep.status, WorkflowStep.kind
-            )
-        )
-    }
+    steps = {(status, kind): n for (status, kind), (n, _) in tallies.sums(session, "steps").items()}
     metrics.append(
         _gauge(
             "cancelflow_steps",
             "Workflow steps by status and kind.",
             ["status", "kind"],
-            iter([(s.value, k.value, steps.get((s, k), 0)) for s in StepStatus for k in StepKind]),
+            iter(
+                [(s.value, k.value, steps.get((s.value, k.value), 0)) for s in StepStatus for k in StepKind]
+            ),
         )
     )
 
@@ -90,10 +77,10 @@ def collect_from(session: Session) -> list[Metric]:
 
     # Money only ever moves out, so this is a counter (a `_total` name promises one). Each target is shown
     # for every currency an order or a plan has, at 0 until money moves, so the series exist before the
-    # first request (a shop holds a handful of currencies; the distinct read is one pass over the orders).
+    # first request (the currencies are the second key of the order and plan tallies).
     moved = overview.money_moved(session)
-    currencies = set(session.scalars(select(func.upper(Order.currency)).distinct()))
-    currencies |= set(session.scalars(select(func.upper(CancellationPlan.currency)).distinct()))
+    currencies = {code for code, _ in tallies.sums(session, "orders")}
+    currencies |= {code for _, code in tallies.sums(session, "plans")}
     currencies |= {code for _, code in moved}
     money = CounterMetricFamily(
         "cancelflow_money_moved",
@@ -108,7 +95,7 @@ def collect_from(session: Session) -> list[Metric]:
     metrics.append(
         _by_status(
             session,
-            WebhookDelivery.status,
+            "deliveries",
             DeliveryStatus,
             "cancelflow_webhook_deliveries",
             "Webhook deliveries by status (pending, failed, delivered, dead).",

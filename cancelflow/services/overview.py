@@ -2,8 +2,10 @@
 oldest request waiting for its fulfillment service, the money moved today and the requests created and
 completed per hour over the last 7 days.
 
-Every figure is an aggregate (GROUP BY) over indexed columns; the console renders them and queries nothing
-itself. The money and the waiting plan are read as `/metrics` reads them (`money_moved`,
+No figure reads the whole history: the all-time counts and sums come from the tally rows
+(`services.tallies`), the waiting plan from a partial index on the live status, and the windowed figures
+(today's money, the last 7 days) from indexes on their time columns. The console renders them and queries
+nothing itself. The money and the waiting plan are read as `/metrics` reads them (`money_moved`,
 `oldest_confirmation_waiting` are shared with `services.metrics`).
 """
 
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session
 from cancelflow.models import CancellationPlan, CancellationRequest, MoneyTransaction
 from cancelflow.models.audit import Event
 from cancelflow.models.enums import PlanStatus, RefundTarget, RequestStatus
+from cancelflow.services import tallies
 from cancelflow.services.clock import now
 
 HOURS: Final = 7 * 24
@@ -54,13 +57,10 @@ class Overview:
     at: datetime
 
 
-def counts_by(session: Session, column: Any) -> dict[Any, int]:
-    """Rows counted by `column` (one GROUP BY); a value with no rows is absent."""
-    return dict(session.execute(select(column, func.count()).group_by(column)).all())
-
-
-def _all_of(counts: Mapping[Any, int], values: type[E]) -> dict[E, int]:
-    return {value: counts.get(value, 0) for value in values}
+def counts_of(session: Session, name: str, values: type[E]) -> dict[E, int]:
+    """The tally `name` (`services.tallies`) counted by its first key, as `values` (0 for a value with none)."""
+    counted = tallies.counts(session, name)
+    return {value: counted.get(value.value, 0) for value in values}
 
 
 def oldest_confirmation_waiting(session: Session) -> Waiting | None:
@@ -79,13 +79,18 @@ def money_moved(
     session: Session, *, since: datetime | None = None
 ) -> dict[tuple[RefundTarget, str], Decimal]:
     """The money moved to customers by refund target and (upper-case) currency, since `since` if given.
-    Every movement, loyalty credits included, is a `money_transactions` row."""
+    Every movement, loyalty credits included, is a `money_transactions` row: all of them are tallied; the
+    ones since `since` are read through the index on their time."""
+    if since is None:
+        return {
+            (RefundTarget(target), code): amount
+            for (target, code), (_, amount) in tallies.sums(session, "money").items()
+        }
     currency = func.upper(MoneyTransaction.currency)
     query = select(MoneyTransaction.target, currency, func.sum(MoneyTransaction.amount)).group_by(
         MoneyTransaction.target, currency
     )
-    if since is not None:
-        query = query.where(MoneyTransaction.created_date >= since)
+    query = query.where(MoneyTransaction.created_date >= since)
     return {(target, code): total for target, code, total in session.execute(query)}
 
 
@@ -121,8 +126,8 @@ def overview(session: Session) -> Overview:
     at = now()
     midnight = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return Overview(
-        requests=_all_of(counts_by(session, CancellationRequest.status), RequestStatus),
-        plans=_all_of(counts_by(session, CancellationPlan.status), PlanStatus),
+        requests=counts_of(session, "requests", RequestStatus),
+        plans=counts_of(session, "plans", PlanStatus),
         oldest_waiting=oldest_confirmation_waiting(session),
         money_today=money_moved(session, since=midnight),
         hourly=hourly(session, at=at),

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from cancelflow.errors import Invalid
 from cancelflow.models import CancellationPlan, CancellationRequest, Customer, Order, OrderItem
 from cancelflow.models.enums import CancellationType, PlanStatus, RequestStatus
+from cancelflow.services import tallies
 
 MAX_BIGINT: Final = 2**63 - 1
 MAX_PK_IN: Final = 10_000
@@ -452,19 +453,31 @@ class Page:
 
 
 def count_requests(
-    session: Session, filters: RequestFilters, *, channel_id: int | None = None
+    session: Session,
+    filters: RequestFilters,
+    *,
+    channel_id: int | None = None,
+    exact_up_to: int = EXACT_COUNT_LIMIT,
 ) -> tuple[int, bool]:
-    """(count, is_estimate): exact up to EXACT_COUNT_LIMIT rows, else the planner's estimate."""
+    """(count, is_estimate): exact up to `exact_up_to` rows, else the planner's estimate. With no
+    filter but the status, the exact count of the tally rows (`services.tallies`), whatever the size."""
+    if channel_id is None and set(filters.model_dump(exclude_none=True)) <= {"status"}:
+        counted = tallies.counts(session, "requests")
+        return (counted.get(filters.status.value, 0) if filters.status else sum(counted.values())), False
     return count_matching(
-        session, filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
+        session,
+        filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id),
+        exact_up_to=exact_up_to,
     )
 
 
-def count_matching(session: Session, ids: Select[Any]) -> tuple[int, bool]:
-    """(count, is_estimate) of the rows `ids` selects: exact up to EXACT_COUNT_LIMIT, else the planner's."""
-    bounded = session.scalar(select(func.count()).select_from(ids.limit(EXACT_COUNT_LIMIT + 1).subquery()))
+def count_matching(
+    session: Session, ids: Select[Any], *, exact_up_to: int = EXACT_COUNT_LIMIT
+) -> tuple[int, bool]:
+    """(count, is_estimate) of the rows `ids` selects: exact up to `exact_up_to`, else the planner's."""
+    bounded = session.scalar(select(func.count()).select_from(ids.limit(exact_up_to + 1).subquery()))
     exact = int(bounded or 0)
-    if exact <= EXACT_COUNT_LIMIT:
+    if exact <= exact_up_to:
         return exact, False
     return max(_estimate(session, ids), exact), True
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cancelflow.services import steps
+from cancelflow.services import steps, tallies
 from cancelflow.services.clock import now
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
@@ -16,7 +16,11 @@ def sweep_due(self: DbTask) -> int:
     A broker found emptied (a flush) has every step sent before now re-sent at once too."""
     lost = broker_was_emptied(self.app)
     with self.session() as session:
-        return steps.sweep_due(session, lost_at=now() if lost else None)
+        sent = steps.sweep_due(session, lost_at=now() if lost else None)
+    # The tally rows written since the last tick, folded into one per key (their sums do not change).
+    with self.session() as session:
+        tallies.compact(session)
+    return sent
 
 
 @celery_app.task(name="workflow.sweep_lost", base=DbTask, bind=True)
