@@ -113,12 +113,13 @@ def run(
     variables: dict[str, Any] | None,
     operation_name: str | None,
 ) -> dict[str, Any]:
-    """One GraphQL request, as Shopify runs it: a response body. Parse and validation errors come without
-    `data` (the spec's request errors); from the limits on, every answer carries `extensions.cost`."""
+    """One GraphQL request, as Shopify runs it: a response body with `extensions.cost` on every answer.
+    Parse and validation errors come without `data` (the spec's request errors) and cost nothing."""
     schema = SCHEMAS[version]
     document, request_errors = checked(version, query)
     if document is None:
-        return {"errors": list(request_errors)}
+        status = limits.admit(token_key, 0)[1]  # takes nothing: the caller still sees its bucket
+        return {"errors": list(request_errors), "extensions": {"cost": limits.cost_extension(0, None, status)}}
     errors = cost.check_query_limits(schema, document, operation_name, variables)
     requested = 0 if errors else cost.requested_cost(schema, document, operation_name, variables)
     if not errors and requested > get_settings().graphql_max_cost:

@@ -217,6 +217,11 @@ class TestTransport:
         invalid = gql(client, staff, "{ shop { nope } }")
         assert "data" not in invalid
         assert "nope" in invalid["errors"][0]["message"]
+        for refused in (syntax, invalid):  # the cost extension is on every answer; a refused document costs 0
+            assert refused["extensions"]["cost"]["requestedQueryCost"] == 0
+            assert refused["extensions"]["cost"]["actualQueryCost"] is None
+            bucket = refused["extensions"]["cost"]["throttleStatus"]
+            assert 0 < bucket["currentlyAvailable"] <= bucket["maximumAvailable"]
 
     def test_operation_name_picks_the_operation(self, client: TestClient, staff: str) -> None:
         response = client.post(
