@@ -25,12 +25,12 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,38 +158,47 @@ def start_bare_worker(stack: Stack, concurrency: int) -> Proc:
     return proc
 
 
-def noop_rates(args: argparse.Namespace, with_bare: bool) -> tuple[list[float], list[float]]:
-    """No-op tasks/s of cancelflow's worker and of the bare one, in alternating rounds."""
+def noop_queue(args: argparse.Namespace) -> str:
+    """The queue the no-op tasks go to: the first one cancelflow's worker consumes."""
+    return str(args.queues.split(",")[0])
+
+
+def noop_rates(args: argparse.Namespace, stack: Stack) -> tuple[list[float], list[float]]:
+    """No-op tasks/s of cancelflow's worker and of the bare one, in alternating rounds.
+
+    Each round fills the worker's queue while the worker does not consume it (remote control: cancel and add
+    the consumer), then times the worker draining it: the rate of the consumer alone, not of this process
+    publishing (on RabbitMQ every publish of cancelflow's waits for its confirm)."""
+    from celery import Celery
+
     from bench.bare_celery import TASK as BARE_TASK
     from bench.bare_celery import app as bare_app
     from cancelflow.services import counters
     from cancelflow.worker.app import celery_app
     from tests.harness import wait_for
 
-    def rate(send: Callable[[str], object]) -> float:
+    host = socket.gethostname()
+
+    def rate(app: Celery, task: str, queue: str, node: str) -> float:
         key = f"bench:noop:{uuid.uuid4().hex}"
-        t0 = time.perf_counter()
+        answered = app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=10)
+        assert answered, f"{node} did not answer cancel_consumer"
         for _ in range(args.noop):
-            send(key)
+            app.send_task(task, kwargs={"counter_key": key}, queue=queue)
+        t0 = time.perf_counter()
+        app.control.add_consumer(queue, destination=[node], reply=False)
         wait_for(lambda: counters.get(key) >= args.noop, timeout=600, interval=0.02, what="no-op tasks")
         return args.noop / (time.perf_counter() - t0)
 
-    def ours(key: str) -> object:
-        return celery_app.send_task("workflow.ping", kwargs={"counter_key": key})
-
-    def bare(key: str) -> object:
-        return bare_app.send_task(BARE_TASK, kwargs={"counter_key": key})
-
     project: list[float] = []
     bare_rates: list[float] = []
+    ours = f"worker-{os.getpid()}@{host}"
+    bare = f"bare-{os.getpid()}@{host}"
     for _ in range(args.rounds):
-        project.append(rate(ours))
-        if with_bare:
-            bare_rates.append(rate(bare))
+        project.append(rate(celery_app, "workflow.ping", noop_queue(args), ours))
+        bare_rates.append(rate(bare_app, BARE_TASK, "celery", bare))
         print(
-            f"  no-op round: cancelflow {project[-1]:.0f}/s"
-            + (f"   bare Celery {bare_rates[-1]:.0f}/s" if with_bare else ""),
-            flush=True,
+            f"  no-op round: cancelflow {project[-1]:.0f}/s   bare Celery {bare_rates[-1]:.0f}/s", flush=True
         )
     return project, bare_rates
 
@@ -227,7 +236,7 @@ def run(args: argparse.Namespace, workdir: Path, overrides: dict[str, Any], data
         # Warm up each worker process (imports, connection pools) before measuring anything.
         warm = f"bench:warm:{uuid.uuid4().hex}"
         for _ in range(50):
-            celery_app.send_task("workflow.ping", kwargs={"counter_key": warm})
+            celery_app.send_task("workflow.ping", kwargs={"counter_key": warm}, queue=noop_queue(args))
         wait_for(lambda: counters.get(warm) >= 50, timeout=60, what="warm-up")
 
         wall0 = datetime.now(UTC)
@@ -236,7 +245,7 @@ def run(args: argparse.Namespace, workdir: Path, overrides: dict[str, Any], data
             f"settings {overrides or 'as configured'}, started {wall0:%H:%M:%S}",
             flush=True,
         )
-        project, bare_rates = noop_rates(args, with_bare=True)
+        project, bare_rates = noop_rates(args, stack)
         noop_rate = statistics.median(project)
         bare_rate = statistics.median(bare_rates)
         bare.stop()

@@ -127,8 +127,11 @@ def celery_config(settings: Settings) -> CeleryConfig:
         ],
         "task_routes": ROUTES,
         "task_create_missing_queues": False,
+        # Flower shows a task from the worker's `task-received` on (and sends `enable_events` itself);
+        # the producer's `task-sent` only adds a SENT state for queued tasks, at the price of a second
+        # publish per task sent by every producer (a step sending its successor among them).
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,
