@@ -115,7 +115,9 @@ def celery_config(settings: Settings) -> CeleryConfig:
         # At-least-once: a task is acknowledged after it ran, and redelivered if its process died.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        # Up to concurrency x multiplier messages reserved, unacknowledged: a killed worker's come back
+        # through the visibility timeout, and their steps through the sweeper after the redelivery grace.
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "task_soft_time_limit": 120,
         "task_time_limit": 180,
         "worker_soft_shutdown_timeout": 10.0,
