@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     step_max_attempts: int = 8
     retry_backoff_base: Duration = timedelta(seconds=2)
     retry_backoff_max: Duration = timedelta(minutes=10)
+    # A task that finishes its step goes on to run the successor steps it made in-process (each in its own
+    # transaction) when they are due now and on a queue this worker consumes, at most this many per task
+    # execution (0 turns chaining off: every successor is published) and not past this long after the task
+    # started; the rest are published as before.
+    chain_max_steps: int = Field(default=8, ge=0)
+    chain_max_seconds: Duration = timedelta(seconds=5)
     # Longest countdown ever handed to the broker; longer waits are database timers swept by beat.
     max_countdown: Duration = timedelta(seconds=60)
     visibility_timeout: Duration = timedelta(hours=1)

@@ -4,7 +4,9 @@ Services never import Celery: they name a task and the ids it needs. Sends go to
 `DEFAULT_SENDER` (the Celery app's `send`), looked up by name at the first send, so no entry point has to
 install anything; `set_sender` replaces it (tests, an embedding process). A rollback drops everything that
 was asked for; a send that fails after commit is logged and left to the sweeper, which finds the due step
-row in the database.
+row in the database. A process that runs some of the sends itself (a worker continuing a step's successor
+in-process) says so with `take_sends`: what it takes is not sent here, and it either runs it or
+`deliver`s it later.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cancelflow.errors import TransientError
 log = logging.getLogger(__name__)
 
 _PENDING_KEY = "cancelflow.pending_sends"
+_TAKER_KEY = "cancelflow.send_taker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +85,25 @@ def pending_sends(session: Session) -> list[Send]:
     return list(session.info.get(_PENDING_KEY, []))
 
 
+def take_sends(session: Session, taker: Callable[[Send], bool]) -> None:
+    """Offer this session's sends to `taker` once its transaction has committed: a send it returns True
+    for is the taker's to run (or to `deliver` later) and is not sent here. Nothing is offered on rollback."""
+    session.info[_TAKER_KEY] = taker
+
+
 @event.listens_for(Session, "after_commit")
 def _send_after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint was released (SQLAlchemy fires after_commit for it); the real commit comes later
     sends: list[Send] = session.info.pop(_PENDING_KEY, [])
+    taker: Callable[[Send], bool] | None = session.info.pop(_TAKER_KEY, None)
+    if taker is not None:
+        sends = [send for send in sends if not taker(send)]
+    deliver(sends)
+
+
+def deliver(sends: list[Send]) -> None:
+    """Send each of `sends` now (their rows are committed); a failure is logged and left to the sweeper."""
     if not sends:
         return
     send_one = sender()
@@ -118,3 +135,4 @@ def _drop_unsent(session: Session, transaction: SessionTransaction) -> None:
     # The outermost transaction ended without commit (rollback or close): its sends must never happen.
     if transaction.parent is None:
         session.info.pop(_PENDING_KEY, None)
+        session.info.pop(_TAKER_KEY, None)

@@ -96,6 +96,7 @@ _CLAIM = (
     )
     .with_for_update(skip_locked=True)
 )
+_DONE = _STEPS.alias("done")
 _WHY_NOT = select(_STEPS.c.kind, _STEPS.c.status, _STEPS.c.next_attempt_at).where(
     _STEPS.c.id == bindparam("step_id")
 )
@@ -188,10 +189,32 @@ def claim(session: Session, step_id: int, *, task: str) -> WorkflowStep:
             f"{task} does not run {kind.value} steps (step {step_id})", reason="wrong_kind", kind=kind.value
         )
     if status not in RUNNABLE:
-        raise AlreadyHandled(f"step {step_id} is {status.value}")
+        raise AlreadyHandled(f"step {step_id} is {status.value}", code=f"step_{status.value}")
     if row.next_attempt_at > due_by:
         raise AlreadyHandled(f"step {step_id} is not due until {row.next_attempt_at.isoformat()}")
     raise AlreadyHandled(f"step {step_id} is running elsewhere")
+
+
+_SUCCESSORS = (
+    select(_STEPS.c.id, _STEPS.c.kind)
+    .select_from(_STEPS.join(_DONE, _DONE.c.request_id == _STEPS.c.request_id))
+    .where(
+        _DONE.c.id == bindparam("step_id"),
+        _DONE.c.status == StepStatus.done,
+        _STEPS.c.id > _DONE.c.id,
+        _STEPS.c.status == StepStatus.pending,
+        _STEPS.c.attempt == 0,
+    )
+    .order_by(_STEPS.c.id)
+)
+
+
+def successors_of(session: Session, step_id: int) -> list[tuple[str, int]]:
+    """The (task, step id) of each step its request made after step `step_id` that has not been tried yet,
+    when that step is done: what a task finding its own step done may go on to run (a worker that ran it
+    may have died before running what came next). Empty when the step is not done."""
+    rows = session.connection().execute(_SUCCESSORS, {"step_id": step_id}).all()
+    return [(TASK_FOR_KIND[StepKind(row.kind)], int(row.id)) for row in rows]
 
 
 def finish(session: Session, step: WorkflowStep, result: dict[str, object] | None = None) -> None:

@@ -10,11 +10,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from cancelflow.config import get_settings
 from cancelflow.db import unavailable
 from cancelflow.errors import Invalid
-from cancelflow.services import approval, intake, routing, settlement
+from cancelflow.services import after_commit, approval, intake, routing, settlement
 from cancelflow.services.clock import now
 from cancelflow.textcheck import storable
 from cancelflow.worker.app import celery_app
 from cancelflow.worker.base import DbTask
+from cancelflow.worker.chain import Chain
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +38,12 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
             ),
         )
         return "invalid"
+    # The new request's validation (and what follows it) runs here when this worker serves its queue.
+    chain = Chain.begin(self.app)
     try:
         with self.session() as session:
+            if chain is not None:
+                after_commit.take_sends(session, chain.take)
             result = intake.submit(session, kwargs)
             status = result.request.status.value
             request_id = result.request.id
@@ -66,6 +71,8 @@ def submit(self: DbTask, *args: Any, **kwargs: Any) -> str:
         status=status,
         created=result.created,
     )
+    if chain is not None:
+        self.run_chain(chain)
     return status
 
 
@@ -80,22 +87,28 @@ def _keep_rejection(task: DbTask, kwargs: dict[str, Any], exc: Invalid) -> None:
         log.warning("cancellation message rejection not recorded", error=str(db_error))
 
 
-@celery_app.task(name="cancellations.validate", base=DbTask, bind=True)
+@celery_app.task(
+    name="cancellations.validate", base=DbTask, bind=True, step_handler=staticmethod(approval.validate_step)
+)
 def validate(self: DbTask, step_id: int) -> str:
     """Re-check the request and apply the approval rule."""
-    return self.run_step(step_id, approval.validate_step)
+    return self.run_step(step_id)
 
 
-@celery_app.task(name="cancellations.route", base=DbTask, bind=True)
+@celery_app.task(
+    name="cancellations.route", base=DbTask, bind=True, step_handler=staticmethod(routing.route_step)
+)
 def route(self: DbTask, step_id: int) -> str:
     """Cancel locally what no service holds; ask the services about the rest."""
-    return self.run_step(step_id, routing.route_step)
+    return self.run_step(step_id)
 
 
-@celery_app.task(name="cancellations.close", base=DbTask, bind=True)
+@celery_app.task(
+    name="cancellations.close", base=DbTask, bind=True, step_handler=staticmethod(settlement.close_step)
+)
 def close(self: DbTask, step_id: int) -> str:
     """Complete the plan and the request once the money has moved."""
-    return self.run_step(step_id, settlement.close_step)
+    return self.run_step(step_id)
 
 
 @celery_app.task(name="cancellations.prune_rejections", base=DbTask, bind=True)

@@ -9,6 +9,7 @@ is the one backoff for a message whose work could not start (the database away, 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +33,9 @@ from cancelflow.errors import (
 )
 from cancelflow.models import WorkflowStep
 from cancelflow.models.transitions import InvalidTransition
-from cancelflow.services import limits, steps, task_ids
+from cancelflow.services import after_commit, limits, steps, task_ids
+from cancelflow.worker.chain import Chain
+from cancelflow.worker.metrics import step_duration
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +53,10 @@ DB_AWAY_MAX_DELAY = 1.0
 DB_AWAY_MAX_RETRIES = 300
 # A message whose work could not start is sent again after 1, 2, 4, … seconds, at most this long.
 RETRY_MAX_DELAY = 60
+
+
+# What `_run_one` returns for a step that was done before its message came (`steps.claim` says so).
+_FOUND_DONE = "found_done"
 
 
 class StepFailure(StrEnum):
@@ -106,21 +113,60 @@ class DbTask(Task[..., object]):
     abstract = True
     acks_late = True
     ignore_result = True
+    # The service function of a step task, given to its task decorator (`step_handler=staticmethod(...)`):
+    # what `run_step` calls, for the task's own message and for a step a chain runs in-process.
+    step_handler: StepHandler | None = None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with transaction() as session:
             yield session
 
-    def run_step(self, step_id: int, handler: StepHandler) -> str:
-        """Claim the step row (a kind this task owns, pending), run one service call on it, classify errors."""
+    def run_step(self, step_id: int, handler: StepHandler | None = None) -> str:
+        """Claim the step row (a kind this task owns, pending), run one service call on it, classify errors;
+        then run in-process the successor steps its commit made that may run here (`worker.chain`)."""
+        chain = Chain.begin(self.app)
+        result = self._run_one(self.name, step_id, handler or self.step_handler, chain=chain)
+        if result == _FOUND_DONE:
+            result = "already_handled"
+            if chain is not None:
+                # Maybe a redelivery of a step whose process died after it: go on with what it made next.
+                chain.resume(self._successors(step_id))
+        if chain is not None:
+            self.run_chain(chain)
+        return result
+
+    def run_chain(self, chain: Chain) -> None:
+        """Run the steps `chain` took, each in its own transaction, as long as its bounds allow."""
+        while (taken := chain.next()) is not None:
+            task, step_id = taken
+            registered = self.app.tasks.get(task)
+            handler = registered.step_handler if isinstance(registered, DbTask) else None
+            if handler is None:  # no such step task registered in this worker: its message goes out instead
+                after_commit.deliver([after_commit.Send(task, (step_id,))])
+                continue
+            self._run_one(task, step_id, handler, chain=chain, chained=True)
+
+    def _run_one(
+        self,
+        task: str,
+        step_id: int,
+        handler: StepHandler | None,
+        *,
+        chain: Chain | None,
+        chained: bool = False,
+    ) -> str:
+        assert handler is not None, f"{task} has no step handler"
         structlog.contextvars.bind_contextvars(
-            step_id=task_ids.shown(step_id), task=self.name, task_id=self.request.id
+            step_id=task_ids.shown(step_id), task=task, task_id=self.request.id, chained=chained
         )
         kind: str | None = None
+        started = time.monotonic()
         try:
             with self.session() as session:
-                step = steps.claim(session, step_id, task=self.name)
+                if chain is not None:
+                    after_commit.take_sends(session, chain.take)
+                step = steps.claim(session, step_id, task=task)
                 kind = step.kind.value
                 structlog.contextvars.bind_contextvars(
                     plan_id=step.plan_id, request_id=step.request_id, attempt=step.attempt + 1
@@ -129,21 +175,38 @@ class DbTask(Task[..., object]):
             log.info("step done")
             return "done"
         except Exception as exc:  # noqa: BLE001 -- classified by classify_step_error, then logged and recorded
-            return self._step_raised(step_id, kind, exc)
+            return self._step_raised(task, step_id, kind, exc, chained=chained)
         finally:
+            step_duration().labels(task=task, chained=str(chained).lower()).observe(
+                time.monotonic() - started
+            )
             structlog.contextvars.clear_contextvars()
 
-    def _step_raised(self, step_id: int, kind: str | None, exc: Exception) -> str:
+    def _successors(self, step_id: int) -> list[tuple[str, int]]:
+        try:
+            with self.session() as session:
+                return steps.successors_of(session, task_ids.checked_int(self.name, step_id))
+        except (DBAPIError, Refused) as exc:  # only a shortcut: the sweeper re-sends those steps all the same
+            log.warning(
+                "could not look for the steps after a finished step", error=f"{type(exc).__name__}: {exc}"
+            )
+            return []
+
+    def _step_raised(
+        self, task: str, step_id: int, kind: str | None, exc: Exception, *, chained: bool
+    ) -> str:
         failure = classify_step_error(exc)
         if failure is StepFailure.already_handled:
             log.info("step already handled", reason=getattr(exc, "message", str(exc)))
-            return "already_handled"
+            return _FOUND_DONE if getattr(exc, "code", None) == "step_done" else "already_handled"
         if failure is StepFailure.refused:
             assert isinstance(exc, Refused)
-            return self.refuse(exc, step_id=task_ids.shown(step_id), step_kind=exc.kind or kind)
+            return self.refuse(exc, task=task, step_id=task_ids.shown(step_id), step_kind=exc.kind or kind)
         if failure is StepFailure.unexpected:
             log.exception("step raised an unexpected error")
-        return self._failed(step_id, exc, permanent=failure is StepFailure.permanent)
+        return self._failed(
+            step_id, exc, permanent=failure is StepFailure.permanent, task=task, chained=chained
+        )
 
     def run_job(self, job_id: str, body: JobBody, *, fail: JobFail, what: str, log_key: str) -> str:
         """Check the job id belongs to this task, run `body`, classify what it raised (`classify_job_error`).
@@ -209,28 +272,49 @@ class DbTask(Task[..., object]):
             args=args, kwargs=kwargs, exc=exc, countdown=countdown, max_retries=DB_AWAY_MAX_RETRIES
         ) from exc
 
-    def refuse(self, exc: Refused, **ids: object) -> str:
-        """Log and count a message this task must not act on; the caller has changed nothing."""
+    def refuse(self, exc: Refused, *, task: str | None = None, **ids: object) -> str:
+        """Log and count a message this task (or the chained step of `task`) must not act on; the caller
+        has changed nothing."""
         from cancelflow.worker.metrics import forged_tasks
 
-        forged_tasks().labels(task=self.name, reason=exc.reason).inc()
-        log.warning("forged task refused", task=self.name, reason=exc.reason, error=exc.message, **ids)
+        task = task or self.name
+        forged_tasks().labels(task=task, reason=exc.reason).inc()
+        log.warning("forged task refused", task=task, reason=exc.reason, error=exc.message, **ids)
         return "refused"
 
-    def _failed(self, step_id: int, exc: BaseException, *, permanent: bool) -> str:
+    def _failed(
+        self,
+        step_id: int,
+        exc: BaseException,
+        *,
+        permanent: bool,
+        task: str | None = None,
+        chained: bool = False,
+    ) -> str:
+        """Record a failed attempt of the step (of `task`, this task's by default; `chained`: run in-process
+        after the step before, so there is no message of its own to retry)."""
+        task = task or self.name
         error = f"{type(exc).__name__}: {exc}"
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         try:
             with self.session() as session:
                 status = steps.record_failure(
-                    session, step_id, error, task=self.name, permanent=permanent, retry_after=retry_after
+                    session, step_id, error, task=task, permanent=permanent, retry_after=retry_after
                 )
         except DBAPIError as db_error:
             if not unavailable(db_error):
                 # A statement the database refused (a bug, a schema older than the code): re-sending the
                 # message would only repeat it, so the row keeps its redelivery grace for the sweeper.
                 log.error("step failed and its failure could not be recorded", error=error)
+                if chained:
+                    return "failed"  # the task's own step is done; the sweeper re-sends this one
                 raise
+            if chained:
+                # No message of this step to retry: send it one, delayed as a retry would be; the sweeper
+                # re-sends the row after the grace if the broker is away too.
+                log.warning("chained step failed and the database is away; publishing it", error=error)
+                after_commit.deliver([after_commit.Send(task, (step_id,), countdown=DB_AWAY_FIRST_DELAY)])
+                return "failed"
             # The database is away, so the failure cannot be recorded and the row keeps its redelivery
             # grace. The message is the step's only fast path: send it again shortly (bounded), so that
             # the step runs seconds after the database returns; past the bound the sweeper takes over.

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _started: dict[str, float] = {}
 _histogram: Histogram | None = None
+_step_histogram: Histogram | None = None
 _forged: Counter | None = None
 
 # Every task that takes a row id (a step, a delivery, a job): each refuses an id that is not its own kind.
@@ -48,6 +49,22 @@ def task_duration() -> Histogram:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf")),
         )
     return _histogram
+
+
+def step_duration() -> Histogram:
+    """`cancelflow_step_duration_seconds{task,chained}`: every workflow step a worker ran, by its task and
+    whether it ran from its own message (`false`) or in-process after the step before it (`true`)."""
+    global _step_histogram
+    if _step_histogram is None:
+        from prometheus_client import Histogram
+
+        _step_histogram = Histogram(
+            "cancelflow_step_duration_seconds",
+            "Time a workflow step took to run, by step task and whether it ran chained after the step before.",
+            ["task", "chained"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf")),
+        )
+    return _step_histogram
 
 
 def forged_tasks() -> Counter:
@@ -111,6 +128,10 @@ def _serve_metrics(sender: object = None, **_: object) -> None:
     histogram = task_duration()  # created now so that every forked child inherits the multiprocess store
     for name in _task_names(sender):
         histogram.labels(task=name)
+    steps_histogram = step_duration()
+    for name in dict.fromkeys(TASK_FOR_KIND.values()):
+        for chained in ("false", "true"):
+            steps_histogram.labels(task=name, chained=chained)
     forged_tasks()
     refused_counter()
     start_http_server(port, registry=registry)

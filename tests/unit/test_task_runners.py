@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import pytest
@@ -105,7 +106,7 @@ class _Task(DbTask):
 
     @contextmanager
     def session(self) -> Iterator[Any]:
-        yield object()
+        yield SimpleNamespace(info={})  # a session's `info` is where after-commit sends are kept
 
     def retry(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         self.retried.append(kwargs)
