@@ -7,9 +7,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ADMIN_DB = os.environ.get("CANCELFLOW_BENCH_ADMIN_DB", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("CANCELFLOW_BENCH_REDIS", "redis://127.0.0.1:6379")
+# `--broker amqp`: the local RabbitMQ, in a private vhost made (and deleted) through rabbitmqctl.
+AMQP = os.environ.get("CANCELFLOW_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 
 
 def _admin(url: str, sql: str) -> None:
@@ -25,8 +28,20 @@ def _admin(url: str, sql: str) -> None:
 
 
 @contextmanager
-def bench_environment(workdir: Path) -> Iterator[str]:
-    """Point CANCELFLOW_* at a fresh, migrated database; embedded servers when no local ones answer."""
+def _rabbitmqctl(*argv: str) -> None:
+    import shutil
+    import subprocess
+
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([ctl, "-q", *argv], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def bench_environment(workdir: Path, broker_kind: str = "redis") -> Iterator[str]:
+    """Point CANCELFLOW_* at a fresh, migrated database; embedded servers when no local ones answer.
+
+    With `broker_kind="amqp"` the broker is the local RabbitMQ (a private vhost) and Redis keeps only the
+    counters (`CANCELFLOW_THROTTLE_URL`)."""
     from cancelflow.config.embedded import EmbeddedServices, local_services_reachable
 
     name = f"cf_bench_{uuid.uuid4().hex[:8]}"
@@ -38,6 +53,13 @@ def bench_environment(workdir: Path) -> Iterator[str]:
         admin, broker = embedded.start()
     base, _, query = admin.partition("?")
     url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    vhost = None
+    if broker_kind == "amqp":
+        os.environ["CANCELFLOW_THROTTLE_URL"] = broker
+        vhost = name
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, urlsplit(AMQP).username or "guest", ".*", ".*", ".*")
+        broker = f"{AMQP}/{vhost}"
     os.environ.update(
         {
             "CANCELFLOW_DATABASE_URL": url,
@@ -51,8 +73,9 @@ def bench_environment(workdir: Path) -> Iterator[str]:
     try:
         import redis
 
-        if broker.startswith("redis://"):
-            redis.Redis.from_url(broker).flushdb()
+        counters = os.environ.get("CANCELFLOW_THROTTLE_URL") or broker
+        if counters.startswith("redis://"):
+            redis.Redis.from_url(counters).flushdb()
         from cancelflow.db import migrate
 
         migrate(url)
@@ -62,5 +85,7 @@ def bench_environment(workdir: Path) -> Iterator[str]:
 
         get_engine.cache_clear()
         _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if vhost is not None:
+            _rabbitmqctl("delete_vhost", vhost)
         if embedded is not None:
             embedded.stop()

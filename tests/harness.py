@@ -169,6 +169,8 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
     # What the stack's worker consumes; a test may leave some queues to a worker of its own.
     queues: str = "default,route,money,bulk,intake,webhooks,sweep"
+    # The Celery app the worker and beat run (a benchmark may wrap cancelflow's with other settings).
+    app: str = "cancelflow.worker.app"
 
     def __post_init__(self) -> None:
         self.api_port = free_port()
@@ -303,7 +305,7 @@ class Stack:
                 "-m",
                 "celery",
                 "-A",
-                "cancelflow.worker.app",
+                self.app,
                 "beat",
                 "--loglevel",
                 "INFO",
@@ -330,7 +332,7 @@ class Stack:
                 "-m",
                 "celery",
                 "-A",
-                "cancelflow.worker.app",
+                self.app,
                 "worker",
                 "--loglevel",
                 "INFO",

@@ -65,6 +65,10 @@ _QUOTED_PAIR = re.compile(
 )
 # iban=DE89…, holder_name=Max+Mustermann (query strings, key=value renderers): up to a separator.
 _BARE_PAIR = re.compile(rf"(?P<head>(?<![\w.])(?:{_KEYS})=)(?P<value>[^&\s,;'\")}}\]]+)", re.IGNORECASE)
+# What each of the four patterns needs at least: a quote (a quoted pair), "=" (a bare pair), "@" (an e-mail
+# address), two letters and two digits (an IBAN). A text with none of them is returned as it is, unsearched:
+# most of what a log line holds (levels, timestamps, logger and task names, numbers).
+_ANY_PERSONAL = re.compile(r"""['"=@]|[A-Za-z]{2}[0-9]{2}""")
 
 
 @lru_cache(maxsize=256)
@@ -100,6 +104,8 @@ def _mask_iban(match: re.Match[str]) -> str:
 def mask_text(value: str) -> str:
     """Hide IBANs (all but the country and the last four characters), the local part of e-mail
     addresses, and the values of personal `key: value` / `key=value` pairs."""
+    if not _ANY_PERSONAL.search(value):
+        return value
     value = _QUOTED_PAIR.sub(lambda m: f"{m['head']}{m['vq']}{REDACTED}{m['vq']}", value)
     value = _BARE_PAIR.sub(lambda m: f"{m['head']}{REDACTED}", value)
     value = _CANDIDATES.sub(_mask_iban, value)

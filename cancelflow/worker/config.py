@@ -116,7 +116,9 @@ def celery_config(settings: Settings) -> CeleryConfig:
         # At-least-once: a task is acknowledged after it ran, and redelivered if its process died.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        # Up to concurrency x multiplier messages reserved, unacknowledged: a killed worker's come back
+        # through the visibility timeout, and their steps through the sweeper after the redelivery grace.
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "task_soft_time_limit": 120,
         "task_time_limit": 180,
         "worker_soft_shutdown_timeout": 10.0,
@@ -128,8 +130,11 @@ def celery_config(settings: Settings) -> CeleryConfig:
         ],
         "task_routes": ROUTES,
         "task_create_missing_queues": False,
+        # Flower shows a task from the worker's `task-received` on (and sends `enable_events` itself);
+        # the producer's `task-sent` only adds a SENT state for queued tasks, at the price of a second
+        # publish per task sent by every producer (a step sending its successor among them).
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,
