@@ -130,7 +130,11 @@ def import_orders(url: str, orders: int, sandbox_port: int) -> dict[str, int]:
 
     with transaction(url) as session:
         services = demo.demo_services(
-            session, [ACCEPTING], secret=lambda _: None, callback_url=lambda _: "", keep_stored=True
+            session,
+            [ACCEPTING],
+            secret=lambda _: None,
+            callback_url=lambda handle: f"http://127.0.0.1:{sandbox_port}/{handle}",
+            keep_stored=True,  # the one `cancelflow run` made, with the secret its sandbox knows
         )
         payload = demo.build_demo_payload(services=services, orders=orders, first_id=FIRST_ORDER)
         policy = OutboundPolicy(parse_allow_entries(f"127.0.0.1:{sandbox_port}"))
@@ -261,6 +265,21 @@ def cpu_seconds(root: int) -> dict[str, float]:
     return totals
 
 
+def sessions_opened(url: str) -> int:
+    """Connections ever opened to this database (PostgreSQL 14+ counts them in pg_stat_database)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            row = cur.fetchone()
+            return int(row[0]) if row and row[0] is not None else -1
+    finally:
+        conn.close()
+
+
 # --- after the load -----------------------------------------------------------------------------------
 
 
@@ -358,10 +377,12 @@ def main() -> None:
             baseline, _ = run_locust("HealthUser", seconds=args.baseline, **common)  # type: ignore[arg-type]
             cpu_before, wall_before = cpu_seconds(stack.proc.pid), time.monotonic()
             locust_cpu_before = _children_cpu()
+            sessions_before = sessions_opened(url)
             burst, ids = run_locust("StorefrontUser", seconds=args.duration, **common)  # type: ignore[arg-type]
             stopped_at = time.monotonic()
             cpu_after = cpu_seconds(stack.proc.pid)
             locust_cpu = _children_cpu() - locust_cpu_before
+            new_connections = sessions_opened(url) - sessions_before - 1  # less this probe's own
             wall = stopped_at - wall_before
 
             print(
@@ -374,6 +395,7 @@ def main() -> None:
                 used = cpu_after[label] - cpu_before.get(label, 0.0)
                 print(f"  {label:<20} {100 * used / wall:6.1f}")
             print(f"  {'locust':<20} {100 * locust_cpu / wall:6.1f}")
+            print(f"PostgreSQL connections opened during the burst: {new_connections}")
 
             print(f"\nwaiting for the {len(ids)} created requests to finish their workflow…")
             drained = drain(url, ids, stopped_at=stopped_at, timeout=args.drain_timeout)
