@@ -374,6 +374,7 @@ def main() -> None:
             }
             common = {"host": stack.api_url, "users": args.users, "workdir": workdir, "env": env}
 
+            cpu_start = cpu_seconds(stack.proc.pid)
             baseline, _ = run_locust("HealthUser", seconds=args.baseline, **common)  # type: ignore[arg-type]
             cpu_before, wall_before = cpu_seconds(stack.proc.pid), time.monotonic()
             locust_cpu_before = _children_cpu()
@@ -396,6 +397,17 @@ def main() -> None:
                 print(f"  {label:<20} {100 * used / wall:6.1f}")
             print(f"  {'locust':<20} {100 * locust_cpu / wall:6.1f}")
             print(f"PostgreSQL connections opened during the burst: {new_connections}")
+            # CPU the API spent per request: less sensitive than req/s to what else runs on the machine.
+            api_base = cpu_before.get("api", 0.0) - cpu_start.get("api", 0.0)
+            api_burst = cpu_after.get("api", 0.0) - cpu_before.get("api", 0.0)
+            n_base = sum(s.requests for s in baseline.values())
+            n_burst = sum(s.requests for s in burst.values())
+            if n_base and n_burst:
+                per_base, per_burst = 1000 * api_base / n_base, 1000 * api_burst / n_burst
+                print(
+                    f"API CPU per request: healthz {per_base:.2f} ms, burst mix {per_burst:.2f} ms "
+                    f"(capacity ratio {per_base / per_burst:.2f})"
+                )
 
             print(f"\nwaiting for the {len(ids)} created requests to finish their workflow…")
             drained = drain(url, ids, stopped_at=stopped_at, timeout=args.drain_timeout)
