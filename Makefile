@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run test lint typecheck pytest pytest-rabbitmq bench demo clean
+.PHONY: install run test lint typecheck pytest pytest-rabbitmq bench load demo clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "cancelflow needs Python 3.11, found " + sys.version' 
@@ -40,6 +40,10 @@ pytest-rabbitmq: install
 bench: install  ## benchmarks: print figures and ratios (not part of the tests)
 	$(PY) bench/workflow.py
 	$(PY) bench/api.py
+
+# A storefront burst over HTTP (locust, 50 users for 60 s) against the stack `make run` starts; prints figures.
+load: install
+	$(PY) bench/load.py
 
 demo: install
 	$(VENV)/bin/cancelflow demo

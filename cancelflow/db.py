@@ -6,9 +6,9 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cancelflow.config import get_settings
@@ -46,8 +46,12 @@ def get_engine(url: str | None = None) -> Engine:
     return create_engine(
         normalise_url(url or settings.require_database_url()),
         pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
+        # Sized per process (README "Configuration"): connections beyond pool_size are closed when given
+        # back, so a process whose concurrency exceeds it opens and closes a connection per request.
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        # The most recently used connection first: under light load the same few stay warm.
+        pool_use_lifo=True,
         connect_args={"application_name": "cancelflow"},
         # Statement errors quote the statement, not its values (IBANs, names): their text is logged and
         # stored on steps and jobs.
@@ -64,10 +68,38 @@ def new_session(url: str | None = None) -> Session:
     return _session_factory(url)()
 
 
+class OneConnectionSession(Session):
+    """A session that takes one pooled connection at its first statement and keeps it until it is closed,
+    across its commits: a unit of work that commits more than once (an idempotency key claimed, then the
+    work) checks out and pings a connection once."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(expire_on_commit=False)
+        self._engine = engine
+        self._pinned: Connection | None = None
+
+    def get_bind(self, *args: Any, **kwargs: Any) -> Engine | Connection:
+        if self._pinned is None:
+            self._pinned = self._engine.connect()
+        return self._pinned
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            pinned, self._pinned = self._pinned, None
+            if pinned is not None:
+                pinned.close()
+
+
 @contextmanager
-def transaction(url: str | None = None) -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back (and drops queued sends) on error."""
-    session = new_session(url)
+def transaction(url: str | None = None, *, one_connection: bool = False) -> Iterator[Session]:
+    """One unit of work: commits on success, rolls back (and drops queued sends) on error.
+
+    `one_connection`: the session keeps the connection it takes across its own commits (see
+    `OneConnectionSession`); otherwise each of its transactions checks one out from the pool.
+    """
+    session = OneConnectionSession(get_engine(url)) if one_connection else new_session(url)
     try:
         yield session
         session.commit()
@@ -76,6 +108,19 @@ def transaction(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def unit_on(session: Session) -> Iterator[Session]:
+    """A transaction of its own on `session` (on its connection, with a `OneConnectionSession`): whatever
+    the session had open is rolled back first; commits on success, rolls back on error."""
+    session.rollback()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def alembic_config(url: str) -> Config:

@@ -297,6 +297,7 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
         flower_max_tasks=123,
         sandbox_fulfillment_port=9101,
         sandbox_gateway_port=9102,
+        api_workers=1,
     )
     specs = {
         s.name: list(s.argv)
@@ -317,6 +318,15 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
         "/py", "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
         "--host", "127.0.0.2", "--port", "9000", "--no-proxy-headers",
     ]  # fmt: skip
+    several = run_mod.child_specs(
+        settings.model_copy(update={"api_workers": 3}),
+        data_dir=tmp_path,
+        sandbox_config=tmp_path / "sb.json",
+        flower_user="u",
+        flower_password="p",
+        python="/py",
+    )
+    assert list(several[0].argv) == [*specs["api"], "--workers", "3"]
     assert specs["worker"][-4:] == ["-Q", "default,route,money,intake", "-n", "worker1@%h"]
     assert specs["worker-bulk"][-6:] == ["--concurrency", "1", "-Q", "bulk", "-n", "worker-bulk1@%h"]
     assert specs["worker-webhooks"][-4:] == ["-Q", "webhooks", "-n", "webhooks@%h"]

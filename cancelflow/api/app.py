@@ -7,8 +7,11 @@ with one line in `routers()` below.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI
 
 from cancelflow import __version__, console
@@ -90,10 +93,20 @@ def _document_errors_as_served(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Sync endpoints and dependencies run on as many threads as the process keeps database connections
+    (`CANCELFLOW_DB_POOL_SIZE`; anyio's default is 40): more threads would only wait for a connection,
+    or open and close extra ones per request."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().db_pool_size
+    yield
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings)
     app = FastAPI(
+        lifespan=lifespan,
         title="cancelflow",
         version=__version__,
         description=DESCRIPTION,

@@ -46,7 +46,7 @@ from cancelflow.api.schemas.cancellation_requests import (
 from cancelflow.api.schemas.common import MAX_ID
 from cancelflow.api.schemas.errors import AkinonDetail
 from cancelflow.config.logging import mask_text
-from cancelflow.db import transaction
+from cancelflow.db import unit_on
 from cancelflow.errors import Forbidden, Invalid, NotFound
 from cancelflow.models import CancellationRequest
 from cancelflow.models.enums import TokenKind
@@ -405,7 +405,8 @@ def create_request(
     token_id = scope.principal.token_id
     try:
         with idempotency.keyed(
-            transaction,
+            # The key's own transactions (its claim, its release) run on the request's connection.
+            lambda: unit_on(session),
             token_id=token_id,
             key=key,
             scope=f"POST cancellation_requests channel={scope.channel_id or '*'}",

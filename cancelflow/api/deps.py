@@ -2,7 +2,9 @@
 sales channel) from one definition.
 
 `DbSession`: one transaction per request (`cancelflow.db.transaction`), committed when the endpoint
-returns and its response is built, rolled back when it raises. It is function-scoped: the commit happens
+returns and its response is built, rolled back when it raises. It takes one pooled connection at its first
+statement (in the endpoint's thread) and keeps it until the request's transaction ends, even when the
+endpoint commits in between (an idempotency key is claimed, then the work is done). It is function-scoped: the commit happens
 before the response is sent, so a client that reads its own write sees it, sends queued after commit
 (`services.jobs`) leave before the answer does, and a commit that fails (the database went away) is the
 error it maps to in `api.errors` (503 with `Retry-After`), never a 200. A streamed body is sent after the
@@ -24,7 +26,7 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 
 def db_session() -> Iterator[Session]:
-    with transaction() as session:
+    with transaction(one_connection=True) as session:
         yield session
 
 

@@ -292,6 +292,12 @@ def write_sandbox_config(path: Path, creds: Credentials, settings: Settings) -> 
 # --------------------------------------------------------------------------------------------------
 
 
+def api_worker_args(settings: Settings) -> list[str]:
+    """uvicorn's `--workers` (`CANCELFLOW_API_WORKERS`, by default one per core up to four): one Python
+    process serves at most one core, and the API is what a storefront burst waits on."""
+    return ["--workers", str(settings.api_workers)] if settings.api_workers > 1 else []
+
+
 def proxy_args(settings: Settings) -> list[str]:
     """uvicorn believes X-Forwarded-For/-Proto only from the configured proxies (by default it believes
     any local peer, and every client of a loopback-bound API is local): the client address is what login
@@ -326,6 +332,7 @@ def child_specs(
             [
                 python, "-m", "uvicorn", "--factory", "cancelflow.api.app:create_app",
                 "--host", settings.api_host, "--port", str(settings.api_port), *proxy_args(settings),
+                *api_worker_args(settings),
             ],
         ),
         ChildSpec(

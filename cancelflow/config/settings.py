@@ -39,6 +39,20 @@ def _rate(value: str) -> str:
     return value
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_api_workers() -> int:
+    """One API process per core, at most four: one process tops out at one core (the GIL), and four keep
+    the connection budget (README "Configuration") well inside PostgreSQL's default 100."""
+    return min(4, usable_cores())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CANCELFLOW_", env_file=".env", extra="ignore")
 
@@ -57,6 +71,16 @@ class Settings(BaseSettings):
     # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses
     # or networks, `*` for any); empty: none, the peer address is the client.
     forwarded_allow_ips: str = ""
+
+    # API processes (uvicorn workers) `cancelflow run` starts. Each serves requests on its own core; state
+    # they share lives in PostgreSQL and Redis (sessions, throttles, metrics).
+    api_workers: int = Field(default_factory=default_api_workers, ge=1, le=64)
+    # Database connections of each process: `db_pool_size` kept open, `db_max_overflow` more opened for a
+    # moment when all are busy. An API process runs at most `db_pool_size` requests' database work at once
+    # (its thread pool has that many threads), so its connections stay open instead of being opened and
+    # closed per request; the overflow covers the few requests that use a second connection.
+    db_pool_size: int = Field(default=16, ge=1, le=1000)
+    db_max_overflow: int = Field(default=4, ge=0, le=1000)
 
     # Console sessions end after this many seconds without a request (default 8 hours).
     console_session_idle: int = Field(default=8 * 3600, ge=60)

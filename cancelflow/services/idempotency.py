@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -113,13 +113,33 @@ def request_hash(scope: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Built once (every keyed call runs both): the parameters are bound at execution.
+_CLAIM = (
+    insert(IdempotencyKey)
+    .values(
+        token_id=bindparam("claim_token_id"),
+        key=bindparam("claim_key"),
+        scope=bindparam("claim_scope"),
+        request_hash=bindparam("claim_digest"),
+    )
+    .on_conflict_do_nothing(index_elements=[IdempotencyKey.token_id, IdempotencyKey.key])
+    .returning(IdempotencyKey.id)
+)
+_COMPLETE = (
+    update(IdempotencyKey)
+    .where(IdempotencyKey.id == bindparam("key_id"))
+    .values(
+        response_status=bindparam("status"),
+        response_body=bindparam("body", type_=IdempotencyKey.__table__.c.response_body.type),
+        completed_at=bindparam("at"),
+    )
+)
+
+
 def claim_key(session: Session, *, token_id: int, key: str, scope: str, digest: str) -> KeyClaim:
     """Take the key for this request (commit before doing the work), or say why not."""
     inserted = session.execute(
-        insert(IdempotencyKey)
-        .values(token_id=token_id, key=key, scope=scope, request_hash=digest)
-        .on_conflict_do_nothing(index_elements=[IdempotencyKey.token_id, IdempotencyKey.key])
-        .returning(IdempotencyKey.id)
+        _CLAIM, {"claim_token_id": token_id, "claim_key": key, "claim_scope": scope, "claim_digest": digest}
     ).scalar()
     if inserted is not None:
         return KeyClaim("owned", inserted)
@@ -143,11 +163,7 @@ def claim_key(session: Session, *, token_id: int, key: str, scope: str, digest: 
 
 
 def complete_key(session: Session, key_id: int, *, status: int, body: dict[str, object]) -> None:
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.id == key_id)
-        .values(response_status=status, response_body=body, completed_at=now())
-    )
+    session.execute(_COMPLETE, {"key_id": key_id, "status": status, "body": body, "at": now()})
 
 
 def release_key(session: Session, key_id: int) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid
@@ -89,10 +89,14 @@ def create_token(
     return token, key
 
 
+# Built once: every authenticated request runs it.
+_BY_KEY_HASH = select(ApiToken).where(ApiToken.key_hash == bindparam("key_hash"))
+
+
 def authenticate(session: Session, key: str) -> ApiToken | None:
     if not key or len(key) > 200:
         return None
-    token = session.scalars(select(ApiToken).where(ApiToken.key_hash == hash_key(key))).one_or_none()
+    token = session.scalars(_BY_KEY_HASH, {"key_hash": hash_key(key)}).one_or_none()
     if token is None or token.revoked_at is not None:
         return None
     return token

@@ -21,7 +21,10 @@ LIMIT = 3
 
 def start_api(output_dir: Path, forwarded_allow_ips: str) -> tuple[Proc, str]:
     port = free_port()
-    settings = Settings(api_host="127.0.0.1", api_port=port, forwarded_allow_ips=forwarded_allow_ips)
+    # One process: the counts below are kept in its memory.
+    settings = Settings(
+        api_host="127.0.0.1", api_port=port, forwarded_allow_ips=forwarded_allow_ips, api_workers=1
+    )
     spec = {
         s.name: s
         for s in run_mod.child_specs(
