@@ -457,7 +457,7 @@ def count_requests(
     filters: RequestFilters,
     *,
     channel_id: int | None = None,
-    exact_up_to: int = EXACT_COUNT_LIMIT,
+    exact_up_to: int | None = None,
 ) -> tuple[int, bool]:
     """(count, is_estimate): exact up to `exact_up_to` rows, else the planner's estimate. With no
     filter but the status, the exact count of the tally rows (`services.tallies`), whatever the size."""
@@ -472,9 +472,12 @@ def count_requests(
 
 
 def count_matching(
-    session: Session, ids: Select[Any], *, exact_up_to: int = EXACT_COUNT_LIMIT
+    session: Session, ids: Select[Any], *, exact_up_to: int | None = None
 ) -> tuple[int, bool]:
-    """(count, is_estimate) of the rows `ids` selects: exact up to `exact_up_to`, else the planner's."""
+    """(count, is_estimate) of the rows `ids` selects: exact up to `exact_up_to` (default
+    EXACT_COUNT_LIMIT, read at call time), else the planner's."""
+    if exact_up_to is None:
+        exact_up_to = EXACT_COUNT_LIMIT
     bounded = session.scalar(select(func.count()).select_from(ids.limit(exact_up_to + 1).subquery()))
     exact = int(bounded or 0)
     if exact <= exact_up_to:
