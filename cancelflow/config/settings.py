@@ -134,9 +134,9 @@ class Settings(BaseSettings):
     max_countdown: Duration = timedelta(seconds=60)
     visibility_timeout: Duration = timedelta(hours=1)
     # Messages a worker holds per pool process (Celery's prefetch multiplier), acknowledged late all the same.
-    # Several keep the next step in the worker while a process finishes the last one; a worker whose tasks
-    # are long (bulk, webhooks) gets 1, so that what it has not started stays free for an idle worker.
-    worker_prefetch_multiplier: int = Field(default=4, ge=1)
+    # 1 by default: with 4, steps whose messages the worker held when Redis restarted empty waited out the
+    # redelivery grace instead of being re-sent at once (DESIGN-NOTES, "Prefetch back to 1").
+    worker_prefetch_multiplier: int = Field(default=1, ge=1)
     http_timeout: Duration = timedelta(seconds=10)
     # Webhook and fulfillment-service callback URLs reach only public addresses, plus these entries
     # (comma-separated addresses, networks, host names, each with an optional :port).
