@@ -28,9 +28,10 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # Two workers (pytest-xdist), a test file whole to each: most of a file's time is spent waiting on its processes.
+# The 25 slowest tests are printed at the end: the suite must stay within CI's 15 minutes.
 # Then the schemathesis tests, which are generated per operation at run time and do not run under xdist.
 pytest: install
-	$(PY) -m pytest -n 2 -m "not schema_fuzz"
+	$(PY) -m pytest -n 2 -m "not schema_fuzz" --durations=25
 	$(PY) -m pytest -m schema_fuzz tests/api
 
 # The end-to-end flows once more on RabbitMQ (quorum queues); they skip with a hint when 5672 is closed.
