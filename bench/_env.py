@@ -36,12 +36,44 @@ def _rabbitmqctl(*argv: str) -> None:
     subprocess.run([ctl, "-q", *argv], check=True, capture_output=True, timeout=60)
 
 
+def template_exists(url: str, template: str) -> bool:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,))
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
+def keep_as_template(url: str, template: str) -> None:
+    """Copy the generated database `url` to `template` (PostgreSQL's file-level CREATE DATABASE … TEMPLATE),
+    so a later run with the same data set starts in seconds instead of regenerating it."""
+    from cancelflow.db import get_engine
+
+    get_engine.cache_clear()  # the copy needs the source without connections
+    base, _, query = url.partition("?")
+    source = base.rsplit("/", 1)[1]
+    admin = base.rsplit("/", 1)[0] + "/postgres" + (f"?{query}" if query else "")
+    _admin(
+        admin,
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' "  # noqa: S608 - our own generated name
+        "AND pid <> pg_backend_pid()",
+    )
+    _admin(admin, f'CREATE DATABASE "{template}" TEMPLATE "{source}"')
+
+
 @contextmanager
-def bench_environment(workdir: Path, broker_kind: str = "redis") -> Iterator[str]:
+def bench_environment(
+    workdir: Path, broker_kind: str = "redis", template: str | None = None
+) -> Iterator[str]:
     """Point CANCELFLOW_* at a fresh, migrated database; embedded servers when no local ones answer.
 
     With `broker_kind="amqp"` the broker is the local RabbitMQ (a private vhost) and Redis keeps only the
-    counters (`CANCELFLOW_THROTTLE_URL`)."""
+    counters (`CANCELFLOW_THROTTLE_URL`). With `template`, the database is a copy of that (kept) database
+    when it exists."""
     from cancelflow.config.embedded import EmbeddedServices, local_services_reachable
 
     name = f"cf_bench_{uuid.uuid4().hex[:8]}"
@@ -69,7 +101,10 @@ def bench_environment(workdir: Path, broker_kind: str = "redis") -> Iterator[str
             "CANCELFLOW_OUTBOUND_ALLOW": os.environ.get("CANCELFLOW_OUTBOUND_ALLOW") or "127.0.0.1",
         }
     )
-    _admin(admin, f'CREATE DATABASE "{name}"')
+    if template is not None and template_exists(admin, template):
+        _admin(admin, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    else:
+        _admin(admin, f'CREATE DATABASE "{name}"')
     try:
         import redis
 

@@ -21,6 +21,7 @@ Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import resource
 import secrets
@@ -133,6 +134,14 @@ INSERT INTO webhook_deliveries (subscription_id, event_id, event_type, request_i
 INSERT INTO cancellation_request_tags (request_id, tag_id)
   SELECT n, 1 + n % 20 FROM generate_series(1, :rows) n WHERE n % 5 = 0;
 """
+
+
+def data_set_name(rows: int) -> str:
+    """The kept data set for `rows`: changes whenever the generator or a migration does."""
+    digest = hashlib.sha256(GENERATE.encode())
+    for path in sorted((ROOT / "migrations").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return f"cf_bench_data_{rows}_{digest.hexdigest()[:10]}"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -494,6 +503,12 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--bulk", type=int, default=100_000)
     parser.add_argument("--no-bulk", action="store_true", help="skip the bulk tagging and export figures")
+    parser.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep the generated data set as a template database and start from it next time "
+        "(named by --rows and a digest of the generator and the migrations; drop cf_bench_data_* to free it)",
+    )
     parser.add_argument(CHILD, dest="child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures as they come
@@ -501,15 +516,22 @@ def main() -> int:
         export_child(args.child)
         return 0
 
-    from bench._env import bench_environment
+    from bench._env import bench_environment, keep_as_template, template_exists
     from bench.graphql_latency import accept_latency
     from bench.graphql_limits import print_figures as rate_limit_figures
 
     workdir = Path(tempfile.mkdtemp(prefix="cf-bench-api-"))
-    with bench_environment(workdir) as url:
+    template = data_set_name(args.rows) if args.keep_data else None
+    with bench_environment(workdir, template=template) as url:
         started = time.perf_counter()
-        generate(url, args.rows)
-        print(f"generated {args.rows:,} requests in {time.perf_counter() - started:.1f}s (set-based SQL)")
+        if template is not None and template_exists(url, template):
+            print(f"{args.rows:,} requests copied from the kept data set {template}")
+        else:
+            generate(url, args.rows)
+            print(f"generated {args.rows:,} requests in {time.perf_counter() - started:.1f}s (set-based SQL)")
+            if template is not None:
+                keep_as_template(url, template)
+                print(f"kept as {template} for the next --keep-data run")
 
         from cancelflow.db import transaction
         from cancelflow.services.tokens import create_token
