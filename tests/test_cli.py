@@ -153,3 +153,36 @@ def test_users_deactivate_an_unknown_user_fails() -> None:
     result = runner.invoke(app, ["users", "deactivate", f"nobody-{secrets.token_hex(4)}"])
     assert result.exit_code == 1
     assert "no user named" in result.output
+
+
+def test_escalations_lists_the_oldest_first_up_to_the_limit() -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from cancelflow.db import transaction
+    from cancelflow.models import CancellationPlan
+
+    ids = [new_request().id for _ in range(3)]
+    for n, request_id in enumerate(ids):
+        assert runner.invoke(app, ["approve", str(request_id)]).exit_code == 0
+        with transaction() as session:  # escalated long before anything else in this database
+            session.execute(
+                update(CancellationPlan)
+                .where(CancellationPlan.request_id == request_id)
+                .values(status="confirmation_waiting", escalated_at=datetime(2000, 1, 1 + n, tzinfo=UTC))
+            )
+
+    def listed(*argv: str) -> tuple[list[str], str]:
+        result = runner.invoke(app, ["escalations", *argv])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        rows = [line.split("│")[1].strip() for line in lines if line.count("│") > 2]
+        return [r for r in rows if r.isdigit()], " ".join(result.output.split("┘")[-1].split())
+
+    rows, footer = listed("--limit", "2")
+    assert rows == [str(i) for i in ids[:2]]
+    assert "the oldest 2 of" in footer
+    rows, footer = listed("--limit", "0")
+    assert rows[:3] == [str(i) for i in ids]
+    assert "shown" not in footer

@@ -58,8 +58,11 @@ def _age(since: datetime | None, now: datetime) -> str:
 
 
 @escalations_app.callback()
-def escalations_list(ctx: typer.Context) -> None:
-    """List escalated requests (overdue, waiting for a staff decision) with their age."""
+def escalations_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=0, help="Show the oldest N escalations (0: all of them).")] = 50,
+) -> None:
+    """List escalated requests (overdue, waiting for a staff decision) with their age, oldest first."""
     if ctx.invoked_subcommand is not None:
         return
     from cancelflow.services import escalation
@@ -67,7 +70,8 @@ def escalations_list(ctx: typer.Context) -> None:
 
     stamp = now()
     with transaction() as session:
-        rows = escalation.escalations(session)
+        total = escalation.count_escalations(session)
+        rows = escalation.escalations(session, limit=limit or max(total, 1))
     if not rows:
         console.print("no escalated requests")
         return
@@ -86,8 +90,10 @@ def escalations_list(ctx: typer.Context) -> None:
             str(row.deadline_at)[:19],
         )
     console.print(table)
+    shown = f"the oldest {len(rows)} of {total} shown (--limit 0 for all)" if len(rows) < total else ""
     console.print(
-        f"{len(rows)} escalated; decide with `cancelflow escalations resolve REQUEST_ID --action …`"
+        f"{total} escalated{'; ' + shown if shown else ''}; "
+        "decide with `cancelflow escalations resolve REQUEST_ID --action …`"
     )
 
 

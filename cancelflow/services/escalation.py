@@ -384,6 +384,11 @@ _ESCALATED = select(CancellationPlan).where(
 )
 
 
+def count_escalations(session: Session) -> int:
+    """How many plans `escalations` would list without a limit (the partial index on escalated plans)."""
+    return session.scalar(select(func.count()).select_from(_ESCALATED.subquery())) or 0
+
+
 def escalations(session: Session, *, limit: int = 500) -> list[Escalation]:
     """Plans escalated at their reply deadline and still waiting for a staff decision, oldest first."""
     return list(escalations_page(session, limit=limit).rows)
