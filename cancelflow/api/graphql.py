@@ -119,7 +119,10 @@ def run(
     document, request_errors = checked(version, query)
     if document is None:
         status = limits.admit(token_key, 0)[1]  # takes nothing: the caller still sees its bucket
-        return {"errors": list(request_errors), "extensions": {"cost": limits.cost_extension(0, None, status)}}
+        return {
+            "errors": list(request_errors),
+            "extensions": {"cost": limits.cost_extension(0, None, status)},
+        }
     errors = cost.check_query_limits(schema, document, operation_name, variables)
     requested = 0 if errors else cost.requested_cost(schema, document, operation_name, variables)
     if not errors and requested > get_settings().graphql_max_cost:

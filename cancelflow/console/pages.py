@@ -55,9 +55,9 @@ CHOICES: Final[Mapping[str, Sequence[str]]] = {
     "bool": ["true", "false"],
 }
 PAGE_SIZE: Final = 25
-# A status tab's count is exact up to this many rows, then the planner's estimate ("~"): seven tabs under a
-# filter must not each read 10,000 rows. Without filters the tabs are exact (the tally rows).
-TAB_EXACT_COUNT: Final = 1000
+# The status tabs under a filter are counted in one scan of up to this many matching rows, exact when the
+# filter matches no more, else the planner's estimates ("~"). Without filters they are exact (the tally rows).
+TAB_EXACT_COUNT: Final = 2000
 MAX_ID: Final = web.MAX_ID
 MAX_REASON: Final = 2000
 
@@ -156,28 +156,34 @@ def _page(
     limit: int,
     after: int | None = None,
     before: int | None = None,
+    known_count: tuple[int, bool] | None = None,
 ) -> queries.Page:
-    """A page of the list: `queries.list_requests`, or with a tag `tags.list_tagged` (the API's
-    `filter_by_tags/`), under the same filters and keyset rules."""
+    """A page of the list: `queries.list_requests` (newest first by a date the filters bound, else by
+    id), or with a tag `tags.list_tagged` (the API's `filter_by_tags/`), under the same keyset rules."""
     if tag:
-        return tags.list_tagged(session, filters, [tag], page=page, limit=limit, after=after, before=before)
-    return queries.list_requests(session, filters, page, limit, after=after, before=before)
+        return tags.list_tagged(
+            session,
+            filters,
+            [tag],
+            page=page,
+            limit=limit,
+            after=after,
+            before=before,
+            known_count=known_count,
+        )
+    return queries.list_requests(
+        session, filters, page, limit, after=after, before=before, by_date=True, known_count=known_count
+    )
 
 
 def _status_counts(
     session: Session, filters: RequestFilters, tag: str | None
 ) -> list[tuple[str | None, int, bool]]:
     """(status or None for all, count, is_estimate) for the tabs, under the other filters."""
-    tabs: list[tuple[str | None, int, bool]] = []
-    for status in (None, *RequestStatus):
-        narrowed = filters.model_copy(update={"status": status})
-        if tag:
-            page = _page(session, narrowed, tag, 1, 1)
-            count, estimated = page.count, page.count_is_estimate
-        else:
-            count, estimated = queries.count_requests(session, narrowed, exact_up_to=TAB_EXACT_COUNT)
-        tabs.append((status.value if status else None, count, estimated))
-    return tabs
+    per_status, (total, estimated) = queries.status_tabs(
+        session, filters, tag=tag, exact_up_to=TAB_EXACT_COUNT
+    )
+    return [(None, total, estimated), *((s, n, e) for s, (n, e) in per_status.items())]
 
 
 @router.get("/requests", response_class=HTMLResponse)
@@ -200,7 +206,10 @@ def requests_list(request: Request, who: Staff, session: DbSession) -> Response:
     except Invalid as exc:
         errors = exc.field_errors or {"filters": [exc.message]}
         filters, tag, page_number, after, before = RequestFilters(), None, 1, None, None
-    page = _page(session, filters, tag, page_number, PAGE_SIZE, after, before)
+    tabs = _status_counts(session, filters, tag)
+    shown = filters.status.value if filters.status else None
+    counted = next((count, estimated) for status, count, estimated in tabs if status == shown)
+    page = _page(session, filters, tag, page_number, PAGE_SIZE, after, before, known_count=counted)
     rows = [_row(detail, who) for detail in request_view.details(session, page.results)]
     state = {k: v for k, v in sent.items() if k not in ("page", "page_after", "page_before")}
     next_url = (
@@ -218,7 +227,10 @@ def requests_list(request: Request, who: Staff, session: DbSession) -> Response:
         "who": who,
         "rows": rows,
         "page": page,
-        "tabs": [(s, c, e, _url(state, status=s)) for s, c, e in _status_counts(session, filters, tag)],
+        "tabs": [(s, c, e, _url(state, status=s)) for s, c, e in tabs],
+        "sorted_by": {"created_date": "created date", "modified_date": "modified date"}.get(
+            getattr(queries.date_order(filters), "key", ""), ""
+        ),
         "current_status": filters.status.value if filters.status else None,
         "filter_bar": FILTER_BAR,
         "choices": CHOICES,

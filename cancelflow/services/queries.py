@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Final, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from cancelflow.errors import Invalid
@@ -471,9 +471,7 @@ def count_requests(
     )
 
 
-def count_matching(
-    session: Session, ids: Select[Any], *, exact_up_to: int | None = None
-) -> tuple[int, bool]:
+def count_matching(session: Session, ids: Select[Any], *, exact_up_to: int | None = None) -> tuple[int, bool]:
     """(count, is_estimate) of the rows `ids` selects: exact up to `exact_up_to` (default
     EXACT_COUNT_LIMIT, read at call time), else the planner's."""
     if exact_up_to is None:
@@ -511,12 +509,106 @@ def page_window(
     return found[:limit], len(found) > limit
 
 
+def _date_window(
+    session: Session,
+    ids: Select[Any],
+    date_key: Any,
+    *,
+    page: int,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+) -> tuple[list[int], bool]:
+    """`page_window` ordered by (`date_key`, id) descending. The cursors stay request ids: the seek
+    starts at that request's (date, id), read first; a cursor that names no request starts at the top."""
+    cr = CancellationRequest
+    keyed = ids.add_columns(date_key)
+    cursor = after if after is not None else before
+    at = session.scalar(select(date_key).where(cr.id == cursor)) if cursor is not None else None
+    if before is not None and at is not None:
+        above = or_(date_key > at, and_(date_key == at, cr.id > before))
+        upwards = keyed.where(date_key >= at, above).order_by(date_key.asc(), cr.id.asc()).limit(limit)
+        found = [row[0] for row in session.execute(upwards)][::-1]
+        below = or_(date_key < at, and_(date_key == at, cr.id <= before))
+        return found, bool(session.scalar(select(ids.where(date_key <= at, below).exists())))
+    if after is not None and at is not None:
+        window = keyed.where(date_key <= at, or_(date_key < at, and_(date_key == at, cr.id < after)))
+    else:
+        window = keyed.offset((page - 1) * limit)
+    found = [
+        row[0] for row in session.execute(window.order_by(date_key.desc(), cr.id.desc()).limit(limit + 1))
+    ]
+    return found[:limit], len(found) > limit
+
+
+def status_counts(
+    session: Session, matching: Select[Any], *, exact_up_to: int
+) -> tuple[dict[str, tuple[int, bool]], tuple[int, bool]]:
+    """({status: (count, is_estimate)}, (total, is_estimate)) of the requests `matching` selects (a SELECT
+    of `cancellation_requests.id` under filters), for status tabs.
+
+    One scan of at most `exact_up_to + 1` matching rows counts every status at once: exact when the
+    filters match no more. Past that, each status is the planner's estimate: a count per status would
+    walk each status's rows looking for the filter's, slowest exactly where the pair is rare."""
+    sample = matching.with_only_columns(CancellationRequest.status).limit(exact_up_to + 1).subquery()
+    counted: dict[str, int] = {}
+    for status, n in session.execute(select(sample.c.status, func.count()).group_by(sample.c.status)):
+        counted[str(getattr(status, "value", status))] = int(n)
+    total = sum(counted.values())
+    if total <= exact_up_to:
+        return {s.value: (counted.get(s.value, 0), False) for s in RequestStatus}, (total, False)
+    estimates = {
+        s.value: (_estimate(session, matching.where(CancellationRequest.status == s)), True)
+        for s in RequestStatus
+    }
+    return estimates, (max(_estimate(session, matching), total), True)
+
+
+def status_tabs(
+    session: Session, filters: RequestFilters, *, tag: str | None = None, exact_up_to: int
+) -> tuple[dict[str, tuple[int, bool]], tuple[int, bool]]:
+    """`status_counts` of the requests under `filters` but their status (and carrying `tag`): exact from
+    the tally rows when nothing else filters."""
+    from cancelflow.services import tags
+
+    others = filters.model_copy(update={"status": None})
+    if tag is None and others.is_empty:
+        counted = tallies.counts(session, "requests")
+        return {s.value: (counted.get(s.value, 0), False) for s in RequestStatus}, (
+            sum(counted.values()),
+            False,
+        )
+    matching = (
+        tags.tagged_ids(session, others, [tag])
+        if tag
+        else filter_requests(select(CancellationRequest.id), others)
+    )
+    return status_counts(session, matching, exact_up_to=exact_up_to)
+
+
 def _estimate(session: Session, stmt: Select[Any]) -> int:
     connection = session.connection()
     compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
     row = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar()
     plan = row if isinstance(row, list) else json.loads(str(row))
     return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def date_order(filters: RequestFilters) -> Any | None:
+    """The column a list under `filters` is best read newest-first by: `created_date` when a created-date
+    bound is set, else `modified_date` when a modified-date bound is, else None (the id).
+
+    Under a date bound the id index is the wrong road: "created until a year ago" walks every newer id
+    before the first match. Read by the bounded column, the index starts at the bound. Ids and creation
+    times run together, so the order a reader sees is the same "newest first"."""
+    set_ = filters.model_dump(exclude_none=True)
+    for prefix, column in (
+        ("created_date", CancellationRequest.created_date),
+        ("modified_date", CancellationRequest.modified_date),
+    ):
+        if any(name == prefix or name.startswith(f"{prefix}__") for name in set_):
+            return column
+    return None
 
 
 def list_requests(
@@ -528,11 +620,22 @@ def list_requests(
     channel_id: int | None = None,
     after: int | None = None,
     before: int | None = None,
+    by_date: bool = False,
+    known_count: tuple[int, bool] | None = None,
 ) -> Page:
-    """One page of matching requests, `ORDER BY id DESC` (keyset rules: `page_window`)."""
+    """One page of matching requests, `ORDER BY id DESC` (keyset rules: `page_window`); with `by_date`
+    and a date bound among `filters`, newest first by that date (`date_order`), ties by id."""
     matching = filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
     return read_page(
-        session, matching, CancellationRequest.id, page=page, limit=limit, after=after, before=before
+        session,
+        matching,
+        CancellationRequest.id,
+        page=page,
+        limit=limit,
+        after=after,
+        before=before,
+        date_key=date_order(filters) if by_date else None,
+        known_count=known_count,
     )
 
 
@@ -545,15 +648,25 @@ def read_page(
     limit: int,
     after: int | None = None,
     before: int | None = None,
+    date_key: Any | None = None,
+    known_count: tuple[int, bool] | None = None,
 ) -> Page:
-    """The `Page` of requests whose ids `ids` selects, newest first by `key`, with its count."""
-    page_ids, has_next = page_window(session, ids, key, page=page, limit=limit, after=after, before=before)
+    """The `Page` of requests whose ids `ids` selects, newest first by `key` (or by `date_key`, then
+    id), with its count (`known_count` when the caller has counted them already)."""
+    if date_key is None:
+        page_ids, has_next = page_window(
+            session, ids, key, page=page, limit=limit, after=after, before=before
+        )
+        order: tuple[Any, ...] = (CancellationRequest.id.desc(),)
+    else:
+        page_ids, has_next = _date_window(
+            session, ids, date_key, page=page, limit=limit, after=after, before=before
+        )
+        order = (date_key.desc(), CancellationRequest.id.desc())
     rows = (
         list(
             session.scalars(
-                select(CancellationRequest)
-                .where(CancellationRequest.id.in_(page_ids))
-                .order_by(CancellationRequest.id.desc())
+                select(CancellationRequest).where(CancellationRequest.id.in_(page_ids)).order_by(*order)
             )
         )
         if page_ids
@@ -561,6 +674,8 @@ def read_page(
     )
     if page == 1 and not has_next:
         count, estimated = len(rows), False  # the whole result is on this page: no count query needed
+    elif known_count is not None:
+        count, estimated = known_count
     else:
         count, estimated = count_matching(session, ids)
     return Page(

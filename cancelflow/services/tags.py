@@ -222,6 +222,24 @@ __all__ = [
 ]
 
 
+def _links(session: Session, keys: Sequence[str]) -> tuple[list[int], Select[Any]]:
+    """(tag ids of `keys`, a SELECT of the ids of the requests carrying any of them)."""
+    tag_ids = list(session.scalars(select(Tag.id).where(Tag.key == any_(keys_array(keys)))))
+    links = select(CancellationRequestTag.request_id).where(CancellationRequestTag.tag_id.in_(tag_ids))
+    return tag_ids, (links.distinct() if len(tag_ids) > 1 else links)
+
+
+def tagged_ids(session: Session, filters: RequestFilters, keys: Sequence[str]) -> Select[Any]:
+    """A SELECT of `cancellation_requests.id` under `filters` carrying any of `keys` (what `list_tagged`
+    pages through), for counting."""
+    from cancelflow.services import queries
+
+    tag_ids, links = _links(session, keys)
+    return queries.filter_requests(select(CancellationRequest.id), filters).where(
+        CancellationRequest.id.in_(links) if tag_ids else false()
+    )
+
+
 def list_tagged(
     session: Session,
     filters: RequestFilters,
@@ -233,6 +251,7 @@ def list_tagged(
     channel_id: int | None = None,
     after: int | None = None,
     before: int | None = None,
+    known_count: tuple[int, bool] | None = None,
 ) -> Page:
     """One page (newest first) of the requests matching `filters` that carry (or, `exclude`, carry none
     of) `keys`: `services.queries.list_requests` with one more semi-join, and the same count and keyset
@@ -243,10 +262,7 @@ def list_tagged(
     """
     from cancelflow.services import queries
 
-    tag_ids = list(session.scalars(select(Tag.id).where(Tag.key == any_(keys_array(keys)))))
-    links = select(CancellationRequestTag.request_id).where(CancellationRequestTag.tag_id.in_(tag_ids))
-    if len(tag_ids) > 1:
-        links = links.distinct()
+    tag_ids, links = _links(session, keys)
     base: Select[int]
     if exclude:
         base = queries.filter_requests(select(CancellationRequest.id), filters, channel_id=channel_id)
@@ -268,4 +284,6 @@ def list_tagged(
             CancellationRequest.id.in_(links) if tag_ids else false()
         )
         key = CancellationRequest.id
-    return queries.read_page(session, base, key, page=page, limit=limit, after=after, before=before)
+    return queries.read_page(
+        session, base, key, page=page, limit=limit, after=after, before=before, known_count=known_count
+    )
