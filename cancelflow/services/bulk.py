@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import bisect
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from sqlalchemy import Select, func, select
@@ -29,12 +28,12 @@ from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import BulkJob, CancellationRequest, JobStatus
 from cancelflow.models.batch_jobs import JOB_MACHINE
 from cancelflow.services import batch_jobs, limits, tags
+from cancelflow.services.batch_jobs import UnitOfWork
 
 SYNC_MAX_IDS = 1000
 CHUNK_SIZE = 25_000
 Op = Literal["add", "remove"]
 KINDS: dict[Op, str] = {"add": "tags.bulk_add", "remove": "tags.bulk_remove"}
-UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
 
 def check_ids(ids: Sequence[int], *, field: str = "objects") -> None:
@@ -246,31 +245,21 @@ def drive(
     job_id: uuid.UUID,
     unit_of_work: UnitOfWork,
     *,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
     stop_after: int | None = None,
 ) -> int:
-    """Run chunks, each in its own committed unit of work, until the job is done; returns chunks run.
-
-    `stop_after` ends the run early, leaving the job `running` as a crash would (tests, benchmarks).
-    """
-    with unit_of_work() as session:
-        row = session.execute(select(BulkJob.kind, BulkJob.params).where(BulkJob.id == job_id)).one_or_none()
-    if row is None:
-        raise NotFound(f"bulk job {job_id} not found")
-    kind, params = row
-    if kind not in KINDS.values():
-        raise Invalid(f"bulk job {job_id} is a {kind} job, not a tag job", code="wrong_kind")
-    stored_chunk = params.get("chunk_size")
-    if isinstance(stored_chunk, int) and stored_chunk > 0 and chunk_size == CHUNK_SIZE:
-        chunk_size = stored_chunk  # the job's own size, unless the caller chose one
-    chunks = 0
-    while stop_after is None or chunks < stop_after:
-        with unit_of_work() as session:
-            more = run_chunk(session, job_id, chunk_size=chunk_size, params=params)
-        chunks += 1
-        if not more:
-            break
-    return chunks
+    """Run the tag job's chunks until it is done (`batch_jobs.drive`); returns chunks run. `chunk_size`
+    defaults to the job's own (`create_job`), else `CHUNK_SIZE`."""
+    return batch_jobs.drive(
+        job_id,
+        unit_of_work,
+        run_chunk,
+        kinds=KINDS.values(),
+        what="tag",
+        chunk_size=chunk_size,
+        default_chunk_size=CHUNK_SIZE,
+        stop_after=stop_after,
+    )
 
 
 __all__ = [
