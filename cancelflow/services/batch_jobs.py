@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select, update
@@ -83,42 +84,51 @@ def started_by(session: Session, user_id: int, *, limit: int = 50) -> list[BulkJ
     return found[:limit]
 
 
-def drive(
-    job_id: uuid.UUID,
-    unit_of_work: UnitOfWork,
-    run_chunk: ChunkRunner,
-    *,
-    kinds: Collection[str],
-    what: str,
-    chunk_size: int | None,
-    default_chunk_size: int,
-    stop_after: int | None = None,
-) -> int:
-    """Run a bulk job's chunks, each in its own committed unit of work (the follow-up work a chunk asks
-    for is sent when it commits), until the job is done; returns chunks run.
+@dataclass(frozen=True)
+class ChunkedJobs:
+    """One kind of chunked bulk job (tags, decisions): which `kinds` it runs, named a `what` job in errors,
+    how it does one chunk, and its default chunk size."""
 
-    The job must be of one of `kinds` (else Invalid `wrong_kind`, naming it a `what` job). Its params are
-    read once, not per chunk (an explicit id list may be long). `chunk_size`: the caller's choice, else
-    the size the job stored (`params["chunk_size"]`), else `default_chunk_size`. `stop_after` ends the run
-    early, leaving the job `running` as a crash would (tests, benchmarks)."""
-    with unit_of_work() as session:
-        row = session.execute(select(BulkJob.kind, BulkJob.params).where(BulkJob.id == job_id)).one_or_none()
-    if row is None:
-        raise NotFound(f"bulk job {job_id} not found")
-    kind, params = row
-    if kind not in kinds:
-        raise Invalid(f"bulk job {job_id} is a {kind} job, not a {what} job", code="wrong_kind")
-    if chunk_size is None:
-        stored = params.get("chunk_size")
-        chunk_size = stored if isinstance(stored, int) and stored > 0 else default_chunk_size
-    chunks = 0
-    while stop_after is None or chunks < stop_after:
+    what: str
+    kinds: Collection[str]
+    run_chunk: ChunkRunner
+    default_chunk_size: int
+
+    def drive(
+        self,
+        job_id: uuid.UUID,
+        unit_of_work: UnitOfWork,
+        *,
+        chunk_size: int | None = None,
+        stop_after: int | None = None,
+    ) -> int:
+        """Run the job's chunks, each in its own committed unit of work (the follow-up work a chunk asks
+        for is sent when it commits), until the job is done; returns chunks run.
+
+        A job of another kind is Invalid `wrong_kind`. Its params are read once, not per chunk (an explicit
+        id list may be long). `chunk_size`: the caller's choice, else the size the job stored
+        (`params["chunk_size"]`), else the default. `stop_after` ends the run early, leaving the job
+        `running` as a crash would (tests, benchmarks)."""
         with unit_of_work() as session:
-            more = run_chunk(session, job_id, chunk_size=chunk_size, params=params)
-        chunks += 1
-        if not more:
-            break
-    return chunks
+            row = session.execute(
+                select(BulkJob.kind, BulkJob.params).where(BulkJob.id == job_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"bulk job {job_id} not found")
+        kind, params = row
+        if kind not in self.kinds:
+            raise Invalid(f"bulk job {job_id} is a {kind} job, not a {self.what} job", code="wrong_kind")
+        if chunk_size is None:
+            stored = params.get("chunk_size")
+            chunk_size = stored if isinstance(stored, int) and stored > 0 else self.default_chunk_size
+        chunks = 0
+        while stop_after is None or chunks < stop_after:
+            with unit_of_work() as session:
+                more = self.run_chunk(session, job_id, chunk_size=chunk_size, params=params)
+            chunks += 1
+            if not more:
+                break
+        return chunks
 
 
-__all__ = ["ChunkRunner", "UnitOfWork", "add", "drive", "find", "get", "move", "started_by"]
+__all__ = ["ChunkRunner", "ChunkedJobs", "UnitOfWork", "add", "find", "get", "move", "started_by"]

@@ -28,7 +28,6 @@ from cancelflow.errors import Invalid, NotFound
 from cancelflow.models import BulkJob, CancellationRequest, JobStatus
 from cancelflow.models.batch_jobs import JOB_MACHINE
 from cancelflow.services import batch_jobs, limits, tags
-from cancelflow.services.batch_jobs import UnitOfWork
 
 SYNC_MAX_IDS = 1000
 CHUNK_SIZE = 25_000
@@ -241,25 +240,8 @@ def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:
     batch_jobs.move(session, BulkJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
 
 
-def drive(
-    job_id: uuid.UUID,
-    unit_of_work: UnitOfWork,
-    *,
-    chunk_size: int | None = None,
-    stop_after: int | None = None,
-) -> int:
-    """Run the tag job's chunks until it is done (`batch_jobs.drive`); returns chunks run. `chunk_size`
-    defaults to the job's own (`create_job`), else `CHUNK_SIZE`."""
-    return batch_jobs.drive(
-        job_id,
-        unit_of_work,
-        run_chunk,
-        kinds=KINDS.values(),
-        what="tag",
-        chunk_size=chunk_size,
-        default_chunk_size=CHUNK_SIZE,
-        stop_after=stop_after,
-    )
+# The loop every chunked job shares; a job's own `chunk_size` (`create_job`) wins over CHUNK_SIZE.
+drive = batch_jobs.ChunkedJobs("tag", frozenset(KINDS.values()), run_chunk, CHUNK_SIZE).drive
 
 
 __all__ = [

@@ -30,7 +30,6 @@ from cancelflow.models.batch_jobs import JOB_MACHINE
 from cancelflow.models.enums import RequestStatus
 from cancelflow.services import batch_jobs, bulk, limits, tags, task_ids
 from cancelflow.services import cancellation_requests as requests_service
-from cancelflow.services.batch_jobs import UnitOfWork
 
 Decision = Literal["approve", "reject"]
 KINDS: Final[dict[Decision, str]] = {
@@ -185,25 +184,8 @@ def _reason(exc: Exception) -> str:
     return str(getattr(exc, "message", exc))
 
 
-def drive(
-    job_id: uuid.UUID,
-    unit_of_work: UnitOfWork,
-    *,
-    chunk_size: int | None = None,
-    stop_after: int | None = None,
-) -> int:
-    """Run the decision job's chunks until it is done (`batch_jobs.drive`): each chunk's decisions send
-    their follow-up work when it commits; returns chunks run."""
-    return batch_jobs.drive(
-        job_id,
-        unit_of_work,
-        run_chunk,
-        kinds=KINDS.values(),
-        what="decision",
-        chunk_size=chunk_size,
-        default_chunk_size=CHUNK_SIZE,
-        stop_after=stop_after,
-    )
+# The loop every chunked job shares: a chunk's decisions send their follow-up work when it commits.
+drive = batch_jobs.ChunkedJobs("decision", frozenset(KINDS.values()), run_chunk, CHUNK_SIZE).drive
 
 
 def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:

@@ -471,9 +471,7 @@ def count_requests(
     )
 
 
-def count_matching(
-    session: Session, ids: Select[Any], *, exact_up_to: int | None = None
-) -> tuple[int, bool]:
+def count_matching(session: Session, ids: Select[Any], *, exact_up_to: int | None = None) -> tuple[int, bool]:
     """(count, is_estimate) of the rows `ids` selects: exact up to `exact_up_to` (default
     EXACT_COUNT_LIMIT, read at call time), else the planner's."""
     if exact_up_to is None:
