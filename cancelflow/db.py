@@ -101,11 +101,8 @@ def transaction(url: str | None = None, *, one_connection: bool = False) -> Iter
     """
     session = OneConnectionSession(get_engine(url)) if one_connection else new_session(url)
     try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+        with _committed(session):
+            yield session
     finally:
         session.close()
 
@@ -115,8 +112,16 @@ def unit_on(session: Session) -> Iterator[Session]:
     """A transaction of its own on `session` (on its connection, with a `OneConnectionSession`): whatever
     the session had open is rolled back first; commits on success, rolls back on error."""
     session.rollback()
-    try:
+    with _committed(session):
         yield session
+
+
+@contextmanager
+def _committed(session: Session) -> Iterator[None]:
+    """Commit when the block succeeds, roll back when anything ends it otherwise (an error, a cancellation,
+    a generator closed early): one rule for every unit of work."""
+    try:
+        yield
         session.commit()
     except BaseException:
         session.rollback()

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    import httpx
+    import time_machine
     from fastapi.testclient import TestClient
 
     from cancelflow.services.after_commit import Send
@@ -245,6 +247,37 @@ def client(database: str) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
+def served_url(database: str) -> Iterator[str]:
+    """The API served by uvicorn on a loopback port for the module (real sockets, unlike `client`): its
+    base URL; the logging `create_app` configures is put back after."""
+    from cancelflow.api.app import create_app
+    from tests.harness import serving
+
+    with restored_logging(), serving(create_app()) as address:
+        yield f"http://{address}"
+
+
+@pytest.fixture
+def http(served_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client of `served_url`."""
+    import httpx
+
+    with httpx.Client(base_url=served_url, timeout=30) as http_client:
+        yield http_client
+
+
+@pytest.fixture
+def frozen() -> Iterator[time_machine.Coordinates]:
+    """The clock stopped at now for the test; `frozen.shift(seconds)` moves it (a client's wait)."""
+    import time
+
+    import time_machine
+
+    with time_machine.travel(time.time(), tick=False) as clock:
+        yield clock
+
+
+@pytest.fixture(scope="module")
 def staff(database: str) -> dict[str, str]:
     """Headers of a plain staff token (no extra permissions), made for the module."""
     from tests.factories import token_headers
@@ -327,7 +360,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Under an xdist worker schemathesis's per-operation tests collapse into one that runs nothing and passes.
     if os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("schema_fuzz") is not None:
-        pytest.fail("schemathesis tests do not run under pytest-xdist: run them without -n (`make test` does)")
+        pytest.fail(
+            "schemathesis tests do not run under pytest-xdist: run them without -n (`make test` does)"
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -13,8 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,6 +111,42 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r} (last: {last!r})")
+
+
+def kill_tree(
+    proc: subprocess.Popen[Any],
+    *,
+    left_behind: Callable[[], Iterable[psutil.Process]] = list,
+    timeout: float = 10.0,
+) -> None:
+    """SIGKILL `proc`, every process below it and every process group they are in (but this test's), then
+    `left_behind()` (what it started outside its tree: a daemonised postmaster) with the same; return when
+    they are gone. A no-op for a stack that already stopped itself.
+
+    For a teardown that must leave nothing running however the test failed: `make run`'s supervisor starts
+    each child in a process group of its own, so killing its top process (or that one's group) orphans
+    the worker, beat, API and the embedded servers. `proc` goes first, so it restarts nothing killed below.
+    """
+    found: list[psutil.Process] = []
+    if proc.poll() is None:
+        with suppress(psutil.NoSuchProcess):
+            found = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+    proc.wait()
+    for process in left_behind():
+        with suppress(psutil.NoSuchProcess):
+            found += [process, *process.children(recursive=True)]
+    groups: set[int] = set()
+    for process in found:
+        with suppress(ProcessLookupError):
+            groups.add(os.getpgid(process.pid))
+        with suppress(psutil.NoSuchProcess):
+            process.kill()
+    for group in groups - {os.getpgrp()}:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)  # what a dead leader left in its group (Celery's pool)
+    _, alive = psutil.wait_procs(found, timeout=timeout)
+    assert not alive, f"still running after SIGKILL: {alive}"
 
 
 @dataclass

@@ -35,6 +35,7 @@ from cancelflow.config.embedded import (
     resolve_urls,
 )
 from cancelflow.db import normalise_url
+from tests.harness import kill_tree
 
 LOCAL_DB = "postgresql://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -414,6 +415,53 @@ def test_supervisor_reports_a_dead_child_with_its_log(tmp_path: Path) -> None:
         assert "boom" in run_mod.tail(dead.log)
     finally:
         supervisor.stop()
+
+
+PROCESS_TREE = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+
+    def spawn(role, **options):
+        return subprocess.Popen([sys.executable, __file__, role], **options)
+
+    role = sys.argv[1]
+    print(role, os.getpid(), flush=True)
+    if role == "top":
+        spawn("leader", start_new_session=True)  # a supervised child: a process group of its own
+        spawn("daemon").wait()
+    elif role == "leader":
+        spawn("worker")  # in the leader's group
+    elif role == "daemon":
+        spawn("daemonised", start_new_session=True)  # left behind as pg_ctl leaves the postmaster
+        sys.exit(0)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_kill_tree_leaves_nothing_of_a_stack_whose_children_lead_their_own_groups(tmp_path: Path) -> None:
+    script = tmp_path / "tree.py"
+    script.write_text(PROCESS_TREE)
+    proc = subprocess.Popen([sys.executable, str(script), "top"], stdout=subprocess.PIPE, text=True)
+    pids: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            role, pid = line.split()
+            pids[role] = int(pid)
+            if {"worker", "daemonised"} <= pids.keys():
+                break
+        assert os.getpgid(pids["leader"]) == pids["leader"] != os.getpgrp()
+        assert pids["daemonised"] not in {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+    finally:
+        kill_tree(
+            proc, left_behind=lambda: [psutil.Process(pids["daemonised"])] if "daemonised" in pids else []
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert all(_wait_gone(pids[role], timeout=5) for role in ("leader", "worker", "daemonised"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,14 +13,15 @@ commit: no transaction stays open while it streams.
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.params import Depends as DependsParam
 from sqlalchemy.orm import Session
 
 from cancelflow.db import transaction
+from cancelflow.errors import NotFound
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
@@ -31,6 +32,24 @@ def db_session() -> Iterator[Session]:
 
 
 DbSession = Annotated[Session, Depends(db_session, scope="function")]
+
+
+def admin_api_version(versions: Sequence[str]) -> Callable[[str], str]:
+    """The `{version}` dependency of an `/admin/api/{version}/` router serving `versions` (REST and GraphQL
+    serve different sets under the same prefix, so each router makes its own). It is checked before the
+    token, so an unknown version is a 404 whoever asks; the OpenAPI document lists the set as an enum."""
+    known = frozenset(versions)
+    listed = list(versions)
+
+    # The annotation is evaluated here, not as a string later: it names this call's `listed`.
+    def version_dependency(
+        version: Annotated[str, Path(description="Admin API version.", json_schema_extra={"enum": listed})],
+    ) -> str:
+        if version not in known:
+            raise NotFound("Not Found")
+        return version
+
+    return version_dependency
 
 
 def _swap_dependency(endpoint: Endpoint, old: Callable[..., Any], new: Callable[..., Any]) -> Endpoint:

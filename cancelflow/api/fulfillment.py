@@ -20,7 +20,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cancelflow.api.auth import ShopifyReader, ShopifyService, ShopifyStaff
-from cancelflow.api.deps import DbSession
+from cancelflow.api.deps import DbSession, admin_api_version
 from cancelflow.api.errors import SHOPIFY_RESPONSES
 from cancelflow.api.schemas.fulfillment import (
     CancellationRequestBody,
@@ -34,7 +34,6 @@ from cancelflow.api.schemas.fulfillment import (
     Origin,
 )
 from cancelflow.config import get_settings
-from cancelflow.errors import NotFound
 from cancelflow.models import (
     FulfillmentOrder,
 )
@@ -51,15 +50,7 @@ MAX_ID: Final = 2**63 - 1
 # --- version -------------------------------------------------------------------------------------------
 
 
-def api_version(
-    version: Annotated[
-        str, Path(description="Admin API version.", json_schema_extra={"enum": list(VERSIONS)})
-    ],
-) -> str:
-    """Checked before the token, so an unknown version is a 404 whoever asks."""
-    if version not in VERSIONS:
-        raise NotFound("Not Found")
-    return version
+api_version: Final = admin_api_version(VERSIONS)
 
 
 class ShopifyVersionHeaderMiddleware:

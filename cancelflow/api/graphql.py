@@ -16,17 +16,16 @@ import json
 from functools import lru_cache
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from graphql import DocumentNode, GraphQLError, execute_sync, parse, validate
 from sqlalchemy.orm import Session
 
 from cancelflow.api.auth import Principal, ShopifyReader
-from cancelflow.api.deps import DbSession
+from cancelflow.api.deps import DbSession, admin_api_version
 from cancelflow.api.errors import SHOPIFY_RESPONSES, body_parse_error, parse_error_reason
 from cancelflow.api.shopify_limits import bucket_key
 from cancelflow.config import get_settings
-from cancelflow.errors import NotFound
 from cancelflow.graphql import cost, limits
 from cancelflow.graphql.resolvers import Caller, Context
 from cancelflow.graphql.schema import SCHEMAS
@@ -38,15 +37,7 @@ CACHED_QUERY_LENGTH: Final = 8_000  # characters: at most some 4 MB of remembere
 _MISSING_QUERY: Final = {"errors": {"query": "Required parameter missing or invalid"}}
 
 
-def graphql_version(
-    version: Annotated[
-        str, Path(description="Admin API version.", json_schema_extra={"enum": list(VERSIONS)})
-    ],
-) -> str:
-    """Checked before the token, so an unknown version is a 404 whoever asks."""
-    if version not in VERSIONS:
-        raise NotFound("Not Found")
-    return version
+graphql_version: Final = admin_api_version(VERSIONS)
 
 
 async def raw_body(request: Request) -> bytes:

@@ -255,27 +255,36 @@ def _message(exc: Invalid) -> str:
     return " ".join(m for ms in exc.field_errors.values() for m in ms) or exc.message
 
 
-@router.api_route("/bulk/confirm", methods=["GET", "POST"], response_class=HTMLResponse)
-async def confirm(request: Request, who: Staff, session: DbSession) -> Response:
-    """The confirmation: the action and the exact count, before anything moves. Reads only."""
+async def _counted(
+    request: Request, who: SignedIn, session: Session
+) -> tuple[list[tuple[str, str]], Instruction, int] | Response:
+    """The form's fields, the order they give and how many requests it acts on now; or the refusal page,
+    the same for the confirmation and the start."""
     fields = await _fields(request)
     try:
         order = _parse(fields, who)
-        count = _count(session, order)
+        return fields, order, _count(session, order)
     except Invalid as exc:
         return _refused(request, who, _message(exc), status_code=400, back=_back(fields))
+
+
+@router.api_route("/bulk/confirm", methods=["GET", "POST"], response_class=HTMLResponse)
+async def confirm(request: Request, who: Staff, session: DbSession) -> Response:
+    """The confirmation: the action and the exact count, before anything moves. Reads only."""
+    counted = await _counted(request, who, session)
+    if isinstance(counted, Response):
+        return counted
+    _, order, count = counted
     return _confirm_page(request, who, order, count)
 
 
 @router.post("/bulk/start", response_class=HTMLResponse)
 async def start(request: Request, who: StaffPost, session: DbSession) -> Response:
     """Store the confirmed job (its message leaves when the transaction commits) and show its page."""
-    fields = await _fields(request)
-    try:
-        order = _parse(fields, who)
-        count = _count(session, order)
-    except Invalid as exc:
-        return _refused(request, who, _message(exc), status_code=400, back=_back(fields))
+    counted = await _counted(request, who, session)
+    if isinstance(counted, Response):
+        return counted
+    fields, order, count = counted
     confirmed = dict(fields).get("count", "")
     if confirmed != str(count):
         notice = f"The selection changed since it was confirmed: it now holds {count} requests."

@@ -254,6 +254,24 @@ def _prepare(
     return _Document(schema, document, operation, coerced), []
 
 
+def _costed(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation_name: str | None,
+    variables: Mapping[str, Any] | None,
+) -> tuple[_Document, GraphQLObjectType, bool] | None:
+    """The prepared document, its operation's root type and whether it is a mutation, or None when there
+    is nothing to cost (no such operation, no root type): the requested and the actual cost walk the same."""
+    prepared = _prepare(schema, document, operation_name, variables)
+    if prepared is None:
+        return None
+    doc = prepared[0]
+    root = doc.root_type()
+    if root is None:
+        return None
+    return doc, root, doc.operation.operation == OperationType.MUTATION
+
+
 # --- requested cost -------------------------------------------------------------------------------------------
 
 
@@ -327,14 +345,10 @@ def requested_cost(
     variables: Mapping[str, Any] | None,
 ) -> int:
     """What the operation may cost at most, before it runs (Shopify's `requestedQueryCost`)."""
-    prepared = _prepare(schema, document, operation_name, variables)
-    if prepared is None:
+    costed = _costed(schema, document, operation_name, variables)
+    if costed is None:
         return 0
-    doc = prepared[0]
-    root = doc.root_type()
-    if root is None:
-        return 0
-    mutation = doc.operation.operation == OperationType.MUTATION
+    doc, root, mutation = costed
     return _Requested(doc).selection(root, [doc.operation.selection_set], mutation=mutation)
 
 
@@ -446,14 +460,10 @@ def actual_cost(
     """What the operation cost once it ran, from the data it returned (`actualQueryCost`)."""
     if data is None:
         return 0
-    prepared = _prepare(schema, document, operation_name, variables)
-    if prepared is None:
+    costed = _costed(schema, document, operation_name, variables)
+    if costed is None:
         return 0
-    doc = prepared[0]
-    root = doc.root_type()
-    if root is None:
-        return 0
-    mutation = doc.operation.operation == OperationType.MUTATION
+    doc, root, mutation = costed
     return _Actual(doc).selection(root, [doc.operation.selection_set], data, mutation=mutation)
 
 

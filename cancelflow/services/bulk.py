@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import bisect
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from sqlalchemy import Select, func, select
@@ -34,7 +33,6 @@ SYNC_MAX_IDS = 1000
 CHUNK_SIZE = 25_000
 Op = Literal["add", "remove"]
 KINDS: dict[Op, str] = {"add": "tags.bulk_add", "remove": "tags.bulk_remove"}
-UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
 
 def check_ids(ids: Sequence[int], *, field: str = "objects") -> None:
@@ -242,35 +240,8 @@ def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:
     batch_jobs.move(session, BulkJob, JobStatus.failed, job_id, error=error[:2000], finished_at=func.now())
 
 
-def drive(
-    job_id: uuid.UUID,
-    unit_of_work: UnitOfWork,
-    *,
-    chunk_size: int = CHUNK_SIZE,
-    stop_after: int | None = None,
-) -> int:
-    """Run chunks, each in its own committed unit of work, until the job is done; returns chunks run.
-
-    `stop_after` ends the run early, leaving the job `running` as a crash would (tests, benchmarks).
-    """
-    with unit_of_work() as session:
-        row = session.execute(select(BulkJob.kind, BulkJob.params).where(BulkJob.id == job_id)).one_or_none()
-    if row is None:
-        raise NotFound(f"bulk job {job_id} not found")
-    kind, params = row
-    if kind not in KINDS.values():
-        raise Invalid(f"bulk job {job_id} is a {kind} job, not a tag job", code="wrong_kind")
-    stored_chunk = params.get("chunk_size")
-    if isinstance(stored_chunk, int) and stored_chunk > 0 and chunk_size == CHUNK_SIZE:
-        chunk_size = stored_chunk  # the job's own size, unless the caller chose one
-    chunks = 0
-    while stop_after is None or chunks < stop_after:
-        with unit_of_work() as session:
-            more = run_chunk(session, job_id, chunk_size=chunk_size, params=params)
-        chunks += 1
-        if not more:
-            break
-    return chunks
+# The loop every chunked job shares; a job's own `chunk_size` (`create_job`) wins over CHUNK_SIZE.
+drive = batch_jobs.ChunkedJobs("tag", frozenset(KINDS.values()), run_chunk, CHUNK_SIZE).drive
 
 
 __all__ = [

@@ -30,7 +30,6 @@ from cancelflow.models.batch_jobs import JOB_MACHINE
 from cancelflow.models.enums import RequestStatus
 from cancelflow.services import batch_jobs, bulk, limits, tags, task_ids
 from cancelflow.services import cancellation_requests as requests_service
-from cancelflow.services.bulk import UnitOfWork
 
 Decision = Literal["approve", "reject"]
 KINDS: Final[dict[Decision, str]] = {
@@ -185,31 +184,8 @@ def _reason(exc: Exception) -> str:
     return str(getattr(exc, "message", exc))
 
 
-def drive(
-    job_id: uuid.UUID,
-    unit_of_work: UnitOfWork,
-    *,
-    chunk_size: int = CHUNK_SIZE,
-    stop_after: int | None = None,
-) -> int:
-    """Run chunks, each in its own committed unit of work (its decisions' follow-up work is sent when it
-    commits), until the job is done; returns chunks run. `stop_after` ends the run early, leaving the job
-    `running` as a crash would."""
-    with unit_of_work() as session:
-        row = session.execute(select(BulkJob.kind, BulkJob.params).where(BulkJob.id == job_id)).one_or_none()
-    if row is None:
-        raise NotFound(f"bulk job {job_id} not found")
-    kind, params = row
-    if kind not in KINDS.values():
-        raise Invalid(f"bulk job {job_id} is a {kind} job, not a decision job", code="wrong_kind")
-    chunks = 0
-    while stop_after is None or chunks < stop_after:
-        with unit_of_work() as session:
-            more = run_chunk(session, job_id, chunk_size=chunk_size, params=params)
-        chunks += 1
-        if not more:
-            break
-    return chunks
+# The loop every chunked job shares: a chunk's decisions send their follow-up work when it commits.
+drive = batch_jobs.ChunkedJobs("decision", frozenset(KINDS.values()), run_chunk, CHUNK_SIZE).drive
 
 
 def mark_failed(session: Session, job_id: uuid.UUID, error: str) -> None:

@@ -6,7 +6,6 @@ are exact, and moved by the `Retry-After` a polite client waits."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -29,24 +28,6 @@ OVER = {
 def shopify_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(get_settings(), "shopify_rest_bucket_size", 40)
     monkeypatch.setattr(get_settings(), "shopify_rest_leak_rate", 2.0)
-
-
-@pytest.fixture(scope="module")
-def base_url(database: str) -> Iterator[str]:
-    with restored_logging(), serving(create_app()) as address:
-        yield f"http://{address}"
-
-
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def frozen() -> Iterator[time_machine.Coordinates]:
-    with time_machine.travel(time.time(), tick=False) as clock:
-        yield clock
 
 
 def shopify(key: str) -> dict[str, str]:

@@ -309,6 +309,27 @@ def test_each_bulk_task_refuses_the_other_kind_of_bulk_job(sent: list[Send]) -> 
     assert _statuses(ids) == {RequestStatus.approved}
 
 
+def test_each_bulk_runner_refuses_the_other_kind_of_bulk_job(sent: list[Send]) -> None:
+    """The chunk loop checks the job's kind before its first chunk: the other kind's job is left untouched."""
+    from cancelflow.errors import Invalid
+    from cancelflow.services import bulk
+
+    ids = waiting_requests(2)
+    with transaction() as session:
+        decision = bulk_decisions.create_job(session, "approve", actor="staff (user:44)", ids=ids).id
+        tagging = bulk.create_job(session, "remove", ["vip"], ids=ids).id
+    with pytest.raises(Invalid, match="not a tag job") as refused:
+        bulk.drive(decision, transaction)
+    assert refused.value.code == "wrong_kind"
+    with pytest.raises(Invalid, match="not a decision job"):
+        bulk_decisions.drive(tagging, transaction)
+    with transaction() as session:
+        for job_id in (decision, tagging):
+            job = session.get_one(BulkJob, job_id)
+            assert (job.status, job.done) == (JobStatus.pending, 0)
+    assert _statuses(ids) == {RequestStatus.waiting}
+
+
 def test_an_export_is_confirmed_by_get_too_and_downloads_only_when_done(
     console: TestClient, sent: list[Send]
 ) -> None:

@@ -7,7 +7,6 @@ import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import time_machine
@@ -24,12 +23,6 @@ from tests.harness import free_port
 @pytest.fixture
 def token() -> str:
     return f"token-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def frozen() -> Iterator[time_machine.Coordinates]:
-    with time_machine.travel(time.time(), tick=False) as clock:
-        yield clock
 
 
 def _shared_redis() -> str:

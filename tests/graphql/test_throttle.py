@@ -8,40 +8,18 @@ an error. The clock is frozen (time-machine) where the figures are exact, and mo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import time_machine
 
-from cancelflow.api.app import create_app
 from cancelflow.config import get_settings
-from tests.conftest import restored_logging
 from tests.factories import token_key
-from tests.harness import serving
 
 VERSION = "2026-01"
 ENDPOINT = f"/admin/api/{VERSION}/graphql.json"
 FIFTY = "{ " + " ".join(f"s{i}: shop {{ name }}" for i in range(50)) + " }"  # 50 objects: 50 points
-
-
-@pytest.fixture(scope="module")
-def base_url(database: str) -> Iterator[str]:
-    with restored_logging(), serving(create_app()) as address:
-        yield f"http://{address}"
-
-
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def frozen() -> Iterator[time_machine.Coordinates]:
-    with time_machine.travel(time.time(), tick=False) as clock:
-        yield clock
 
 
 @pytest.fixture

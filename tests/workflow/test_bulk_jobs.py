@@ -96,6 +96,21 @@ class TestResume:
         # And a finished job does nothing more
         assert bulk.drive(job_id, transaction, chunk_size=500) == 1
 
+    def test_a_job_runs_at_its_stored_chunk_size_unless_the_caller_chooses_one(self, database: str) -> None:
+        from cancelflow.services import bulk
+
+        ids = make_requests(25)
+        key = unique()
+        with transaction() as session:
+            job_id = bulk.create_job(session, "add", [key], ids=ids, chunk_size=10).id
+        # Given no size from the caller, a chunk is the job's own 10 requests
+        assert bulk.drive(job_id, transaction, stop_after=1) == 1
+        with transaction() as session:
+            assert bulk.get_job(session, job_id).done == 10
+        # When the caller chooses 5, the 15 left take three chunks
+        assert bulk.drive(job_id, transaction, chunk_size=5) == 3
+        assert tagged_ids(key) == set(ids)
+
     def test_resume_of_a_removal_by_filter(self, database: str) -> None:
         from cancelflow.services import bulk
 
