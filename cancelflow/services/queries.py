@@ -549,7 +549,11 @@ def status_counts(
 
     One scan of at most `exact_up_to + 1` matching rows counts every status at once: exact when the
     filters match no more. Past that, each status is the planner's estimate: a count per status would
-    walk each status's rows looking for the filter's, slowest exactly where the pair is rare."""
+    walk each status's rows looking for the filter's, slowest exactly where the pair is rare. When the
+    planner expects far more matches than the bound, the scan is skipped."""
+    guess = _estimate(session, matching)
+    if guess > 4 * exact_up_to:  # the scan would end past its bound anyway: go straight to the estimates
+        return _status_estimates(session, matching), (guess, True)
     sample = matching.with_only_columns(CancellationRequest.status).limit(exact_up_to + 1).subquery()
     counted: dict[str, int] = {}
     for status, n in session.execute(select(sample.c.status, func.count()).group_by(sample.c.status)):
@@ -557,11 +561,14 @@ def status_counts(
     total = sum(counted.values())
     if total <= exact_up_to:
         return {s.value: (counted.get(s.value, 0), False) for s in RequestStatus}, (total, False)
-    estimates = {
+    return _status_estimates(session, matching), (max(guess, total), True)
+
+
+def _status_estimates(session: Session, matching: Select[Any]) -> dict[str, tuple[int, bool]]:
+    return {
         s.value: (_estimate(session, matching.where(CancellationRequest.status == s)), True)
         for s in RequestStatus
     }
-    return estimates, (max(_estimate(session, matching), total), True)
 
 
 def status_tabs(
