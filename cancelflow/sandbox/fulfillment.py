@@ -64,6 +64,9 @@ _DEFAULT_MESSAGES: dict[Decision, str] = {"accept": "Accepted by sandbox", "reje
 
 
 ANSWERED_MEMORY = 100_000  # answered cancellation requests remembered, oldest forgotten first
+PULL_LIMIT = 250  # fulfillment orders asked for per pull (the API's maximum page)
+RETRY_AFTER_DEFAULT = 1.0  # seconds to wait on a 429 that names no Retry-After
+RETRY_AFTER_MAX = 30.0
 
 
 def _request_key(order: dict[str, Any]) -> str:
@@ -77,6 +80,14 @@ def _request_key(order: dict[str, Any]) -> str:
         if isinstance(r, dict) and r.get("kind") == "cancellation_request"
     ]
     return stamps[-1] if stamps else ""
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        wait = float(response.headers.get("Retry-After", RETRY_AFTER_DEFAULT))
+    except ValueError:
+        wait = RETRY_AFTER_DEFAULT
+    return min(max(wait, 0.05), RETRY_AFTER_MAX)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -169,9 +180,11 @@ class FulfillmentSandbox:
         max_retries: int = 3,
         retry_backoff: float = 0.25,
         max_workers: int = 8,
+        max_throttled_retries: int = 60,
     ) -> None:
         self.config_path = config_path
         self.max_retries = max_retries
+        self.max_throttled_retries = max_throttled_retries
         self.retry_backoff = retry_backoff
         # One client for all threads: httpx.Client is thread-safe and pools connections to cancelflow.
         self._client = httpx.Client(transport=transport, timeout=timeout)
@@ -184,6 +197,10 @@ class FulfillmentSandbox:
         # (api, fulfillment order id, cancellation request) being answered, and those answered: a
         # warehouse answers each cancellation request once, however many pulls list it meanwhile.
         self._claimed: set[tuple[str, str, str]] = set()
+        # One pull loop per service at a time: a notification during a pull asks that loop for one more
+        # pull (with the newest configuration) instead of starting a second one.
+        self._pulling: set[str] = set()
+        self._pull_again: dict[str, tuple[ServiceConfig, SandboxConfig]] = {}
         self._answered: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._counts: dict[str, _NotificationCounts] = {}
         self._failures_served: Counter[str] = Counter()
@@ -245,7 +262,7 @@ class FulfillmentSandbox:
             logger.info(
                 "notification for %s: CANCELLATION_REQUEST, policy %s; pulling", handle, service.policy
             )
-            self._spawn(self._process_cancellations, handle, service, config)
+            self._request_pull(handle, service, config)
         else:
             # The sandbox models the cancellation half of the protocol only; fulfillment requests are
             # acknowledged (as a real service must) and left for cancelflow's own timers.
@@ -300,10 +317,53 @@ class FulfillmentSandbox:
         with self._lock:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
 
+    def _request_pull(self, handle: str, service: ServiceConfig, config: SandboxConfig) -> None:
+        with self._lock:
+            if handle in self._pulling:
+                self._pull_again[handle] = (service, config)
+                return
+            self._pulling.add(handle)
+        try:
+            self._spawn(self._pull_loop, handle, service, config)
+        except RuntimeError:
+            with self._lock:
+                self._pulling.discard(handle)
+            raise
+
+    def _pull_loop(self, handle: str, service: ServiceConfig, config: SandboxConfig) -> None:
+        """Pull every page and hand out the answers; once more if a notification came meanwhile. A burst
+        of notifications costs a few pulls, not one each."""
+        try:
+            while True:
+                self._process_cancellations(handle, service, config)
+                with self._lock:
+                    again = self._pull_again.pop(handle, None)
+                    if again is None or self._closing.is_set():
+                        self._pulling.discard(handle)
+                        return
+                service, config = again
+        except BaseException:
+            with self._lock:
+                self._pulling.discard(handle)
+                self._pull_again.pop(handle, None)
+            raise
+
     def _process_cancellations(self, handle: str, service: ServiceConfig, config: SandboxConfig) -> None:
-        orders = self._pull(handle, service, config)
-        if orders is None:
-            return
+        """Pull the fulfillment orders with a cancellation request, page by page (`since_id`), and answer
+        each not yet answered or being answered, the answers in parallel on the pool."""
+        since_id: object = None
+        while True:
+            orders = self._pull(handle, service, config, since_id)
+            if orders is None:
+                return
+            self._answer_all(handle, service, config, orders)
+            if len(orders) < PULL_LIMIT or self._closing.is_set():
+                return
+            since_id = orders[-1].get("id")
+
+    def _answer_all(
+        self, handle: str, service: ServiceConfig, config: SandboxConfig, orders: list[dict[str, Any]]
+    ) -> None:
         for order in orders:
             fo_id = order.get("id")
             if (
@@ -332,15 +392,21 @@ class FulfillmentSandbox:
                     service.delay_seconds, self._answer, handle, service, config, fo_id, decision, claim
                 )
             else:
-                self._answer(handle, service, config, fo_id, decision, claim)
+                self._spawn(self._answer, handle, service, config, fo_id, decision, claim)
 
     def _pull(
-        self, handle: str, service: ServiceConfig, config: SandboxConfig
+        self, handle: str, service: ServiceConfig, config: SandboxConfig, since_id: object = None
     ) -> list[dict[str, Any]] | None:
         url = f"{config.admin_api}/assigned_fulfillment_orders.json"
+        params = {"assignment_status": "cancellation_requested", "limit": str(PULL_LIMIT)}
+        if since_id is not None:
+            params["since_id"] = str(since_id)
         try:
             response = self._send(
-                "GET", url, service.token, params={"assignment_status": "cancellation_requested"}
+                "GET",
+                url,
+                service.token,
+                params=params,
             )
         except httpx.HTTPError as exc:
             logger.warning("%s: pulling %s failed: %s", handle, url, exc)
@@ -416,13 +482,14 @@ class FulfillmentSandbox:
         params: dict[str, str] | None = None,
         json_body: object = None,
     ) -> httpx.Response:
-        """One request, retried up to ``max_retries`` times on connection errors and 5xx.
+        """One request, retried up to ``max_retries`` times on connection errors and 5xx, and up to
+        ``max_throttled_retries`` times on 429 after the wait its ``Retry-After`` names.
 
         Returns the last response (possibly a 5xx once retries are exhausted) or raises the last
         ``httpx.HTTPError``. Other 4xx are returned at once: they will not get better.
         """
         headers = {TOKEN_HEADER: token, "Accept": "application/json"}
-        attempt = 0
+        attempt = throttled = 0
         while True:
             try:
                 response = self._client.request(method, url, headers=headers, params=params, json=json_body)
@@ -431,6 +498,14 @@ class FulfillmentSandbox:
                     raise
                 logger.info("%s %s: %s; retrying", method, url, exc)
             else:
+                if response.status_code == 429 and throttled < self.max_throttled_retries:
+                    # Throttled by the call bucket: a well-behaved app waits as told and tries again.
+                    throttled += 1
+                    wait = _retry_after(response)
+                    logger.info("%s %s: throttled; retrying in %.1fs", method, url, wait)
+                    if self._closing.wait(wait):
+                        return response
+                    continue
                 if response.status_code < 500 or attempt >= self.max_retries or self._closing.is_set():
                     return response
                 logger.info("%s %s: %d; retrying", method, url, response.status_code)

@@ -57,15 +57,20 @@ class FakeShop:
     keep_listed: bool = False
     sent_at: dict[int, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    pull_seconds: float = 0.0  # how long a pull takes (outside the lock)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         token = request.headers.get("X-Shopify-Access-Token")
         body = json.loads(request.content) if request.content else None
+        if request.method == "GET" and self.pull_seconds:
+            time.sleep(self.pull_seconds)
         with self.lock:
             self.calls.append(Call(request.method, request.url.path, token, dict(request.url.params), body))
             forced = self.script.get((request.method, request.url.path))
             if forced:
-                return httpx.Response(forced.pop(0), json={"errors": "scripted"})
+                code = forced.pop(0)
+                headers = {"Retry-After": "0.05"} if code == 429 else {}
+                return httpx.Response(code, json={"errors": "scripted"}, headers=headers)
             if token not in self.orders:
                 return httpx.Response(401, json={"errors": "bad token"})
             path = request.url.path
@@ -78,8 +83,9 @@ class FakeShop:
                         if i in self.sent_at
                         else [],
                     }
-                    for i in self.orders[token]
-                ]
+                    for i in sorted(self.orders[token])
+                    if i > int(request.url.params.get("since_id", 0))
+                ][: int(request.url.params.get("limit", 50))]
                 return httpx.Response(200, json={"fulfillment_orders": listed})
             if request.method == "POST" and path.startswith(f"{PREFIX}/fulfillment_orders/"):
                 fo_id = int(path.split("/")[-3])
@@ -210,7 +216,7 @@ def test_accept_pulls_with_the_token_then_accepts_every_order(sandbox: Sandbox) 
 
     (pull,) = sandbox.shop.pulls()
     assert pull.path == f"{PREFIX}/assigned_fulfillment_orders.json"
-    assert pull.params == {"assignment_status": "cancellation_requested"}
+    assert pull.params == {"assignment_status": "cancellation_requested", "limit": "250"}
     assert pull.token == "token-wh1"
     assert sandbox.shop.answers() == [
         (11, "accept", "token-wh1", "Accepted by sandbox"),
@@ -495,3 +501,37 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_throttled_pull_and_answer_wait_as_told_then_go_through(sandbox: Sandbox) -> None:
+    sandbox.configure(wh1=service("wh1"))
+    sandbox.shop.orders = {"token-wh1": [11]}
+    sandbox.shop.script = {
+        ("GET", f"{PREFIX}/assigned_fulfillment_orders.json"): [429, 429],
+        ("POST", f"{PREFIX}/fulfillment_orders/11/cancellation_request/accept.json"): [429],
+    }
+    sandbox.notify("wh1")
+    sandbox.settle()
+    assert len(sandbox.shop.pulls()) == 3
+    assert [(fo, action) for fo, action, _, _ in sandbox.shop.answers()] == [(11, "accept"), (11, "accept")]
+    assert [(e["fulfillment_order_id"], e["action"]) for e in sandbox.log()] == [(11, "accepted")]
+
+
+def test_every_page_is_pulled_with_since_id_and_every_order_answered_once(sandbox: Sandbox) -> None:
+    sandbox.configure(wh1=service("wh1"))
+    sandbox.shop.orders = {"token-wh1": list(range(1, 601))}
+    sandbox.notify("wh1")
+    sandbox.settle()
+    assert [p.params.get("since_id") for p in sandbox.shop.pulls()] == [None, "250", "500"]
+    assert sorted(fo for fo, _, _, _ in sandbox.shop.answers()) == list(range(1, 601))
+
+
+def test_a_burst_of_notifications_during_a_pull_costs_one_more_pull_not_one_each(sandbox: Sandbox) -> None:
+    sandbox.configure(wh1=service("wh1"))
+    sandbox.shop.orders = {"token-wh1": list(range(1, 21))}
+    sandbox.shop.pull_seconds = 0.3
+    for _ in range(20):
+        assert sandbox.notify("wh1").status_code == 200
+    sandbox.settle()
+    assert len(sandbox.shop.pulls()) <= 3  # the first, then one for all that came while it ran
+    assert sorted(fo for fo, _, _, _ in sandbox.shop.answers()) == list(range(1, 21))
