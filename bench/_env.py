@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,6 +69,31 @@ def keep_as_template(url: str, template: str) -> None:
     _admin(admin, f'CREATE DATABASE "{template}" TEMPLATE "{source}"')
 
 
+def _private_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """A redis-server of this run's own on a free port, when the machine has one: two runs sharing a
+    broker database consume each other's messages (and the first one's FLUSHDB empties the other's)."""
+    binary = shutil.which("redis-server")
+    if binary is None or os.environ.get("CANCELFLOW_BENCH_REDIS"):
+        return None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=(workdir / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, url
+        time.sleep(0.05)
+    proc.kill()
+    return None
+
+
 @contextmanager
 def bench_environment(
     workdir: Path, broker_kind: str = "redis", template: str | None = None
@@ -78,8 +107,12 @@ def bench_environment(
 
     name = f"cf_bench_{uuid.uuid4().hex[:8]}"
     embedded = None
+    private = None
     if local_services_reachable(ADMIN_DB, f"{REDIS}/15"):
         admin, broker = ADMIN_DB, f"{REDIS}/15"
+        private = _private_redis(workdir)
+        if private is not None:
+            broker = private[1]
     else:
         embedded = EmbeddedServices(workdir / "embedded")
         admin, broker = embedded.start()
@@ -126,5 +159,8 @@ def bench_environment(
         _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if vhost is not None:
             _rabbitmqctl("delete_vhost", vhost)
+        if private is not None:
+            private[0].terminate()
+            private[0].wait(timeout=10)
         if embedded is not None:
             embedded.stop()
