@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -105,6 +107,9 @@ def bench_environment(
     when it exists."""
     from cancelflow.config.embedded import EmbeddedServices, local_services_reachable
 
+    # A SIGTERM (a `kill` of the run, a CI timeout) unwinds like Ctrl-C, so the stack, the private Redis
+    # and the database below are stopped and dropped instead of left running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     name = f"cf_bench_{uuid.uuid4().hex[:8]}"
     embedded = None
     private = None
