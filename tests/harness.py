@@ -113,6 +113,20 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r} (last: {last!r})")
 
 
+def embedded_servers(data_dir: Path) -> list[psutil.Process]:
+    """The embedded PostgreSQL and Redis still running on `data_dir` (pg_ctl daemonises the postmaster, so
+    it is not below the stack's process); a pid file's pid counts only while it runs in that directory."""
+    servers = []
+    for pid_file in (data_dir / "postgres" / "postmaster.pid", data_dir / "redis" / "redis.pid"):
+        try:
+            server = psutil.Process(int(pid_file.read_text().split()[0]))
+            if Path(server.cwd()).is_relative_to(data_dir.resolve()):
+                servers.append(server)
+        except (OSError, ValueError, IndexError, psutil.Error):
+            continue  # not written, already removed, or a pid that is not the server any more
+    return servers
+
+
 def kill_tree(
     proc: subprocess.Popen[Any],
     *,

@@ -35,7 +35,7 @@ from cancelflow.config.embedded import (
     resolve_urls,
 )
 from cancelflow.db import normalise_url
-from tests.harness import kill_tree
+from tests.harness import embedded_servers, kill_tree
 
 LOCAL_DB = "postgresql://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -591,8 +591,8 @@ def test_run_stops_children_and_servers_on_a_signal(run_env: Path, sig: signal.S
             rest, _ = proc.communicate()
             raise AssertionError("still running 150 s after the signal:\n" + "".join(lines) + rest) from None
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # stop what it started too: its children lead process groups of their own
+            kill_tree(proc, left_behind=lambda: embedded_servers(data_dir))
             proc.communicate()
     output = "".join(lines) + rest
     assert proc.returncode == 0, output

@@ -15,11 +15,10 @@ import uuid
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from tests.factories import VALID_IBAN
-from tests.harness import free_port, kill_tree, wait_for
+from tests.harness import embedded_servers, free_port, kill_tree, wait_for
 from tests.test_embedded import _server_pids, _sql, run_env
 
 __all__ = ["run_env"]  # the fixture, used below by name
@@ -35,20 +34,6 @@ def _redis_pid(data_dir: Path) -> int | None:
         return int((data_dir / "redis" / "redis.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _embedded_servers(data_dir: Path) -> list[psutil.Process]:
-    """The embedded PostgreSQL and Redis still running on `data_dir` (pg_ctl daemonises the postmaster, so
-    it is not below the stack's process); a pid file's pid counts only while it runs in that directory."""
-    servers = []
-    for pid_file in (data_dir / "postgres" / "postmaster.pid", data_dir / "redis" / "redis.pid"):
-        try:
-            server = psutil.Process(int(pid_file.read_text().split()[0]))
-            if Path(server.cwd()).is_relative_to(data_dir.resolve()):
-                servers.append(server)
-        except (OSError, ValueError, IndexError, psutil.Error):
-            continue  # not written, already removed, or a pid that is not the server any more
-    return servers
 
 
 RUN_THE_REAL_STACK = textwrap.dedent(
@@ -159,7 +144,7 @@ def test_the_real_stack_finishes_requests_in_flight_when_postgres_then_redis_is_
         proc.wait(timeout=90)
     finally:
         # The supervisor's children lead process groups of their own: killing it alone would orphan them.
-        kill_tree(proc, left_behind=lambda: _embedded_servers(data_dir))
+        kill_tree(proc, left_behind=lambda: embedded_servers(data_dir))
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.returncode == 0, "".join(lines)

@@ -39,7 +39,7 @@ from cancelflow.models import (
 )
 from cancelflow.models.enums import FORequestStatus, PlanStatus, StepStatus
 from tests import conftest
-from tests.harness import free_port, printed_counts, wait_for
+from tests.harness import embedded_servers, free_port, kill_tree, printed_counts, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 240.0
@@ -88,7 +88,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         base, _, query = conftest.ADMIN_URL.partition("?")
         database_url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
         env["CANCELFLOW_DATABASE_URL"] = database_url
-        env["CANCELFLOW_BROKER_URL"] = f"{conftest.LOCAL_REDIS}/{conftest.SPARE_REDIS_DB}"  # not the session's db
+        env["CANCELFLOW_BROKER_URL"] = (
+            f"{conftest.LOCAL_REDIS}/{conftest.SPARE_REDIS_DB}"  # not the session's db
+        )
     gateway = free_port()
     env.update(
         {
@@ -129,7 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             try:
                 proc.communicate(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_tree(proc, left_behind=lambda: embedded_servers(data_dir))
                 proc.communicate()
         if database_url is not None:
             conftest._admin_execute(
