@@ -278,7 +278,7 @@ def sweeper_steps() -> list[tuple[str, Any]]:
     """What the beat runs each tick, each as its task does it (one transaction each)."""
     from cancelflow.config import get_settings
     from cancelflow.db import transaction
-    from cancelflow.services import escalation, exports, intake, steps
+    from cancelflow.services import escalation, exports, intake, steps, tallies
     from cancelflow.services.clock import now
     from cancelflow.services.webhooks import delivery
     from cancelflow.worker.app import celery_app
@@ -296,6 +296,8 @@ def sweeper_steps() -> list[tuple[str, Any]]:
     return [
         ("broker-loss check", lambda: broker_was_emptied(celery_app)),
         ("workflow.sweep_due", in_tx(steps.sweep_due)),
+        # The same task's second transaction: the tally rows written since the last tick, folded.
+        ("workflow.sweep_due: tallies.compact", in_tx(tallies.compact)),
         ("fulfillment.chase_replies", in_tx(escalation.chase)),
         ("webhooks.sweep", in_tx(delivery.sweep_due)),
         ("exports.expire", in_tx(lambda s: exports.expire_jobs(s, retention=settings.export_retention))),

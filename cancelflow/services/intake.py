@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Final, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import DateTime, Integer, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -340,19 +340,24 @@ def record_rejection(
     return row
 
 
+# Built once: the prune runs every tick, and building and keying the statement cost more than running it.
+_PRUNE: Final = (
+    delete(RejectedMessage)
+    .where(
+        RejectedMessage.id.in_(
+            select(RejectedMessage.id)
+            .where(RejectedMessage.rejected_at < bindparam("older_than", type_=DateTime(timezone=True)))
+            .order_by(RejectedMessage.rejected_at)
+            .limit(bindparam("batch", type_=Integer()))
+        )
+    )
+    .returning(RejectedMessage.id)
+)
+
+
 def prune_rejections(session: Session, *, older_than: datetime, batch: int = 5000) -> int:
     """Delete up to `batch` refusals recorded before `older_than` (oldest first); how many went."""
-    oldest = (
-        select(RejectedMessage.id)
-        .where(RejectedMessage.rejected_at < older_than)
-        .order_by(RejectedMessage.rejected_at)
-        .limit(batch)
-    )
-    return len(
-        session.scalars(
-            delete(RejectedMessage).where(RejectedMessage.id.in_(oldest)).returning(RejectedMessage.id)
-        ).all()
-    )
+    return len(session.scalars(_PRUNE, {"older_than": older_than, "batch": batch}).all())
 
 
 def rejection_since(session: Session, client_request_id: str, since: Any) -> RejectedMessage | None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import bindparam, func, or_, select, text, update
+from sqlalchemy import DateTime, Integer, Interval, Select, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -300,6 +300,33 @@ def fail_plan(session: Session, plan_id: int, reason: str) -> None:
     )
 
 
+def _due_steps(*, lost: bool) -> Select[int, StepKind]:
+    # next_attempt_at = last send + grace (create, sweep) or + backoff (retry): sent before the start.
+    grace = bindparam("grace", type_=Interval())
+    sent_before_restart = WorkflowStep.next_attempt_at < func.pg_postmaster_start_time() + grace
+    if lost:
+        lost_at = bindparam("lost_at", type_=DateTime(timezone=True))
+        sent_before_restart = or_(sent_before_restart, WorkflowStep.next_attempt_at < lost_at + grace)
+    return (
+        select(WorkflowStep.id, WorkflowStep.kind)
+        .where(
+            WorkflowStep.status == StepStatus.pending,
+            or_(
+                WorkflowStep.next_attempt_at <= bindparam("stamp", type_=DateTime(timezone=True)),
+                sent_before_restart,
+            ),
+        )
+        .order_by(WorkflowStep.next_attempt_at)
+        .limit(bindparam("limit", type_=Integer()))
+        .with_for_update(skip_locked=True)
+    )
+
+
+# Built once: the sweep runs every tick, and building and keying the statement cost more than running it.
+_DUE: Final = _due_steps(lost=False)
+_DUE_OR_LOST: Final = _due_steps(lost=True)
+
+
 def sweep_due(session: Session, *, limit: int = 500, lost_at: datetime | None = None) -> int:
     """Re-send every pending step whose time has come (a lost message, a retry, a waking timer).
 
@@ -315,20 +342,9 @@ def sweep_due(session: Session, *, limit: int = 500, lost_at: datetime | None = 
         log.info("another sweep holds the lock; skipping")
         return 0
     stamp = now()
-    grace = get_settings().redelivery_grace
-    # next_attempt_at = last send + grace (create, sweep) or + backoff (retry): sent before the start.
-    sent_before_restart = WorkflowStep.next_attempt_at < func.pg_postmaster_start_time() + grace
-    if lost_at is not None:
-        sent_before_restart = or_(sent_before_restart, WorkflowStep.next_attempt_at < lost_at + grace)
     due = session.execute(
-        select(WorkflowStep.id, WorkflowStep.kind)
-        .where(
-            WorkflowStep.status == StepStatus.pending,
-            or_(WorkflowStep.next_attempt_at <= stamp, sent_before_restart),
-        )
-        .order_by(WorkflowStep.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        _DUE if lost_at is None else _DUE_OR_LOST,
+        {"stamp": stamp, "grace": get_settings().redelivery_grace, "lost_at": lost_at, "limit": limit},
     ).all()
     if not due:
         return 0

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 import httpx
-from sqlalchemy import func, select, text, update
+from sqlalchemy import DateTime, Integer, bindparam, func, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from cancelflow.config import get_settings
@@ -222,34 +222,38 @@ def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
     return delivery
 
 
+_OLDER: Final = aliased(WebhookDelivery)
+# Built once: the sweep runs every tick, and building and keying the statement cost more than running it.
+_DUE: Final = (
+    select(WebhookDelivery.id, WebhookDelivery.status)
+    .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
+    .where(
+        WebhookDelivery.status.in_(UNFINISHED),
+        WebhookDelivery.next_attempt_at <= bindparam("stamp", type_=DateTime(timezone=True)),
+        WebhookSubscription.paused_at.is_(None),
+        # Only the oldest unfinished delivery of each request: the younger ones wait for its nudge.
+        ~select(_OLDER.id)
+        .where(
+            _OLDER.subscription_id == WebhookDelivery.subscription_id,
+            _OLDER.request_id == WebhookDelivery.request_id,
+            _OLDER.id < WebhookDelivery.id,
+            _OLDER.status.in_(UNFINISHED),
+        )
+        .exists(),
+    )
+    .order_by(WebhookDelivery.next_attempt_at)
+    .limit(bindparam("limit", type_=Integer()))
+    .with_for_update(of=WebhookDelivery, skip_locked=True)
+)
+
+
 def sweep_due(session: Session, *, limit: int = 500) -> int:
     """Re-send every unfinished delivery whose time has come (a lost message, a long backoff)."""
     if not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SWEEP_LOCK_KEY}).scalar():
         log.info("another webhook sweep holds the lock; skipping")
         return 0
     stamp = now()
-    older = aliased(WebhookDelivery)
-    rows = session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.status)
-        .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
-        .where(
-            WebhookDelivery.status.in_(UNFINISHED),
-            WebhookDelivery.next_attempt_at <= stamp,
-            WebhookSubscription.paused_at.is_(None),
-            # Only the oldest unfinished delivery of each request: the younger ones wait for its nudge.
-            ~select(older.id)
-            .where(
-                older.subscription_id == WebhookDelivery.subscription_id,
-                older.request_id == WebhookDelivery.request_id,
-                older.id < WebhookDelivery.id,
-                older.status.in_(UNFINISHED),
-            )
-            .exists(),
-        )
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(of=WebhookDelivery, skip_locked=True)
-    ).all()
+    rows = session.execute(_DUE, {"stamp": stamp, "limit": limit}).all()
     if not rows:
         return 0
     for _, status in rows:
