@@ -318,7 +318,31 @@ def output_dir(request: pytest.FixtureRequest) -> Path:
     return path
 
 
+# The schemathesis tests live in these files, every test in them marked schema_fuzz (checked below).
+SCHEMA_FUZZ_FILES = "test_schemathesis*.py"
+
+
+def _deselects_schema_fuzz(config: pytest.Config) -> bool:
+    return str(config.getoption("markexpr", "")).split() == ["not", "schema_fuzz"]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # schemathesis builds a test per API operation while collecting: seconds of each xdist worker's time in
+    # `make test`'s first pytest, which deselects them all (`-m "not schema_fuzz"`).
+    if _deselects_schema_fuzz(config) and collection_path.match(SCHEMA_FUZZ_FILES):
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if item.path.match(SCHEMA_FUZZ_FILES) and item.get_closest_marker("schema_fuzz") is None
+    ]
+    # A run that deselects schema_fuzz does not even collect these files: it would never run such a test.
+    if unmarked:
+        raise pytest.UsageError(f"tests in {SCHEMA_FUZZ_FILES} files must be marked schema_fuzz: {unmarked}")
     if AMQP_SKIP_REASON is not None:
         for item in items:
             item.add_marker(pytest.mark.skip(reason=AMQP_SKIP_REASON))
@@ -349,16 +373,36 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
+# The files (scopes) that take longest, longest first, from `--durations` of a full run. xdist hands out the
+# other files most tests first, which would leave these few-test files to the end of the run, where one of
+# them alone keeps a worker busy for minutes while the other has nothing left to do.
+LONG_SCOPES = (
+    "tests/chaos",
+    "tests/unit/test_state_machines_stateful.py",
+    "tests/test_embedded_recovery.py",
+    "tests/test_embedded.py",
+    "tests/ops/test_make_run_commands.py",
+    "tests/unit/test_job_and_delivery_stateful.py",
+)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """`make test` runs two xdist workers: each test file goes whole to one worker (its module-scoped stack
     starts once), and the chaos files go together to one worker, one after the other, so that two fault
-    phases never share the machine and measure each other."""
+    phases never share the machine and measure each other. The longest scopes are handed out first."""
     from xdist.scheduler import LoadScopeScheduling
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return "tests/chaos" if path.startswith("tests/chaos/") else path
+
+        def _assign_work_unit(self, node: object) -> None:
+            for scope in LONG_SCOPES:
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+                    break
+            super()._assign_work_unit(node)
 
     return FileScheduling(config, log)
 
