@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -334,7 +335,27 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+def _operation_ids(items: list[pytest.Item]) -> None:
+    """Each schemathesis test's id names its operation, as its name does: `...::test_x[GET /api/v1/...]`.
+
+    pytest 9 builds a test's id from the function's name and its parametrization, and schemathesis puts the
+    operation in the name only: every operation's test had the same id, and pytest-xdist, which hands tests
+    out by id, ran one of them.
+    """
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        if item.get_closest_marker("schema_fuzz") is not None and item.parent is not None:
+            own = f"{item.parent.nodeid}::{item.name}"
+            if item.nodeid != own:
+                item._id = NodeId.parse(own)  # type: ignore[attr-defined]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _operation_ids(items)
+    shared = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    if shared:  # pytest-xdist hands tests out by id: it would run one test of each such id
+        raise pytest.UsageError(f"tests with the same id: {shared}")
     unmarked = [
         item.nodeid
         for item in items
@@ -346,12 +367,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if AMQP_SKIP_REASON is not None:
         for item in items:
             item.add_marker(pytest.mark.skip(reason=AMQP_SKIP_REASON))
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    # Under an xdist worker schemathesis's per-operation tests collapse into one that runs nothing and passes.
-    if os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("schema_fuzz") is not None:
-        pytest.fail("schemathesis tests do not run under pytest-xdist: run them without -n (`make test` does)")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -395,6 +410,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
+            if Path(path).match(SCHEMA_FUZZ_FILES):
+                return nodeid  # one API operation each, seconds apiece: both workers share a file's
             return "tests/chaos" if path.startswith("tests/chaos/") else path
 
         def _assign_work_unit(self, node: object) -> None:
