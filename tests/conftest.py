@@ -393,10 +393,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # them alone keeps a worker busy for minutes while the other has nothing left to do.
 LONG_SCOPES = (
     "tests/chaos",
+    "tests/console/test_bulk_browser.py",
     "tests/unit/test_state_machines_stateful.py",
-    "tests/test_embedded_recovery.py",
     "tests/test_embedded.py",
+    "tests/console/test_browser_work.py",
+    "tests/workflow/test_chaining.py",
+    "tests/test_cli_config_errors.py",
+    "tests/test_embedded_recovery.py",
+    "tests/ops/test_api_workers.py",
     "tests/ops/test_make_run_commands.py",
+    "tests/ops/test_browser.py",
+    "tests/console/test_browser.py",
+    "tests/workflow/test_durability.py",
     "tests/unit/test_job_and_delivery_stateful.py",
 )
 
