@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -351,18 +352,54 @@ def output_dir(request: pytest.FixtureRequest) -> Path:
     return path
 
 
+# The schemathesis tests live in these files, every test in them marked schema_fuzz (checked below).
+SCHEMA_FUZZ_FILES = "test_schemathesis*.py"
+
+
+def _deselects_schema_fuzz(config: pytest.Config) -> bool:
+    return str(config.getoption("markexpr", "")).split() == ["not", "schema_fuzz"]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # schemathesis builds a test per API operation while collecting: seconds of each xdist worker's time in
+    # `make test`'s first pytest, which deselects them all (`-m "not schema_fuzz"`).
+    if _deselects_schema_fuzz(config) and collection_path.match(SCHEMA_FUZZ_FILES):
+        return True
+    return None
+
+
+def _operation_ids(items: list[pytest.Item]) -> None:
+    """Each schemathesis test's id names its operation, as its name does: `...::test_x[GET /api/v1/...]`.
+
+    pytest 9 builds a test's id from the function's name and its parametrization, and schemathesis puts the
+    operation in the name only: every operation's test had the same id, and pytest-xdist, which hands tests
+    out by id, ran one of them.
+    """
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        if item.get_closest_marker("schema_fuzz") is not None and item.parent is not None:
+            own = f"{item.parent.nodeid}::{item.name}"
+            if item.nodeid != own:
+                item._id = NodeId.parse(own)  # type: ignore[attr-defined]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _operation_ids(items)
+    shared = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    if shared:  # pytest-xdist hands tests out by id: it would run one test of each such id
+        raise pytest.UsageError(f"tests with the same id: {shared}")
+    unmarked = [
+        item.nodeid
+        for item in items
+        if item.path.match(SCHEMA_FUZZ_FILES) and item.get_closest_marker("schema_fuzz") is None
+    ]
+    # A run that deselects schema_fuzz does not even collect these files: it would never run such a test.
+    if unmarked:
+        raise pytest.UsageError(f"tests in {SCHEMA_FUZZ_FILES} files must be marked schema_fuzz: {unmarked}")
     if AMQP_SKIP_REASON is not None:
         for item in items:
             item.add_marker(pytest.mark.skip(reason=AMQP_SKIP_REASON))
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    # Under an xdist worker schemathesis's per-operation tests collapse into one that runs nothing and passes.
-    if os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("schema_fuzz") is not None:
-        pytest.fail(
-            "schemathesis tests do not run under pytest-xdist: run them without -n (`make test` does)"
-        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -384,16 +421,46 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
+# The files (scopes) that take longest, longest first, from `--durations` of a full run. xdist hands out the
+# other files most tests first, which would leave these few-test files to the end of the run, where one of
+# them alone keeps a worker busy for minutes while the other has nothing left to do.
+LONG_SCOPES = (
+    "tests/chaos",
+    "tests/console/test_bulk_browser.py",
+    "tests/unit/test_state_machines_stateful.py",
+    "tests/test_embedded.py",
+    "tests/console/test_browser_work.py",
+    "tests/workflow/test_chaining.py",
+    "tests/test_cli_config_errors.py",
+    "tests/test_embedded_recovery.py",
+    "tests/ops/test_api_workers.py",
+    "tests/ops/test_make_run_commands.py",
+    "tests/ops/test_browser.py",
+    "tests/console/test_browser.py",
+    "tests/workflow/test_durability.py",
+    "tests/unit/test_job_and_delivery_stateful.py",
+)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """`make test` runs two xdist workers: each test file goes whole to one worker (its module-scoped stack
     starts once), and the chaos files go together to one worker, one after the other, so that two fault
-    phases never share the machine and measure each other."""
+    phases never share the machine and measure each other. The longest scopes are handed out first."""
     from xdist.scheduler import LoadScopeScheduling
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
+            if Path(path).match(SCHEMA_FUZZ_FILES):
+                return nodeid  # one API operation each, seconds apiece: both workers share a file's
             return "tests/chaos" if path.startswith("tests/chaos/") else path
+
+        def _assign_work_unit(self, node: object) -> None:
+            for scope in LONG_SCOPES:
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+                    break
+            super()._assign_work_unit(node)
 
     return FileScheduling(config, log)
 

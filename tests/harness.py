@@ -100,7 +100,7 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.2, what: str = ""
+    predicate: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.1, what: str = ""
 ) -> T:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -121,7 +121,7 @@ def test_the_real_stack_finishes_requests_in_flight_when_postgres_then_redis_is_
 
         # Far less than the 120 s redelivery grace a lost message would wait.
         try:
-            wait_for(finished, timeout=60, interval=1.0, what=f"the {len(created)} requests finished")
+            wait_for(finished, timeout=60, interval=0.25, what=f"the {len(created)} requests finished")
         except AssertionError:
             for query in (
                 "SELECT id, status FROM cancellation_requests WHERE id = ANY(:ids)",

@@ -519,7 +519,7 @@ def test_chaos(chaos_stack: Stack, chaos_redis: RedisServer, capsys: pytest.Capt
 
             # Then every request ends where its policy says, with no money step left to run
             wait_for(
-                lambda: _settled(planned), timeout=clock.left(180), interval=1.0, what="all requests settled"
+                lambda: _settled(planned), timeout=clock.left(180), interval=0.25, what="all requests settled"
             )
             clock.mark("settled")
         finally:

@@ -85,8 +85,10 @@ def _step_ids(request_id: int) -> dict[StepKind, int]:
 
 @contextmanager
 def worker_with(stack: Stack, *, queues: str | None = None, **env: str) -> Iterator[tuple[Proc, int]]:
-    """The stack's worker restarted with other settings (or queues) for the block, then as it was; with
-    where its log starts."""
+    """The stack's worker restarted with other settings (or queues) for the block; with where its log starts.
+
+    Stopped after the block: the next test that needs the stack's own worker starts it again (`worker`), and
+    one that brings its own does not wait for a worker it would stop at once."""
     saved = dict(stack.env)
     stack.procs["worker"].stop()
     since = len(stack.procs["worker"].log_text())
@@ -97,7 +99,14 @@ def worker_with(stack: Stack, *, queues: str | None = None, **env: str) -> Itera
         stack.procs["worker"].stop()
         stack.env.clear()
         stack.env.update(saved)
+
+
+@pytest.fixture
+def worker(stack: Stack) -> Proc:
+    """The stack's own worker, started again when a test before stopped it."""
+    if not stack.procs["worker"].alive():
         stack.start_worker()
+    return stack.procs["worker"]
 
 
 def _blocked_by(pid: int, *, terminate: bool = False) -> list[int]:
@@ -115,10 +124,9 @@ def _blocked_by(pid: int, *, terminate: bool = False) -> list[int]:
         conn.close()
 
 
-def test_a_worker_killed_between_two_chained_steps_resumes_and_pays_once(stack: Stack) -> None:
+def test_a_worker_killed_between_two_chained_steps_resumes_and_pays_once(stack: Stack, worker: Proc) -> None:
     # Given a refund that takes its time at the gateway, so the test can hold the order row meanwhile
     service = make_service(stack, policy="accept")
-    worker = stack.procs["worker"]
     since = len(worker.log_text())
     stack.gateway("/_admin/config", json={"delay_seconds": 3})
     holder = psycopg2.connect(DATABASE_URL)
