@@ -13,7 +13,9 @@ instead, so limits stay in force (per process) until Redis is back.
 
 The caller's clock (`time.time()`, or `now`) drives the draining: every replica's clock is NTP-close, a
 clock behind the stored time drains nothing rather than going backwards, and tests move it with
-time-machine. Keys expire when the bucket would be empty, so idle tokens cost no memory.
+time-machine. Keys expire a minute after the bucket would be empty (Redis's own clock runs the expiry: the
+slack keeps a bucket whose callers' clock lags, or stands still under time-machine, from vanishing while it
+still holds calls), so idle tokens cost no memory.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ else
   level = math.max(0, level - amount)
 end
 redis.call('HSET', KEYS[1], 'level', string.format('%.17g', level), 'ts', string.format('%.17g', ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(level / rate * 1000) + 1000)
+redis.call('PEXPIRE', KEYS[1], math.ceil(level / rate * 1000) + 60000)
 return {admitted, string.format('%.17g', level)}
 """
 
