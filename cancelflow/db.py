@@ -111,6 +111,31 @@ def transaction(url: str | None = None, *, one_connection: bool = False) -> Iter
 
 
 @contextmanager
+def statements_alone(session: Session) -> Iterator[bool]:
+    """`session`'s connection with each statement its own transaction, sent without BEGIN and COMMIT (the
+    driver's autocommit, for the duration of the block): a read, or a write that is one statement, costs one
+    round trip instead of three. Only where no transaction is open on the connection (a fresh session, or
+    right after `unit_on`'s rollback); otherwise the statements simply join the open transaction. A string
+    of several statements sent in one execute is one transaction of its own too (PostgreSQL's implicit
+    transaction block), where `SET LOCAL` applies. Yields whether the statements run alone."""
+    import psycopg2.extensions
+
+    raw: Any = session.connection().connection.dbapi_connection
+    alone = bool(
+        raw is not None
+        and not raw.autocommit
+        and raw.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    )
+    if alone:
+        raw.autocommit = True  # a flag of the driver: nothing is sent to the server
+    try:
+        yield alone
+    finally:
+        if alone and not raw.closed:
+            raw.autocommit = False
+
+
+@contextmanager
 def unit_on(session: Session) -> Iterator[Session]:
     """A transaction of its own on `session` (on its connection, with a `OneConnectionSession`): whatever
     the session had open is rolled back first; commits on success, rolls back on error."""
