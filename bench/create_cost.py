@@ -269,6 +269,18 @@ def profile_creates(key: str, units: list[int], n: int, top: int, save: str | No
             )
             for statement in seen:
                 print(f"  {statement}")
+            for name, path in (("list", LIST_QUERY), ("read", "/api/v1/cancellation_requests/{id}/")):
+                if name == "read":
+                    listed = (await client.get(LIST_QUERY, headers=headers)).json()["results"]
+                    path = path.format(id=listed[0]["id"])
+                counts.update(statements=0, checkouts=0)
+                seen.clear()
+                (await client.get(path, headers=headers)).raise_for_status()
+                print(
+                    f"one {name}: {counts['statements']} SQL statements, {counts['checkouts']} pool checkouts"
+                )
+                for statement in seen:
+                    print(f"  {statement}")
             profiler = cProfile.Profile()
             cpu = time.process_time()
             profiler.enable()

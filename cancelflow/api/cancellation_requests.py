@@ -46,7 +46,7 @@ from cancelflow.api.schemas.cancellation_requests import (
 from cancelflow.api.schemas.common import MAX_ID
 from cancelflow.api.schemas.errors import AkinonDetail
 from cancelflow.config.logging import mask_text
-from cancelflow.db import unit_on
+from cancelflow.db import statements_alone, unit_on
 from cancelflow.errors import Forbidden, Invalid, NotFound
 from cancelflow.models import CancellationRequest
 from cancelflow.models.enums import TokenKind
@@ -289,7 +289,10 @@ routes = ScopedRoutes(router, channel_router, global_scope=global_scope, channel
     openapi_extra={"parameters": query_params.PAGE_PARAMETERS + query_params.filter_parameters()},
 )
 def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> CancellationRequestPage:
-    return present_page(request, _page(request, scope, session), scope)
+    # Reads only, each with a snapshot of its own (READ COMMITTED) in a transaction or not: sent alone,
+    # without BEGIN and COMMIT round trips.
+    with statements_alone(session):
+        return present_page(request, _page(request, scope, session), scope)
 
 
 @routes.get(
@@ -438,7 +441,8 @@ def create_request(
     description="Retrieve a specific cancellation request by ID.",
 )
 def retrieve(id: RequestId, scope: ScopeDep, session: DbSession) -> CancellationRequestOut:
-    return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
+    with statements_alone(session):  # one read: no BEGIN and COMMIT round trips
+        return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
 
 
 @routes.get(

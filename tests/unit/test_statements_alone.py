@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg2
 import psycopg2.extensions
 from sqlalchemy import select, text
 
+from cancelflow.config import get_settings
 from cancelflow.db import (
     OneConnectionSession,
     get_engine,
@@ -83,3 +85,23 @@ def test_inside_an_open_transaction_the_claim_joins_it() -> None:
         assert claim.state == "owned"
         session.rollback()
     assert keys_named(key) == 0
+
+
+def test_a_connection_the_server_ended_is_replaced_at_checkout() -> None:
+    engine = get_engine(None)
+    with engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    # The same connection is handed out next (LIFO) as long as it lives.
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+    admin = psycopg2.connect(get_settings().require_database_url())  # not from the pool: it would be `pid`
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits until it has exited
+            assert cursor.fetchone() == (True,)
+    finally:
+        admin.close()
+    # No ping: the pool sees the closed socket and opens a new connection; the caller sees no error.
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
