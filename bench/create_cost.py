@@ -12,7 +12,10 @@ with generated orders (the demo generator) and a storefront token, it
    pool checkouts per create, and prints cProfile's top functions by cumulative and own time
    (`--profile N`, 0 to skip).
 
-    PYTHONPATH=. .venv/bin/python bench/create_cost.py [--requests 400] [--profile 300]
+    PYTHONPATH=. .venv/bin/python bench/create_cost.py [--requests 400] [--profile 300] [--strace]
+
+`--strace` also counts the messages the API process sends to PostgreSQL and Redis per request (`strace`
+on it): each is a round trip, and unlike time they do not depend on what else the machine runs.
 
 `CANCELFLOW_BENCH_REDIS` names the Redis server (`--redis-db`, default 14, is flushed and used).
 Figures are printed, never asserted.
@@ -159,15 +162,56 @@ def cpu_of(pid: int) -> float:
     return times.user + times.system
 
 
-def per_request(pid: int, n: int, call: Callable[[int], None]) -> tuple[float, float]:
-    """(ms of the API's CPU, ms of wall time) per call, over `n` calls made one after another."""
-    cpu, wall = cpu_of(pid), time.perf_counter()
+def backends_cpu() -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving this bench's database."""
+    import psutil
+    import psycopg2
+
+    conn = psycopg2.connect(os.environ["CANCELFLOW_DATABASE_URL"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            pids = [int(row[0]) for row in cur.fetchall()]
+    finally:
+        conn.close()
+    found: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            found[pid] = times.user + times.system
+    return found
+
+
+def sessions_opened() -> int:
+    """Connections ever opened to this database (PostgreSQL 14+)."""
+    import psycopg2
+
+    conn = psycopg2.connect(os.environ["CANCELFLOW_DATABASE_URL"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            row = cur.fetchone()
+            return int(row[0]) if row and row[0] is not None else -1
+    finally:
+        conn.close()
+
+
+def per_request(pid: int, n: int, call: Callable[[int], None]) -> tuple[float, float, float]:
+    """(ms of the API's CPU, of PostgreSQL's CPU for this database, of wall time) per call, over `n` calls
+    made one after another."""
+    cpu, pg, wall = cpu_of(pid), backends_cpu(), time.perf_counter()
     for i in range(n):
         call(i)
-    return 1000 * (cpu_of(pid) - cpu) / n, 1000 * (time.perf_counter() - wall) / n
+    wall = time.perf_counter() - wall
+    api = cpu_of(pid) - cpu
+    pg_after = backends_cpu()
+    pg_used = sum(used - pg.get(backend, 0.0) for backend, used in pg_after.items())
+    return 1000 * api / n, 1000 * pg_used / n, 1000 * wall / n
 
 
-def measure_server(key: str, units: list[int], n: int, workdir: Path) -> list[int]:
+def measure_server(key: str, units: list[int], n: int, workdir: Path, *, strace: bool) -> list[int]:
     import httpx
 
     headers = {"Authorization": f"Token {key}"}
@@ -193,6 +237,7 @@ def measure_server(key: str, units: list[int], n: int, workdir: Path) -> list[in
             assert response.status_code == 200, response.text
 
         create(0)  # the first create imports what the others use
+        sessions = sessions_opened()
         figures = {
             "GET /healthz": per_request(pid, n, lambda i: client.get("/healthz").raise_for_status()),
             "POST create": per_request(pid, n, create),
@@ -201,14 +246,52 @@ def measure_server(key: str, units: list[int], n: int, workdir: Path) -> list[in
             ),
             "GET read one": per_request(pid, n, read),
         }
-    print(f"\nAPI process, {n} requests of each, one at a time (ms per request)")
-    print(f"  {'request':<36} {'API CPU':>8} {'wall':>8}")
-    for name, (cpu, wall) in figures.items():
-        print(f"  {name:<36} {cpu:>8.2f} {wall:>8.2f}")
+    opened = sessions_opened() - sessions - 1  # less the count's own
+    print(f"\nAPI process, {n} requests of each, one at a time (ms per request; {opened} connections opened)")
+    print(f"  {'request':<36} {'API CPU':>8} {'PG CPU':>8} {'wall':>8}")
+    for name, (cpu, pg, wall) in figures.items():
+        print(f"  {name:<36} {cpu:>8.2f} {pg:>8.2f} {wall:>8.2f}")
     health, create_cpu = figures["GET /healthz"][0], figures["POST create"][0]
     mix = (8 * create_cpu + figures["GET list ?status=waiting&limit=10"][0] + figures["GET read one"][0]) / 10
     print(f"  capacity ratio create : healthz (CPU) {health / create_cpu:.2f}; burst mix 8:1:1 {mix:.2f} ms")
+    if strace:
+        with api_process(workdir) as (url, pid), httpx.Client(base_url=url, timeout=30) as client:
+            client.get("/healthz")
+            calls: dict[str, Callable[[int], None]] = {
+                "GET /healthz": lambda i: client.get("/healthz").raise_for_status(),
+                "POST create": create,
+                "GET list": lambda i: client.get(LIST_QUERY, headers=headers).raise_for_status(),
+                "GET read one": read,
+            }
+            print("\nmessages sent per request (strace of the API process; each one a round trip)")
+            for name, call in calls.items():
+                call(0)  # the first of each kind imports and connects
+                pg, redis = count_sends(pid, workdir / "strace.out", call, 50)
+                print(f"  {name:<36} PostgreSQL {pg / 50:5.1f}   Redis {redis / 50:4.1f}")
     return created
+
+
+def count_sends(pid: int, out: Path, call: Callable[[int], None], n: int) -> tuple[int, int]:
+    """`sendto` calls of `pid` during `n` calls, to PostgreSQL and to Redis (RESP commands start with `*`);
+    the API's HTTP answers are written with other calls."""
+    import re
+    import shutil
+
+    strace = shutil.which("strace") or "/usr/bin/strace"
+    tracer = subprocess.Popen(
+        [strace, "-f", "-e", "trace=sendto", "-o", str(out), "-p", str(pid)], stderr=subprocess.DEVNULL
+    )
+    time.sleep(1.0)
+    try:
+        for i in range(n):
+            call(i)
+        time.sleep(0.5)
+    finally:
+        tracer.terminate()
+        tracer.wait()
+    sends = re.findall(r'sendto\(\d+, "(.)', out.read_text())
+    redis = sum(1 for first in sends if first == "*")
+    return len(sends) - redis, redis
 
 
 # --- 2. statements, checkouts and a profile of the create, in this process ------------------------------
@@ -243,6 +326,9 @@ def profile_creates(key: str, units: list[int], n: int, top: int, save: str | No
 
     event.listen(engine, "before_cursor_execute", on_statement)
     event.listen(engine.pool, "checkout", on_checkout)
+    event.listen(
+        engine.pool, "connect", lambda *_: counts.__setitem__("connects", counts.get("connects", 0) + 1)
+    )
     headers = {"Authorization": f"Token {key}"}
     app = create_app()
 
@@ -288,7 +374,10 @@ def profile_creates(key: str, units: list[int], n: int, top: int, save: str | No
                 await create()
             profiler.disable()
             cpu = time.process_time() - cpu
-            print(f"in-process create (ASGI, profiled): {1000 * cpu / n:.2f} ms CPU each over {n}")
+            print(
+                f"in-process create (ASGI, profiled): {1000 * cpu / n:.2f} ms CPU each over {n}; "
+                f"connections opened in all: {counts.get('connects', 0)}"
+            )
             if save:
                 profiler.dump_stats(save)
             print_by_package(pstats.Stats(profiler), n)
@@ -334,13 +423,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--orders", type=int, default=1500)
     parser.add_argument("--save", help="write the profile here (pstats)")
+    parser.add_argument("--strace", action="store_true", help="count the messages sent per request (strace)")
     parser.add_argument("--redis-db", type=int, default=14)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cf-create-cost-") as tmp, environment(args.redis_db):
         key, units = load_data(args.orders)
         print(f"{len(units)} order item units to cancel")
         if args.requests:
-            measure_server(key, units, args.requests, Path(tmp))
+            measure_server(key, units, args.requests, Path(tmp), strace=args.strace)
         if args.profile:
             profile_creates(key, units, args.profile, args.top, args.save)
 
