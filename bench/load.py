@@ -402,6 +402,7 @@ def main() -> None:
             api_burst = cpu_after.get("api", 0.0) - cpu_before.get("api", 0.0)
             n_base = sum(s.requests for s in baseline.values())
             n_burst = sum(s.requests for s in burst.values())
+            per_burst = 1000 * api_burst / n_burst if n_burst else None
             if n_base and n_burst:
                 per_base, per_burst = 1000 * api_base / n_base, 1000 * api_burst / n_burst
                 print(
@@ -422,6 +423,7 @@ def main() -> None:
                     f"{create.rps / health.rps:.2f}  (target >= 0.25)"
                 )
                 print(f"  create p95 {create.p95:.0f} ms  (target < 150 ms at 50 users)")
+                print_closed_loop(args.users, burst, per_burst)
             print(f"  errors {errors}  (target 0)")
             last = (
                 f"{drained.seconds_to_last:.0f}s"
@@ -438,6 +440,24 @@ def main() -> None:
                 print(
                     f"  worker end to end after the stop: {drained.total / max(1.0, drained.seconds_to_last + args.duration):.1f} requests/s over burst + drain"
                 )
+
+
+def print_closed_loop(users: int, burst: Mapping[str, EndpointStats], api_ms: float | None) -> None:
+    """What a latency target means for a closed loop: `users` with no think time keep `users` requests in
+    flight, so the mean response time is users / throughput (Little's law), whatever the server does. A
+    mean below 150 ms (a p95 below it implies one) needs users / 0.15 s requests/s; at the API's CPU per
+    burst request that is a number of cores, before PostgreSQL, the worker and locust take theirs."""
+    rps = sum(s.rps for s in burst.values())
+    if not rps:
+        return
+    needed = users / 0.150
+    line = (
+        f"  closed loop: {users} users / {rps:.1f} req/s = {1000 * users / rps:.0f} ms mean response time "
+        f"(Little's law); a mean under 150 ms needs >= {needed:.0f} req/s"
+    )
+    if api_ms:
+        line += f", {needed * api_ms / 1000:.1f} cores of API CPU alone at {api_ms:.2f} ms per request"
+    print(line)
 
 
 def _children_cpu() -> float:

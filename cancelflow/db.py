@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from cancelflow.config import get_settings
@@ -40,12 +40,30 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def closed_by_server(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
+    """Before a pooled connection is handed out: refuse one the server has closed, as `pool_pre_ping` does,
+    without its `SELECT 1` round trip. An idle connection receives nothing unless the server ends it (a
+    restart, a fast shutdown, a terminated backend, a postmaster that died: each sends its FATAL message or
+    closes the socket), so a socket with something to read, or at its end, is a dead connection; the pool
+    then opens a new one (and `services.recovery` reads the server's start time on it). A connection that
+    dies after this check fails its statement, as it could after a ping."""
+    import select
+
+    from sqlalchemy.exc import DisconnectionError
+
+    if dbapi_connection.closed:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
+    if poller.poll(0):  # POLLERR and POLLHUP are always reported
+        raise DisconnectionError("the database server closed the connection")
+
+
 @functools.cache
 def get_engine(url: str | None = None) -> Engine:
     settings = get_settings()
-    return create_engine(
+    engine = create_engine(
         normalise_url(url or settings.require_database_url()),
-        pool_pre_ping=True,
         # Sized per process (README "Configuration"): connections beyond pool_size are closed when given
         # back, so a process whose concurrency exceeds it opens and closes a connection per request.
         pool_size=settings.db_pool_size,
@@ -57,6 +75,8 @@ def get_engine(url: str | None = None) -> Engine:
         # stored on steps and jobs.
         hide_parameters=True,
     )
+    event.listen(engine.pool, "checkout", closed_by_server)
+    return engine
 
 
 @functools.cache
@@ -105,6 +125,31 @@ def transaction(url: str | None = None, *, one_connection: bool = False) -> Iter
             yield session
     finally:
         session.close()
+
+
+@contextmanager
+def statements_alone(session: Session) -> Iterator[bool]:
+    """`session`'s connection with each statement its own transaction, sent without BEGIN and COMMIT (the
+    driver's autocommit, for the duration of the block): a read, or a write that is one statement, costs one
+    round trip instead of three. Only where no transaction is open on the connection (a fresh session, or
+    right after `unit_on`'s rollback); otherwise the statements simply join the open transaction. A string
+    of several statements sent in one execute is one transaction of its own too (PostgreSQL's implicit
+    transaction block), where `SET LOCAL` applies. Yields whether the statements run alone."""
+    import psycopg2.extensions
+
+    raw: Any = session.connection().connection.dbapi_connection
+    alone = bool(
+        raw is not None
+        and not raw.autocommit
+        and raw.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    )
+    if alone:
+        raw.autocommit = True  # a flag of the driver: nothing is sent to the server
+    try:
+        yield alone
+    finally:
+        if alone and not raw.closed:
+            raw.autocommit = False
 
 
 @contextmanager

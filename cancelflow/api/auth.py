@@ -16,7 +16,7 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader
 
 from cancelflow.api.errors import SHOPIFY_UNAUTHORIZED, Unauthenticated
-from cancelflow.db import new_session
+from cancelflow.db import new_session, statements_alone
 from cancelflow.errors import Forbidden
 from cancelflow.models.enums import TokenKind
 from cancelflow.services import tokens
@@ -62,7 +62,9 @@ shopify_token_header = APIKeyHeader(
 
 def lookup(key: str) -> Principal | None:
     """The principal behind `key`, or None for an unknown or revoked key."""
-    with new_session() as session:
+    # One round trip: the read is sent alone, without BEGIN and the ROLLBACK the pool sends when the
+    # connection is given back.
+    with new_session() as session, statements_alone(session):
         token = tokens.authenticate(session, key)
         if token is None:
             return None

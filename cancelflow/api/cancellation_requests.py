@@ -46,7 +46,7 @@ from cancelflow.api.schemas.cancellation_requests import (
 from cancelflow.api.schemas.common import MAX_ID
 from cancelflow.api.schemas.errors import AkinonDetail
 from cancelflow.config.logging import mask_text
-from cancelflow.db import unit_on
+from cancelflow.db import statements_alone, unit_on
 from cancelflow.errors import Forbidden, Invalid, NotFound
 from cancelflow.models import CancellationRequest
 from cancelflow.models.enums import TokenKind
@@ -121,11 +121,12 @@ def _reader_scope(principal: Principal, channel_id: int | None) -> Scope:
     raise Forbidden("You do not have permission to perform this action.")
 
 
-def global_scope(principal: AkinonCaller) -> Scope:
+# `async`: no I/O, so FastAPI calls them on the event loop instead of handing each to a worker thread.
+async def global_scope(principal: AkinonCaller) -> Scope:
     return _reader_scope(principal, None)
 
 
-def channel_scope(channel_id: ChannelId, principal: AkinonCaller) -> Scope:
+async def channel_scope(channel_id: ChannelId, principal: AkinonCaller) -> Scope:
     return _reader_scope(principal, channel_id)
 
 
@@ -289,7 +290,10 @@ routes = ScopedRoutes(router, channel_router, global_scope=global_scope, channel
     openapi_extra={"parameters": query_params.PAGE_PARAMETERS + query_params.filter_parameters()},
 )
 def list_requests(request: Request, scope: ScopeDep, session: DbSession) -> CancellationRequestPage:
-    return present_page(request, _page(request, scope, session), scope)
+    # Reads only, each with a snapshot of its own (READ COMMITTED) in a transaction or not: sent alone,
+    # without BEGIN and COMMIT round trips.
+    with statements_alone(session):
+        return present_page(request, _page(request, scope, session), scope)
 
 
 @routes.get(
@@ -438,7 +442,8 @@ def create_request(
     description="Retrieve a specific cancellation request by ID.",
 )
 def retrieve(id: RequestId, scope: ScopeDep, session: DbSession) -> CancellationRequestOut:
-    return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
+    with statements_alone(session):  # one read: no BEGIN and COMMIT round trips
+        return present(requests_service.get_visible(session, id, channel_id=scope.channel_id), scope)
 
 
 @routes.get(

@@ -64,7 +64,7 @@ def create(
     Returns (request, created); `created` is False when `client_request_id` was seen before.
     """
     message = intake.parse({**data, "client_request_id": client_request_id, "channel": channel_id})
-    locked = intake.lock_item(session, message.order_item)
+    locked = intake.lock_item(session, message.order_item, reason_id=message.reason)
     if channel_id is not None and locked.order.channel_id != channel_id:
         raise Invalid(
             "order item of another channel",

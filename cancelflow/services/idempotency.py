@@ -18,9 +18,11 @@ from datetime import timedelta
 from typing import Any, Final, Literal
 
 from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from cancelflow.db import statements_alone
 from cancelflow.errors import Conflict
 from cancelflow.models import IdempotencyKey
 from cancelflow.services.clock import now
@@ -125,6 +127,15 @@ _CLAIM = (
     .on_conflict_do_nothing(index_elements=[IdempotencyKey.token_id, IdempotencyKey.key])
     .returning(IdempotencyKey.id)
 )
+# The claim as one round trip, its own transaction: sent alone (`db.statements_alone`) in one string with
+# `SET LOCAL synchronous_commit TO OFF`, so it neither waits for BEGIN and COMMIT round trips nor for its WAL
+# to reach the disk. Losing an unflushed claim in a database crash loses nothing the protocol needs: the
+# work it guards commits later, synchronously, which flushes the claim's WAL first; if the crash comes
+# before that, the work was never committed and a retry must run again (as after a release). Other
+# sessions see the claim at once either way, so a concurrent twin still gets its 409.
+_CLAIM_ALONE: Final = "SET LOCAL synchronous_commit TO OFF; " + str(
+    _CLAIM.compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
+)
 _COMPLETE = (
     update(IdempotencyKey)
     .where(IdempotencyKey.id == bindparam("key_id"))
@@ -137,10 +148,16 @@ _COMPLETE = (
 
 
 def claim_key(session: Session, *, token_id: int, key: str, scope: str, digest: str) -> KeyClaim:
-    """Take the key for this request (commit before doing the work), or say why not."""
-    inserted = session.execute(
-        _CLAIM, {"claim_token_id": token_id, "claim_key": key, "claim_scope": scope, "claim_digest": digest}
-    ).scalar()
+    """Take the key for this request (commit before doing the work), or say why not.
+
+    A new key is inserted and committed by one statement of its own (`_CLAIM_ALONE`) when the session has no
+    transaction open, else inside the open one; a key seen before is read and judged under its row lock."""
+    params = {"claim_token_id": token_id, "claim_key": key, "claim_scope": scope, "claim_digest": digest}
+    with statements_alone(session) as alone:
+        if alone:
+            inserted = session.connection().exec_driver_sql(_CLAIM_ALONE, params).scalar()
+        else:
+            inserted = session.execute(_CLAIM, params).scalar()
     if inserted is not None:
         return KeyClaim("owned", inserted)
     row = session.scalars(

@@ -103,25 +103,28 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class LockedItem:
-    """An order item with its order (row-locked) and payment, as one creation sees them."""
+    """An order item with its order (row-locked) and payment, as one creation sees them, and the reason the
+    creation names (None: no such reason)."""
 
     item: OrderItem
     order: Order
     payment: Payment | None
+    reason: CancellationReason | None
 
 
-def lock_item(session: Session, item_id: int) -> LockedItem:
+def lock_item(session: Session, item_id: int, *, reason_id: int) -> LockedItem:
     """Take the order lock for a new request on `item_id`: the item, its order and the payment come with
-    it in one round trip. Every change to an order's requests and plans holds this row lock."""
-    row = session.execute(_ITEM_LOCKED, {"item_id": item_id}).one_or_none()
+    it in one round trip, and so does the cancellation reason `reason_id`. Every change to an order's
+    requests and plans holds this row lock."""
+    row = session.execute(_ITEM_LOCKED, {"item_id": item_id, "reason_id": reason_id}).one_or_none()
     if row is None:
         raise Invalid(
             "unknown order item",
             field_errors={"order_item": ["non-existent object"]},
             code="unknown_order_item",
         )
-    item, order, payment = row
-    return LockedItem(item, order, payment)
+    item, order, payment, reason = row
+    return LockedItem(item, order, payment, reason)
 
 
 def reserve_quantity(session: Session, item_id: int, quantity: int) -> bool:
@@ -191,7 +194,7 @@ Refuse = Callable[[Rejection, LockedItem], NoReturn]
 def submit(session: Session, raw: Mapping[str, Any]) -> IntakeResult:
     """Create the request (waiting or rejected) once per client_request_id."""
     message = parse(raw)
-    return create(session, lock_item(session, message.order_item), message)
+    return create(session, lock_item(session, message.order_item, reason_id=message.reason), message)
 
 
 def create(
@@ -205,7 +208,9 @@ def create(
     existing = _by_client_id(session, message.client_request_id)  # a repeat, or a twin that won the lock
     if existing is not None:
         return IntakeResult(existing, created=False)
-    reason = session.get(CancellationReason, message.reason)
+    reason = locked.reason  # read with the order lock (`lock_item`)
+    if reason is None or reason.id != message.reason:
+        reason = session.get(CancellationReason, message.reason)
     if reason is None or not reason.is_active:
         raise Invalid(
             "unknown cancellation reason",
@@ -286,9 +291,11 @@ def create(
 
 
 _ITEM_LOCKED = (
-    select(OrderItem, Order, Payment)
+    select(OrderItem, Order, Payment, CancellationReason)
     .join(Order, Order.id == OrderItem.order_id)
     .outerjoin(Payment, Payment.order_id == Order.id)
+    # The reason is read per request (staff may deactivate it), not locked.
+    .outerjoin(CancellationReason, CancellationReason.id == bindparam("reason_id"))
     .where(OrderItem.id == bindparam("item_id"))
     .with_for_update(of=Order)
     # What was read before the lock (an earlier statement of this transaction) is refreshed under it.

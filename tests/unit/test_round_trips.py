@@ -23,7 +23,7 @@ from tests.factories import load, order_payload, service_payload
 from tests.inprocess import request_steps
 
 EXPECTED = {
-    "submit": 7,
+    "submit": 6,
     "validate": 9,
     "route": 11,
     "notify (no HTTP)": 2,
