@@ -33,11 +33,7 @@ def _admin(url: str, sql: str) -> None:
         conn.close()
 
 
-@contextmanager
 def _rabbitmqctl(*argv: str) -> None:
-    import shutil
-    import subprocess
-
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     subprocess.run([ctl, "-q", *argv], check=True, capture_output=True, timeout=60)
 

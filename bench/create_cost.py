@@ -17,7 +17,7 @@ with generated orders (the demo generator) and a storefront token, it
 `--strace` also counts the messages the API process sends to PostgreSQL and Redis per request (`strace`
 on it): each is a round trip, and unlike time they do not depend on what else the machine runs.
 
-`CANCELFLOW_BENCH_REDIS` names the Redis server (`--redis-db`, default 14, is flushed and used).
+It runs on a database and a redis-server of its own (`bench/_env.py`).
 Figures are printed, never asserted.
 """
 
@@ -41,43 +41,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._env import ADMIN_DB, REDIS, _admin  # noqa: E402
+from bench._env import bench_environment  # noqa: E402
 
 FIRST_ORDER = 100_000
 IBAN = "TR330006100519786457841326"
 LIST_QUERY = "/api/v1/cancellation_requests/?status=waiting&limit=10"
-
-
-@contextlib.contextmanager
-def environment(redis_db: int) -> Iterator[str]:
-    """A fresh migrated database and a flushed Redis db, named in CANCELFLOW_* for this process and the API."""
-    import redis
-
-    name = f"cf_bench_{uuid.uuid4().hex[:8]}"
-    base, _, query = ADMIN_DB.partition("?")
-    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-    broker = f"{REDIS}/{redis_db}"
-    os.environ.update(
-        {
-            "CANCELFLOW_DATABASE_URL": url,
-            "CANCELFLOW_BROKER_URL": broker,
-            "CANCELFLOW_EMBEDDED": "0",
-            "CANCELFLOW_OUTBOUND_ALLOW": "127.0.0.1",
-        }
-    )
-    _admin(ADMIN_DB, f'CREATE DATABASE "{name}"')
-    try:
-        redis.Redis.from_url(broker).flushdb()
-        from cancelflow.db import migrate
-
-        migrate(url)
-        yield url
-    finally:
-        from cancelflow.db import get_engine
-
-        get_engine.cache_clear()
-        _admin(ADMIN_DB, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        redis.Redis.from_url(broker).flushdb()
 
 
 def load_data(orders: int) -> tuple[str, list[int]]:
@@ -424,9 +392,8 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=1500)
     parser.add_argument("--save", help="write the profile here (pstats)")
     parser.add_argument("--strace", action="store_true", help="count the messages sent per request (strace)")
-    parser.add_argument("--redis-db", type=int, default=14)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cf-create-cost-") as tmp, environment(args.redis_db):
+    with tempfile.TemporaryDirectory(prefix="cf-create-cost-") as tmp, bench_environment(Path(tmp)):
         key, units = load_data(args.orders)
         print(f"{len(units)} order item units to cancel")
         if args.requests:
