@@ -93,6 +93,24 @@ def printed_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def child_spec(
+    settings: Any, name: str, data_dir: Path, *, flower_user: str = "u", flower_password: str = "p"
+) -> Any:
+    """The spec `cancelflow run` would start child `name` with (`cli.run.child_specs`), under `settings`,
+    with this interpreter."""
+    from cancelflow.cli import run as run_mod
+
+    specs = run_mod.child_specs(
+        settings,
+        data_dir=data_dir,
+        sandbox_config=data_dir / "sb.json",
+        flower_user=flower_user,
+        flower_password=flower_password,
+        python=PYTHON,
+    )
+    return next(spec for spec in specs if spec.name == name)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

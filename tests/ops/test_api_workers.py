@@ -19,11 +19,10 @@ import httpx
 import psutil
 import pytest
 
-from cancelflow.cli import run as run_mod
 from cancelflow.config.settings import Settings
 from tests.console.support import sign_in, staff_user
 from tests.factories import auth, new_order, token_key
-from tests.harness import PYTHON, Proc, free_port, wait_for
+from tests.harness import Proc, child_spec, free_port, wait_for
 
 WORKERS = 2
 LIMIT = 3
@@ -34,17 +33,7 @@ def api(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     output_dir: Path = tmp_path_factory.mktemp("api-workers")
     port = free_port()
     settings = Settings(api_host="127.0.0.1", api_port=port, api_workers=WORKERS)
-    spec = {
-        s.name: s
-        for s in run_mod.child_specs(
-            settings,
-            data_dir=output_dir,
-            sandbox_config=output_dir / "sb.json",
-            flower_user="u",
-            flower_password="p",
-            python=PYTHON,
-        )
-    }["api"]
+    spec = child_spec(settings, "api", output_dir)
     assert list(spec.argv)[-2:] == ["--workers", str(WORKERS)]
     env = {
         **os.environ,

@@ -17,7 +17,7 @@ import pytest
 from cancelflow.cli import run as run_mod
 from cancelflow.config.settings import Settings
 from tests.conftest import BROKER_URL, DATABASE_URL
-from tests.harness import free_port, wait_for
+from tests.harness import child_spec, free_port, wait_for
 
 pytestmark = pytest.mark.worker
 
@@ -83,17 +83,7 @@ def test_flower_listens_on_loopback_and_its_password_is_not_on_any_command_line(
 
 def test_flower_address_is_a_setting(tmp_path: Path) -> None:
     settings = Settings(flower_address="10.1.2.3", flower_port=5999)
-    [spec] = [
-        s
-        for s in run_mod.child_specs(
-            settings,
-            data_dir=tmp_path,
-            sandbox_config=tmp_path / "sb.json",
-            flower_user="u",
-            flower_password="p",
-        )
-        if s.name == "flower"
-    ]
+    spec = child_spec(settings, "flower", tmp_path)
     assert "--address=10.1.2.3" in spec.argv
     assert spec.env == {"FLOWER_BASIC_AUTH": "u:p"}
     assert not any("u:p" in arg or "basic_auth" in arg for arg in spec.argv)

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cancelflow.cli import run as run_mod
 from cancelflow.config.settings import Settings
-from tests.harness import PYTHON, Proc, free_port, wait_for
+from tests.harness import Proc, child_spec, free_port, wait_for
 
 LIMIT = 3
 
@@ -25,17 +24,7 @@ def start_api(output_dir: Path, forwarded_allow_ips: str) -> tuple[Proc, str]:
     settings = Settings(
         api_host="127.0.0.1", api_port=port, forwarded_allow_ips=forwarded_allow_ips, api_workers=1
     )
-    spec = {
-        s.name: s
-        for s in run_mod.child_specs(
-            settings,
-            data_dir=output_dir,
-            sandbox_config=output_dir / "sb.json",
-            flower_user="u",
-            flower_password="p",
-            python=PYTHON,
-        )
-    }["api"]
+    spec = child_spec(settings, "api", output_dir)
     env = {
         **os.environ,
         # Counts of this process alone, so an earlier run's attempts from 127.0.0.1 never count here.
