@@ -65,10 +65,16 @@ _QUOTED_PAIR = re.compile(
 )
 # iban=DE89…, holder_name=Max+Mustermann (query strings, key=value renderers): up to a separator.
 _BARE_PAIR = re.compile(rf"(?P<head>(?<![\w.])(?:{_KEYS})=)(?P<value>[^&\s,;'\")}}\]]+)", re.IGNORECASE)
-# What each of the four patterns needs at least: a quote (a quoted pair), "=" (a bare pair), "@" (an e-mail
-# address), two letters and two digits (an IBAN). A text with none of them is returned as it is, unsearched:
-# most of what a log line holds (levels, timestamps, logger and task names, numbers).
-_ANY_PERSONAL = re.compile(r"""['"=@]|[A-Za-z]{2}[0-9]{2}""")
+# What each of the four patterns needs at least: a personal key (a quoted or a bare pair), "@" (an e-mail
+# address), two letters and two digits where a word starts (an IBAN, where `_CANDIDATES` starts one). A text
+# with none of them is returned as it is, unsearched: most of what a log line holds (levels, timestamps,
+# logger and task names, task ids, numbers, quoted results).
+_KEYS_LOWERED = re.compile(f"@|{_KEYS}")  # searched in the lowered text: case folding costs more
+_IBAN_START = re.compile(r"(?<![0-9A-Za-z_])[A-Za-z]{2}[0-9]{2}")
+
+
+def _may_hold_personal(value: str) -> bool:
+    return _KEYS_LOWERED.search(value.lower()) is not None or _IBAN_START.search(value) is not None
 
 
 @lru_cache(maxsize=256)
@@ -104,7 +110,7 @@ def _mask_iban(match: re.Match[str]) -> str:
 def mask_text(value: str) -> str:
     """Hide IBANs (all but the country and the last four characters), the local part of e-mail
     addresses, and the values of personal `key: value` / `key=value` pairs."""
-    if not _ANY_PERSONAL.search(value):
+    if not _may_hold_personal(value):
         return value
     value = _QUOTED_PAIR.sub(lambda m: f"{m['head']}{m['vq']}{REDACTED}{m['vq']}", value)
     value = _BARE_PAIR.sub(lambda m: f"{m['head']}{REDACTED}", value)

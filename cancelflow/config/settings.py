@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: SecretStr | None = None
     flower_max_tasks: int = 10_000
+    # Task events (task-received, -started, -succeeded) from the worker from its start. Off by default, as in
+    # Celery: a monitor turns them on when it watches (Flower sends `enable_events` every 5 s), so a worker
+    # nobody watches does not publish three events per task. On for monitors that only listen.
+    worker_task_events: bool = False
 
     # Workflow
     approval_rule: Literal["auto", "manual"] = "auto"

@@ -130,10 +130,11 @@ def celery_config(settings: Settings) -> CeleryConfig:
         ],
         "task_routes": ROUTES,
         "task_create_missing_queues": False,
-        # Flower shows a task from the worker's `task-received` on (and sends `enable_events` itself);
-        # the producer's `task-sent` only adds a SENT state for queued tasks, at the price of a second
-        # publish per task sent by every producer (a step sending its successor among them).
-        "worker_send_task_events": True,
+        # Flower shows a task from the worker's `task-received` on and turns the workers' events on itself
+        # (`enable_events` every 5 s), so they cost only while it watches (CANCELFLOW_WORKER_TASK_EVENTS for a
+        # monitor that only listens); the producer's `task-sent` only adds a SENT state for queued tasks, at
+        # the price of a second publish per task sent by every producer (a step sending its successor).
+        "worker_send_task_events": settings.worker_task_events,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",

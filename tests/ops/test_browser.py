@@ -93,6 +93,11 @@ def flower(stack: Stack) -> Iterator[str]:
     try:
         wait_for(lambda: _answers(f"{base}/healthcheck"), timeout=60, what="flower listening")
         assert httpx.get(f"{base}/workers", timeout=10).status_code == 401  # auth is on
+        # The worker sends no task events until a monitor asks: Flower turns them on itself (every 5 s),
+        # and from then on it lists every task, beat's sweeps (every second here) first.
+        wait_for(
+            lambda: _tasks_json(base), timeout=60, interval=1, what="Flower to turn the worker's events on"
+        )
         yield base
     finally:
         proc.stop()

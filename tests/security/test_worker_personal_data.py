@@ -85,6 +85,8 @@ def events(worker: Stack) -> Iterator[Events]:
     probe = Celery("probe", broker=BROKER_URL)
 
     def seen_probe() -> bool:
+        # The worker sends task events once a monitor asks, as Flower does every few seconds.
+        celery_app.control.enable_events()
         task_id = str(uuid.uuid4())
         probe.send_task("cancellations.submit", kwargs={}, task_id=task_id, queue="default")
         return bool(wait_for(lambda: True, timeout=1)) and _wait_event(listening, task_id)

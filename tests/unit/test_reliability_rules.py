@@ -129,6 +129,17 @@ class TestRule4CeleryConfiguration:
             assert all(p.name.endswith("_id") or p.name == "counter_key" for p in params), (name, params)
             assert all(p.annotation in ("int", "str", "str | None") for p in params), (name, params)
 
+    def test_task_events_wait_for_a_monitor_unless_configured(self) -> None:
+        from cancelflow.config import Settings
+        from cancelflow.worker.config import celery_config
+
+        base = {"broker_url": "redis://127.0.0.1:6379/0", "database_url": "postgresql://x/y"}
+        conf = celery_config(Settings(**base))
+        # Flower turns them on while it watches; nobody pays three publishes per task otherwise
+        assert conf["worker_send_task_events"] is False
+        assert conf["task_send_sent_event"] is False
+        assert celery_config(Settings(**base, worker_task_events=True))["worker_send_task_events"] is True
+
 
 class TestRule5ErrorClassification:
     def _plan_with_route_step(self, session: Session) -> tuple[CancellationPlan, WorkflowStep]:
