@@ -33,6 +33,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,11 @@ class ServiceConfig(BaseModel):
     delay_seconds: float = Field(default=0.0, ge=0.0, description="accept_after: wait before accepting")
     fail_first: int = Field(default=0, ge=0, description="answer the first N notifications with 500")
     message: str | None = Field(default=None, description="reply message; a default is used when unset")
+    pull_interval_seconds: float = Field(
+        default=0.1,
+        ge=0.0,
+        description="least time between the starts of two pulls: notifications meanwhile share the next one",
+    )
 
 
 class SandboxConfig(BaseModel):
@@ -201,6 +207,7 @@ class FulfillmentSandbox:
         # pull (with the newest configuration) instead of starting a second one.
         self._pulling: set[str] = set()
         self._pull_again: dict[str, tuple[ServiceConfig, SandboxConfig]] = {}
+        self._last_pull: dict[str, float] = {}  # time.monotonic() a service's last pull started
         self._answered: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._counts: dict[str, _NotificationCounts] = {}
         self._failures_served: Counter[str] = Counter()
@@ -331,10 +338,26 @@ class FulfillmentSandbox:
             raise
 
     def _pull_loop(self, handle: str, service: ServiceConfig, config: SandboxConfig) -> None:
-        """Pull every page and hand out the answers; once more if a notification came meanwhile. A burst
-        of notifications costs a few pulls, not one each."""
+        """Pull every page and hand out the answers; once more if a notification came meanwhile. Pulls
+        start at least `pull_interval_seconds` apart: a stream of notifications costs a pull per interval,
+        not one each (each pull lists every order still waiting for its answer, and counts against the
+        API's call bucket)."""
         try:
             while True:
+                with self._lock:
+                    last = self._last_pull.get(handle)
+                wait = 0.0 if last is None else last + service.pull_interval_seconds - time.monotonic()
+                if wait > 0 and self._closing.wait(wait):
+                    with self._lock:
+                        self._pulling.discard(handle)
+                        self._pull_again.pop(handle, None)
+                    return
+                with self._lock:
+                    # What came during the wait is covered by this pull (with the newest configuration).
+                    newer = self._pull_again.pop(handle, None)
+                    self._last_pull[handle] = time.monotonic()
+                if newer is not None:
+                    service, config = newer
                 self._process_cancellations(handle, service, config)
                 with self._lock:
                     again = self._pull_again.pop(handle, None)

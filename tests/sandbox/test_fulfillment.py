@@ -535,3 +535,18 @@ def test_a_burst_of_notifications_during_a_pull_costs_one_more_pull_not_one_each
     sandbox.settle()
     assert len(sandbox.shop.pulls()) <= 3  # the first, then one for all that came while it ran
     assert sorted(fo for fo, _, _, _ in sandbox.shop.answers()) == list(range(1, 21))
+
+
+def test_notifications_closer_than_the_pull_interval_share_a_pull(sandbox: Sandbox) -> None:
+    sandbox.configure(wh1=service("wh1", pull_interval_seconds=0.5))
+    sandbox.shop.orders = {"token-wh1": list(range(1, 13))}
+    # Notifications a few milliseconds apart, each pull over long before the next one comes
+    started = time.monotonic()
+    for _ in range(12):
+        assert sandbox.notify("wh1").status_code == 200
+        time.sleep(0.02)
+    sent_for = time.monotonic() - started
+    sandbox.settle()
+    # One pull per half second they came in (and one for the last), not one per notification
+    assert len(sandbox.shop.pulls()) <= sent_for / 0.5 + 2 < 12
+    assert sorted(fo for fo, _, _, _ in sandbox.shop.answers()) == list(range(1, 13))
