@@ -4,7 +4,8 @@ In one run, on one broker (Redis, or RabbitMQ with `--broker amqp`), it prints:
 
 * the no-op rate of cancelflow's worker (`workflow.ping`) and of a bare Celery worker (`bench/bare_celery.py`:
   Celery's defaults, one queue, the same broker, a real worker process with the same concurrency), measured
-  in alternating rounds, medians and their ratio (target >= 0.8);
+  in alternating rounds, medians and their ratio (target >= 0.8), and cancelflow's once more with a monitor
+  watching (task events turned on, as Flower does);
 * the idle end-to-end latency: one request at a time, accepting sandbox, message sent -> request completed,
   p50 and p95 (target p50 < 250 ms);
 * completed requests/s with every request sent at once, and its ratio to the ceiling of six no-op hops
@@ -115,7 +116,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--noop", type=int, default=2000, help="no-op tasks per round and worker")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating no-op rounds (medians are printed)"
+        "--rounds", type=int, default=5, help="alternating no-op rounds (medians are printed)"
     )
     parser.add_argument("--latency", type=int, default=40, help="requests sent one at a time, idle")
     parser.add_argument("--broker", choices=("redis", "amqp"), default="redis")
@@ -163,7 +164,9 @@ def noop_queue(args: argparse.Namespace) -> str:
     return str(args.queues.split(",")[0])
 
 
-def noop_rates(args: argparse.Namespace, stack: Stack) -> tuple[list[float], list[float]]:
+def noop_rates(
+    args: argparse.Namespace, stack: Stack, watched: list[float]
+) -> tuple[list[float], list[float]]:
     """No-op tasks/s of cancelflow's worker and of the bare one, in alternating rounds.
 
     Each round fills the worker's queue while the worker does not consume it (remote control: cancel and add
@@ -197,8 +200,16 @@ def noop_rates(args: argparse.Namespace, stack: Stack) -> tuple[list[float], lis
     for _ in range(args.rounds):
         project.append(rate(celery_app, "workflow.ping", noop_queue(args), ours))
         bare_rates.append(rate(bare_app, BARE_TASK, "celery", bare))
+        # What a monitor costs: Flower turns the worker's task events on while it watches (`enable_events`).
+        celery_app.control.enable_events(destination=[ours])
+        try:
+            watched.append(rate(celery_app, "workflow.ping", noop_queue(args), ours))
+        finally:
+            celery_app.control.disable_events(destination=[ours])
         print(
-            f"  no-op round: cancelflow {project[-1]:.0f}/s   bare Celery {bare_rates[-1]:.0f}/s", flush=True
+            f"  no-op round: cancelflow {project[-1]:.0f}/s   bare Celery {bare_rates[-1]:.0f}/s   "
+            f"cancelflow with Flower watching {watched[-1]:.0f}/s",
+            flush=True,
         )
     return project, bare_rates
 
@@ -245,20 +256,21 @@ def run(args: argparse.Namespace, workdir: Path, overrides: dict[str, Any], data
             f"settings {overrides or 'as configured'}, started {wall0:%H:%M:%S}",
             flush=True,
         )
-        project, bare_rates = noop_rates(args, stack)
+        watched: list[float] = []
+        project, bare_rates = noop_rates(args, stack, watched)
         noop_rate = statistics.median(project)
         bare_rate = statistics.median(bare_rates)
         bare.stop()
         ceiling = noop_rate / HOPS
         if args.noop_only:
             print()
-            print_noop(args, noop_rate, bare_rate, project, bare_rates)
+            print_noop(args, noop_rate, bare_rate, project, bare_rates, watched)
             return 0
         figures = workflow(
             args, stack, worker, orders, svc, database, redis_port if args.broker == "redis" else None
         )
         print()
-        print_noop(args, noop_rate, bare_rate, project, bare_rates)
+        print_noop(args, noop_rate, bare_rate, project, bare_rates, watched)
         rate = figures["rate"]
         print(f"completed requests/s     {rate:.1f}   ({args.requests} requests sent at once)")
         print(
@@ -298,6 +310,7 @@ def print_noop(
     bare_rate: float,
     project: list[float],
     bare_rates: list[float],
+    watched: list[float],
 ) -> None:
     ratio = noop_rate / bare_rate
     per_round = statistics.median(p / b for p, b in zip(project, bare_rates, strict=True))
@@ -307,6 +320,12 @@ def print_noop(
         f"ratio cancelflow/bare    {ratio:.2f}   (per-round median {per_round:.2f}; target >= 0.8: "
         f"{'met' if ratio >= 0.8 else 'NOT met'})"
     )
+    if watched:
+        print(
+            f"  with Flower watching   {statistics.median(watched):.0f}/s, ratio "
+            f"{statistics.median(watched) / bare_rate:.2f}   (the worker's task events turned on, as Flower "
+            "does while it runs; the workflow below runs unwatched)"
+        )
 
 
 def prepare(stack: Stack, n_orders: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
