@@ -332,11 +332,6 @@ def test_child_specs_use_the_settings(tmp_path: Path) -> None:
     assert specs["worker-bulk"][-6:] == ["--concurrency", "1", "-Q", "bulk", "-n", "worker-bulk1@%h"]
     assert specs["worker-webhooks"][-4:] == ["-Q", "webhooks", "-n", "webhooks@%h"]
     assert specs["worker-sweep"][-4:] == ["-Q", "sweep", "-n", "sweep@%h"]
-    # The short-step worker prefetches the settings' default (4); the long-task workers one message at a time.
-    envs = {s.name: dict(s.env) for s in several}
-    assert "CANCELFLOW_WORKER_PREFETCH_MULTIPLIER" not in envs["worker"]
-    for name in ("worker-bulk", "worker-webhooks"):
-        assert envs[name]["CANCELFLOW_WORKER_PREFETCH_MULTIPLIER"] == "1", name
     assert specs["beat"][-2:] == ["-s", str(tmp_path / "celerybeat-schedule")]
     assert specs["flower"][-3:] == ["--address=127.0.0.1", "--port=9555", "--max_tasks=123"]
     assert specs["sandbox-fulfillment"][-4:] == ["--port", "9101", "--config", str(tmp_path / "sb.json")]

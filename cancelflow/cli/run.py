@@ -315,11 +315,6 @@ class ChildSpec:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-# Exports and slow receivers: a message a worker reserves behind a long task waits for it, so these workers
-# take one at a time (as the Compose file's do); the short-step workers prefetch the settings' default.
-LONG_TASK_WORKER_ENV: Mapping[str, str] = {"CANCELFLOW_WORKER_PREFETCH_MULTIPLIER": "1"}
-
-
 def child_specs(
     settings: Settings,
     *,
@@ -355,13 +350,11 @@ def child_specs(
                 *celery, "worker", "--loglevel", "INFO", "--concurrency", "1",
                 "-Q", "bulk", "-n", "worker-bulk1@%h",
             ],
-            env=LONG_TASK_WORKER_ENV,
         ),
         # Storefronts' receivers answer at their own pace: their deliveries never hold the steps' pool.
         ChildSpec(
             "worker-webhooks",
             [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-Q", "webhooks", "-n", "webhooks@%h"],
-            env=LONG_TASK_WORKER_ENV,
         ),
         # Beat's sweeps on a pool of their own, so they run however deep any other queue is.
         ChildSpec(

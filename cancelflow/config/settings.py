@@ -138,10 +138,9 @@ class Settings(BaseSettings):
     max_countdown: Duration = timedelta(seconds=60)
     visibility_timeout: Duration = timedelta(hours=1)
     # Messages a worker holds per pool process (Celery's prefetch multiplier), acknowledged late all the same.
-    # What a worker holds when its broker connection breaks goes back to its queue once it reconnects
-    # (worker.broker_loss); the long-task workers take 1 (DESIGN-NOTES, "Prefetch 4 and a broker that comes
-    # back empty").
-    worker_prefetch_multiplier: int = Field(default=4, ge=1)
+    # 1 by default: with 4, steps whose messages the worker held when Redis restarted empty waited out the
+    # redelivery grace instead of being re-sent at once (DESIGN-NOTES, "Prefetch back to 1").
+    worker_prefetch_multiplier: int = Field(default=1, ge=1)
     http_timeout: Duration = timedelta(seconds=10)
     # Webhook and fulfillment-service callback URLs reach only public addresses, plus these entries
     # (comma-separated addresses, networks, host names, each with an optional :port).

@@ -117,8 +117,7 @@ def celery_config(settings: Settings) -> CeleryConfig:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Up to concurrency x multiplier messages reserved, unacknowledged: a killed worker's come back
-        # through the visibility timeout, and their steps through the sweeper after the redelivery grace;
-        # those a worker held when its broker connection broke go back on reconnecting (worker.broker_loss).
+        # through the visibility timeout, and their steps through the sweeper after the redelivery grace.
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "task_soft_time_limit": 120,
         "task_time_limit": 180,

@@ -101,8 +101,7 @@ class TestRule4CeleryConfiguration:
         conf = celery_config(Settings(broker_url="redis://127.0.0.1:6379/0", database_url="postgresql://x/y"))
         assert conf["task_acks_late"] is True
         assert conf["task_reject_on_worker_lost"] is True
-        # Held messages go back to their queue when the broker connection is lost (worker.broker_loss).
-        assert conf["worker_prefetch_multiplier"] == 4
+        assert conf["worker_prefetch_multiplier"] == 1  # 4 lost steps with the broker (DESIGN-NOTES)
         assert conf["task_serializer"] == "json"
         assert conf["accept_content"] == ["json"]
         assert conf["broker_transport_options"]["visibility_timeout"] == 3600
