@@ -12,7 +12,7 @@ from cancelflow.services import after_commit
 from cancelflow.services import recovery as _recovery  # noqa: F401  (sweeps at once after a DB restart)
 from cancelflow.worker import metrics as _metrics  # noqa: F401  (connects the task-latency signals)
 from cancelflow.worker import privacy as _privacy  # noqa: F401  (masks received arguments)
-from cancelflow.worker.broker_loss import BrokerLossCheck
+from cancelflow.worker.broker_loss import BrokerLossCheck, HeldMessages
 from cancelflow.worker.intake_guard import IntakeGuard
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ celery_app.config_from_object("cancelflow.worker.celeryconfig")
 celery_app.steps["consumer"].add(IntakeGuard)
 # A broker that comes back empty (a Redis restart, a flush) has its steps re-sent at once (worker.broker_loss).
 celery_app.steps["consumer"].add(BrokerLossCheck)
+# What the worker held when its broker connection broke goes back to its queue on reconnecting (same module).
+celery_app.steps["consumer"].add(HeldMessages)
 
 
 def send(send: after_commit.Send) -> None:

@@ -16,6 +16,19 @@ The look is one `SET NX` on a connection of the app's broker connection pool (`a
 producers publish with), which stays open between beat ticks: a connection made for each look cost two
 Redis connections and their handshakes (`HELLO`, `CLIENT SETINFO`, `PING`), 5-10 ms per tick, for a
 command of 0.1 ms. A connection that went stale (Redis restarted) is reconnected by redis-py's retry.
+
+A broker that keeps its contents (the embedded Redis writes an append-only file) comes back with the marker,
+so nothing is swept; what it kept is queued again. But not what the worker held: a message the worker has
+taken (prefetched and waiting for a pool process, or waiting for its countdown) sits in Redis's unacked
+index, and when the connection breaks Celery drops those it has not started (they cannot be acknowledged on
+the lost channel). kombu gives them back to their queue when it closes the channel, but it closes it while
+the broker is away, so the give-back fails and they would wait there for the visibility timeout (an hour)
+and their steps for the sweeper's redelivery grace. `HeldMessages` gives them back once the consumer has
+connected again: every message the lost channel delivered and that was neither acknowledged nor is still
+running, moved from the unacked index to the front of its queue (kombu's own restore, one transaction per
+message, a no-op for one that is no longer there: a broker that came back empty, or a give-back done
+already). One the worker had handed to a pool process just before the loss may thereby run twice; a step
+runs once all the same (the row claim), as for any duplicate the visibility timeout would bring.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from typing import Any, cast
 
 import structlog
 from celery import Celery, bootsteps
+from celery.worker import state as worker_state
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
@@ -62,3 +76,66 @@ class BrokerLossCheck(bootsteps.StartStopStep):
                 ask_for_sweep(c.app)
         except Exception:  # the broker went again: the beat's sweep looks too
             log.exception("could not check the broker for lost messages")
+
+
+def held_tags(qos: kombu_redis.QoS) -> list[str]:
+    """The delivery tags of the messages a channel's QoS delivered and that were not acknowledged."""
+    acknowledged = qos._dirty or set()  # acknowledged, not yet dropped from the delivered
+    return [tag for tag in list(qos._delivered or ()) if tag not in acknowledged]
+
+
+def running_tags() -> set[str]:
+    """The delivery tags of the messages this worker's pool is running (they are acknowledged when done)."""
+    tags: set[str] = set()
+    for request in list(worker_state.active_requests):
+        tag = request.message.delivery_tag
+        if tag is not None:
+            tags.add(str(tag))
+    return tags
+
+
+def give_back(channel: kombu_redis.Channel, lost: list[kombu_redis.QoS], *, running: set[str]) -> int:
+    """Move the messages that the channels of `lost` held and that are not running to the front of their
+    queues, through `channel` (the consumer's new one); returns how many tags were given back."""
+    given = 0
+    with channel.conn_or_acquire() as client:
+        for qos in lost:
+            for tag in held_tags(qos):
+                if tag in running:
+                    continue
+                qos.restore_by_tag(tag, client=client)  # a tag no longer in the index restores nothing
+                if qos._delivered is not None:
+                    qos._delivered.pop(tag, None)
+                given += 1
+    return given
+
+
+class HeldMessages(bootsteps.StartStopStep):
+    """After the consumer reconnects: give back what its lost connection held and will not run."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.current: kombu_redis.QoS | None = None  # the QoS of the task consumer's channel
+        self.lost: list[kombu_redis.QoS] = []  # those of earlier connections, until their messages are back
+
+    def start(self, c: Any) -> None:
+        channel = c.task_consumer.channel
+        if not isinstance(channel, kombu_redis.Channel):
+            return  # RabbitMQ requeues a lost connection's unacknowledged messages itself
+        if self.current is not None:
+            self.lost.append(self.current)
+        qos = channel.qos
+        assert isinstance(qos, kombu_redis.QoS)  # the Redis channel's
+        self.current = qos
+        if not self.lost:
+            return
+        try:
+            given = give_back(channel, self.lost, running=running_tags())
+        except Exception:  # the broker went again: the next connection tries again
+            log.exception("could not give back the messages held when the broker connection was lost")
+            return
+        self.lost.clear()
+        if given:
+            log.warning("gave back the messages held when the broker connection was lost", messages=given)

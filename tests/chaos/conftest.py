@@ -4,6 +4,7 @@ the machine's Redis (which other test runs share, one db index each)."""
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +29,23 @@ def _redis_executable() -> str:
 
 @dataclass
 class RedisServer:
-    """A throw-away redis-server on a free port that keeps nothing: a restart starts it empty."""
+    """A throw-away redis-server on a free port that keeps nothing: a restart starts it empty. Or, made
+    `persistent`, one that logs every write to its append-only file, as `make run`'s embedded Redis does:
+    it comes back from a kill with every key it had."""
 
     proc: Proc
     port: int
 
     @classmethod
-    def create(cls, workdir: Path) -> RedisServer:
+    def create(cls, workdir: Path, *, persistent: bool = False) -> RedisServer:
         port = free_port()
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
         argv = [
             _redis_executable(),
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            *aof,
             "--daemonize", "no",
             "--dir", str(workdir),
         ]  # fmt: skip
@@ -66,6 +70,9 @@ class RedisServer:
 
     def stop(self) -> None:
         self.proc.stop()
+
+    def kill(self) -> None:
+        self.proc.stop(signal.SIGKILL)
 
     def restart(self) -> None:
         """SIGTERM (no save configured, so every queued and unacked message is gone), then start again."""
