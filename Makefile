@@ -27,6 +27,7 @@ test: install lint  ## the whole suite: lint, types, tests (Redis, then RabbitMQ
 
 lint: install
 	$(VENV)/bin/ruff check cancelflow tests bench migrations
+	$(VENV)/bin/ruff format --check cancelflow tests bench migrations
 
 typecheck: install
 	$(VENV)/bin/mypy

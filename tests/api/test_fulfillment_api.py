@@ -720,7 +720,12 @@ class TestSupportedActions:
             (True, "submitted", "open", ["cancel_fulfillment_order"]),
             (True, "unsubmitted", "open", ["request_fulfillment", "cancel_fulfillment_order"]),
             (False, "unsubmitted", "open", ["cancel_fulfillment_order", "create_fulfillment"]),
-            (True, "cancellation_requested", "in_progress", ["cancel_fulfillment_order", "create_fulfillment"]),
+            (
+                True,
+                "cancellation_requested",
+                "in_progress",
+                ["cancel_fulfillment_order", "create_fulfillment"],
+            ),
             (True, "cancellation_rejected", "in_progress", ["request_cancellation", "create_fulfillment"]),
             (True, "rejected", "open", ["request_fulfillment", "cancel_fulfillment_order"]),
             (True, "unsubmitted", "on_hold", ["release_hold", "cancel_fulfillment_order"]),

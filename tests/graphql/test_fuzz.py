@@ -73,7 +73,9 @@ def check(client: TestClient, version: str, key: str, query: Any) -> None:
     assert "data" in body or body.get("errors"), body
     if "errors" in body:
         assert all(isinstance(e.get("message"), str) for e in body["errors"]), body
-    assert set(body["extensions"]["cost"]) == {"requestedQueryCost", "actualQueryCost", "throttleStatus"}, body
+    assert set(body["extensions"]["cost"]) == {"requestedQueryCost", "actualQueryCost", "throttleStatus"}, (
+        body
+    )
     if body["extensions"]["cost"]["actualQueryCost"] is None:  # refused before running: nothing ran
         assert "data" not in body, body
         assert body["errors"], body

@@ -99,9 +99,7 @@ def setup(request: pytest.FixtureRequest, database: str) -> Iterator[Setup]:
     password = secrets.token_urlsafe(24)
     cleanup: list[Any] = []
     if kind == "redis":
-        admin_url = (
-            BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{REDIS_DB}"
-        )
+        admin_url = BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{REDIS_DB}"
         cleanup.append(lambda: redis.Redis.from_url(admin_url).execute_command("ACL", "DELUSER", user))
     else:
         if not _amqp_available():
@@ -376,9 +374,7 @@ def test_the_cli_makes_the_storefront_user_and_prints_its_url(monkeypatch: pytes
     from cancelflow.cli.main import app
     from cancelflow.config import get_settings
 
-    admin_url = (
-        BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{REDIS_DB}"
-    )
+    admin_url = BROKER_URL if BROKER_URL.startswith("redis://") else f"{LOCAL_REDIS}/{REDIS_DB}"
     monkeypatch.setenv("CANCELFLOW_BROKER_URL", admin_url)
     get_settings.cache_clear()
     name = f"cf-cli-{RUN_ID}"

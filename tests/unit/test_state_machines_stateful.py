@@ -80,8 +80,6 @@ STAFF_REJECTABLE_PLAN = {"waiting", "confirmation_waiting"}
 FAILABLE_PLAN = {"waiting", "confirmation_waiting", "waiting_for_payment"}
 
 
-
-
 @dataclass
 class Model:
     """What the rows must say: the request, its plan, the asked fulfillment order, its escalation, its steps."""

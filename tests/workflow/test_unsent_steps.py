@@ -38,7 +38,9 @@ def _create_step() -> int:
         )
 
 
-def test_a_step_not_sent_after_commit_is_due_at_once(database: str, broker_away: list[after_commit.Send]) -> None:
+def test_a_step_not_sent_after_commit_is_due_at_once(
+    database: str, broker_away: list[after_commit.Send]
+) -> None:
     step_id = _create_step()
 
     assert [send.args for send in broker_away] == [(step_id,)]
