@@ -92,37 +92,6 @@ class TestRule2EnqueueAfterCommit:
         finally:
             session.close()
 
-    @pytest.mark.usefixtures("sent")  # puts the broker sender back after the one below
-    def test_a_step_the_broker_did_not_take_after_commit_is_due_at_once(self, database: str) -> None:
-        """The broker sender raises TransientError when the broker does not answer (`worker.app.send`): the
-        new step's row is marked due, so the sweeper's first run once the broker is back sends it, instead
-        of its run after the redelivery grace (2 minutes by default)."""
-        from sqlalchemy import select
-
-        from cancelflow.db import transaction
-        from cancelflow.services import recovery  # noqa: F401  (marks unsent steps due; the sender imports it)
-        from cancelflow.services.clock import now
-        from tests.factories import new_request
-
-        tried: list[after_commit.Send] = []
-
-        def broker_down(send: after_commit.Send) -> None:
-            tried.append(send)
-            raise TransientError("the broker does not answer: Connection refused", code="broker_unavailable")
-
-        after_commit.set_sender(broker_down)
-        request = new_request()  # committed: its first step is asked for after the commit
-        with transaction() as session:
-            pending = session.scalars(
-                select(WorkflowStep).where(
-                    WorkflowStep.request_id == request.id, WorkflowStep.status == StepStatus.pending
-                )
-            ).all()
-            assert [send.args for send in tried] == [(step.id,) for step in pending]
-            assert pending
-            due = [step.next_attempt_at for step in pending]
-            assert all(at <= now() for at in due), due
-
 
 class TestRule4CeleryConfiguration:
     def test_at_least_once_settings(self) -> None:
