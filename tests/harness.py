@@ -111,10 +111,26 @@ def child_spec(
     return next(spec for spec in specs if spec.name == name)
 
 
+# The sockets that keep the ports `free_port` handed out reserved, for as long as this process runs.
+_RESERVED: list[socket.socket] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port no other process is handed while this one runs, for a server this process starts.
+
+    The port stays bound here (SO_REUSEADDR, never listening) after the call: a server that binds it with
+    SO_REUSEADDR, as uvicorn, Tornado (Flower), http.server and redis-server all do, binds and listens, and
+    a connection to it before then is refused as to a closed port; but no other socket is given it by the
+    kernel's port search. Released at once, the port could be handed to the other xdist worker's next
+    stack in the seconds before our server bound it; whichever server bound second then exited
+    ("address already in use") while the first answered in its place, with the other worker's database
+    behind it (every token unknown: 401 "Invalid token.").
+    """
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    _RESERVED.append(s)
+    return int(s.getsockname()[1])
 
 
 def wait_for(

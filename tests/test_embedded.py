@@ -35,7 +35,7 @@ from cancelflow.config.embedded import (
     resolve_urls,
 )
 from cancelflow.db import normalise_url
-from tests.harness import embedded_servers, kill_tree
+from tests.harness import embedded_servers, free_port, kill_tree
 
 LOCAL_DB = "postgresql://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -507,7 +507,7 @@ def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("CANCELFLOW_DATA_DIR", str(data_dir))
     monkeypatch.setenv("CANCELFLOW_EMBEDDED", "1")
     monkeypatch.setenv("CANCELFLOW_API_HOST", "127.0.0.1")
-    monkeypatch.setenv("CANCELFLOW_API_PORT", str(_free_port()))
+    monkeypatch.setenv("CANCELFLOW_API_PORT", str(free_port()))
     monkeypatch.delenv("CANCELFLOW_FLOWER_PASSWORD", raising=False)
     get_settings.cache_clear()
     yield data_dir

@@ -111,7 +111,7 @@ def deliver(sends: list[Send]) -> None:
     for send in sends:
         try:
             send_one(send)
-        except TransientError as exc:  # the broker is down; the step row is due: the sweeper re-sends it
+        except TransientError as exc:  # the broker is down: the hooks below mark the step row due
             # One line, no traceback: a broker that does not answer is an operating condition, not a bug.
             log.warning(
                 "send of %s%s failed after commit (%s: %s); the sweeper will retry",
@@ -120,6 +120,7 @@ def deliver(sends: list[Send]) -> None:
                 type(exc).__name__,
                 exc,
             )
+            failed.append(send)
         except Exception:  # anything else is unexpected, but the row is due all the same: the sweeper resends
             log.exception("send of %s%s failed after commit; the sweeper will retry", send.task, send.args)
             failed.append(send)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 from fastapi import FastAPI, Header
 
 from cancelflow.sandbox.fulfillment import FulfillmentSandbox, create_app, sign
+from tests.harness import free_port
 
 from . import serve
 
@@ -444,12 +444,6 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_runs_as_a_module_against_a_real_api(tmp_path: Path) -> None:
     """End to end over real sockets: the module's CLI, a real fake API served by uvicorn."""
 
@@ -468,7 +462,7 @@ def test_runs_as_a_module_against_a_real_api(tmp_path: Path) -> None:
     with serve(api) as api_url:
         config_path = tmp_path / "fulfillment.json"
         config_path.write_text(json.dumps({"api_base_url": api_url, "services": {"wh1": service("wh1")}}))
-        port = _free_port()
+        port = free_port()
         command = [
             sys.executable,
             "-m",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from cancelflow.sandbox.gateway import GatewayState, create_app, mask_iban
+from tests.harness import free_port
 
 from . import serve
 
@@ -291,14 +291,8 @@ def test_healthz(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"ok": True}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_runs_as_a_module_with_cli_flags(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         "-m",

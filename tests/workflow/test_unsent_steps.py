@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from cancelflow.db import transaction
+from cancelflow.errors import TransientError
 from cancelflow.models import WorkflowStep
 from cancelflow.models.enums import StepKind
 from cancelflow.services import after_commit, steps
@@ -17,13 +18,21 @@ from cancelflow.services import recovery as _recovery  # noqa: F401  (registers 
 from cancelflow.services.clock import now
 
 
-@pytest.fixture
-def broker_away() -> Iterator[list[after_commit.Send]]:
+@pytest.fixture(
+    params=[
+        # What `worker.app.send` raises for a broker that does not answer.
+        TransientError("the broker does not answer: Connection refused", code="broker_unavailable"),
+        ConnectionRefusedError("broker is away"),  # anything else a sender may raise
+    ],
+    ids=["broker_unavailable", "unexpected"],
+)
+def broker_away(request: pytest.FixtureRequest) -> Iterator[list[after_commit.Send]]:
     tried: list[after_commit.Send] = []
+    error: Exception = request.param
 
     def refuse(send: after_commit.Send) -> None:
         tried.append(send)
-        raise ConnectionRefusedError("broker is away")
+        raise error
 
     previous = after_commit._sender
     after_commit.set_sender(refuse)
