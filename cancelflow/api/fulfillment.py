@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Final, Literal, cast
+from typing import Annotated, Final, Literal, Protocol, cast
 
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field
+from pydantic_core import to_json
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,16 +29,13 @@ from cancelflow.api.schemas.fulfillment import (
     FulfillmentOrderAction,
     FulfillmentOrderEnvelope,
     FulfillmentOrderList,
-    FulfillmentOrderOut,
-    LineItem,
-    MerchantRequestOut,
     Origin,
 )
 from cancelflow.config import get_settings
 from cancelflow.models import (
     FulfillmentOrder,
 )
-from cancelflow.models.enums import FORequestStatus
+from cancelflow.models.enums import FORequestStatus, FOStatus
 from cancelflow.models.transitions import fulfillment_order_actions
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import replies, request_view, routing
@@ -106,66 +104,115 @@ def _int(value: object) -> int | None:
     return None
 
 
-def _destination(data: dict[str, object]) -> Destination:
-    return Destination(
-        id=_int(data.get("id")),
-        **{name: _text(data.get(name)) for name in Destination.model_fields if name != "id"},
-    )
+# Each address field with what reads it, in the schema's order (the order the payload keeps).
+_DESTINATION_FIELDS: Final = tuple(
+    (name, _int if name == "id" else _text) for name in Destination.model_fields
+)
+_ORIGIN_FIELDS: Final = tuple(
+    (name, _int if name == "location_id" else _text) for name in Origin.model_fields
+)
 
 
-def _origin(data: dict[str, object]) -> Origin:
-    return Origin(
-        location_id=_int(data.get("location_id")),
-        **{name: _text(data.get(name)) for name in Origin.model_fields if name != "location_id"},
-    )
+class FulfillmentOrderRow(request_view.FulfillmentOrderKeys, Protocol):
+    """The columns a payload shows of a fulfillment order: an ORM `FulfillmentOrder` or a selected row."""
+
+    @property
+    def order_id(self) -> int: ...
+
+    @property
+    def assigned_location_id(self) -> int | None: ...
+
+    @property
+    def request_status(self) -> FORequestStatus: ...
+
+    @property
+    def status(self) -> FOStatus: ...
+
+    @property
+    def destination(self) -> dict[str, object] | None: ...
+
+    @property
+    def origin(self) -> dict[str, object] | None: ...
 
 
-def present(session: Session, orders: Sequence[FulfillmentOrder]) -> list[FulfillmentOrderOut]:
+# What the list selects of each fulfillment order: the columns `_payload` reads, not the whole row.
+_ROW_COLUMNS: Final = (
+    FulfillmentOrder.id,
+    FulfillmentOrder.order_id,
+    FulfillmentOrder.fulfillment_service_id,
+    FulfillmentOrder.assigned_location_id,
+    FulfillmentOrder.request_status,
+    FulfillmentOrder.status,
+    FulfillmentOrder.destination,
+    FulfillmentOrder.origin,
+)
+
+
+def present(session: Session, orders: Sequence[FulfillmentOrderRow]) -> list[dict[str, object]]:
     """The REST payloads of `orders`, in their order (`services.request_view`: three queries whatever
-    their number)."""
+    their number), as the plain values `FulfillmentOrderOut` holds, field for field in its order: they are
+    made from the database's typed columns, so they are serialised as they are (`_json`), not validated
+    into models first."""
     if not orders:
         return []
     shop_id = get_settings().shop_id
-    return [
-        _fulfillment_order(detail, shop_id) for detail in request_view.fulfillment_orders(session, orders)
-    ]
+    parts = request_view.fulfillment_order_parts(session, orders)
+    return [_payload(fo, parts, shop_id) for fo in orders]
 
 
-def _fulfillment_order(detail: request_view.FulfillmentOrderDetail, shop_id: int) -> FulfillmentOrderOut:
-    fo = detail.fulfillment_order
-    return FulfillmentOrderOut(
-        id=fo.id,
-        shop_id=shop_id,
-        order_id=fo.order_id,
-        assigned_location_id=fo.assigned_location_id,
-        request_status=fo.request_status,
-        status=fo.status,
-        supported_actions=supported_actions(fo),
-        destination=_destination(fo.destination or {}),
-        origin=_origin(fo.origin or {}),
-        line_items=[
-            LineItem(
-                id=line.id,
-                shop_id=shop_id,
-                fulfillment_order_id=line.fulfillment_order_id,
-                quantity=line.quantity,
-                line_item_id=line.order_item_id,
-                inventory_item_id=item.inventory_item_id,
-                fulfillable_quantity=line.fulfillable_quantity,
-                variant_id=item.variant_id,
-            )
-            for line, item in detail.lines
+def _payload(
+    fo: FulfillmentOrderRow, parts: request_view.FulfillmentOrderParts, shop_id: int
+) -> dict[str, object]:
+    destination = fo.destination or {}
+    origin = fo.origin or {}
+    service_id = fo.fulfillment_service_id
+    return {
+        "id": fo.id,
+        "shop_id": shop_id,
+        "order_id": fo.order_id,
+        "assigned_location_id": fo.assigned_location_id,
+        "request_status": fo.request_status,
+        "status": fo.status,
+        "supported_actions": fulfillment_order_actions(
+            fo.request_status, fo.status, assigned=service_id is not None
+        ),
+        "destination": {name: read(destination.get(name)) for name, read in _DESTINATION_FIELDS},
+        "origin": {name: read(origin.get(name)) for name, read in _ORIGIN_FIELDS},
+        "line_items": [
+            {
+                "id": line.id,
+                "shop_id": shop_id,
+                "fulfillment_order_id": fo.id,
+                "quantity": line.quantity,
+                "line_item_id": line.order_item_id,
+                "inventory_item_id": line.inventory_item_id,
+                "fulfillable_quantity": line.fulfillable_quantity,
+                "variant_id": line.variant_id,
+            }
+            for line in parts.lines.get(fo.id, ())
         ],
-        outgoing_requests=[],
-        fulfillment_service_handle=detail.service_handle,
-        merchant_requests=[
-            MerchantRequestOut.model_validate(request) for request in detail.merchant_requests
+        "outgoing_requests": [],
+        "fulfillment_service_handle": parts.handles.get(service_id) if service_id is not None else None,
+        "merchant_requests": [
+            {
+                "message": request.message,
+                "request_options": {} if request.request_options is None else dict(request.request_options),
+                "kind": request.kind,
+                "sent_at": request.sent_at,
+            }
+            for request in parts.merchant_requests.get(fo.id, ())
         ],
-    )
+    }
 
 
-def _envelope(session: Session, fo: FulfillmentOrder) -> FulfillmentOrderEnvelope:
-    return FulfillmentOrderEnvelope(fulfillment_order=present(session, [fo])[0])
+def _json(content: dict[str, object]) -> Response:
+    """`content` as FastAPI sends a `response_model` (pydantic's JSON encoder, compact, UTF-8): the same
+    bytes, without validating the payload into models and serialising those."""
+    return Response(content=to_json(content), media_type="application/json")
+
+
+def _envelope(session: Session, fo: FulfillmentOrder) -> Response:
+    return _json({"fulfillment_order": present(session, [fo])[0]})
 
 
 # --- routes -----------------------------------------------------------------------------------------------
@@ -196,7 +243,7 @@ def send_cancellation_request(
     principal: ShopifyStaff,
     session: DbSession,
     body: CancellationRequestBody | None = None,
-) -> FulfillmentOrderEnvelope:
+) -> Response:
     fo = routing.send_cancellation_request(session, fulfillment_order_id, message=_message(body))
     return _envelope(session, fo)
 
@@ -207,7 +254,7 @@ def _answer(
     principal: ShopifyService,
     body: CancellationRequestBody | None,
     decision: Literal["accept", "reject"],
-) -> FulfillmentOrderEnvelope | JSONResponse:
+) -> Response:
     outcome = replies.answer_cancellation(
         session,
         fulfillment_order_id,
@@ -241,7 +288,7 @@ def accept_cancellation_request(
     principal: ShopifyService,
     session: DbSession,
     body: CancellationRequestBody | None = None,
-) -> FulfillmentOrderEnvelope | JSONResponse:
+) -> Response:
     return _answer(session, fulfillment_order_id, principal, body, "accept")
 
 
@@ -256,7 +303,7 @@ def reject_cancellation_request(
     principal: ShopifyService,
     session: DbSession,
     body: CancellationRequestBody | None = None,
-) -> FulfillmentOrderEnvelope | JSONResponse:
+) -> Response:
     return _answer(session, fulfillment_order_id, principal, body, "reject")
 
 
@@ -268,7 +315,7 @@ def reject_cancellation_request(
 )
 def get_fulfillment_order(
     fulfillment_order_id: FulfillmentOrderId, principal: ShopifyReader, session: DbSession
-) -> FulfillmentOrderEnvelope:
+) -> Response:
     fo = fos.get_for_service(session, fulfillment_order_id, principal.visible_service_id)
     return _envelope(session, fo)
 
@@ -307,13 +354,13 @@ def assigned_fulfillment_orders(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=250)] = 50,
     since_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only ids greater than this.")] = None,
-) -> FulfillmentOrderList:
+) -> Response:
     stmt = fos.assigned(
         principal.visible_service_id,
         request_status=REQUEST_STATUS_FOR[assignment_status] if assignment_status is not None else None,
         location_ids=location_ids,
-    )
+    ).with_only_columns(*_ROW_COLUMNS)
     if since_id is not None:
         stmt = stmt.where(FulfillmentOrder.id > since_id)
-    orders = list(session.scalars(stmt.order_by(FulfillmentOrder.id).limit(limit)))
-    return FulfillmentOrderList(fulfillment_orders=present(session, orders))
+    orders = session.connection().execute(stmt.order_by(FulfillmentOrder.id).limit(limit)).all()
+    return _json({"fulfillment_orders": present(session, orders)})
