@@ -7,6 +7,7 @@ seed's order, plus `merchant_requests`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from enum import StrEnum
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from pydantic_core import to_json
+from sqlalchemy import BindParameter, Executable, Select, bindparam
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -355,12 +357,32 @@ def assigned_fulfillment_orders(
     limit: Annotated[int, Query(ge=1, le=250)] = 50,
     since_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only ids greater than this.")] = None,
 ) -> Response:
-    stmt = fos.assigned(
-        principal.visible_service_id,
-        request_status=REQUEST_STATUS_FOR[assignment_status] if assignment_status is not None else None,
-        location_ids=location_ids,
-    ).with_only_columns(*_ROW_COLUMNS)
-    if since_id is not None:
-        stmt = stmt.where(FulfillmentOrder.id > since_id)
-    orders = session.connection().execute(stmt.order_by(FulfillmentOrder.id).limit(limit)).all()
+    service_id = principal.visible_service_id
+    request_status = REQUEST_STATUS_FOR[assignment_status] if assignment_status is not None else None
+    params = {"service_id": service_id, "since_id": since_id, "limit": limit}
+    if location_ids:
+        stmt = _page(
+            fos.assigned(service_id, request_status=request_status, location_ids=location_ids),
+            after=since_id is not None,
+        )
+    else:
+        stmt = _assigned_page(service_id is not None, request_status, after=since_id is not None)
+    orders = session.connection().execute(stmt, params).all()
     return _json({"fulfillment_orders": present(session, orders)})
+
+
+def _page(stmt: Select[FulfillmentOrder], *, after: bool) -> Executable:
+    """`stmt`'s page of the columns a payload shows: ids above `:since_id` if `after`, in id order, at most
+    `:limit`."""
+    page = stmt.with_only_columns(*_ROW_COLUMNS)
+    if after:
+        page = page.where(FulfillmentOrder.id > bindparam("since_id"))
+    return page.order_by(FulfillmentOrder.id).limit(bindparam("limit"))
+
+
+@functools.cache
+def _assigned_page(by_service: bool, request_status: FORequestStatus | None, *, after: bool) -> Executable:
+    """The page without a location filter (a service's pull), built once for each shape: the service
+    (`:service_id`), the bounds and the size are bound at each call."""
+    service: BindParameter[int] | None = bindparam("service_id") if by_service else None
+    return _page(fos.assigned(service, request_status=request_status), after=after)
