@@ -11,7 +11,7 @@ import functools
 import re
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Final, Literal, Protocol, cast
+from typing import Annotated, Final, Literal, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
@@ -115,26 +115,17 @@ _ORIGIN_FIELDS: Final = tuple(
 )
 
 
-class FulfillmentOrderRow(request_view.FulfillmentOrderKeys, Protocol):
-    """The columns a payload shows of a fulfillment order: an ORM `FulfillmentOrder` or a selected row."""
-
-    @property
-    def order_id(self) -> int: ...
-
-    @property
-    def assigned_location_id(self) -> int | None: ...
-
-    @property
-    def request_status(self) -> FORequestStatus: ...
-
-    @property
-    def status(self) -> FOStatus: ...
-
-    @property
-    def destination(self) -> dict[str, object] | None: ...
-
-    @property
-    def origin(self) -> dict[str, object] | None: ...
+# A fulfillment order's columns that its payload shows, in `_ROW_COLUMNS`' order.
+FulfillmentOrderValues = tuple[
+    int,
+    int,
+    int | None,
+    int | None,
+    FORequestStatus,
+    FOStatus,
+    dict[str, object] | None,
+    dict[str, object] | None,
+]
 
 
 # What the list selects of each fulfillment order: the columns `_payload` reads, not the whole row.
@@ -150,59 +141,76 @@ _ROW_COLUMNS: Final = (
 )
 
 
-def present(session: Session, orders: Sequence[FulfillmentOrderRow]) -> list[dict[str, object]]:
+def present(session: Session, orders: Sequence[FulfillmentOrderValues]) -> list[dict[str, object]]:
     """The REST payloads of `orders`, in their order (`services.request_view`: three queries whatever
-    their number), as the plain values `FulfillmentOrderOut` holds, field for field in its order: they are
-    made from the database's typed columns, so they are serialised as they are (`_json`), not validated
-    into models first."""
+    their number), as the plain values `FulfillmentOrderOut` holds, field for field in its order (enums as
+    their values): they are made from the database's typed columns, so they are serialised as they are
+    (`_json`), not validated into models first."""
     if not orders:
         return []
     shop_id = get_settings().shop_id
-    parts = request_view.fulfillment_order_parts(session, orders)
+    parts = request_view.fulfillment_order_parts(
+        session, [fo[0] for fo in orders], {fo[2] for fo in orders if fo[2] is not None}
+    )
     return [_payload(fo, parts, shop_id) for fo in orders]
 
 
+def _values(fo: FulfillmentOrder) -> FulfillmentOrderValues:
+    return (
+        fo.id,
+        fo.order_id,
+        fo.fulfillment_service_id,
+        fo.assigned_location_id,
+        fo.request_status,
+        fo.status,
+        fo.destination,
+        fo.origin,
+    )
+
+
 def _payload(
-    fo: FulfillmentOrderRow, parts: request_view.FulfillmentOrderParts, shop_id: int
+    fo: FulfillmentOrderValues, parts: request_view.FulfillmentOrderParts, shop_id: int
 ) -> dict[str, object]:
-    destination = fo.destination or {}
-    origin = fo.origin or {}
-    service_id = fo.fulfillment_service_id
+    fo_id, order_id, service_id, location_id, request_status, status, destination, origin = fo
+    destination = destination or {}
+    origin = origin or {}
     return {
-        "id": fo.id,
+        "id": fo_id,
         "shop_id": shop_id,
-        "order_id": fo.order_id,
-        "assigned_location_id": fo.assigned_location_id,
-        "request_status": fo.request_status,
-        "status": fo.status,
+        "order_id": order_id,
+        "assigned_location_id": location_id,
+        "request_status": request_status.value,
+        "status": status.value,
         "supported_actions": fulfillment_order_actions(
-            fo.request_status, fo.status, assigned=service_id is not None
+            request_status, status, assigned=service_id is not None
         ),
         "destination": {name: read(destination.get(name)) for name, read in _DESTINATION_FIELDS},
         "origin": {name: read(origin.get(name)) for name, read in _ORIGIN_FIELDS},
         "line_items": [
             {
-                "id": line.id,
+                "id": line_id,
                 "shop_id": shop_id,
-                "fulfillment_order_id": fo.id,
-                "quantity": line.quantity,
-                "line_item_id": line.order_item_id,
-                "inventory_item_id": line.inventory_item_id,
-                "fulfillable_quantity": line.fulfillable_quantity,
-                "variant_id": line.variant_id,
+                "fulfillment_order_id": fo_id,
+                "quantity": quantity,
+                "line_item_id": order_item_id,
+                "inventory_item_id": inventory_item_id,
+                "fulfillable_quantity": fulfillable_quantity,
+                "variant_id": variant_id,
             }
-            for line in parts.lines.get(fo.id, ())
+            for _, line_id, quantity, order_item_id, fulfillable_quantity, inventory_item_id, variant_id in (
+                parts.lines.get(fo_id, ())
+            )
         ],
         "outgoing_requests": [],
         "fulfillment_service_handle": parts.handles.get(service_id) if service_id is not None else None,
         "merchant_requests": [
             {
-                "message": request.message,
-                "request_options": {} if request.request_options is None else dict(request.request_options),
-                "kind": request.kind,
-                "sent_at": request.sent_at,
+                "message": message,
+                "request_options": {} if options is None else dict(options),
+                "kind": kind.value,
+                "sent_at": sent_at,
             }
-            for request in parts.merchant_requests.get(fo.id, ())
+            for _, message, options, kind, sent_at in parts.merchant_requests.get(fo_id, ())
         ],
     }
 
@@ -214,7 +222,7 @@ def _json(content: dict[str, object]) -> Response:
 
 
 def _envelope(session: Session, fo: FulfillmentOrder) -> Response:
-    return _json({"fulfillment_order": present(session, [fo])[0]})
+    return _json({"fulfillment_order": present(session, [_values(fo)])[0]})
 
 
 # --- routes -----------------------------------------------------------------------------------------------
@@ -367,7 +375,7 @@ def assigned_fulfillment_orders(
         )
     else:
         stmt = _assigned_page(service_id is not None, request_status, after=since_id is not None)
-    orders = session.connection().execute(stmt, params).all()
+    orders = [tuple(row) for row in session.connection().execute(stmt, params)]
     return _json({"fulfillment_orders": present(session, orders)})
 
 

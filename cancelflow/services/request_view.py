@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, Row, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -216,26 +216,17 @@ def fulfillment_orders(session: Session, orders: Sequence[FulfillmentOrder]) -> 
     ]
 
 
-class FulfillmentOrderKeys(Protocol):
-    """What `fulfillment_order_parts` reads of a fulfillment order (an ORM row or a selected one)."""
-
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def fulfillment_service_id(self) -> int | None: ...
-
-
+# (fulfillment order id, id, quantity, order item id, fulfillable quantity, inventory item id, variant id)
 LineRow = Row[int, int, int, int, int, int | None, int | None]
+# (fulfillment order id, message, request options, kind, sent at)
 MerchantRequestRow = Row[int, str | None, dict[str, object], MerchantRequestKind, datetime]
 
 
 @dataclass(frozen=True, slots=True)
 class FulfillmentOrderParts:
-    """The rows a fulfillment order's payload shows beside its own columns, for a batch: its non-empty lines
-    (`id, quantity, order_item_id, fulfillable_quantity, inventory_item_id, variant_id`, in id order), its
-    service's handle and the requests sent about it (`message, request_options, kind, sent_at`, oldest
-    first), each by fulfillment order id (service id for the handles)."""
+    """The rows a fulfillment order's payload shows beside its own columns, for a batch (`LineRow`,
+    `MerchantRequestRow`; they unpack as tuples): its non-empty lines in id order, its service's handle and
+    the requests sent about it, oldest first; each by fulfillment order id (service id for the handles)."""
 
     lines: dict[int, list[LineRow]]
     handles: dict[int, str]
@@ -276,26 +267,26 @@ _PART_REQUESTS = (
 
 
 def fulfillment_order_parts(
-    session: Session, orders: Sequence[FulfillmentOrderKeys]
+    session: Session, ids: Sequence[int], service_ids: Iterable[int]
 ) -> FulfillmentOrderParts:
-    """What `fulfillment_orders` reads, as plain rows of the columns a payload shows (no ORM objects): for
-    interfaces that only serialise them. The same three queries, sent on the session's connection after
-    flushing what the session holds (a reply just recorded is shown)."""
+    """What `fulfillment_orders` reads for the fulfillment orders `ids` (of the services `service_ids`),
+    as plain rows of the columns a payload shows (no ORM objects): for interfaces that only serialise
+    them. The same three queries, sent on the session's connection after flushing what the session holds
+    (a reply just recorded is shown)."""
     lines: dict[int, list[LineRow]] = defaultdict(list)
     requests: dict[int, list[MerchantRequestRow]] = defaultdict(list)
     handles: dict[int, str] = {}
-    if not orders:
+    if not ids:
         return FulfillmentOrderParts(lines, handles, requests)
     session.flush()
     connection = session.connection()
-    ids = [fo.id for fo in orders]
     for line in connection.execute(_PART_LINES, {"ids": ids}):
-        lines[line.fulfillment_order_id].append(line)
-    service_ids = list({fo.fulfillment_service_id for fo in orders} - {None})
-    if service_ids:
-        handles = {row.id: row.handle for row in connection.execute(_PART_HANDLES, {"ids": service_ids})}
+        lines[line[0]].append(line)
+    services = list(service_ids)
+    if services:
+        handles = {row[0]: row[1] for row in connection.execute(_PART_HANDLES, {"ids": services})}
     for request in connection.execute(_PART_REQUESTS, {"ids": ids}):
-        requests[request.fulfillment_order_id].append(request)
+        requests[request[0]].append(request)
     return FulfillmentOrderParts(lines, handles, requests)
 
 
