@@ -16,8 +16,9 @@ from typing import Annotated, Final, Literal, cast
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
-from pydantic_core import to_json
-from sqlalchemy import BindParameter, Executable, Select, bindparam
+from pydantic_core import from_json, to_json
+from sqlalchemy import BindParameter, Dialect, Executable, Select, Text, TypeDecorator, bindparam
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -128,6 +129,17 @@ FulfillmentOrderValues = tuple[
 ]
 
 
+class _JSONText(TypeDecorator[dict[str, object]]):
+    """A JSONB column read as its text and parsed by pydantic's parser (about three times faster than the
+    `json` module the driver parses JSONB with; the same values)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> dict[str, object] | None:
+        return None if value is None else from_json(value)
+
+
 # What the list selects of each fulfillment order: the columns `_payload` reads, not the whole row.
 _ROW_COLUMNS: Final = (
     FulfillmentOrder.id,
@@ -136,8 +148,8 @@ _ROW_COLUMNS: Final = (
     FulfillmentOrder.assigned_location_id,
     FulfillmentOrder.request_status,
     FulfillmentOrder.status,
-    FulfillmentOrder.destination,
-    FulfillmentOrder.origin,
+    sql_cast(FulfillmentOrder.destination, _JSONText()).label("destination"),
+    sql_cast(FulfillmentOrder.origin, _JSONText()).label("origin"),
 )
 
 

@@ -765,7 +765,15 @@ class TestPayloadIsTheSchemasJson:
         self, client: TestClient, staff: str, service: Service
     ) -> None:
         fo_id, _ = make_fo(service, quantity=2)
-        odd_destination = {"id": "123", "city": 5, "zip": True, "address1": {"x": 1}, "email": "é@x.tr"}
+        odd_destination = {
+            "id": "123",
+            "city": 5,
+            "zip": True,
+            "address1": {"x": 1},
+            "email": "é@x.tr",
+            "province": 0.1,
+            "last_name": [1, "a", None],
+        }
         odd_origin = {"location_id": 10**20, "name": "Depo \u2028 İstanbul", "phone": 905551112233}
         with transaction() as session:
             session.execute(
@@ -792,6 +800,8 @@ class TestPayloadIsTheSchemasJson:
         assert fo["destination"]["id"] == 123
         assert (fo["destination"]["city"], fo["destination"]["zip"]) == ("5", "True")
         assert fo["destination"]["address1"] == "{'x': 1}"
+        assert (fo["destination"]["province"], fo["destination"]["last_name"]) == ("0.1", "[1, 'a', None]")
+        assert fo["destination"]["email"] == "é@x.tr"
         assert fo["destination"]["company"] is None
         assert fo["origin"]["location_id"] is None  # beyond a 64-bit id
         assert fo["origin"]["phone"] == "905551112233"
