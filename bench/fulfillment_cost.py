@@ -13,9 +13,11 @@ CPU is this thread's):
    (the rounds' median) and per fulfillment order listed, and SQL statements per pull;
 2. accepts half the first page, one at a time, in 5 rounds: ms of CPU (the median) and SQL statements
    per accept;
-3. with `--profile`, pulls again and accepts a second batch under cProfile and prints the top functions.
+3. with `--profile`, pulls again and accepts a second batch under cProfile and prints the top functions;
+4. with `--server`, sends pulls (pages of 250, 50, 5 and 1) and 100 accepts to a real API process
+   (`uvicorn`) and prints its CPU per request.
 
-    PYTHONPATH=. .venv/bin/python bench/fulfillment_cost.py [--orders 500] [--pulls 30] [--profile]
+    PYTHONPATH=. .venv/bin/python bench/fulfillment_cost.py [--orders 500] [--pulls 30] [--profile] [--server]
 
 After-commit sends (the worker's next steps) are kept in a list, not sent: the broker is not measured.
 Figures are printed, never asserted; compare runs side by side.
@@ -164,6 +166,46 @@ def run(key: str, pulls: int, profile: bool, top: int) -> None:
     asyncio.run(main())
 
 
+def run_server(key: str, pulls: int, accepts: int, workdir: Path) -> None:
+    """The same requests to a real API process (`uvicorn`, as `cancelflow run` starts it) over loopback:
+    its CPU per request (user + system), uvicorn's HTTP work and the after-commit sends included."""
+    import httpx
+
+    from bench.create_cost import api_process, cpu_of
+
+    headers = {"X-Shopify-Access-Token": key, "Accept": "application/json"}
+    with api_process(workdir) as (url, pid), httpx.Client(base_url=url, timeout=60) as client:
+
+        def pull(limit: int) -> httpx.Response:
+            params = {"assignment_status": "cancellation_requested", "limit": limit}
+            response = client.get(PULL, params=params, headers=headers)
+            response.raise_for_status()
+            return response
+
+        for _ in range(5):
+            pull(250)
+        print(f"\nAPI process (uvicorn), CPU per request, median of {ROUNDS} rounds")
+        for limit in (250, 50, 5, 1):
+            rounds = []
+            for _ in range(ROUNDS):
+                cpu = cpu_of(pid)
+                for _ in range(pulls):
+                    pull(limit)
+                rounds.append((cpu_of(pid) - cpu) / pulls)
+            print(f"  pull of {limit:>3}: {1000 * statistics.median(rounds):6.2f} ms")
+        ids = [int(fo["id"]) for fo in pull(250).json()["fulfillment_orders"]][:accepts]
+        batch = len(ids) // ROUNDS
+        rounds = []
+        for start in range(0, batch * ROUNDS, batch):
+            cpu = cpu_of(pid)
+            for fo_id in ids[start : start + batch]:
+                body = {"cancellation_request": {"message": "Accepted by bench"}}
+                response = client.post(ACCEPT.format(id=fo_id), json=body, headers=headers)
+                assert response.status_code == 200, response.text
+            rounds.append((cpu_of(pid) - cpu) / batch)
+        print(f"  accept:      {1000 * statistics.median(rounds):6.2f} ms (rounds of {batch})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,6 +214,9 @@ def main() -> None:
     parser.add_argument("--pulls", type=int, default=30, help="pulls of each page size timed")
     parser.add_argument("--profile", action="store_true", help="profile pulls and the second half's accepts")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--server", action="store_true", help="also measure a real API process (accepts from the second page)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cf-fulfillment-cost-") as tmp, bench_environment(Path(tmp)):
         from cancelflow.services import after_commit
@@ -182,6 +227,8 @@ def main() -> None:
         key = load_data(args.orders)
         print(f"{args.orders} routed plans made in {time.monotonic() - started:.1f} s")
         run(key, args.pulls, args.profile, args.top)
+        if args.server:
+            run_server(key, args.pulls, 100, Path(tmp))
 
 
 if __name__ == "__main__":
