@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import BindParameter, Select, bindparam, select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
@@ -43,14 +43,15 @@ def get_for_service(
 
 
 def assigned(
-    service_id: int | None,
+    service_id: int | BindParameter[int] | None,
     *,
     request_status: FORequestStatus | None = None,
     location_ids: Sequence[int] | None = None,
 ) -> Select[FulfillmentOrder]:
     """Shopify's assigned fulfillment orders, unordered: those of service `service_id` (None: every
     service's), in `request_status` if given, else every one that is not closed or cancelled, at
-    `location_ids` if given. The REST list and the GraphQL connection order and page it."""
+    `location_ids` if given. The REST list and the GraphQL connection order and page it. `service_id` may be
+    a bound parameter, for a statement built once and run for any service."""
     stmt = select(FulfillmentOrder).where(FulfillmentOrder.fulfillment_service_id.is_not(None))
     if service_id is not None:
         stmt = stmt.where(FulfillmentOrder.fulfillment_service_id == service_id)

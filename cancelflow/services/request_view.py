@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, Row, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from cancelflow.models import (
@@ -30,6 +32,7 @@ from cancelflow.models import (
     OrderItem,
     Payment,
 )
+from cancelflow.models.enums import MerchantRequestKind
 from cancelflow.services.step_view import StepView, steps_of
 
 M = TypeVar("M")
@@ -211,6 +214,80 @@ def fulfillment_orders(session: Session, orders: Sequence[FulfillmentOrder]) -> 
         )
         for fo in orders
     ]
+
+
+# (fulfillment order id, id, quantity, order item id, fulfillable quantity, inventory item id, variant id)
+LineRow = Row[int, int, int, int, int, int | None, int | None]
+# (fulfillment order id, message, request options, kind, sent at)
+MerchantRequestRow = Row[int, str | None, dict[str, object], MerchantRequestKind, datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class FulfillmentOrderParts:
+    """The rows a fulfillment order's payload shows beside its own columns, for a batch (`LineRow`,
+    `MerchantRequestRow`; they unpack as tuples): its non-empty lines in id order, its service's handle and
+    the requests sent about it, oldest first; each by fulfillment order id (service id for the handles)."""
+
+    lines: dict[int, list[LineRow]]
+    handles: dict[int, str]
+    merchant_requests: dict[int, list[MerchantRequestRow]]
+
+
+_IDS = bindparam("ids", type_=ARRAY(BigInteger))
+# Built once: each execution sends the ids as one array instead of rendering an IN list of its size.
+_PART_LINES = (
+    select(
+        FulfillmentOrderLineItem.fulfillment_order_id,
+        FulfillmentOrderLineItem.id,
+        FulfillmentOrderLineItem.quantity,
+        FulfillmentOrderLineItem.order_item_id,
+        FulfillmentOrderLineItem.fulfillable_quantity,
+        OrderItem.inventory_item_id,
+        OrderItem.variant_id,
+    )
+    .join(OrderItem, OrderItem.id == FulfillmentOrderLineItem.order_item_id)
+    # A split can leave a line with nothing on it; that quantity now lives on the new order.
+    .where(FulfillmentOrderLineItem.fulfillment_order_id == any_(_IDS), FulfillmentOrderLineItem.quantity > 0)
+    .order_by(FulfillmentOrderLineItem.id)
+)
+_PART_HANDLES = select(FulfillmentService.id, FulfillmentService.handle).where(
+    FulfillmentService.id == any_(_IDS)
+)
+_PART_REQUESTS = (
+    select(
+        MerchantRequest.fulfillment_order_id,
+        MerchantRequest.message,
+        MerchantRequest.request_options,
+        MerchantRequest.kind,
+        MerchantRequest.sent_at,
+    )
+    .where(MerchantRequest.fulfillment_order_id == any_(_IDS))
+    .order_by(MerchantRequest.id)
+)
+
+
+def fulfillment_order_parts(
+    session: Session, ids: Sequence[int], service_ids: Iterable[int]
+) -> FulfillmentOrderParts:
+    """What `fulfillment_orders` reads for the fulfillment orders `ids` (of the services `service_ids`),
+    as plain rows of the columns a payload shows (no ORM objects): for interfaces that only serialise
+    them. The same three queries, sent on the session's connection after flushing what the session holds
+    (a reply just recorded is shown)."""
+    lines: dict[int, list[LineRow]] = defaultdict(list)
+    requests: dict[int, list[MerchantRequestRow]] = defaultdict(list)
+    handles: dict[int, str] = {}
+    if not ids:
+        return FulfillmentOrderParts(lines, handles, requests)
+    session.flush()
+    connection = session.connection()
+    for line in connection.execute(_PART_LINES, {"ids": ids}):
+        lines[line[0]].append(line)
+    services = list(service_ids)
+    if services:
+        handles = {row[0]: row[1] for row in connection.execute(_PART_HANDLES, {"ids": services})}
+    for request in connection.execute(_PART_REQUESTS, {"ids": ids}):
+        requests[request[0]].append(request)
+    return FulfillmentOrderParts(lines, handles, requests)
 
 
 def order(session: Session, order_id: int) -> OrderDetail | None:

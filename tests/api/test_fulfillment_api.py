@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from cancelflow.api.errors import SHOPIFY_UNAUTHORIZED
 from cancelflow.api.fulfillment import VERSIONS
+from cancelflow.api.schemas.fulfillment import FulfillmentOrderEnvelope, FulfillmentOrderList
 from cancelflow.config import get_settings
 from cancelflow.db import transaction
 from cancelflow.models import Event, FulfillmentOrder, WorkflowStep
@@ -749,3 +751,76 @@ class TestSupportedActions:
         response = client.get(url(f"fulfillment_orders/{fo_id}.json"), headers=auth(staff))
         assert response.status_code == 200
         assert response.json()["fulfillment_order"]["supported_actions"] == expected
+
+
+class TestPayloadIsTheSchemasJson:
+    """The payloads are serialised from plain values, not from validated models: each body must be exactly
+    what the response model makes of it (same fields, order, types and JSON text)."""
+
+    @staticmethod
+    def assert_canonical(body: bytes, model: type[BaseModel]) -> None:
+        assert model.model_validate_json(body).model_dump_json().encode() == body
+
+    def test_every_route_answers_its_models_json(
+        self, client: TestClient, staff: str, service: Service
+    ) -> None:
+        fo_id, _ = make_fo(service, quantity=2)
+        odd_destination = {
+            "id": "123",
+            "city": 5,
+            "zip": True,
+            "address1": {"x": 1},
+            "email": "é@x.tr",
+            "province": 0.1,
+            "last_name": [1, "a", None],
+        }
+        odd_origin = {"location_id": 10**20, "name": "Depo \u2028 İstanbul", "phone": 905551112233}
+        with transaction() as session:
+            session.execute(
+                update(FulfillmentOrder)
+                .where(FulfillmentOrder.id == fo_id)
+                .values(destination=odd_destination, origin=odd_origin)
+            )
+        sent = client.post(
+            url(f"fulfillment_orders/{fo_id}/cancellation_request.json"),
+            headers=auth(staff),
+            json=message("Müşteri vazgeçti"),
+        )
+        assert sent.status_code == 200
+        self.assert_canonical(sent.content, FulfillmentOrderEnvelope)
+        pulled = client.get(
+            url("assigned_fulfillment_orders.json"),
+            headers=auth(service.token),
+            params={"assignment_status": "cancellation_requested", "since_id": fo_id - 1, "limit": 1},
+        )
+        assert pulled.status_code == 200
+        self.assert_canonical(pulled.content, FulfillmentOrderList)
+        [fo] = pulled.json()["fulfillment_orders"]
+        assert fo["id"] == fo_id
+        assert fo["destination"]["id"] == 123
+        assert (fo["destination"]["city"], fo["destination"]["zip"]) == ("5", "True")
+        assert fo["destination"]["address1"] == "{'x': 1}"
+        assert (fo["destination"]["province"], fo["destination"]["last_name"]) == ("0.1", "[1, 'a', None]")
+        assert fo["destination"]["email"] == "é@x.tr"
+        assert fo["destination"]["company"] is None
+        assert fo["origin"]["location_id"] is None  # beyond a 64-bit id
+        assert fo["origin"]["phone"] == "905551112233"
+        [request] = fo["merchant_requests"]
+        assert (request["message"], request["kind"], request["request_options"]) == (
+            "Müşteri vazgeçti",
+            "cancellation_request",
+            {},
+        )
+        assert request["sent_at"].endswith("Z")
+        [line] = fo["line_items"]
+        assert (line["fulfillment_order_id"], line["quantity"], line["fulfillable_quantity"]) == (fo_id, 2, 2)
+        accepted = client.post(
+            url(f"fulfillment_orders/{fo_id}/cancellation_request/accept.json"), headers=auth(service.token)
+        )
+        assert accepted.status_code == 200
+        self.assert_canonical(accepted.content, FulfillmentOrderEnvelope)
+        assert accepted.json()["fulfillment_order"]["request_status"] == "cancellation_accepted"
+        read = client.get(url(f"fulfillment_orders/{fo_id}.json"), headers=auth(staff))
+        self.assert_canonical(read.content, FulfillmentOrderEnvelope)
+        assert read.json() == accepted.json()
+        assert read.headers["content-type"] == "application/json"
