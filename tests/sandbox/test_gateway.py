@@ -215,8 +215,11 @@ def test_concurrent_retries_execute_a_movement_once() -> None:
         for thread in threads:
             thread.join(timeout=10)
 
+        # One retry executes the movement; the others find it in flight (409) or, when the machine is slow
+        # enough that they arrive after it finished, replay its answer (200): none executes it again.
+        assert len(codes) == 8
         assert sorted(codes).count(201) == 1
-        assert set(codes) <= {201, 409}
+        assert set(codes) <= {200, 201, 409}
         assert len(client.get("/refunds").json()["data"]) == 1
 
 
