@@ -27,7 +27,7 @@ EXPECTED = {
     "validate": 7,
     "route": 10,
     "notify (no HTTP)": 2,
-    "accept (API)": 10,
+    "accept (API)": 8,
     "loyalty credit": 10,
     "close": 6,
 }
