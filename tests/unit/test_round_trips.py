@@ -28,7 +28,7 @@ EXPECTED = {
     "route": 10,
     "notify (no HTTP)": 2,
     "accept (API)": 8,
-    "loyalty credit": 10,
+    "loyalty credit": 7,
     "close": 6,
 }
 
