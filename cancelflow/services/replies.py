@@ -11,6 +11,8 @@ from typing import Literal
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from cancelflow.models import (
     CancellationPlan,
@@ -18,6 +20,7 @@ from cancelflow.models import (
     FulfillmentOrder,
     MerchantRequest,
 )
+from cancelflow.models.base import table_of
 from cancelflow.models.enums import (
     FORequestStatus,
     FOStatus,
@@ -93,16 +96,7 @@ def answer_cancellation(
             applied=False,
             error="Fulfillment order does not have a pending cancellation request.",
         )
-    # The latest cancellation request of the order records the answer, in one statement.
-    session.execute(
-        _ANSWER_OPEN_REQUEST,
-        {
-            "fo_id": fo.id,
-            "response": "accepted" if accepted else "rejected",
-            "response_message": message,
-            "responded_at": now(),
-        },
-    )
+    _answer_open_request(session, fo.id, "accepted" if accepted else "rejected", message)
     transitions.move_fulfillment_order(
         session,
         fo,
@@ -165,17 +159,30 @@ def answer_cancellation(
     return ReplyOutcome(fo, applied=True)
 
 
+_MERCHANT_REQUESTS = table_of(MerchantRequest)
 _ANSWER_OPEN_REQUEST = (
-    update(MerchantRequest)
-    .where(MerchantRequest.id == fos.OPEN_CANCELLATION_REQUEST_ID)
+    update(_MERCHANT_REQUESTS)
+    .where(_MERCHANT_REQUESTS.c.id == fos.OPEN_CANCELLATION_REQUEST_ID)
     .values(
         response=bindparam("response"),
         response_message=bindparam("response_message"),
         responded_at=bindparam("responded_at"),
     )
-    # A merchant request the session already holds gets the answer too (RETURNING, no extra round trip).
-    .execution_options(synchronize_session="fetch")
+    .returning(_MERCHANT_REQUESTS.c.id)
 )
+
+
+def _answer_open_request(session: Session, fo_id: int, response: str, message: str | None) -> None:
+    """The latest cancellation request of the fulfillment order records the answer: one statement (Core, no
+    SELECT first); a copy of that request the session already holds gets the answer too."""
+    answer = {"response": response, "response_message": message, "responded_at": now()}
+    answered = session.connection().execute(_ANSWER_OPEN_REQUEST, {"fo_id": fo_id, **answer}).scalar()
+    held = None if answered is None else session.identity_map.get(identity_key(MerchantRequest, answered))
+    if held is not None:
+        for name, value in answer.items():
+            set_committed_value(held, name, value)
+
+
 _PLAN_AND_STILL_WAITING = (
     select(
         CancellationPlan,
