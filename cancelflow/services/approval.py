@@ -6,6 +6,8 @@ deadline, the fulfillment service). Every status change goes through `transition
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
@@ -22,6 +24,7 @@ from cancelflow.models import (
 from cancelflow.models.enums import (
     FORequestStatus,
     FOStatus,
+    PaymentMethod,
     PlanStatus,
     RefundTarget,
     RejectionCode,
@@ -32,7 +35,7 @@ from cancelflow.models.enums import (
 from cancelflow.models.transitions import allows, require
 from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import intake, steps, transitions
-from cancelflow.services.locking import LockedOrder, fresh, lock_order, lock_order_of
+from cancelflow.services.locking import LockedOrder, lock_order, lock_order_of
 from cancelflow.services.money import plan_amount, refund_target
 
 
@@ -41,9 +44,18 @@ def validate_step(session: Session, step: WorkflowStep) -> None:
     assert step.request_id is not None
     if get_settings().approval_rule == "auto":
         order = lock_order_of(session, step.request_id)
-        request = fresh(session, CancellationRequest, step.request_id)
+        # The request, fresh under the lock, with the item's price and the payment method a plan needs.
+        request, unit_price, payment_method = session.execute(
+            _REQUEST_PRICE_AND_PAYMENT, {"request_id": step.request_id}
+        ).one()
         if request.status == RequestStatus.waiting:
-            approve(session, request, actor="auto-approval rule", locked_order=order)
+            approve(
+                session,
+                request,
+                actor="auto-approval rule",
+                locked_order=order,
+                price_and_payment=(unit_price, payment_method),
+            )
     steps.finish(session, step, {"approval_rule": get_settings().approval_rule})
 
 
@@ -52,14 +64,27 @@ _PRICE_AND_PAYMENT = (
     .outerjoin(Payment, Payment.order_id == OrderItem.order_id)
     .where(OrderItem.id == bindparam("item_id"))
 )
+_REQUEST_PRICE_AND_PAYMENT = (
+    select(CancellationRequest, OrderItem.unit_price, Payment.method)
+    .join(OrderItem, OrderItem.id == CancellationRequest.order_item_id)
+    .outerjoin(Payment, Payment.order_id == OrderItem.order_id)
+    .where(CancellationRequest.id == bindparam("request_id"))
+    .execution_options(populate_existing=True)
+)
 
 
 def approve(
-    session: Session, request: CancellationRequest, *, actor: str, locked_order: LockedOrder | None = None
+    session: Session,
+    request: CancellationRequest,
+    *,
+    actor: str,
+    locked_order: LockedOrder | None = None,
+    price_and_payment: tuple[Decimal, PaymentMethod | None] | None = None,
 ) -> CancellationPlan:
     """Approve a waiting request: make its plan and start routing.
 
     `locked_order`: the caller already holds the order lock and read `request` after taking it.
+    `price_and_payment`: the item's unit price and the order's payment method, when the caller read them.
     """
     order = locked_order
     if order is None:
@@ -73,7 +98,10 @@ def approve(
     )
     if not transitions.move(session, request, RequestStatus.approved, data={"actor": actor}):
         raise AlreadyHandled(f"request {request.id} moved while approving")
-    unit_price, payment_method = session.execute(_PRICE_AND_PAYMENT, {"item_id": request.order_item_id}).one()
+    if price_and_payment is None:
+        row = session.execute(_PRICE_AND_PAYMENT, {"item_id": request.order_item_id}).one()
+        price_and_payment = (row.unit_price, row.method)
+    unit_price, payment_method = price_and_payment
     target = (
         refund_target(loyalty=request.fully_refund_as_loyalty_money, payment_method=payment_method)
         if payment_method is not None
@@ -90,8 +118,7 @@ def approve(
     )
     session.add(plan)
     session.flush()
-    transitions.record_event(
-        session,
+    created = transitions.event_row(
         "plan",
         plan.id,
         "plan.created",
@@ -103,7 +130,7 @@ def approve(
             "refund_target": target.value,
         },
     )
-    steps.create_for_plan(session, plan, StepKind.route)
+    steps.create_for_plan(session, plan, StepKind.route, event=created)
     return plan
 
 

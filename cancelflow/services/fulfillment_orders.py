@@ -121,18 +121,33 @@ def split(
     return part
 
 
-def cancel_directly(session: Session, fo: FulfillmentOrder, *, reason: str) -> bool:
-    """Shopify's direct cancel, for work the service has not accepted (it is not told)."""
+def cancel_directly(
+    session: Session, fo: FulfillmentOrder, *, reason: str, plan_id: int | None = None
+) -> bool:
+    """Shopify's direct cancel, for work the service has not accepted (it is not told).
+
+    `plan_id`: the cancellation plan the fulfillment order is given to, with the same move.
+    """
     request_status = None
     if fo.request_status not in (FORequestStatus.unsubmitted, FORequestStatus.closed):
         request_status = FORequestStatus.closed
     return transitions.move_fulfillment_order(
-        session, fo, request_status=request_status, status=FOStatus.cancelled, data={"reason": reason}
+        session,
+        fo,
+        request_status=request_status,
+        status=FOStatus.cancelled,
+        data={"reason": reason},
+        cancellation_plan_id=plan_id,
     )
 
 
-def request_cancellation(session: Session, fo: FulfillmentOrder, *, message: str | None) -> MerchantRequest:
-    """Mark the fulfillment order `cancellation_requested` and record the outgoing request."""
+def request_cancellation(
+    session: Session, fo: FulfillmentOrder, *, message: str | None, plan_id: int | None = None
+) -> MerchantRequest:
+    """Mark the fulfillment order `cancellation_requested` and record the outgoing request.
+
+    `plan_id`: the cancellation plan the fulfillment order is given to, with the same move.
+    """
     if fo.fulfillment_service_id is None:
         raise InvalidTransition(
             "Fulfillment order is not assigned to a fulfillment service.", code="not_assigned"
@@ -144,7 +159,11 @@ def request_cancellation(session: Session, fo: FulfillmentOrder, *, message: str
             code="invalid_state",
         )
     transitions.move_fulfillment_order(
-        session, fo, request_status=FORequestStatus.cancellation_requested, data={"message": message}
+        session,
+        fo,
+        request_status=FORequestStatus.cancellation_requested,
+        data={"message": message},
+        cancellation_plan_id=plan_id,
     )
     request = MerchantRequest(
         fulfillment_order_id=fo.id,
@@ -168,6 +187,19 @@ _OPEN_CANCELLATION_REQUEST = (
     )
     .order_by(MerchantRequest.id.desc())
     .limit(1)
+)
+
+
+# The id of that request, as a scalar subquery (for a statement that changes it).
+OPEN_CANCELLATION_REQUEST_ID = (
+    select(MerchantRequest.id)
+    .where(
+        MerchantRequest.fulfillment_order_id == bindparam("fo_id"),
+        MerchantRequest.kind == MerchantRequestKind.cancellation_request,
+    )
+    .order_by(MerchantRequest.id.desc())
+    .limit(1)
+    .scalar_subquery()
 )
 
 

@@ -266,8 +266,7 @@ def create(
     )
     session.add(request)
     session.flush()
-    transitions.record_event(
-        session,
+    created = transitions.event_row(
         "request",
         request.id,
         "request.created",
@@ -275,13 +274,16 @@ def create(
         data={"client_request_id": message.client_request_id, "rejection_code": request.rejection_code},
     )
     if rejection is None:
+        # The event row goes with the validate step's insert: one round trip for both.
         steps.create(
             session,
             request_id=request.id,
             kind=StepKind.validate,
             idempotency_key=f"request:{request.id}:validate:1",
+            event=created,
         )
     else:
+        transitions.write_event(session, created)
         log.info(
             "cancellation request %s rejected at intake: %s",
             message.client_request_id,

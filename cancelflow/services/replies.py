@@ -9,14 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from cancelflow.models import (
     CancellationPlan,
     CancellationRequest,
     FulfillmentOrder,
+    MerchantRequest,
 )
+from cancelflow.models.base import table_of
 from cancelflow.models.enums import (
     FORequestStatus,
     FOStatus,
@@ -28,7 +32,7 @@ from cancelflow.services import fulfillment_orders as fos
 from cancelflow.services import transitions
 from cancelflow.services.approval import reject_plan
 from cancelflow.services.clock import now
-from cancelflow.services.locking import fresh, lock_order_of_fo
+from cancelflow.services.locking import lock_order_of_fo
 from cancelflow.services.settlement import confirm
 
 
@@ -92,11 +96,7 @@ def answer_cancellation(
             applied=False,
             error="Fulfillment order does not have a pending cancellation request.",
         )
-    merchant_request = fos.open_cancellation_request(session, fo.id)
-    if merchant_request is not None:
-        merchant_request.response = "accepted" if accepted else "rejected"
-        merchant_request.response_message = message
-        merchant_request.responded_at = now()
+    _answer_open_request(session, fo.id, "accepted" if accepted else "rejected", message)
     transitions.move_fulfillment_order(
         session,
         fo,
@@ -105,7 +105,11 @@ def answer_cancellation(
         data={"message": message, "actor": _replier(service_id)},
     )
     if fo.cancellation_plan_id is not None:
-        plan = fresh(session, CancellationPlan, fo.cancellation_plan_id)
+        # The plan, fresh under the order lock, with how many of its orders still wait for an answer (this
+        # one's move above included): one round trip.
+        plan, still_waiting = session.execute(
+            _PLAN_AND_STILL_WAITING, {"plan_id": fo.cancellation_plan_id}
+        ).one()
         if (
             plan.escalated_at is not None
             and escalation_of(plan.status, plan.escalated_at) == EscalationState.escalated
@@ -140,7 +144,8 @@ def answer_cancellation(
                 },
             )
         elif accepted:
-            _confirm_if_all_accepted(session, plan)
+            if still_waiting == 0:
+                confirm(session, plan, note="accepted by the fulfillment service")
         else:
             reject_plan(
                 session,
@@ -154,17 +159,41 @@ def answer_cancellation(
     return ReplyOutcome(fo, applied=True)
 
 
-_STILL_WAITING = (
-    select(func.count())
-    .select_from(FulfillmentOrder)
-    .where(
-        FulfillmentOrder.cancellation_plan_id == bindparam("plan_id"),
-        FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
+_MERCHANT_REQUESTS = table_of(MerchantRequest)
+_ANSWER_OPEN_REQUEST = (
+    update(_MERCHANT_REQUESTS)
+    .where(_MERCHANT_REQUESTS.c.id == fos.OPEN_CANCELLATION_REQUEST_ID)
+    .values(
+        response=bindparam("response"),
+        response_message=bindparam("response_message"),
+        responded_at=bindparam("responded_at"),
     )
+    .returning(_MERCHANT_REQUESTS.c.id)
 )
 
 
-def _confirm_if_all_accepted(session: Session, plan: CancellationPlan) -> None:
-    still_waiting = session.connection().execute(_STILL_WAITING, {"plan_id": plan.id}).scalar()
-    if still_waiting == 0:
-        confirm(session, plan, note="accepted by the fulfillment service")
+def _answer_open_request(session: Session, fo_id: int, response: str, message: str | None) -> None:
+    """The latest cancellation request of the fulfillment order records the answer: one statement (Core, no
+    SELECT first); a copy of that request the session already holds gets the answer too."""
+    answer = {"response": response, "response_message": message, "responded_at": now()}
+    answered = session.connection().execute(_ANSWER_OPEN_REQUEST, {"fo_id": fo_id, **answer}).scalar()
+    held = None if answered is None else session.identity_map.get(identity_key(MerchantRequest, answered))
+    if held is not None:
+        for name, value in answer.items():
+            set_committed_value(held, name, value)
+
+
+_PLAN_AND_STILL_WAITING = (
+    select(
+        CancellationPlan,
+        select(func.count())
+        .select_from(FulfillmentOrder)
+        .where(
+            FulfillmentOrder.cancellation_plan_id == CancellationPlan.id,
+            FulfillmentOrder.request_status == FORequestStatus.cancellation_requested,
+        )
+        .scalar_subquery(),
+    )
+    .where(CancellationPlan.id == bindparam("plan_id"))
+    .execution_options(populate_existing=True)
+)

@@ -102,9 +102,11 @@ def _allocate(session: Session, plan: CancellationPlan, request: CancellationReq
         # split() counts the order's lines itself, now that the lock is held: a count read with these rows
         # would come from the snapshot taken before the lock wait and miss a line an import added meanwhile.
         part = fos.split(session, fo, line, quantity)
-        part.cancellation_plan_id = plan.id
+        # The part is given to the plan by the move below, in its statement (the part is locked or new).
         if fos.needs_service_consent(part):
-            fos.request_cancellation(session, part, message=request.description or "Cancellation requested")
+            fos.request_cancellation(
+                session, part, message=request.description or "Cancellation requested", plan_id=plan.id
+            )
             steps.create(
                 session,
                 request_id=request.id,
@@ -116,7 +118,7 @@ def _allocate(session: Session, plan: CancellationPlan, request: CancellationReq
             asked.append(part.id)
             allocation.reply_deadlines.append(reply_deadline)
         else:
-            fos.cancel_directly(session, part, reason=f"cancellation plan {plan.id}")
+            fos.cancel_directly(session, part, reason=f"cancellation plan {plan.id}", plan_id=plan.id)
             cancelled.append(part.id)
         remaining -= quantity
     session.flush()

@@ -21,6 +21,7 @@ from cancelflow.models import (
     Payment,
     WorkflowStep,
 )
+from cancelflow.models.base import table_of
 from cancelflow.models.enums import (
     PlanStatus,
     RefundTarget,
@@ -51,24 +52,33 @@ def confirm(session: Session, plan: CancellationPlan, *, note: str) -> None:
 
 
 # The plan with what paying it needs: its request, the order and the order's payment, in one round trip.
+# And the money already recorded under the step's key (a repeat after a crash), read under the step's lock.
 _MONEY_CONTEXT = (
-    select(CancellationPlan, CancellationRequest, Order, Payment)
+    select(CancellationPlan, CancellationRequest, Order, Payment, MoneyTransaction)
     .join(CancellationRequest, CancellationRequest.id == CancellationPlan.request_id)
     .join(Order, Order.id == CancellationRequest.order_id)
     .outerjoin(Payment, Payment.order_id == Order.id)
+    .outerjoin(MoneyTransaction, MoneyTransaction.idempotency_key == bindparam("key"))
     .where(CancellationPlan.id == bindparam("plan_id"))
 )
-_MONEY_BY_KEY = select(MoneyTransaction).where(MoneyTransaction.idempotency_key == bindparam("key"))
+_MONEY_COLUMNS = ("plan_id", "step_id", "target", "amount", "currency", "idempotency_key", "external_id")
+# The money row, once per key, with the `money.moved` event in the same round trip.
+_RECORD_MONEY = transitions.carrying_event(
+    insert(table_of(MoneyTransaction))
+    .values({name: bindparam(name) for name in _MONEY_COLUMNS})
+    .on_conflict_do_nothing(index_elements=[table_of(MoneyTransaction).c.idempotency_key])
+)
 
 
 def money_step(session: Session, step: WorkflowStep) -> None:
     """Move the money once: the step's idempotency key goes to the connector and into a unique row."""
-    plan, request, order, payment = session.execute(_MONEY_CONTEXT, {"plan_id": step.plan_id}).one()
+    plan, request, order, payment, existing = session.execute(
+        _MONEY_CONTEXT, {"plan_id": step.plan_id, "key": step.idempotency_key}
+    ).one()
     _check_money_step(step, plan)
     if plan.status != PlanStatus.waiting_for_payment:
         steps.finish(session, step, {"skipped": plan.status.value})
         return
-    existing = session.scalars(_MONEY_BY_KEY, {"key": step.idempotency_key}).one_or_none()
     if existing is not None:
         steps.finish(session, step, {"external_id": existing.external_id, "already_recorded": True})
         _close_when_paid(session, plan)
@@ -98,30 +108,28 @@ def money_step(session: Session, step: WorkflowStep) -> None:
         external_id, replayed = movement.external_id, movement.replayed
     else:
         external_id = _credit_loyalty(session, plan, order, step.idempotency_key)
-    session.execute(
-        insert(MoneyTransaction)
-        .values(
-            plan_id=plan.id,
-            step_id=step.id,
-            target=target,
-            amount=plan.amount,
-            currency=plan.currency,
-            idempotency_key=step.idempotency_key,
-            external_id=external_id,
-        )
-        .on_conflict_do_nothing(index_elements=[MoneyTransaction.idempotency_key])
-    )
-    transitions.record_event(
-        session,
-        "plan",
-        plan.id,
-        "money.moved",
-        data={
-            "target": target.value,
-            "amount": str(plan.amount),
+    session.connection().execute(
+        _RECORD_MONEY,
+        {
+            "plan_id": plan.id,
+            "step_id": step.id,
+            "target": target,
+            "amount": plan.amount,
             "currency": plan.currency,
+            "idempotency_key": step.idempotency_key,
             "external_id": external_id,
-            "replayed": replayed,
+            **transitions.event_row(
+                "plan",
+                plan.id,
+                "money.moved",
+                data={
+                    "target": target.value,
+                    "amount": str(plan.amount),
+                    "currency": plan.currency,
+                    "external_id": external_id,
+                    "replayed": replayed,
+                },
+            ),
         },
     )
     steps.finish(session, step, {"external_id": external_id, "replayed": replayed})
@@ -187,10 +195,29 @@ _CLOSE_CONTEXT = PLAN_AND_REQUEST.add_columns(
 )
 
 
+# The close step, inserted only when the plan has no unpaid money step: the question and the answer in one
+# statement, read after the plan lock was taken.
+_CLOSE_WHEN_PAID = steps.insert_when(
+    ~select(WorkflowStep.id)
+    .where(
+        WorkflowStep.plan_id == bindparam("paid_plan_id"),
+        WorkflowStep.kind.in_(sorted(MONEY_KINDS)),
+        WorkflowStep.status != StepStatus.done,
+    )
+    .exists()
+)
+
+
 def _close_when_paid(session: Session, plan: CancellationPlan) -> None:
     # Serialise the "was that the last money step?" question per plan.
     connection = session.connection()
     connection.execute(_LOCK_PLAN, {"plan_id": plan.id})
+    if steps.create_when(
+        session, _CLOSE_WHEN_PAID, {"paid_plan_id": plan.id}, plan=plan, kind=StepKind.close
+    ):
+        return
+    # Nothing inserted: money steps are unpaid, or the close step exists already (a repeat), which is then
+    # asked for again as `create` does.
     unpaid = connection.execute(_UNPAID, {"plan_id": plan.id}).scalar()
     if unpaid == 0:
         steps.create_for_plan(session, plan, StepKind.close)

@@ -14,7 +14,20 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import DateTime, Integer, Interval, Select, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Executable,
+    Integer,
+    Interval,
+    Select,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -60,31 +73,29 @@ SWEEP_LOCK_KEY: Final = 0x63616E63  # pg advisory lock id held by the one runnin
 
 
 _STEPS = table_of(WorkflowStep)
+_STEP_COLUMNS: Final = (
+    "request_id",
+    "plan_id",
+    "kind",
+    "status",
+    "attempt",
+    "max_attempts",
+    "next_attempt_at",
+    "idempotency_key",
+    "fulfillment_order_id",
+    "result",
+    "version",
+    "created_date",
+    "modified_date",
+)
 _INSERT_STEP = (
     insert(_STEPS)
-    .values(
-        {
-            name: bindparam(name)
-            for name in (
-                "request_id",
-                "plan_id",
-                "kind",
-                "status",
-                "attempt",
-                "max_attempts",
-                "next_attempt_at",
-                "idempotency_key",
-                "fulfillment_order_id",
-                "result",
-                "version",
-                "created_date",
-                "modified_date",
-            )
-        }
-    )
+    .values({name: bindparam(name) for name in _STEP_COLUMNS})
     .on_conflict_do_nothing(index_elements=[_STEPS.c.idempotency_key])
     .returning(_STEPS.c.id, _STEPS.c.status)
 )
+# The same, writing an event row in the same round trip (`transitions.event_row` names its parameters).
+_INSERT_STEP_WITH_EVENT = transitions.carrying_event(_INSERT_STEP)
 _STEP_BY_KEY = select(_STEPS.c.id, _STEPS.c.status).where(_STEPS.c.idempotency_key == bindparam("key"))
 _CLAIM = (
     select(WorkflowStep)
@@ -118,30 +129,19 @@ def create(
     idempotency_key: str,
     plan_id: int | None = None,
     fulfillment_order_id: int | None = None,
+    event: Mapping[str, object] | None = None,
 ) -> int:
-    """Insert the step (once per key), ask for its task after commit, and return the step's id."""
-    settings = get_settings()
-    stamp = now()
+    """Insert the step (once per key), ask for its task after commit, and return the step's id.
+
+    `event`: an event row (`transitions.event_row`) written with the insert, in the same round trip; it is
+    written whether the step is new or not, as a separate `record_event` before the insert would be.
+    """
     connection = session.connection()
+    params = _new_step(request_id, plan_id, kind, idempotency_key, fulfillment_order_id)
     # One round trip when the step is new; only a repeat of the same key reads the existing row.
     row = (
         connection.execute(
-            _INSERT_STEP,
-            {
-                "request_id": request_id,
-                "plan_id": plan_id,
-                "kind": kind,
-                "status": StepStatus.pending,
-                "attempt": 0,
-                "max_attempts": settings.step_max_attempts,
-                "next_attempt_at": stamp + settings.redelivery_grace,
-                "idempotency_key": idempotency_key,
-                "fulfillment_order_id": fulfillment_order_id,
-                "result": {},
-                "version": 1,
-                "created_date": stamp,
-                "modified_date": stamp,
-            },
+            _INSERT_STEP if event is None else _INSERT_STEP_WITH_EVENT, {**(event or {}), **params}
         ).first()
         or connection.execute(_STEP_BY_KEY, {"key": idempotency_key}).one()
     )
@@ -150,8 +150,72 @@ def create(
     return int(row.id)
 
 
+def _new_step(
+    request_id: int | None,
+    plan_id: int | None,
+    kind: StepKind,
+    idempotency_key: str,
+    fulfillment_order_id: int | None,
+) -> dict[str, object]:
+    settings = get_settings()
+    stamp = now()
+    return {
+        "request_id": request_id,
+        "plan_id": plan_id,
+        "kind": kind,
+        "status": StepStatus.pending,
+        "attempt": 0,
+        "max_attempts": settings.step_max_attempts,
+        "next_attempt_at": stamp + settings.redelivery_grace,
+        "idempotency_key": idempotency_key,
+        "fulfillment_order_id": fulfillment_order_id,
+        "result": {},
+        "version": 1,
+        "created_date": stamp,
+        "modified_date": stamp,
+    }
+
+
+def insert_when(condition: ColumnElement[bool]) -> Executable:
+    """A step insert made only while `condition` holds (in the statement itself, so under its snapshot),
+    for `create_when`. Build it once, at import: building a statement costs more than running it."""
+    return (
+        insert(_STEPS)
+        .from_select(
+            list(_STEP_COLUMNS),
+            select(*(bindparam(name, type_=_STEPS.c[name].type) for name in _STEP_COLUMNS)).where(condition),
+        )
+        .on_conflict_do_nothing(index_elements=[_STEPS.c.idempotency_key])
+        .returning(_STEPS.c.id, _STEPS.c.status)
+    )
+
+
+def create_when(
+    session: Session,
+    statement: Executable,
+    parameters: Mapping[str, object],
+    *,
+    plan: CancellationPlan,
+    kind: StepKind,
+) -> int | None:
+    """Make the plan's step of `kind` with `statement` (from `insert_when`), given the parameters its
+    condition names, and ask for its task after commit: its id, or None when nothing was inserted, because
+    the condition did not hold or the step exists already (the caller tells which, and `create`s it then)."""
+    params = _new_step(plan.request_id, plan.id, kind, f"{plan.id}:{kind.value}:1", None)
+    row = session.connection().execute(statement, {**parameters, **params}).first()
+    if row is None:
+        return None
+    enqueue_after_commit(session, TASK_FOR_KIND[kind], row.id)
+    return int(row.id)
+
+
 def create_for_plan(
-    session: Session, plan: CancellationPlan, kind: StepKind, *, idempotency_key: str | None = None
+    session: Session,
+    plan: CancellationPlan,
+    kind: StepKind,
+    *,
+    idempotency_key: str | None = None,
+    event: Mapping[str, object] | None = None,
 ) -> int:
     """`create` the plan's step of `kind`: once per plan, so the key defaults to `<plan id>:<kind>:1`."""
     return create(
@@ -160,6 +224,7 @@ def create_for_plan(
         plan_id=plan.id,
         kind=kind,
         idempotency_key=idempotency_key or f"{plan.id}:{kind.value}:1",
+        event=event,
     )
 
 

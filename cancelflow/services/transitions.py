@@ -12,12 +12,13 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import CTE, Executable, String, bindparam, insert, select, update
+from sqlalchemy import CTE, Executable, String, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.selectable import HasCTE
 
 from cancelflow.models import CancellationPlan, CancellationRequest, Event, FulfillmentOrder, WorkflowStep
 from cancelflow.models.base import table_of
@@ -33,6 +34,8 @@ from cancelflow.services.clock import now
 from cancelflow.services.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
+
+_S = TypeVar("_S", bound=HasCTE)
 
 Stateful = CancellationRequest | CancellationPlan | WorkflowStep
 
@@ -72,6 +75,46 @@ def record_event(
             "data": dict(data or {}),
         },
     )
+
+
+# An event row carried by another statement, as a CTE: `carrying_event(stmt)` executed with `event_row(...)`'s
+# parameters writes the event in the same round trip (a data-modifying CTE runs whatever the statement returns).
+_INSERT_EVENT_ROW = insert(_EVENTS).values(
+    # created_date spelled out (its server default): a nested INSERT given no value for a column the outer
+    # statement's parameters name (`created_date` of a step) would expect a parameter for it.
+    {**{c: bindparam(f"_event_{c}") for c in _EVENT_COLUMNS}, "created_date": func.now()}
+)
+_CARRIED_EVENT = _INSERT_EVENT_ROW.cte("carried_event")
+
+
+def event_row(
+    entity: str,
+    entity_id: int,
+    kind: str,
+    *,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    data: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """The parameters of an event row for a statement built with `carrying_event`."""
+    return {
+        "_event_entity": entity,
+        "_event_entity_id": entity_id,
+        "_event_kind": kind,
+        "_event_from_status": from_status,
+        "_event_to_status": to_status,
+        "_event_data": dict(data or {}),
+    }
+
+
+def write_event(session: Session, row: Mapping[str, object]) -> None:
+    """Write an `event_row` on its own (the path where no statement carries it)."""
+    session.connection().execute(_INSERT_EVENT_ROW, dict(row))
+
+
+def carrying_event(stmt: _S) -> _S:
+    """`stmt` with an event row written in the same round trip (parameters from `event_row`)."""
+    return stmt.add_cte(_CARRIED_EVENT)
 
 
 def _with_event(moved: CTE, *returning: Any) -> Executable:
@@ -171,22 +214,31 @@ def move(
 
 
 _FOS = table_of(FulfillmentOrder)
-_MOVE_FULFILLMENT_ORDER = _with_event(
-    update(_FOS)
-    .where(
-        _FOS.c.id == bindparam("_id"),
-        _FOS.c.request_status == bindparam("_from_request"),
-        _FOS.c.status == bindparam("_from_status"),
+
+
+def _move_fulfillment_order_statement(*, with_plan: bool) -> Executable:
+    return _with_event(
+        update(_FOS)
+        .where(
+            _FOS.c.id == bindparam("_id"),
+            _FOS.c.request_status == bindparam("_from_request"),
+            _FOS.c.status == bindparam("_from_status"),
+        )
+        .values(
+            request_status=bindparam("_to_request"),
+            status=bindparam("_to_status"),
+            version=_FOS.c.version + 1,
+            modified_date=bindparam("_stamp"),
+            **({"cancellation_plan_id": bindparam("_plan_id")} if with_plan else {}),
+        )
+        .returning(_FOS.c.id)
+        .cte("moved")
     )
-    .values(
-        request_status=bindparam("_to_request"),
-        status=bindparam("_to_status"),
-        version=_FOS.c.version + 1,
-        modified_date=bindparam("_stamp"),
-    )
-    .returning(_FOS.c.id)
-    .cte("moved")
-)
+
+
+_MOVE_FULFILLMENT_ORDER = _move_fulfillment_order_statement(with_plan=False)
+# The same, also giving the fulfillment order to a cancellation plan (routing does both at once).
+_MOVE_FULFILLMENT_ORDER_TO_PLAN = _move_fulfillment_order_statement(with_plan=True)
 
 
 def move_fulfillment_order(
@@ -196,8 +248,12 @@ def move_fulfillment_order(
     request_status: FORequestStatus | None = None,
     status: FOStatus | None = None,
     data: Mapping[str, object] | None = None,
+    cancellation_plan_id: int | None = None,
 ) -> bool:
-    """Move a fulfillment order's `request_status` and/or `status` together, compare-and-set on both."""
+    """Move a fulfillment order's `request_status` and/or `status` together, compare-and-set on both.
+
+    `cancellation_plan_id`: set with the move (in the same statement, only if the move is made).
+    """
     new_request = request_status or fo.request_status
     new_status = status or fo.status
     if new_request != fo.request_status:
@@ -208,8 +264,9 @@ def move_fulfillment_order(
     row = (
         session.connection()
         .execute(
-            _MOVE_FULFILLMENT_ORDER,
+            _MOVE_FULFILLMENT_ORDER if cancellation_plan_id is None else _MOVE_FULFILLMENT_ORDER_TO_PLAN,
             {
+                "_plan_id": cancellation_plan_id,
                 "_id": fo.id,
                 "_from_request": fo.request_status,
                 "_from_status": fo.status,
@@ -232,6 +289,8 @@ def move_fulfillment_order(
     set_committed_value(fo, "status", new_status)
     set_committed_value(fo, "version", fo.version + 1)
     set_committed_value(fo, "modified_date", stamp)
+    if cancellation_plan_id is not None:
+        set_committed_value(fo, "cancellation_plan_id", cancellation_plan_id)
     return True
 
 

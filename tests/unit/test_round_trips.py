@@ -23,12 +23,12 @@ from tests.factories import load, order_payload, service_payload
 from tests.inprocess import request_steps
 
 EXPECTED = {
-    "submit": 6,
-    "validate": 9,
-    "route": 11,
+    "submit": 5,
+    "validate": 7,
+    "route": 10,
     "notify (no HTTP)": 2,
-    "accept (API)": 10,
-    "loyalty credit": 10,
+    "accept (API)": 8,
+    "loyalty credit": 7,
     "close": 6,
 }
 
