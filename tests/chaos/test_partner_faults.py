@@ -7,7 +7,8 @@ prompt service. The faults run: the same, while a webhook subscription for every
 no server (kept unpaused for the whole run) and the second service's share goes to a service that accepts
 only after a delay. Request latency is measured in PostgreSQL (the `request.completed`
 event minus the request's creation), for the prompt service's requests of each run; the faults run's p95
-must stay within 2x the baseline's (plus a small absolute slack, so a tiny baseline cannot make it flaky).
+must stay within 2x the baseline's, plus an absolute slack below the slow service's delay (a tiny baseline,
+or the suite's other worker loading the machine during one run only, cannot make it flaky).
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ pytestmark = pytest.mark.worker
 PROMPT = 16  # requests to the prompt service, per run
 SLOW = 8  # requests to the slow service, in the faults run
 SLOW_SECONDS = 5.0
-# The faults run's p95 may be at most RATIO x the baseline's, plus SLACK seconds.
+# The faults run's p95 may be at most RATIO x the baseline's, plus SLACK seconds. A prompt request held up by
+# the slow service would wait its whole delay; the slack is half of that, so the check still sees such a wait,
+# while the two runs' share of a machine that the suite's other worker loads in bursts may differ by a second
+# or two (a full-suite run measured 2.2 s against a 0.2 s baseline, money queue 4 deep, with no request held).
 RATIO = 2.0
-SLACK = 1.0
+SLACK = SLOW_SECONDS / 2
 BASE = "/api/v1/cancellation_requests/"
 STEP_QUEUES = ("default", "route", "money")
 # Requests arrive at a steady pace, so latency measures each request's path, not the backlog of a burst.
