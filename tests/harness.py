@@ -5,6 +5,7 @@ Nothing here is eager or in-process: every hop crosses the broker, as in product
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -113,6 +114,13 @@ def child_spec(
 
 # The sockets that keep the ports `free_port` handed out reserved, for as long as this process runs.
 _RESERVED: list[socket.socket] = []
+
+
+@atexit.register
+def _release_reserved_ports() -> None:
+    # Closed on purpose at exit, so the interpreter does not warn about each one as an unclosed socket.
+    for reserved in _RESERVED:
+        reserved.close()
 
 
 def free_port() -> int:
