@@ -48,7 +48,6 @@ _MACHINES: dict[type[Any], str] = {
 
 _EVENTS = table_of(Event)
 _EVENT_COLUMNS = ("entity", "entity_id", "kind", "from_status", "to_status", "data")
-_INSERT_EVENT = insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS})
 # Statements built once per (model, extra columns): building a statement costs more than running it.
 _MOVE_STATEMENTS: dict[tuple[type[Any], tuple[str, ...], bool], Executable] = {}
 
@@ -64,16 +63,8 @@ def record_event(
     data: Mapping[str, object] | None = None,
 ) -> None:
     # Core on the session's connection: an event is never read back in the transaction that writes it.
-    session.connection().execute(
-        _INSERT_EVENT,
-        {
-            "entity": entity,
-            "entity_id": entity_id,
-            "kind": kind,
-            "from_status": from_status,
-            "to_status": to_status,
-            "data": dict(data or {}),
-        },
+    write_event(
+        session, event_row(entity, entity_id, kind, from_status=from_status, to_status=to_status, data=data)
     )
 
 
