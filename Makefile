@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run test lint bytecode typecheck pytest pytest-xdist pytest-schema pytest-rabbitmq bench load demo clean
+.PHONY: install run test lint bytecode typecheck typecheck-idle pytest pytest-xdist pytest-schema pytest-rabbitmq bench load demo clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "cancelflow needs Python 3.11, found " + sys.version' 
@@ -19,11 +19,13 @@ install: $(STAMP)
 run: install  ## start API, worker, beat, Flower and the sandboxes (embedded PostgreSQL/Redis unless configured)
 	$(VENV)/bin/cancelflow run
 
-# After the xdist run, mypy, the schemathesis tests (one process, mostly CPU) and the RabbitMQ run (mostly
-# waiting on its stack) share the two cores side by side; each one's output is printed whole when it ends.
+# mypy runs beside the xdist run at the lowest priority: it takes only the CPU the tests leave idle while they
+# wait on their processes (about a sixth of it). Then the schemathesis tests (mostly CPU) and the RabbitMQ run
+# (mostly waiting on its stack) share the two cores, each one's output printed whole when it ends. The xdist run's
+# progress is printed as it goes (mypy's few lines may land between its dots).
 test: install lint bytecode  ## the whole suite: lint, types, tests (Redis, then RabbitMQ)
-	$(MAKE) --no-print-directory pytest-xdist
-	$(MAKE) --no-print-directory -j3 --output-sync=target typecheck pytest-schema pytest-rabbitmq
+	$(MAKE) --no-print-directory -j2 pytest-xdist typecheck-idle
+	$(MAKE) --no-print-directory -j2 --output-sync=target pytest-schema pytest-rabbitmq
 
 lint: install
 	$(VENV)/bin/ruff check cancelflow tests bench migrations
@@ -40,6 +42,9 @@ bytecode: install
 
 typecheck: install
 	$(VENV)/bin/mypy
+
+typecheck-idle: install
+	nice -n 19 $(VENV)/bin/mypy
 
 pytest: pytest-xdist pytest-schema
 
