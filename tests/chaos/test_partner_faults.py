@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from cancelflow.models import CancellationPlan, CancellationRequest, Event, MoneyTransaction, WebhookAttempt
 from tests.chaos.conftest import RedisServer
 from tests.harness import Stack, free_port, wait_for
-from tests.workflow.conftest import make_order, make_service
+from tests.workflow.conftest import make_orders, make_service
 
 pytestmark = pytest.mark.worker
 
@@ -201,8 +201,8 @@ def test_a_dead_receiver_and_a_slow_service_cost_other_requests_nothing(
     slow = make_service(stack, policy="accept_after", delay_seconds=SLOW_SECONDS)
 
     # Given the latency of the same load without faults (the slow service's share goes to a prompt one)
-    base_orders = [make_order(prompt) for _ in range(PROMPT)]
-    baseline = _post(stack, headers, _interleaved(base_orders, [make_order(other) for _ in range(SLOW)]))
+    base_orders = make_orders([(prompt, {})] * PROMPT)
+    baseline = _post(stack, headers, _interleaved(base_orders, make_orders([(other, {})] * SLOW)))
     _wait_completed(baseline, timeout=120)
 
     # When a receiver that refuses connections subscribes to every event, and a slow service takes part
@@ -212,8 +212,8 @@ def test_a_dead_receiver_and_a_slow_service_cost_other_requests_nothing(
         json={"url": f"http://127.0.0.1:{dead_port}/hook", "events": ["*"]},
     )
     assert response.status_code == 201, response.text
-    prompt_orders = [make_order(prompt) for _ in range(PROMPT)]
-    slow_orders = [make_order(slow) for _ in range(SLOW)]
+    prompt_orders = make_orders([(prompt, {})] * PROMPT)
+    slow_orders = make_orders([(slow, {})] * SLOW)
     sampler = DepthSampler(chaos_redis)
     sampler.start()
     faults = _post(stack, headers, _interleaved(prompt_orders, slow_orders))
